@@ -1,0 +1,1 @@
+//! `ringws-engine`: the io_uring runtime of ringws. Being implemented.

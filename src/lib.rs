@@ -1,0 +1,6 @@
+//! `ringws`: a WebSocket (RFC 6455) server engine for Linux on io_uring.
+//!
+//! This facade re-exports the sans-IO protocol crate ([`protocol`]) and the engine ([`engine`]).
+
+pub use ringws_engine as engine;
+pub use ringws_protocol as protocol;
