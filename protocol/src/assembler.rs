@@ -1,2 +1,315 @@
-//! Message assembly: fragments and interleaved control frames into messages, with size limits.
-// being implemented
+//! Message assembly (RFC 6455 §5.4): fragments and interleaved control frames into messages.
+//!
+//! The assembler is fed frame headers and their unmasked payload, in order. It enforces the
+//! fragmentation rules (a continuation needs a message in progress; a new data frame may not start
+//! inside one; control frames may interleave), the message size limit (decided from each frame's
+//! declared length before any byte is stored), and UTF-8 validity of text, checked chunk by chunk so a
+//! bad byte fails the message as soon as it arrives.
+//!
+//! Storage exists only while needed: a data message that spans frames or receive buffers is gathered
+//! into an assembly buffer that is freed once the message has been delivered; a control frame split
+//! across receive buffers is gathered into a small boxed buffer. A message that sits whole in one
+//! receive buffer never touches either (the [`Receiver`](crate::Receiver) delivers it in place).
+//! There is no limit on the number of fragments: only their total size counts.
+
+use crate::error::Error;
+use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, OpCode};
+use crate::utf8::Utf8Validator;
+
+/// The kind of data message in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataKind {
+    /// A text message: its bytes must be valid UTF-8.
+    Text,
+    /// A binary message.
+    Binary,
+}
+
+/// Where a completed event's payload lives inside the assembler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assembled {
+    /// A data message is complete in the assembly buffer ([`Assembler::data`]).
+    Data(DataKind),
+    /// A control frame is complete in the control buffer ([`Assembler::control`]).
+    Control(OpCode),
+}
+
+/// A control frame payload gathered across receive buffers.
+#[derive(Debug)]
+struct ControlBuf {
+    len: u8,
+    bytes: [u8; MAX_CONTROL_PAYLOAD],
+}
+
+/// The message-level state of one connection.
+#[derive(Debug)]
+pub struct Assembler {
+    max_message_size: u64,
+    /// The data message in progress (fragmented, or split across receive buffers).
+    kind: Option<DataKind>,
+    /// Bytes the current data message's frames have declared so far (for the size limit).
+    declared: u64,
+    utf8: Utf8Validator,
+    data: Vec<u8>,
+    control: Option<Box<ControlBuf>>,
+    /// The buffer the last event borrowed, to be freed before the next input.
+    release: Option<Assembled>,
+}
+
+impl Assembler {
+    /// An assembler that fails messages larger than `max_message_size` bytes (1009).
+    pub fn new(max_message_size: u64) -> Self {
+        Self {
+            max_message_size,
+            kind: None,
+            declared: 0,
+            utf8: Utf8Validator::default(),
+            data: Vec::new(),
+            control: None,
+            release: None,
+        }
+    }
+
+    /// Bytes currently held in assembly buffers (data and control).
+    pub fn buffered(&self) -> usize {
+        self.data.capacity() + self.control.as_ref().map_or(0, |_| size_of::<ControlBuf>())
+    }
+
+    /// Whether a fragmented data message is in progress.
+    pub fn in_message(&self) -> bool {
+        self.kind.is_some()
+    }
+
+    /// Frees what the previously returned [`Assembled`] event borrowed. Call before feeding new input.
+    pub fn release(&mut self) {
+        match self.release.take() {
+            Some(Assembled::Data(_)) => self.data = Vec::new(),
+            Some(Assembled::Control(_)) => self.control = None,
+            None => {}
+        }
+    }
+
+    /// Checks a new frame against the fragmentation rules and the message size limit, from its
+    /// header alone, before any of its payload is accepted.
+    pub fn begin_frame(&mut self, h: &FrameHeader) -> Result<(), Error> {
+        match h.opcode {
+            OpCode::Continuation if self.kind.is_none() => {
+                return Err(Error::UnexpectedContinuation);
+            }
+            OpCode::Text | OpCode::Binary if self.kind.is_some() => {
+                return Err(Error::ExpectedContinuation);
+            }
+            op if op.is_control() => return Ok(()),
+            _ => {}
+        }
+        let declared = self.declared.saturating_add(h.payload_len);
+        if declared > self.max_message_size {
+            return Err(Error::MessageTooLarge);
+        }
+        self.declared = declared;
+        Ok(())
+    }
+
+    /// Whether the frame `h` (already begun) can be delivered straight from the receive buffer when
+    /// its whole payload is there: control frames, and final frames that are a whole message.
+    pub fn deliverable_in_place(&self, h: &FrameHeader) -> bool {
+        h.opcode.is_control() || (h.fin && self.kind.is_none())
+    }
+
+    /// Completes an in-place delivery of a whole data frame (see [`deliverable_in_place`](Self::deliverable_in_place)):
+    /// resets the message state. Text validity is checked by the caller on the whole slice.
+    pub fn delivered_in_place(&mut self, h: &FrameHeader) {
+        if !h.opcode.is_control() {
+            self.declared = 0;
+        }
+    }
+
+    /// Feeds a chunk of frame `h`'s unmasked payload; `last` marks the frame's final bytes.
+    /// Returns where a completed message or control frame can be read, if one completed.
+    pub fn push(
+        &mut self,
+        h: &FrameHeader,
+        chunk: &[u8],
+        last: bool,
+    ) -> Result<Option<Assembled>, Error> {
+        if h.opcode.is_control() {
+            let buf = self.control.get_or_insert_with(|| {
+                Box::new(ControlBuf {
+                    len: 0,
+                    bytes: [0; MAX_CONTROL_PAYLOAD],
+                })
+            });
+            // The header decoder guarantees a control payload of at most 125 bytes.
+            let at = buf.len as usize;
+            buf.bytes[at..at + chunk.len()].copy_from_slice(chunk);
+            buf.len += chunk.len() as u8;
+            if last {
+                let done = Assembled::Control(h.opcode);
+                self.release = Some(done);
+                return Ok(Some(done));
+            }
+            return Ok(None);
+        }
+        let kind = match (h.opcode, self.kind) {
+            (OpCode::Text, None) => DataKind::Text,
+            (OpCode::Binary, None) => DataKind::Binary,
+            (_, Some(kind)) => kind,
+            (_, None) => return Err(Error::UnexpectedContinuation),
+        };
+        self.kind = Some(kind);
+        if kind == DataKind::Text {
+            self.utf8.feed(chunk)?;
+        }
+        // Grows by what actually arrived (amortised doubling), never by what the peer declared.
+        self.data.extend_from_slice(chunk);
+        if last && h.fin {
+            if kind == DataKind::Text {
+                self.utf8.finish()?;
+            }
+            self.kind = None;
+            self.declared = 0;
+            let done = Assembled::Data(kind);
+            self.release = Some(done);
+            return Ok(Some(done));
+        }
+        Ok(None)
+    }
+
+    /// The assembled data message (valid after [`Assembled::Data`]).
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The assembled control payload (valid after [`Assembled::Control`]).
+    pub fn control(&self) -> &[u8] {
+        self.control
+            .as_ref()
+            .map_or(&[], |c| &c.bytes[..c.len as usize])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(fin: bool, opcode: OpCode, len: u64) -> FrameHeader {
+        FrameHeader {
+            fin,
+            rsv: 0,
+            opcode,
+            mask: None,
+            payload_len: len,
+            header_len: 2,
+        }
+    }
+
+    #[test]
+    fn continuation_without_start_is_1002() {
+        let mut a = Assembler::new(1 << 20);
+        assert_eq!(
+            a.begin_frame(&h(true, OpCode::Continuation, 1)),
+            Err(Error::UnexpectedContinuation)
+        );
+    }
+
+    #[test]
+    fn new_data_frame_inside_message_is_1002() {
+        let mut a = Assembler::new(1 << 20);
+        let first = h(false, OpCode::Text, 3);
+        a.begin_frame(&first).unwrap();
+        assert_eq!(a.push(&first, b"Hel", true), Ok(None));
+        assert_eq!(
+            a.begin_frame(&h(true, OpCode::Binary, 2)),
+            Err(Error::ExpectedContinuation)
+        );
+        assert_eq!(
+            a.begin_frame(&h(true, OpCode::Text, 2)),
+            Err(Error::ExpectedContinuation)
+        );
+    }
+
+    #[test]
+    fn control_frames_interleave_with_fragments() {
+        let mut a = Assembler::new(1 << 20);
+        let first = h(false, OpCode::Text, 3);
+        a.begin_frame(&first).unwrap();
+        a.push(&first, b"Hel", true).unwrap();
+        let ping = h(true, OpCode::Ping, 2);
+        a.begin_frame(&ping).unwrap();
+        assert_eq!(
+            a.push(&ping, b"hi", true),
+            Ok(Some(Assembled::Control(OpCode::Ping)))
+        );
+        assert_eq!(a.control(), b"hi");
+        a.release();
+        let last = h(true, OpCode::Continuation, 2);
+        a.begin_frame(&last).unwrap();
+        assert_eq!(
+            a.push(&last, b"lo", true),
+            Ok(Some(Assembled::Data(DataKind::Text)))
+        );
+        assert_eq!(a.data(), b"Hello");
+        a.release();
+        assert_eq!(a.buffered(), 0, "assembly memory is freed after delivery");
+        assert!(!a.in_message());
+    }
+
+    #[test]
+    fn message_size_is_checked_across_fragments_before_payload() {
+        let mut a = Assembler::new(10);
+        let first = h(false, OpCode::Binary, 6);
+        a.begin_frame(&first).unwrap();
+        a.push(&first, &[0; 6], true).unwrap();
+        assert_eq!(
+            a.begin_frame(&h(true, OpCode::Continuation, 5)),
+            Err(Error::MessageTooLarge)
+        );
+        assert_eq!(
+            Error::MessageTooLarge.reply(),
+            crate::Reply::Close(crate::CloseCode::MESSAGE_TOO_BIG)
+        );
+    }
+
+    #[test]
+    fn many_tiny_fragments_are_fine() {
+        let mut a = Assembler::new(1 << 20);
+        let first = h(false, OpCode::Binary, 1);
+        a.begin_frame(&first).unwrap();
+        a.push(&first, &[7], true).unwrap();
+        for _ in 0..70_000 {
+            let c = h(false, OpCode::Continuation, 1);
+            a.begin_frame(&c).unwrap();
+            assert_eq!(a.push(&c, &[7], true), Ok(None));
+        }
+        let end = h(true, OpCode::Continuation, 0);
+        a.begin_frame(&end).unwrap();
+        assert_eq!(
+            a.push(&end, &[], true),
+            Ok(Some(Assembled::Data(DataKind::Binary)))
+        );
+        assert_eq!(a.data().len(), 70_001);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_on_the_fragment_that_carries_it() {
+        let mut a = Assembler::new(1 << 20);
+        let first = h(false, OpCode::Text, 4);
+        a.begin_frame(&first).unwrap();
+        // U+110000 would start F4 90: invalid from its second byte on.
+        assert_eq!(
+            a.push(&first, &[b'a', b'b', 0xf4, 0x90], true),
+            Err(Error::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn incomplete_code_point_at_message_end_is_1007() {
+        let mut a = Assembler::new(1 << 20);
+        let first = h(false, OpCode::Text, 2);
+        a.begin_frame(&first).unwrap();
+        a.push(&first, &[b'a', 0xe2], true).unwrap();
+        let end = h(true, OpCode::Continuation, 1);
+        a.begin_frame(&end).unwrap();
+        assert_eq!(a.push(&end, &[0x82], true), Err(Error::InvalidUtf8));
+    }
+}

@@ -1,8 +1,28 @@
-//! The per-connection receive state machine. Being implemented; signatures fixed.
+//! The per-connection receive state machine: receive buffers in, events out.
+//!
+//! [`Receiver::read`] takes the bytes of one receive buffer, decodes frame headers, unmasks payloads
+//! **in place** and returns at most one [`Event`] per call. A message whose frame sits whole inside the
+//! buffer is returned as a slice of that buffer: no copy. Anything that spans buffers (a header split in
+//! two, a long frame, a fragmented message) is carried in the receiver's own state and the
+//! [`Assembler`]'s buffers, which exist only while needed.
+//!
+//! ```
+//! use ringws_protocol::{Event, Limits, Receiver, Role};
+//! let mut rx = Receiver::new(Role::Server, Limits::default());
+//! // RFC 6455 §5.7: a masked text message "Hello", arriving in two pieces.
+//! let mut frame = *b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58";
+//! let (first, second) = frame.split_at_mut(4);
+//! assert_eq!(rx.read(first).unwrap(), (4, None));
+//! assert_eq!(rx.read(second).unwrap(), (7, Some(Event::Text("Hello"))));
+//! ```
 
+use crate::assembler::{Assembled, Assembler, DataKind};
 use crate::close::CloseFrame;
 use crate::error::Error;
-use crate::frame::Role;
+use crate::frame::{
+    DecodeRules, Decoded, FrameHeader, MAX_HEADER_LEN, OpCode, Role, decode_header,
+};
+use crate::mask::unmask;
 
 /// Receive limits of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,40 +42,597 @@ impl Default for Limits {
     }
 }
 
-/// One thing the peer said.
+/// One thing the peer said. Payloads borrow either the caller's receive buffer or the receiver.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A complete text message (UTF-8 validated).
     Text(&'a str),
     /// A complete binary message.
     Binary(&'a [u8]),
-    /// A ping with its payload.
+    /// A ping with its payload (the engine answers with a pong carrying the same bytes).
     Ping(&'a [u8]),
     /// A pong with its payload.
     Pong(&'a [u8]),
-    /// A close frame (`None`: no status code).
+    /// A close frame (`None`: it carried no status code). The receiver ignores all input after it.
     Close(Option<CloseFrame<'a>>),
 }
 
-/// Decodes one connection's incoming byte stream into events.
+/// Where the event that [`Receiver::advance`] found lives.
+enum Ready {
+    /// In the caller's buffer, at `start..end`.
+    InBuf {
+        op: OpCode,
+        start: usize,
+        end: usize,
+    },
+    /// In the assembler.
+    Assembled(Assembled),
+}
+
+/// Decodes one connection's incoming byte stream into [`Event`]s.
 #[derive(Debug)]
 pub struct Receiver {
-    _role: Role,
-    _limits: Limits,
+    rules: DecodeRules,
+    asm: Assembler,
+    /// The frame whose payload is being read, if any.
+    current: Option<FrameHeader>,
+    /// Payload bytes of `current` still to come.
+    remaining: u64,
+    /// A header split across receive buffers.
+    partial: [u8; MAX_HEADER_LEN],
+    partial_len: u8,
+    /// A Close arrived or a violation was found: further input is ignored.
+    done: bool,
 }
 
 impl Receiver {
-    /// A receiver for the given role and limits.
+    /// A receiver for the given role (a server requires masked frames, a client unmasked) and limits.
     pub fn new(role: Role, limits: Limits) -> Self {
         Self {
-            _role: role,
-            _limits: limits,
+            rules: DecodeRules {
+                role,
+                max_frame_size: limits.max_frame_size,
+                allowed_rsv: 0,
+            },
+            asm: Assembler::new(limits.max_message_size),
+            current: None,
+            remaining: 0,
+            partial: [0; MAX_HEADER_LEN],
+            partial_len: 0,
+            done: false,
         }
     }
 
-    /// Decodes from `buf`, unmasking in place; returns bytes consumed and at most one event.
+    /// Bytes held in assembly buffers (for memory accounting); 0 between messages.
+    pub fn buffered(&self) -> usize {
+        self.asm.buffered()
+    }
+
+    /// Whether a frame or a fragmented message is partly received (the connection is not idle).
+    pub fn in_progress(&self) -> bool {
+        self.partial_len != 0 || self.current.is_some() || self.asm.in_message()
+    }
+
+    /// Decodes from `buf`, the bytes just received, unmasking payloads in place.
+    ///
+    /// Returns the bytes consumed and at most one event. When it returns no event it has consumed all
+    /// of `buf`, keeping what it needs for the next buffer. With an event, call again on the rest
+    /// (`&mut buf[consumed..]`) until the buffer is used up. On `Err(e)` the connection must be failed
+    /// with `e.reply()`; after an error or a Close event, further input is ignored.
     pub fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<(usize, Option<Event<'a>>), Error> {
-        let _ = buf;
-        todo!()
+        self.asm.release();
+        if self.done {
+            return Ok((buf.len(), None));
+        }
+        let (used, ready) = match self.advance(buf) {
+            Ok(step) => step,
+            Err(e) => {
+                self.done = true;
+                return Err(e);
+            }
+        };
+        let Some(ready) = ready else {
+            return Ok((used, None));
+        };
+        let event = match ready {
+            Ready::InBuf { op, start, end } => event(op, &buf[start..end]),
+            Ready::Assembled(Assembled::Data(DataKind::Text)) => {
+                // SAFETY: every byte of this message went through the assembler's streaming UTF-8
+                // validator (`Utf8Validator::feed`), and `finish` confirmed no code point was left
+                // incomplete, so the bytes are valid UTF-8; a second pass would double the cost.
+                Ok(Event::Text(unsafe {
+                    std::str::from_utf8_unchecked(self.asm.data())
+                }))
+            }
+            Ready::Assembled(Assembled::Data(DataKind::Binary)) => {
+                Ok(Event::Binary(self.asm.data()))
+            }
+            Ready::Assembled(Assembled::Control(op)) => event(op, self.asm.control()),
+        };
+        match event {
+            Ok(event) => {
+                self.done = matches!(event, Event::Close(_));
+                Ok((used, Some(event)))
+            }
+            Err(e) => {
+                self.done = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the frame state machine over `buf` until an event is ready or the buffer is used up.
+    fn advance(&mut self, buf: &mut [u8]) -> Result<(usize, Option<Ready>), Error> {
+        let mut pos = 0;
+        loop {
+            let Some(h) = self.current else {
+                if pos == buf.len() {
+                    return Ok((pos, None));
+                }
+                let Some((h, used)) = self.header(&buf[pos..])? else {
+                    return Ok((buf.len(), None));
+                };
+                pos += used;
+                self.asm.begin_frame(&h)?;
+                self.current = Some(h);
+                self.remaining = h.payload_len;
+                continue;
+            };
+            let avail = (buf.len() - pos) as u64;
+            if avail == 0 && self.remaining > 0 {
+                return Ok((pos, None));
+            }
+            let take = self.remaining.min(avail) as usize;
+            let offset = h.payload_len - self.remaining;
+            let (start, end) = (pos, pos + take);
+            if let Some(key) = h.mask {
+                unmask(&mut buf[start..end], key, (offset & 3) as usize);
+            }
+            pos = end;
+            self.remaining -= take as u64;
+            let last = self.remaining == 0;
+            if last {
+                self.current = None;
+            }
+            if last && offset == 0 && self.asm.deliverable_in_place(&h) {
+                self.asm.delivered_in_place(&h);
+                return Ok((
+                    pos,
+                    Some(Ready::InBuf {
+                        op: h.opcode,
+                        start,
+                        end,
+                    }),
+                ));
+            }
+            if let Some(done) = self.asm.push(&h, &buf[start..end], last)? {
+                return Ok((pos, Some(Ready::Assembled(done))));
+            }
+        }
+    }
+
+    /// Decodes the next header from `input`, completing a header carried from the previous buffer.
+    /// Returns the header and the bytes of `input` it used, or `None` if `input` was all absorbed.
+    fn header(&mut self, input: &[u8]) -> Result<Option<(FrameHeader, usize)>, Error> {
+        let have = self.partial_len as usize;
+        if have == 0 {
+            return match decode_header(input, &self.rules)? {
+                Decoded::Header(h) => Ok(Some((h, h.header_len as usize))),
+                Decoded::Partial(_) => {
+                    // Partial means input is shorter than the header, so it fits in `partial`.
+                    self.partial[..input.len()].copy_from_slice(input);
+                    self.partial_len = input.len() as u8;
+                    Ok(None)
+                }
+            };
+        }
+        let take = (MAX_HEADER_LEN - have).min(input.len());
+        self.partial[have..have + take].copy_from_slice(&input[..take]);
+        match decode_header(&self.partial[..have + take], &self.rules)? {
+            Decoded::Header(h) => {
+                self.partial_len = 0;
+                Ok(Some((h, h.header_len as usize - have)))
+            }
+            Decoded::Partial(_) => {
+                self.partial_len = (have + take) as u8;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Builds the event for a complete frame or message of opcode `op` (never `Continuation`: a
+/// fragmented message completes as its first frame's kind).
+fn event(op: OpCode, payload: &[u8]) -> Result<Event<'_>, Error> {
+    Ok(match op {
+        OpCode::Text => Event::Text(crate::utf8::validate(payload)?),
+        OpCode::Binary | OpCode::Continuation => Event::Binary(payload),
+        OpCode::Ping => Event::Ping(payload),
+        OpCode::Pong => Event::Pong(payload),
+        OpCode::Close => Event::Close(CloseFrame::parse(payload)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::close::CloseCode;
+    use crate::frame::encode_header;
+    use proptest::prelude::*;
+
+    /// An owned copy of an event, to compare across calls.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Owned {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<(u16, String)>),
+    }
+
+    impl From<Event<'_>> for Owned {
+        fn from(e: Event<'_>) -> Self {
+            match e {
+                Event::Text(s) => Owned::Text(s.to_owned()),
+                Event::Binary(b) => Owned::Binary(b.to_vec()),
+                Event::Ping(b) => Owned::Ping(b.to_vec()),
+                Event::Pong(b) => Owned::Pong(b.to_vec()),
+                Event::Close(c) => Owned::Close(c.map(|c| (c.code.0, c.reason.to_owned()))),
+            }
+        }
+    }
+
+    /// A masked client frame.
+    fn frame(fin: bool, rsv: u8, op: OpCode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        let mut head = [0; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, fin, rsv, op, Some(key), payload.len() as u64);
+        let mut out = head[..n].to_vec();
+        let at = out.len();
+        out.extend_from_slice(payload);
+        crate::mask::unmask(&mut out[at..], key, 0);
+        out
+    }
+
+    /// Feeds `stream` in pieces cut at `cuts` and collects events until the first error.
+    fn feed(rx: &mut Receiver, stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Option<Error>) {
+        let mut stream = stream.to_vec();
+        let mut events = Vec::new();
+        let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c < stream.len()).collect();
+        bounds.push(stream.len());
+        bounds.sort_unstable();
+        let mut from = 0;
+        for to in bounds {
+            let chunk = &mut stream[from..to];
+            let mut pos = 0;
+            loop {
+                match rx.read(&mut chunk[pos..]) {
+                    Ok((used, ev)) => {
+                        pos += used;
+                        match ev {
+                            Some(ev) => events.push(ev.into()),
+                            None => {
+                                assert_eq!(
+                                    pos,
+                                    chunk.len(),
+                                    "no event means the buffer was used up"
+                                );
+                                break;
+                            }
+                        }
+                        if pos == chunk.len() {
+                            break;
+                        }
+                    }
+                    Err(e) => return (events, Some(e)),
+                }
+            }
+            from = to;
+        }
+        (events, None)
+    }
+
+    fn server() -> Receiver {
+        Receiver::new(Role::Server, Limits::default())
+    }
+
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    #[test]
+    fn rfc_masked_hello_is_delivered_in_place() {
+        let mut rx = server();
+        let mut f = frame(true, 0, OpCode::Text, b"Hello", KEY);
+        let range = f.as_ptr_range();
+        let (used, ev) = rx.read(&mut f).unwrap();
+        assert_eq!(used, 11);
+        let Some(Event::Text(s)) = ev else {
+            panic!("expected text")
+        };
+        assert_eq!(s, "Hello");
+        assert!(
+            range.contains(&s.as_ptr()),
+            "zero copy: the payload borrows the receive buffer"
+        );
+    }
+
+    #[test]
+    fn rfc_fragmented_hello_with_ping_between() {
+        let mut stream = frame(false, 0, OpCode::Text, b"Hel", KEY);
+        stream.extend(frame(true, 0, OpCode::Ping, b"Hello", [1, 2, 3, 4]));
+        stream.extend(frame(true, 0, OpCode::Continuation, b"lo", [9, 8, 7, 6]));
+        let (events, err) = feed(&mut server(), &stream, &[]);
+        assert_eq!(err, None);
+        assert_eq!(
+            events,
+            vec![Owned::Ping(b"Hello".to_vec()), Owned::Text("Hello".into())]
+        );
+    }
+
+    #[test]
+    fn rfc_256_and_64k_binary() {
+        for len in [256usize, 65536] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (events, err) = feed(
+                &mut server(),
+                &frame(true, 0, OpCode::Binary, &payload, KEY),
+                &[],
+            );
+            assert_eq!((events, err), (vec![Owned::Binary(payload)], None));
+        }
+    }
+
+    #[test]
+    fn pong_and_close_events() {
+        let mut stream = frame(true, 0, OpCode::Pong, b"p", KEY);
+        stream.extend(frame(true, 0, OpCode::Close, b"\x03\xe8bye", KEY));
+        stream.extend(frame(true, 0, OpCode::Text, b"ignored after close", KEY));
+        let (events, err) = feed(&mut server(), &stream, &[]);
+        assert_eq!(err, None);
+        assert_eq!(
+            events,
+            vec![
+                Owned::Pong(b"p".to_vec()),
+                Owned::Close(Some((1000, "bye".into())))
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_close_has_no_status() {
+        let (events, _) = feed(&mut server(), &frame(true, 0, OpCode::Close, b"", KEY), &[]);
+        assert_eq!(events, vec![Owned::Close(None)]);
+    }
+
+    #[test]
+    fn violations_map_to_close_codes() {
+        let cases: Vec<(Vec<u8>, Error, u16)> = vec![
+            (b"\x81\x05Hello".to_vec(), Error::UnmaskedFrame, 1002),
+            (
+                frame(true, 0x4, OpCode::Text, b"x", KEY),
+                Error::ReservedBits,
+                1002,
+            ),
+            (vec![0x83, 0x80, 0, 0, 0, 0], Error::ReservedOpcode(3), 1002),
+            (
+                frame(true, 0, OpCode::Continuation, b"x", KEY),
+                Error::UnexpectedContinuation,
+                1002,
+            ),
+            (
+                frame(true, 0, OpCode::Close, b"\x03", KEY),
+                Error::InvalidClosePayload,
+                1002,
+            ),
+            (
+                frame(true, 0, OpCode::Close, b"\x03\xed", KEY),
+                Error::InvalidCloseCode(1005),
+                1002,
+            ),
+            (
+                frame(true, 0, OpCode::Close, b"\x03\xe8\xff", KEY),
+                Error::InvalidUtf8,
+                1007,
+            ),
+            (
+                frame(
+                    true,
+                    0,
+                    OpCode::Text,
+                    b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80",
+                    KEY,
+                ),
+                Error::InvalidUtf8,
+                1007,
+            ),
+            (
+                frame(true, 0, OpCode::Ping, &[0; 126], KEY),
+                Error::ControlFrameTooLong,
+                1002,
+            ),
+            (
+                frame(false, 0, OpCode::Ping, b"", KEY),
+                Error::FragmentedControlFrame,
+                1002,
+            ),
+        ];
+        for (stream, want, code) in cases {
+            let (_, err) = feed(&mut server(), &stream, &[]);
+            assert_eq!(err, Some(want));
+            assert_eq!(want.reply(), crate::Reply::Close(CloseCode(code)));
+        }
+    }
+
+    #[test]
+    fn data_frame_inside_fragmented_message_is_1002() {
+        let mut stream = frame(false, 0, OpCode::Text, b"a", KEY);
+        stream.extend(frame(true, 0, OpCode::Binary, b"b", KEY));
+        assert_eq!(
+            feed(&mut server(), &stream, &[]).1,
+            Some(Error::ExpectedContinuation)
+        );
+    }
+
+    #[test]
+    fn huge_declared_length_fails_from_the_header() {
+        let mut rx = server();
+        // 2^63 - 1 bytes declared: 1009 from the header, nothing allocated.
+        let mut f = vec![
+            0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4,
+        ];
+        assert_eq!(rx.read(&mut f).unwrap_err(), Error::FrameTooLarge);
+        assert_eq!(rx.buffered(), 0);
+        // After a failure, input is ignored.
+        assert_eq!(rx.read(&mut [0x81, 0x80]).unwrap(), (2, None));
+    }
+
+    #[test]
+    fn message_limit_applies_across_fragments() {
+        let mut rx = Receiver::new(
+            Role::Server,
+            Limits {
+                max_frame_size: 100,
+                max_message_size: 150,
+            },
+        );
+        let mut stream = frame(false, 0, OpCode::Binary, &[1; 100], KEY);
+        stream.extend(frame(true, 0, OpCode::Continuation, &[2; 51], KEY));
+        assert_eq!(feed(&mut rx, &stream, &[]).1, Some(Error::MessageTooLarge));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_message_ends() {
+        let mut rx = server();
+        // A text frame of 1000 bytes whose 3rd byte is invalid, delivered in 2 pieces: the error comes
+        // with the first piece, before the rest of the frame has arrived.
+        let mut payload = vec![b'a'; 1000];
+        payload[2] = 0xff;
+        let mut f = frame(true, 0, OpCode::Text, &payload, KEY);
+        assert_eq!(rx.read(&mut f[..20]).unwrap_err(), Error::InvalidUtf8);
+    }
+
+    #[test]
+    fn idle_receiver_holds_no_memory_after_spanning_message() {
+        let mut rx = server();
+        let payload = vec![5u8; 10_000];
+        let (events, _) = feed(
+            &mut rx,
+            &frame(true, 0, OpCode::Binary, &payload, KEY),
+            &[3, 100, 5000],
+        );
+        assert_eq!(events, vec![Owned::Binary(payload)]);
+        rx.read(&mut []).unwrap();
+        assert_eq!(rx.buffered(), 0);
+        assert!(!rx.in_progress());
+    }
+
+    #[test]
+    fn client_role_reads_unmasked_frames() {
+        let mut rx = Receiver::new(Role::Client, Limits::default());
+        let mut f = *b"\x81\x05Hello";
+        assert_eq!(rx.read(&mut f).unwrap(), (7, Some(Event::Text("Hello"))));
+        let mut masked = frame(true, 0, OpCode::Text, b"x", KEY);
+        assert_eq!(rx.read(&mut masked).unwrap_err(), Error::MaskedFrame);
+    }
+
+    /// A random message stream: (fragments, opcode) plus interleaved pings.
+    fn stream_strategy() -> impl Strategy<Value = (Vec<u8>, Vec<Owned>)> {
+        let message = (
+            any::<bool>(),
+            prop::collection::vec(any::<u8>(), 0..600),
+            1usize..5,
+            any::<[u8; 4]>(),
+            any::<bool>(),
+        );
+        prop::collection::vec(message, 1..8).prop_map(|messages| {
+            let mut stream = Vec::new();
+            let mut expected = Vec::new();
+            for (text, bytes, pieces, key, ping) in messages {
+                let payload: Vec<u8> = if text {
+                    String::from_utf8_lossy(&bytes).into_owned().into_bytes()
+                } else {
+                    bytes
+                };
+                let piece = payload.len().div_ceil(pieces).max(1);
+                let chunks: Vec<&[u8]> = if payload.is_empty() {
+                    vec![&[][..]]
+                } else {
+                    payload.chunks(piece).collect()
+                };
+                for (i, chunk) in chunks.iter().enumerate() {
+                    let op = match (i, text) {
+                        (0, true) => OpCode::Text,
+                        (0, false) => OpCode::Binary,
+                        _ => OpCode::Continuation,
+                    };
+                    stream.extend(frame(i + 1 == chunks.len(), 0, op, chunk, key));
+                    if ping && i + 1 < chunks.len() {
+                        // A ping between two fragments of the message.
+                        stream.extend(frame(
+                            true,
+                            0,
+                            OpCode::Ping,
+                            &payload[..payload.len().min(125)],
+                            key,
+                        ));
+                        expected.push(Owned::Ping(payload[..payload.len().min(125)].to_vec()));
+                    }
+                }
+                expected.push(if text {
+                    Owned::Text(String::from_utf8(payload).unwrap())
+                } else {
+                    Owned::Binary(payload)
+                });
+            }
+            (stream, expected)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_a_valid_stream_gives_the_same_events(
+            (stream, expected) in stream_strategy(),
+            cuts in prop::collection::vec(0usize..8000, 0..12),
+        ) {
+            let cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            let (events, err) = feed(&mut server(), &stream, &cuts);
+            prop_assert_eq!(err, None);
+            prop_assert_eq!(events, expected);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..2000),
+            cuts in prop::collection::vec(0usize..2000, 0..8),
+        ) {
+            let mut rx = Receiver::new(Role::Server, Limits { max_frame_size: 1000, max_message_size: 1500 });
+            let _ = feed(&mut rx, &bytes, &cuts);
+        }
+    }
+
+    #[test]
+    fn every_split_point_of_a_mixed_stream() {
+        let mut stream = frame(true, 0, OpCode::Text, "héllo wörld".as_bytes(), KEY);
+        stream.extend(frame(false, 0, OpCode::Binary, &[1; 130], [5, 6, 7, 8]));
+        stream.extend(frame(true, 0, OpCode::Ping, b"ping", KEY));
+        stream.extend(frame(
+            true,
+            0,
+            OpCode::Continuation,
+            &[2; 70_000],
+            [0xff, 0, 0xaa, 1],
+        ));
+        stream.extend(frame(true, 0, OpCode::Close, b"\x03\xe9", KEY));
+        let mut binary = vec![1; 130];
+        binary.extend([2; 70_000]);
+        let expected = vec![
+            Owned::Text("héllo wörld".into()),
+            Owned::Ping(b"ping".to_vec()),
+            Owned::Binary(binary),
+            Owned::Close(Some((1001, String::new()))),
+        ];
+        for cut in (0..stream.len()).step_by(97).chain(0..200) {
+            let (events, err) = feed(&mut server(), &stream, &[cut]);
+            assert_eq!(err, None, "cut at {cut}");
+            assert_eq!(events, expected, "cut at {cut}");
+        }
     }
 }
