@@ -1,35 +1,64 @@
 //! The opening handshake (RFC 6455 §4): server-side request parsing and responses, client-side
 //! request building and response validation.
-// STUB: signatures fixed, bodies being implemented.
+//!
+//! Everything is sans-IO and allocation-free on the accept path: [`parse_request`] borrows every
+//! string from the receive buffer, and the writers append to a caller-owned `Vec<u8>`.
+//!
+//! Server side, per connection:
+//! 1. After each receive, call [`parse_request`] on everything received so far. [`Parse::Partial`]
+//!    means "receive more"; an error carries its HTTP status in [`Error::reply`](crate::Error::reply), and
+//!    [`write_error_response`] writes the answer.
+//! 2. With [`Parse::Complete`], route on [`Request::is_upgrade`]: plain HTTP goes to the HTTP hook
+//!    (answer with [`write_response`]); an upgrade is checked with [`Request::validate_upgrade`],
+//!    which returns the client's key.
+//! 3. Answer with [`write_accept_response`]; the WebSocket stream starts at [`Request::head_len`].
+//!
+//! Client side: [`ClientHandshake::write_request`], then [`ClientHandshake::parse_response`] after
+//! each receive until it returns [`ResponseParse::Complete`].
+//!
+//! ```
+//! use ringws_protocol::handshake::*;
+//!
+//! let client = ClientHandshake::with_key(*b"the sample nonce");
+//! let mut request = Vec::new();
+//! client.write_request(&mut request, "example.com", "/chat", &["chat"], None, &[]);
+//!
+//! let Parse::Complete(req) = parse_request(&request, DEFAULT_MAX_HEADER_BYTES)? else {
+//!     unreachable!("the whole request is there")
+//! };
+//! assert!(req.is_upgrade());
+//! let key = req.validate_upgrade()?;
+//! assert_eq!(key, "dGhlIHNhbXBsZSBub25jZQ==");
+//!
+//! let mut response = Vec::new();
+//! write_accept_response(&mut response, key, req.subprotocols().next(), None);
+//! let ResponseParse::Complete(resp) =
+//!     client.parse_response(&response, &["chat"], None, DEFAULT_MAX_HEADER_BYTES)?
+//! else {
+//!     unreachable!("the whole response is there")
+//! };
+//! assert_eq!(resp.protocol, Some("chat"));
+//! # Ok::<(), ringws_protocol::Error>(())
+//! ```
 
-use crate::error::Error;
+mod accept;
+mod client;
+mod fields;
+mod request;
+mod response;
+mod tokens;
 
-/// Default limit on the size of a request's header block.
+pub use accept::accept_key;
+pub use client::{ClientHandshake, Response, ResponseParse};
+pub use request::{Parse, Request, parse_request};
+pub use response::{reason_phrase, write_accept_response, write_error_response, write_response};
+pub use tokens::ExtensionOffer;
+
+/// Default limit on the size of a request's (or response's) header block, terminator included.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8192;
 
-/// Computes `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (base64 of SHA-1 of key + GUID).
-pub fn accept_key(key: &[u8]) -> [u8; 28] {
-    let _ = key;
-    todo!()
-}
-
-/// The outcome of [`parse_request`].
-#[derive(Debug)]
-pub enum Parse<'a> {
-    /// No `\r\n\r\n` yet and still under the size limit: call again with more bytes.
-    Partial,
-    /// A complete request head.
-    Complete(Request<'a>),
-}
-
-/// A parsed HTTP/1.1 request head, borrowed from the input.
-#[derive(Debug)]
-pub struct Request<'a> {
-    _buf: &'a [u8],
-}
-
-/// Parses a request head from `buf`.
-pub fn parse_request(buf: &[u8], max_header_bytes: usize) -> Result<Parse<'_>, Error> {
-    let _ = (buf, max_header_bytes);
-    todo!()
-}
+/// The most header lines a request or response may carry; above it the request is answered with 431.
+///
+/// Browsers send 10 to 20; the bound keeps a peer from making the parser do unbounded work per call
+/// (10,000 one-byte headers fit in a large header limit).
+pub const MAX_HEADERS: usize = 100;
