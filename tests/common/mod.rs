@@ -1,0 +1,901 @@
+//! Shared helpers of the integration tests: a live `ringws serve` process per test, a raw TCP client
+//! that writes hand-built frames (any header bits, any chopping) and reads the server's frames back,
+//! plain HTTP requests, and a tokio-tungstenite client.
+//!
+//! Every wait is bounded: server start-up, each read, each process exit has a deadline, and every loop
+//! stops at its deadline or its count.
+
+// Each test binary compiles this module and uses a different subset of it.
+#![allow(dead_code)]
+
+use ringws_protocol::frame::{DecodeRules, Decoded, MAX_HEADER_LEN, decode_header, encode_header};
+use ringws_protocol::mask::unmask;
+use ringws_protocol::{OpCode, Role};
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to print its `listening on` line.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one read may wait for the server before the test fails.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times `Server::start` tries another port when the one it picked was taken meanwhile.
+const PORT_ATTEMPTS: usize = 5;
+
+/// The `ringws` binary under test: `RINGWS_BIN` if set (to run the suite against another build), else
+/// the binary cargo built for this test run.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("RINGWS_BIN") {
+        return path.into();
+    }
+    // `option_env!` rather than `env!`: the workspace keeps compiling before the binary target exists,
+    // and a test then fails here with a clear message instead of breaking every other crate's build.
+    match option_env!("CARGO_BIN_EXE_ringws") {
+        Some(path) => path.into(),
+        None => {
+            panic!("the `ringws` binary target does not exist yet (src/main.rs); set RINGWS_BIN")
+        }
+    }
+}
+
+/// The repository root (where `Cargo.toml` of the root crate lives).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running `ringws serve` on 127.0.0.1, killed when dropped. Its stdout and stderr are captured and
+/// printed when the test panics, so a failure shows what the server said.
+pub struct Server {
+    child: Child,
+    /// The address the server listens on.
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `ringws serve --addr 127.0.0.1:<free port> [--workers 1] <args>` and waits (bounded) for
+    /// its `listening on ADDR (N workers)` line. `--workers 1` is added unless `args` names `--workers`.
+    /// A port taken between picking and binding is retried with another one.
+    pub fn start(args: &[&str]) -> Server {
+        let workers = match args.iter().position(|a| *a == "--workers") {
+            Some(i) => args.get(i + 1).copied().expect("--workers needs a value"),
+            None => "1",
+        };
+        let mut last_log = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let mut cmd = Command::new(binary());
+            cmd.arg("serve").arg("--addr").arg(addr.to_string());
+            if !args.contains(&"--workers") {
+                cmd.args(["--workers", "1"]);
+            }
+            cmd.args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", binary().display()));
+            let log = Arc::new(Mutex::new(String::new()));
+            let (ready_tx, ready_rx) = mpsc::channel();
+            capture(
+                child.stderr.take().expect("piped"),
+                &log,
+                "",
+                Some(ready_tx),
+            );
+            capture(child.stdout.take().expect("piped"), &log, "[stdout] ", None);
+            match ready_rx.recv_timeout(READY_TIMEOUT) {
+                Ok(line) => {
+                    let server = Server { child, addr, log };
+                    // "1 worker" is accepted as well as the contract's literal "(1 workers)".
+                    let ok = [
+                        format!("listening on {addr} ({workers} workers)"),
+                        format!("listening on {addr} ({workers} worker)"),
+                    ];
+                    assert!(
+                        ok.contains(&line),
+                        "unexpected ready line {line:?}, want {:?}",
+                        ok[0]
+                    );
+                    return server;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "server not ready within {READY_TIMEOUT:?}; output:\n{}",
+                        log.lock().unwrap()
+                    );
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stderr closed without the ready line: the process is exiting.
+                    let status = wait_bounded(&mut child, Duration::from_secs(5));
+                    last_log = log.lock().unwrap().clone();
+                    if !last_log.contains("in use") {
+                        panic!(
+                            "server exited before it was ready ({status:?}); output:\n{last_log}"
+                        );
+                    }
+                }
+            }
+        }
+        panic!("no free port after {PORT_ATTEMPTS} attempts; last output:\n{last_log}");
+    }
+
+    /// Everything the server printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`) to the server process.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; `pid` is our own child,
+        // which is not reaped before `Drop` (or `wait_exit`), so the pid cannot have been reused.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}): {}",
+            io::Error::last_os_error()
+        );
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running then.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_bounded(&mut self.child, timeout)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!(
+                "---- ringws serve ({}) output ----\n{}",
+                self.addr,
+                self.log.lock().unwrap()
+            );
+        }
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Copies `from` line by line into `log` on a thread; the first `listening on` line goes to `ready`.
+fn capture(
+    from: impl Read + Send + 'static,
+    log: &Arc<Mutex<String>>,
+    prefix: &'static str,
+    ready: Option<mpsc::Sender<String>>,
+) {
+    let log = Arc::clone(log);
+    thread::spawn(move || {
+        let mut ready = ready;
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("listening on ")
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send(line.clone());
+            }
+            let mut log = log.lock().unwrap();
+            log.push_str(prefix);
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+}
+
+/// Polls a child for its exit for at most `timeout`.
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `cmd` with stdout and stderr captured, killing it after `timeout`. Returns its exit status
+/// (`None` on timeout) and everything it printed.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (Option<ExitStatus>, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let log = Arc::new(Mutex::new(String::new()));
+    capture(child.stdout.take().expect("piped"), &log, "", None);
+    capture(child.stderr.take().expect("piped"), &log, "[stderr] ", None);
+    let status = wait_bounded(&mut child, timeout);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // Let the capture threads drain what the process wrote just before it exited.
+    thread::sleep(Duration::from_millis(50));
+    let out = log.lock().unwrap().clone();
+    (status, out)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Payloads
+
+/// `len` deterministic, varied bytes (every value occurs), different for each `seed`.
+pub fn bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect()
+}
+
+/// `len` bytes of printable ASCII text, different for each `seed`.
+pub fn text(len: usize, seed: u8) -> String {
+    (0..len)
+        .map(|i| char::from(b' ' + ((i as u8).wrapping_mul(7).wrapping_add(seed)) % 95))
+        .collect()
+}
+
+/// Decodes a hex string (test vectors are written in hex, like Autobahn's).
+pub fn hex(s: &str) -> Vec<u8> {
+    assert!(s.len().is_multiple_of(2), "odd hex length");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Raw frames
+
+/// Opcode values, including reserved ones the `OpCode` enum cannot hold.
+pub mod op {
+    /// Continuation.
+    pub const CONT: u8 = 0x0;
+    /// Text.
+    pub const TEXT: u8 = 0x1;
+    /// Binary.
+    pub const BINARY: u8 = 0x2;
+    /// Close.
+    pub const CLOSE: u8 = 0x8;
+    /// Ping.
+    pub const PING: u8 = 0x9;
+    /// Pong.
+    pub const PONG: u8 = 0xA;
+}
+
+/// The RFC 6455 §1.3 sample key and its accept value: a fixed key lets the raw client check
+/// `Sec-WebSocket-Accept` without an SHA-1 of its own.
+pub const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+/// `Sec-WebSocket-Accept` for [`RFC_KEY`] (RFC 6455 §1.3).
+pub const RFC_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A frame as the raw client sees it: every header bit explicit, payload unmasked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// FIN bit.
+    pub fin: bool,
+    /// RSV1-3 as the three low bits.
+    pub rsv: u8,
+    /// Opcode, 4 bits (reserved values allowed when sending).
+    pub opcode: u8,
+    /// Unmasked payload.
+    pub payload: Vec<u8>,
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = &self.payload[..self.payload.len().min(64)];
+        write!(
+            f,
+            "Frame {{ fin: {}, rsv: {}, opcode: {:#x}, len: {}, payload: {:?}{} }}",
+            self.fin,
+            self.rsv,
+            self.opcode,
+            self.payload.len(),
+            String::from_utf8_lossy(shown),
+            if shown.len() < self.payload.len() {
+                "…"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+impl Frame {
+    /// A frame with the given FIN bit and opcode, no RSV bits.
+    pub fn new(fin: bool, opcode: u8, payload: impl Into<Vec<u8>>) -> Frame {
+        Frame {
+            fin,
+            rsv: 0,
+            opcode,
+            payload: payload.into(),
+        }
+    }
+
+    /// A final (FIN=1) text frame.
+    pub fn text(payload: impl Into<Vec<u8>>) -> Frame {
+        Frame::new(true, op::TEXT, payload)
+    }
+
+    /// A final binary frame.
+    pub fn binary(payload: impl Into<Vec<u8>>) -> Frame {
+        Frame::new(true, op::BINARY, payload)
+    }
+
+    /// A ping.
+    pub fn ping(payload: impl Into<Vec<u8>>) -> Frame {
+        Frame::new(true, op::PING, payload)
+    }
+
+    /// A Close frame with `code` and `reason`.
+    pub fn close(code: u16, reason: &[u8]) -> Frame {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason);
+        Frame::new(true, op::CLOSE, payload)
+    }
+
+    /// The same frame with RSV bits `rsv`.
+    pub fn with_rsv(mut self, rsv: u8) -> Frame {
+        self.rsv = rsv;
+        self
+    }
+
+    /// The wire bytes of this frame, masked with `mask` if given (client frames must be).
+    pub fn encode(&self, mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut header = [0u8; MAX_HEADER_LEN];
+        // The opcode argument is a placeholder: byte 0 is rewritten below so that reserved opcodes and
+        // any RSV bits can be sent.
+        let n = encode_header(
+            &mut header,
+            self.fin,
+            0,
+            OpCode::Binary,
+            mask,
+            self.payload.len() as u64,
+        );
+        header[0] = (self.fin as u8) << 7 | (self.rsv & 0x7) << 4 | (self.opcode & 0xf);
+        let mut out = Vec::with_capacity(n + self.payload.len());
+        out.extend_from_slice(&header[..n]);
+        let start = out.len();
+        out.extend_from_slice(&self.payload);
+        if let Some(key) = mask {
+            unmask(&mut out[start..], key, 0); // XOR: masking and unmasking are the same operation
+        }
+        out
+    }
+
+    /// The close code of a Close frame (`None` for an empty payload).
+    pub fn close_code(&self) -> Option<u16> {
+        assert_eq!(self.opcode, op::CLOSE, "not a Close frame: {self:?}");
+        match self.payload.as_slice() {
+            [] => None,
+            [hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+            [_] => panic!("server sent a 1-byte Close payload"),
+        }
+    }
+}
+
+/// Why [`RawClient::read_frame`] returned no frame.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The server closed the connection (EOF) cleanly.
+    Eof,
+    /// The server reset the connection.
+    Reset,
+    /// Nothing arrived within the read timeout.
+    Timeout,
+    /// The bytes are not a valid server frame.
+    Protocol(ringws_protocol::Error),
+    /// Any other socket error.
+    Io(io::Error),
+}
+
+/// A WebSocket client on a blocking socket that sends exactly the bytes a test builds.
+pub struct RawClient {
+    stream: TcpStream,
+    /// Bytes read but not yet consumed as frames.
+    pending: Vec<u8>,
+    /// State of the masking-key generator (xorshift32, never zero).
+    key_state: u32,
+    /// The largest frame payload the client accepts from the server.
+    pub max_frame: u64,
+    /// How long one `read_frame` may wait.
+    timeout: Duration,
+}
+
+impl RawClient {
+    /// Connects to `addr` and completes the opening handshake in one write.
+    pub fn connect(addr: SocketAddr) -> RawClient {
+        Self::connect_chopped(addr, usize::MAX)
+    }
+
+    /// Connects and writes the upgrade request in chunks of `chunk` bytes (flushed one by one), then
+    /// checks the `101` response and its `Sec-WebSocket-Accept`.
+    pub fn connect_chopped(addr: SocketAddr, chunk: usize) -> RawClient {
+        let mut client = RawClient::tcp(addr);
+        client.write_chopped(upgrade_request(addr).as_bytes(), chunk);
+        client.finish_handshake();
+        client
+    }
+
+    /// Connects and sends `request` (an upgrade request, possibly followed by frames) in one write,
+    /// then checks the `101` response like [`RawClient::connect`].
+    pub fn connect_with(addr: SocketAddr, request: &[u8]) -> RawClient {
+        let mut client = RawClient::tcp(addr);
+        client.write(request);
+        client.finish_handshake();
+        client
+    }
+
+    /// Connects without a handshake (for tests that send their own HTTP).
+    pub fn tcp(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_nodelay(true).expect("nodelay");
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("read timeout");
+        stream
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("write timeout");
+        let port = stream.local_addr().expect("local addr").port() as u32;
+        RawClient {
+            stream,
+            pending: Vec::new(),
+            key_state: 0x9e37_79b9 ^ port,
+            max_frame: 64 << 20,
+            timeout: READ_TIMEOUT,
+        }
+    }
+
+    /// Reads the handshake response, asserts `101` with the right accept value, and keeps any bytes
+    /// after the head as the start of the frame stream.
+    fn finish_handshake(&mut self) {
+        let head = self.read_http_head();
+        let resp = HttpResponse::parse(&head);
+        assert_eq!(resp.status, 101, "handshake not accepted:\n{head}");
+        assert_eq!(
+            resp.header("sec-websocket-accept"),
+            Some(RFC_ACCEPT),
+            "response:\n{head}"
+        );
+        let upgrade = resp.header("upgrade").unwrap_or_default();
+        assert!(
+            upgrade.eq_ignore_ascii_case("websocket"),
+            "Upgrade header: {upgrade:?}"
+        );
+        let connection = resp
+            .header("connection")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        assert!(
+            connection.contains("upgrade"),
+            "Connection header: {connection:?}"
+        );
+        assert_eq!(
+            resp.header("sec-websocket-extensions"),
+            None,
+            "no extension was offered"
+        );
+    }
+
+    /// Reads an HTTP response head (up to `\r\n\r\n`, at most 64 KiB) and returns it as text; bytes
+    /// after it stay pending. EOF before the blank line returns what arrived.
+    pub fn read_http_head(&mut self) -> String {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        loop {
+            if let Some(end) = find(&self.pending, b"\r\n\r\n") {
+                let head: Vec<u8> = self.pending.drain(..end + 4).collect();
+                return String::from_utf8_lossy(&head).into_owned();
+            }
+            assert!(self.pending.len() < 64 << 10, "response head over 64 KiB");
+            assert!(
+                Instant::now() < deadline,
+                "no HTTP response head within {READ_TIMEOUT:?}"
+            );
+            match self.fill() {
+                Ok(0) | Err(ReadError::Eof) | Err(ReadError::Reset) => {
+                    return String::from_utf8_lossy(&std::mem::take(&mut self.pending))
+                        .into_owned();
+                }
+                Ok(_) => {}
+                Err(e) => panic!("reading the HTTP response: {e:?}"),
+            }
+        }
+    }
+
+    /// The next masking key: varied and never all zeros, so unmasking bugs show.
+    fn next_key(&mut self) -> [u8; 4] {
+        let mut x = self.key_state;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.key_state = x;
+        (x | 0x0101_0101).to_be_bytes()
+    }
+
+    /// Sends `frame` masked with a fresh key, in one write.
+    pub fn send(&mut self, frame: &Frame) {
+        let bytes = self.masked(frame);
+        self.write(&bytes);
+    }
+
+    /// Sends several frames in one write.
+    pub fn send_all(&mut self, frames: &[Frame]) {
+        let bytes = self.masked_all(frames);
+        self.write(&bytes);
+    }
+
+    /// The wire bytes of `frame` masked with a fresh key.
+    pub fn masked(&mut self, frame: &Frame) -> Vec<u8> {
+        let key = self.next_key();
+        frame.encode(Some(key))
+    }
+
+    /// The wire bytes of several frames, each masked with a fresh key.
+    pub fn masked_all(&mut self, frames: &[Frame]) -> Vec<u8> {
+        frames.iter().flat_map(|f| self.masked(f)).collect()
+    }
+
+    /// Writes `bytes`, failing the test on an error.
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("write: {e}"));
+    }
+
+    /// Writes `bytes` and reports an error instead of failing (the server may already have closed).
+    pub fn try_write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Writes `bytes` in chunks of `chunk` bytes, each its own `write` call (TCP_NODELAY is on, so
+    /// each leaves as its own segment unless the kernel coalesces a backlog).
+    pub fn write_chopped(&mut self, bytes: &[u8], chunk: usize) {
+        for part in bytes.chunks(chunk.max(1)) {
+            self.write(part);
+        }
+    }
+
+    /// Sets how long each read may wait (default [`READ_TIMEOUT`]).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .expect("read timeout");
+    }
+
+    /// Half-closes the sending side (FIN without closing the socket).
+    pub fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
+    /// Reads more bytes into `pending`.
+    fn fill(&mut self) -> Result<usize, ReadError> {
+        let mut buf = [0u8; 64 << 10];
+        match self.stream.read(&mut buf) {
+            Ok(0) => Err(ReadError::Eof),
+            Ok(n) => {
+                self.pending.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(ReadError::Timeout)
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(ReadError::Reset),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(ReadError::Io(e)),
+        }
+    }
+
+    /// Reads one frame from the server (must be unmasked, no RSV bits, valid opcode, control frames
+    /// short and unfragmented: `decode_header` with the client's rules checks all of that).
+    pub fn read_frame(&mut self) -> Result<Frame, ReadError> {
+        let rules = DecodeRules {
+            role: Role::Client,
+            max_frame_size: self.max_frame,
+            allowed_rsv: 0,
+        };
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match decode_header(&self.pending, &rules).map_err(ReadError::Protocol)? {
+                Decoded::Header(h) => {
+                    let total = h.header_len as usize + h.payload_len as usize;
+                    if self.pending.len() >= total {
+                        let frame = Frame {
+                            fin: h.fin,
+                            rsv: h.rsv,
+                            opcode: h.opcode as u8,
+                            payload: self.pending[h.header_len as usize..total].to_vec(),
+                        };
+                        self.pending.drain(..total);
+                        return Ok(frame);
+                    }
+                }
+                Decoded::Partial(_) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(ReadError::Timeout);
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Reads one frame, failing the test if there is none.
+    pub fn expect_frame(&mut self) -> Frame {
+        self.read_frame()
+            .unwrap_or_else(|e| panic!("expected a frame from the server, got {e:?}"))
+    }
+
+    /// Reads one message (a data frame and its continuations); any control frame on the way fails.
+    pub fn expect_message(&mut self) -> (u8, Vec<u8>) {
+        let first = self.expect_frame();
+        assert!(
+            matches!(first.opcode, op::TEXT | op::BINARY),
+            "expected a data frame, got {first:?}"
+        );
+        let mut payload = first.payload;
+        let mut fin = first.fin;
+        for _ in 0..1_000_000 {
+            if fin {
+                break;
+            }
+            let next = self.expect_frame();
+            assert_eq!(
+                next.opcode,
+                op::CONT,
+                "expected a continuation, got {next:?}"
+            );
+            payload.extend_from_slice(&next.payload);
+            fin = next.fin;
+        }
+        assert!(fin, "message with over a million fragments");
+        (first.opcode, payload)
+    }
+
+    /// Asserts the next message is a text message with exactly `expected`.
+    pub fn expect_text(&mut self, expected: &[u8]) {
+        let (opcode, payload) = self.expect_message();
+        assert_eq!(opcode, op::TEXT, "expected a text message");
+        assert_payload(&payload, expected);
+    }
+
+    /// Asserts the next message is a binary message with exactly `expected`.
+    pub fn expect_binary(&mut self, expected: &[u8]) {
+        let (opcode, payload) = self.expect_message();
+        assert_eq!(opcode, op::BINARY, "expected a binary message");
+        assert_payload(&payload, expected);
+    }
+
+    /// Asserts the next frame is a pong carrying `payload`.
+    pub fn expect_pong(&mut self, payload: &[u8]) {
+        let frame = self.expect_frame();
+        assert_eq!(frame.opcode, op::PONG, "expected a pong, got {frame:?}");
+        assert_payload(&frame.payload, payload);
+    }
+
+    /// Asserts the next frame is a Close with `code` (`None`: an empty payload), then answers it with
+    /// a Close of the same code and asserts the server closes the TCP connection.
+    pub fn expect_close(&mut self, code: Option<u16>) {
+        self.expect_close_frame(code);
+        // Answer like a well-behaved client; the server may have closed already, so errors are fine.
+        let reply = match code {
+            Some(c) => Frame::close(c, b""),
+            None => Frame::new(true, op::CLOSE, Vec::new()),
+        };
+        let bytes = self.masked(&reply);
+        let _ = self.try_write(&bytes);
+        self.expect_closed();
+    }
+
+    /// Asserts the next frame is a Close with `code` and a UTF-8 reason, and returns it (no reply).
+    pub fn expect_close_frame(&mut self, code: Option<u16>) -> Frame {
+        let frame = self.expect_frame();
+        assert_eq!(
+            frame.opcode,
+            op::CLOSE,
+            "expected a Close frame, got {frame:?}"
+        );
+        assert_eq!(frame.close_code(), code, "close code of {frame:?}");
+        if frame.payload.len() > 2 {
+            assert!(
+                std::str::from_utf8(&frame.payload[2..]).is_ok(),
+                "close reason is not UTF-8: {frame:?}"
+            );
+        }
+        frame
+    }
+
+    /// Asserts the server closes the TCP connection (EOF or reset) within the read timeout, sending
+    /// nothing more.
+    pub fn expect_closed(&mut self) {
+        match self.read_frame() {
+            Err(ReadError::Eof | ReadError::Reset) => {}
+            Err(ReadError::Timeout) => {
+                panic!(
+                    "server did not close the TCP connection within {:?}",
+                    self.timeout
+                )
+            }
+            other => panic!("expected the connection to be closed, got {other:?}"),
+        }
+    }
+
+    /// Asserts that nothing arrives within `wait` (the connection stays open and silent).
+    pub fn expect_silence(&mut self, wait: Duration) {
+        self.stream
+            .set_read_timeout(Some(wait))
+            .expect("read timeout");
+        let mut buf = [0u8; 1];
+        let got = self.stream.peek(&mut buf);
+        self.stream
+            .set_read_timeout(Some(self.timeout))
+            .expect("read timeout");
+        assert!(
+            self.pending.is_empty(),
+            "unexpected bytes from the server: {:?}",
+            self.pending
+        );
+        match got {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("expected silence for {wait:?}, got {other:?}"),
+        }
+    }
+
+    /// Sends a Close 1000, expects it echoed and the TCP connection closed: the clean end of a case.
+    pub fn close_normally(&mut self) {
+        self.send(&Frame::close(1000, b""));
+        self.expect_close_frame(Some(1000));
+        self.expect_closed();
+    }
+
+    /// Echo round trip: sends `frame` and expects the same data message back.
+    pub fn echo(&mut self, frame: Frame) {
+        self.send(&frame);
+        match frame.opcode {
+            op::TEXT => self.expect_text(&frame.payload),
+            op::BINARY => self.expect_binary(&frame.payload),
+            other => panic!("echo of opcode {other:#x}"),
+        }
+    }
+}
+
+/// Asserts two payloads are equal, reporting the first difference instead of dumping megabytes.
+pub fn assert_payload(got: &[u8], want: &[u8]) {
+    if got != want {
+        let at = got
+            .iter()
+            .zip(want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
+        panic!(
+            "payload differs: got {} bytes, want {}; first difference at byte {at} (got {:?}, want {:?})",
+            got.len(),
+            want.len(),
+            got.get(at),
+            want.get(at)
+        );
+    }
+}
+
+/// The first index of `needle` in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A valid upgrade request for `addr` with the RFC sample key.
+pub fn upgrade_request(addr: SocketAddr) -> String {
+    format!(
+        "GET /chat HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {RFC_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------
+// HTTP
+
+/// A parsed HTTP response head.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lower-cased) and values, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpResponse {
+    /// Parses a response head; panics (failing the test) if it is not HTTP/1.x.
+    pub fn parse(head: &str) -> HttpResponse {
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let mut parts = status_line.splitn(3, ' ');
+        let version = parts.next().unwrap_or_default();
+        assert!(
+            version.starts_with("HTTP/1."),
+            "not an HTTP/1.x response: {head:?}"
+        );
+        let status = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status code in {status_line:?}"));
+        let headers = lines
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        HttpResponse { status, headers }
+    }
+
+    /// The value of header `name` (lower-case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `request` on a fresh connection and returns the parsed response head and its raw text.
+pub fn http_request(addr: SocketAddr, request: &[u8]) -> (HttpResponse, String) {
+    let mut client = RawClient::tcp(addr);
+    client.write(request);
+    let head = client.read_http_head();
+    (HttpResponse::parse(&head), head)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// tokio-tungstenite
+
+/// A tokio-tungstenite client stream.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects a tokio-tungstenite client to `addr` with message and frame limits of 64 MiB (above the
+/// 16 MiB the tests send), bounded by `READ_TIMEOUT`.
+pub async fn ws_connect(addr: SocketAddr) -> Ws {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let url = format!("ws://{addr}/");
+    let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    match tokio::time::timeout(READ_TIMEOUT, connect).await {
+        Ok(Ok((ws, response))) => {
+            assert_eq!(response.status(), 101);
+            ws
+        }
+        Ok(Err(e)) => panic!("tungstenite connect to {addr}: {e}"),
+        Err(_) => panic!("tungstenite connect to {addr} timed out"),
+    }
+}

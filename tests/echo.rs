@@ -1,0 +1,259 @@
+//! End-to-end behaviour of `ringws serve` with an independent client (tokio-tungstenite) and the raw
+//! client: echo of every length class up to 16 MiB, ping/pong, the close handshake, 1,000 concurrent
+//! clients, a handshake arriving one byte at a time, fragmented messages with pings between the
+//! fragments, and graceful shutdown on SIGTERM/SIGINT.
+
+mod common;
+
+use common::{Frame, RawClient, Server, Ws, bytes, op, text, ws_connect};
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// 16 MiB: the largest message the echo tests send, and the server's limit in those tests (a message
+/// of exactly the limit must pass).
+const SIXTEEN_MIB: usize = 16 << 20;
+const SIXTEEN_MIB_ARG: &str = "16777216";
+
+/// The payload lengths every echo test covers: each length-encoding boundary (7-bit, 16-bit, 64-bit),
+/// then messages that span many receive buffers.
+const LENGTHS: [usize; 9] = [0, 1, 125, 126, 127, 65535, 65536, 1 << 20, SIXTEEN_MIB];
+
+/// The next message from `ws`, failing the test on a timeout, an error or the end of the stream.
+async fn next(ws: &mut Ws) -> Message {
+    match timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(msg))) => msg,
+        Ok(Some(Err(e))) => panic!("tungstenite read error: {e}"),
+        Ok(None) => panic!("the server closed the stream"),
+        Err(_) => panic!("no message within 30 s"),
+    }
+}
+
+async fn send(ws: &mut Ws, msg: Message) {
+    timeout(Duration::from_secs(30), ws.send(msg))
+        .await
+        .expect("send timed out")
+        .expect("send failed");
+}
+
+#[tokio::test]
+async fn echoes_text_of_every_length_class() {
+    let server = Server::start(&["--max-message-size", SIXTEEN_MIB_ARG]);
+    let mut ws = ws_connect(server.addr).await;
+    for (i, len) in LENGTHS.into_iter().enumerate() {
+        let sent = text(len, i as u8);
+        send(&mut ws, Message::text(sent.clone())).await;
+        match next(&mut ws).await {
+            Message::Text(got) => {
+                assert_eq!(got.len(), len, "text echo length");
+                assert!(got.as_str() == sent, "text echo of {len} bytes differs");
+            }
+            other => panic!(
+                "expected a text echo of {len} bytes, got {:?}",
+                kind(&other)
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn echoes_binary_of_every_length_class() {
+    let server = Server::start(&["--max-message-size", SIXTEEN_MIB_ARG]);
+    let mut ws = ws_connect(server.addr).await;
+    for (i, len) in LENGTHS.into_iter().enumerate() {
+        let sent = bytes(len, i as u8);
+        send(&mut ws, Message::binary(sent.clone())).await;
+        match next(&mut ws).await {
+            Message::Binary(got) => common::assert_payload(&got, &sent),
+            other => panic!(
+                "expected a binary echo of {len} bytes, got {:?}",
+                kind(&other)
+            ),
+        }
+    }
+}
+
+/// A short description of a message for failure output (not megabytes of payload).
+fn kind(msg: &Message) -> String {
+    match msg {
+        Message::Text(t) => format!("Text({} bytes)", t.len()),
+        Message::Binary(b) => format!("Binary({} bytes)", b.len()),
+        Message::Ping(p) => format!("Ping({p:?})"),
+        Message::Pong(p) => format!("Pong({p:?})"),
+        Message::Close(c) => format!("Close({c:?})"),
+        Message::Frame(_) => "raw frame".into(),
+    }
+}
+
+#[tokio::test]
+async fn ping_is_answered_with_the_same_payload() {
+    let server = Server::start(&[]);
+    let mut ws = ws_connect(server.addr).await;
+    for payload in [&b""[..], b"x", b"hello ping", &[0xff; 125]] {
+        send(&mut ws, Message::Ping(payload.to_vec().into())).await;
+        match next(&mut ws).await {
+            Message::Pong(got) => assert_eq!(&got[..], payload),
+            other => panic!("expected a pong, got {}", kind(&other)),
+        }
+    }
+    // The connection still echoes after control traffic.
+    send(&mut ws, Message::text("after pings")).await;
+    assert_eq!(next(&mut ws).await, Message::text("after pings"));
+}
+
+#[tokio::test]
+async fn close_1000_is_echoed_and_the_stream_ends() {
+    let server = Server::start(&[]);
+    let mut ws = ws_connect(server.addr).await;
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    };
+    timeout(Duration::from_secs(10), ws.close(Some(frame)))
+        .await
+        .expect("close timed out")
+        .expect("close failed");
+    match next(&mut ws).await {
+        Message::Close(Some(reply)) => assert_eq!(u16::from(reply.code), 1000),
+        other => panic!("expected Close 1000, got {}", kind(&other)),
+    }
+    // After the close handshake the server closes TCP: the stream ends.
+    let end = timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("stream did not end");
+    assert!(end.is_none(), "expected the end of the stream, got {end:?}");
+}
+
+/// 1,000 clients at once, each echoing 100 messages (text and binary alternating, sizes varying), every
+/// reply checked against what that client sent. Bounded at 60 s.
+#[tokio::test]
+async fn thousand_concurrent_clients_echo_a_hundred_messages_each() {
+    const CLIENTS: usize = 1000;
+    const MESSAGES: usize = 100;
+    let server = Server::start(&["--workers", "2"]);
+    let addr = server.addr;
+    let run = async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in 0..CLIENTS {
+            tasks.spawn(async move {
+                let mut ws = ws_connect(addr).await;
+                for seq in 0..MESSAGES {
+                    let pad = (client * 7 + seq * 13) % 300;
+                    let body = format!("{client}:{seq}:{}", text(pad, seq as u8));
+                    let msg = if seq % 2 == 0 {
+                        Message::text(body)
+                    } else {
+                        Message::binary(body.into_bytes())
+                    };
+                    send(&mut ws, msg.clone()).await;
+                    let got = next(&mut ws).await;
+                    assert!(
+                        got == msg,
+                        "client {client} message {seq}: got {}",
+                        kind(&got)
+                    );
+                }
+                ws.close(None).await.expect("close");
+            });
+        }
+        let mut done = 0;
+        while let Some(result) = tasks.join_next().await {
+            if let Err(e) = result {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            done += 1;
+        }
+        done
+    };
+    let done = timeout(Duration::from_secs(60), run)
+        .await
+        .expect("1000x100 echo took over 60 s");
+    assert_eq!(done, CLIENTS);
+}
+
+#[test]
+fn handshake_written_one_byte_at_a_time() {
+    let server = Server::start(&[]);
+    let mut client = RawClient::connect_chopped(server.addr, 1);
+    client.echo(Frame::text("after a chopped handshake"));
+    client.close_normally();
+}
+
+/// A text message in 1,000 three-byte fragments with a ping after every 100th, all in one write: the
+/// pongs come back in order, then the reassembled message. The binary variant goes out in 7-byte
+/// writes so frame headers straddle reads.
+#[test]
+fn many_small_fragments_with_pings_between() {
+    let server = Server::start(&[]);
+    for (opcode, chunk) in [(op::TEXT, usize::MAX), (op::BINARY, 7)] {
+        let mut client = RawClient::connect(server.addr);
+        let whole = text(3000, opcode);
+        let mut frames = Vec::new();
+        for (i, part) in whole.as_bytes().chunks(3).enumerate() {
+            let first = i == 0;
+            let last = i == 999;
+            frames.push(Frame::new(
+                last,
+                if first { opcode } else { op::CONT },
+                part,
+            ));
+            if i % 100 == 99 && !last {
+                frames.push(Frame::ping(format!("p{i}")));
+            }
+        }
+        let wire = client.masked_all(&frames);
+        client.write_chopped(&wire, chunk);
+        for i in (99..999).step_by(100) {
+            client.expect_pong(format!("p{i}").as_bytes());
+        }
+        let (got_op, payload) = client.expect_message();
+        assert_eq!(got_op, opcode);
+        common::assert_payload(&payload, whole.as_bytes());
+        client.close_normally();
+    }
+}
+
+/// SIGTERM: every open client gets Close 1001, and the process exits with status 0.
+#[test]
+fn sigterm_sends_1001_to_every_client_and_exits_0() {
+    let mut server = Server::start(&["--workers", "2"]);
+    let mut clients: Vec<RawClient> = (0..10).map(|_| RawClient::connect(server.addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.echo(Frame::text(format!("client {i}")));
+    }
+    server.signal(libc::SIGTERM);
+    for c in &mut clients {
+        c.expect_close(Some(1001));
+    }
+    // Well-behaved clients close their sockets once the server has closed its side.
+    drop(clients);
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(
+        matches!(status, Some(s) if s.success()),
+        "expected exit status 0 within 10 s after SIGTERM, got {status:?}; output:\n{}",
+        server.log()
+    );
+}
+
+/// SIGINT behaves like SIGTERM, also for a client in the middle of a fragmented message and for one
+/// that never answers the Close (the drain is bounded: exit within 20 s).
+#[test]
+fn sigint_closes_with_1001_even_mid_message_and_exits_0() {
+    let mut server = Server::start(&[]);
+    let mut mid_message = RawClient::connect(server.addr);
+    mid_message.send(&Frame::new(false, op::TEXT, "first half"));
+    let mut silent = RawClient::connect(server.addr);
+    silent.echo(Frame::binary(vec![1, 2, 3]));
+    server.signal(libc::SIGINT);
+    mid_message.expect_close(Some(1001));
+    silent.expect_close_frame(Some(1001));
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert!(
+        matches!(status, Some(s) if s.success()),
+        "expected exit status 0 within 20 s after SIGINT, got {status:?}; output:\n{}",
+        server.log()
+    );
+}
