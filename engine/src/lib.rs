@@ -1,1 +1,46 @@
-//! `ringws-engine`: the io_uring runtime of ringws. Being implemented.
+//! `ringws-engine`: the io_uring runtime of ringws.
+//!
+//! One worker thread per core, pinned, each with its own io_uring (`SINGLE_ISSUER | DEFER_TASKRUN`),
+//! its own `SO_REUSEPORT` listener (multishot accept), a provided-buffer ring for multishot receives,
+//! a slab of small connection slots and a timer wheel. Frames whole inside a receive buffer are
+//! unmasked and delivered in place; output is corked into one send per connection per loop turn.
+//!
+//! - [`Server`] / [`ServerBuilder`] / [`ServerHandle`]: settings, start-up, shutdown and signals.
+//! - [`Handler`]: the callbacks; [`Socket`]: a connection lent to a callback.
+//! - [`Config`]: every limit and timer with its default; [`EngineError`]: start-up errors that name
+//!   the cause and the fix.
+//!
+//! ```no_run
+//! use ringws_engine::{Handler, Message, Server, Socket};
+//! struct Echo;
+//! impl Handler for Echo {
+//!     type State = ();
+//!     fn on_message(&mut self, ws: &mut Socket<'_, ()>, msg: Message<'_>) {
+//!         let _ = ws.send(msg);
+//!     }
+//! }
+//! Server::builder().bind("127.0.0.1:9001").workers(2).build()?.run(|_worker| Echo)?;
+//! # Ok::<(), ringws_engine::EngineError>(())
+//! ```
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod bufring;
+mod config;
+mod conn;
+mod error;
+mod handler;
+mod outq;
+mod server;
+mod socket;
+mod timer;
+mod uring;
+mod worker;
+
+pub use config::{BackpressurePolicy, Config};
+pub use error::EngineError;
+pub use handler::{Decision, Handler, HttpResponse, Message, SendResult};
+pub use ringws_protocol::CloseCode;
+pub use ringws_protocol::handshake::Request;
+pub use server::{Server, ServerBuilder, ServerHandle};
+pub use socket::{ConnId, Socket};

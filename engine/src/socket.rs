@@ -1,0 +1,124 @@
+//! The handle callbacks use to talk to a connection.
+
+use crate::conn::{Core, Phase};
+use crate::handler::{Message, SendResult};
+use ringws_protocol::CloseCode;
+use ringws_protocol::frame::{MAX_CONTROL_PAYLOAD, OpCode};
+use std::net::SocketAddr;
+
+/// Names one connection of a worker, stable for the connection's life: after it closes the id no
+/// longer resolves, even if its slot is reused. Ids are only meaningful within their worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    slot: u32,
+    generation: u32,
+}
+
+/// One WebSocket connection, lent to a callback.
+///
+/// Sends are queued and leave together at the end of the worker's loop turn, one send per connection
+/// (corking). Payloads are copied once, into the connection's output queue.
+pub struct Socket<'a, S> {
+    core: &'a mut Core<S>,
+    slot: u32,
+}
+
+impl<'a, S: Default> Socket<'a, S> {
+    /// The socket for `slot` of `core`.
+    pub(crate) fn new(core: &'a mut Core<S>, slot: u32) -> Self {
+        Self { core, slot }
+    }
+
+    /// This connection's id, to reach it later from another connection's callback via [`get`](Self::get).
+    pub fn id(&self) -> ConnId {
+        ConnId {
+            slot: self.slot,
+            generation: self.core.conns[self.slot as usize].generation,
+        }
+    }
+
+    /// The connection's state.
+    pub fn state(&self) -> &S {
+        &self.core.conns[self.slot as usize].state
+    }
+
+    /// The connection's state, mutably.
+    pub fn state_mut(&mut self) -> &mut S {
+        &mut self.core.conns[self.slot as usize].state
+    }
+
+    /// Whether the WebSocket is open (sends are accepted).
+    pub fn is_open(&self) -> bool {
+        self.core.conns[self.slot as usize].phase == Phase::Open
+    }
+
+    /// Queues a message.
+    pub fn send(&mut self, msg: Message<'_>) -> SendResult {
+        match msg {
+            Message::Text(s) => self.send_text(s),
+            Message::Binary(b) => self.send_binary(b),
+        }
+    }
+
+    /// Queues a text message.
+    pub fn send_text(&mut self, text: &str) -> SendResult {
+        self.core
+            .send_data(self.slot, OpCode::Text, text.as_bytes())
+    }
+
+    /// Queues a binary message.
+    pub fn send_binary(&mut self, data: &[u8]) -> SendResult {
+        self.core.send_data(self.slot, OpCode::Binary, data)
+    }
+
+    /// Queues a ping; the peer's pong arrives at [`Handler::on_pong`](crate::Handler::on_pong).
+    /// Payloads over 125 bytes are not allowed in control frames and are [`SendResult::Dropped`].
+    pub fn ping(&mut self, payload: &[u8]) -> SendResult {
+        if payload.len() > MAX_CONTROL_PAYLOAD || !self.is_open() {
+            return SendResult::Dropped;
+        }
+        self.core.send_control(self.slot, OpCode::Ping, payload);
+        SendResult::Queued
+    }
+
+    /// Starts the closing handshake with `code` and `reason` (cut to 123 bytes at a character
+    /// boundary). A code that may not be sent on the wire (1005, 1006, 1015, unassigned ranges) is
+    /// replaced by 1000. `on_close` follows once this callback returns. No-op if already closing.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        let code = if code.is_valid_on_wire() {
+            code
+        } else {
+            CloseCode::NORMAL
+        };
+        self.core.close(self.slot, code, reason);
+    }
+
+    /// Bytes queued on this connection and not yet written to the socket.
+    pub fn buffered_amount(&self) -> usize {
+        self.core.conns[self.slot as usize].buffered()
+    }
+
+    /// The peer's address (one `getpeername` call), if the socket still has one.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        crate::worker::peer_addr(self.core.conns[self.slot as usize].fd)
+    }
+
+    /// Another open (or closing) connection of this worker, by id; `None` once it has closed.
+    ///
+    /// ```no_run
+    /// # use ringws_engine::{ConnId, Socket};
+    /// fn forward(ws: &mut Socket<'_, ()>, to: ConnId, text: &str) {
+    ///     if let Some(mut other) = ws.get(to) {
+    ///         let _ = other.send_text(text);
+    ///     }
+    /// }
+    /// ```
+    pub fn get(&mut self, id: ConnId) -> Option<Socket<'_, S>> {
+        let c = self.core.conns.get(id.slot as usize)?;
+        let usable = matches!(c.phase, Phase::Open | Phase::Closing);
+        (usable && c.generation == id.generation).then_some(Socket {
+            core: &mut *self.core,
+            slot: id.slot,
+        })
+    }
+}

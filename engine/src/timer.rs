@@ -1,0 +1,176 @@
+//! A hashed timer wheel over coarse ticks, one per worker, driven by one ring timeout.
+//!
+//! Connections keep their deadlines as tick stamps in their slot (last activity, ping sent, drain
+//! start) and have at most one *live* wheel entry: the earliest tick at which something may be due.
+//! Activity only updates a stamp and never touches the wheel; when the entry fires, the worker
+//! re-evaluates the stamps and either acts or schedules the next check. An entry is `(slot, generation,
+//! tick)`; one whose connection slot has moved on (other generation, or a newer entry) is stale and
+//! ignored, so cancelling is free.
+
+use std::time::Duration;
+
+/// Wheel resolution. Timeouts are seconds-scale; 100 ms keeps them accurate to a tenth of a second at
+/// the cost of ten idle wake-ups a second per worker.
+pub(crate) const TICK: Duration = Duration::from_millis(100);
+
+/// Wheel size (a power of two): 51.2 s of ticks. Later deadlines sit in their slot and are skipped
+/// until their round comes.
+const SLOTS: usize = 512;
+
+/// A wheel tick: time since the worker started, in [`TICK`]s.
+pub(crate) type Tick = u32;
+
+/// Converts a duration to whole ticks, rounding up so a timeout never fires early.
+pub(crate) fn ticks(d: Duration) -> Tick {
+    let t = d.as_nanos().div_ceil(TICK.as_nanos());
+    Tick::try_from(t).unwrap_or(Tick::MAX)
+}
+
+/// One scheduled check of a connection slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// The connection slot.
+    pub slot: u32,
+    /// The slot's generation when scheduled.
+    pub generation: u32,
+    /// The tick the entry is due at.
+    pub at: Tick,
+}
+
+/// The wheel: `SLOTS` buckets of entries, indexed by due tick modulo `SLOTS`.
+pub(crate) struct Wheel {
+    buckets: Vec<Vec<Entry>>,
+    /// The last tick whose bucket was processed.
+    current: Tick,
+}
+
+impl Wheel {
+    /// An empty wheel at tick 0.
+    pub fn new() -> Self {
+        Self {
+            buckets: (0..SLOTS).map(|_| Vec::new()).collect(),
+            current: 0,
+        }
+    }
+
+    /// The last tick processed by [`advance`](Self::advance).
+    pub fn current(&self) -> Tick {
+        self.current
+    }
+
+    /// Schedules `entry`. An entry due at or before the current tick fires on the next advance.
+    pub fn schedule(&mut self, mut entry: Entry) {
+        entry.at = entry.at.max(self.current + 1);
+        self.buckets[entry.at as usize % SLOTS].push(entry);
+    }
+
+    /// Moves the wheel to tick `now`, appending every entry due at or before it to `due`.
+    ///
+    /// Visits at most `SLOTS` buckets however far `now` jumps: after a full turn every bucket has been
+    /// seen, and each is filtered by due tick, so nothing late is missed.
+    pub fn advance(&mut self, now: Tick, due: &mut Vec<Entry>) {
+        if now <= self.current {
+            return;
+        }
+        let steps = (now - self.current).min(SLOTS as Tick);
+        for step in 1..=steps {
+            let bucket = &mut self.buckets[(self.current + step) as usize % SLOTS];
+            let mut i = 0;
+            while i < bucket.len() {
+                if bucket[i].at <= now {
+                    due.push(bucket.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.current = now;
+    }
+
+    /// Entries currently held (live and stale), for accounting in tests.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(slot: u32, at: Tick) -> Entry {
+        Entry {
+            slot,
+            generation: 0,
+            at,
+        }
+    }
+
+    fn fire(w: &mut Wheel, now: Tick) -> Vec<u32> {
+        let mut due = Vec::new();
+        w.advance(now, &mut due);
+        let mut slots: Vec<u32> = due.iter().map(|e| e.slot).collect();
+        slots.sort();
+        slots
+    }
+
+    #[test]
+    fn ticks_round_up() {
+        assert_eq!(ticks(Duration::ZERO), 0);
+        assert_eq!(ticks(Duration::from_millis(1)), 1);
+        assert_eq!(ticks(Duration::from_millis(100)), 1);
+        assert_eq!(ticks(Duration::from_millis(101)), 2);
+        assert_eq!(ticks(Duration::from_secs(10)), 100);
+    }
+
+    #[test]
+    fn entries_fire_at_their_tick_not_before() {
+        let mut w = Wheel::new();
+        w.schedule(entry(1, 5));
+        w.schedule(entry(2, 3));
+        assert_eq!(fire(&mut w, 2), Vec::<u32>::new());
+        assert_eq!(fire(&mut w, 3), vec![2]);
+        assert_eq!(fire(&mut w, 4), Vec::<u32>::new());
+        assert_eq!(fire(&mut w, 9), vec![1]);
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn past_deadlines_fire_on_the_next_tick() {
+        let mut w = Wheel::new();
+        assert_eq!(fire(&mut w, 10), Vec::<u32>::new());
+        w.schedule(entry(7, 4));
+        assert_eq!(
+            fire(&mut w, 10),
+            Vec::<u32>::new(),
+            "same tick: nothing new"
+        );
+        assert_eq!(fire(&mut w, 11), vec![7]);
+    }
+
+    #[test]
+    fn deadlines_beyond_one_turn_wait_for_their_round() {
+        let mut w = Wheel::new();
+        let far = SLOTS as Tick * 2 + 7;
+        w.schedule(entry(1, far));
+        w.schedule(entry(2, 7));
+        assert_eq!(fire(&mut w, 7), vec![2]);
+        // Passes the far entry's bucket twice without firing it.
+        for t in (8..far).step_by(50) {
+            assert_eq!(fire(&mut w, t), Vec::<u32>::new(), "tick {t}");
+        }
+        assert_eq!(fire(&mut w, far), vec![1]);
+    }
+
+    #[test]
+    fn a_long_jump_fires_everything_due() {
+        let mut w = Wheel::new();
+        for slot in 0..2000 {
+            w.schedule(entry(slot, 1 + slot * 3));
+        }
+        let fired = fire(&mut w, 3000);
+        assert_eq!(fired.len(), 1000, "entries due at ticks 1..=2998");
+        assert_eq!(w.len(), 1000);
+        assert_eq!(fire(&mut w, 100_000).len(), 1000);
+    }
+}

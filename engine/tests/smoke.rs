@@ -1,0 +1,450 @@
+//! End-to-end smoke tests: a server in-process on 127.0.0.1, clients on plain `TcpStream`s with
+//! hand-built masked frames.
+
+use ringws_engine::{
+    CloseCode, Decision, Handler, HttpResponse, Message, Request, Server, ServerHandle, Socket,
+};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Echoes messages; answers `/health`; refuses `/forbidden`; `close-me` closes with 4000; `panic` panics.
+struct Echo;
+
+impl Handler for Echo {
+    type State = u32;
+
+    fn on_upgrade<'r>(&mut self, req: &Request<'r>) -> Decision<'r, u32> {
+        if req.path() == "/forbidden" {
+            return Decision::reject(403);
+        }
+        let protocol = req.subprotocols().find(|p| *p == "chat");
+        Decision::Accept { protocol, state: 0 }
+    }
+
+    fn on_message(&mut self, ws: &mut Socket<'_, u32>, msg: Message<'_>) {
+        *ws.state_mut() += 1;
+        match msg {
+            Message::Text("close-me") => ws.close(CloseCode(4000), "as asked"),
+            Message::Text("panic") => panic!("asked to panic"),
+            Message::Text("count") => {
+                let n = ws.state().to_string();
+                let _ = ws.send_text(&n);
+            }
+            msg => {
+                let _ = ws.send(msg);
+            }
+        }
+    }
+
+    fn on_http(&mut self, req: &Request<'_>) -> HttpResponse {
+        match req.path() {
+            "/health" => HttpResponse::text(200, "ok"),
+            _ => HttpResponse::new(404),
+        }
+    }
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    fn start(
+        tune: impl FnOnce(ringws_engine::ServerBuilder) -> ringws_engine::ServerBuilder,
+    ) -> Self {
+        let builder = Server::builder()
+            .bind("127.0.0.1:0")
+            .workers(1)
+            .pin_workers(false)
+            .handle_signals(false)
+            .buffer_size(4096)
+            .buffer_count(64)
+            .shutdown_timeout(Duration::from_millis(500));
+        let server = tune(builder).build().expect("server builds");
+        let (addr, handle) = (server.local_addr(), server.handle());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            server
+                .run_with_ready(|_| Echo, move || tx.send(()).unwrap())
+                .expect("server runs");
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("server ready");
+        Self {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        self.handle.shutdown();
+        let t = self.thread.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !t.is_finished() {
+            assert!(Instant::now() < deadline, "server did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t.join().unwrap();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        self.handle.shutdown();
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// Reads an HTTP response head (and body up to EOF when `to_eof`).
+fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "EOF inside the response head"
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+fn open(addr: SocketAddr) -> TcpStream {
+    let mut s = connect(addr);
+    s.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{head}"
+    );
+    // RFC 6455 §1.3 sample key and accept value.
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{head}"
+    );
+    s
+}
+
+fn frame(opcode: u8, payload: &[u8], fin: bool) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![(fin as u8) << 7 | opcode];
+    match payload.len() {
+        n @ 0..=125 => f.push(0x80 | n as u8),
+        n @ 126..=0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads one unmasked server frame: (fin, opcode, payload).
+fn read_frame(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(h[1] & 0x80, 0, "server frames are unmasked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).unwrap();
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).unwrap();
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    (h[0] & 0x80 != 0, h[0] & 0x0f, payload)
+}
+
+fn assert_eof(s: &mut TcpStream) {
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => {}
+        Ok(n) => panic!("expected EOF, got {n} bytes: {:?}", &b[..n]),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("expected EOF, got {e}"),
+    }
+}
+
+#[test]
+fn handshake_echo_ping_close() {
+    let server = TestServer::start(|b| b);
+    let mut s = open(server.addr);
+
+    s.write_all(&frame(0x1, b"Hello", true)).unwrap();
+    assert_eq!(read_frame(&mut s), (true, 0x1, b"Hello".to_vec()));
+
+    s.write_all(&frame(0x2, &[0, 1, 2, 255], true)).unwrap();
+    assert_eq!(read_frame(&mut s), (true, 0x2, vec![0, 1, 2, 255]));
+
+    s.write_all(&frame(0x9, b"ping!", true)).unwrap();
+    assert_eq!(read_frame(&mut s), (true, 0xA, b"ping!".to_vec()));
+
+    // Several frames in one write: all answered, in order.
+    let mut burst = frame(0x1, b"a", true);
+    burst.extend(frame(0x9, b"", true));
+    burst.extend(frame(0x1, b"count", true));
+    s.write_all(&burst).unwrap();
+    assert_eq!(read_frame(&mut s), (true, 0x1, b"a".to_vec()));
+    assert_eq!(read_frame(&mut s), (true, 0xA, vec![]));
+    assert_eq!(read_frame(&mut s), (true, 0x1, b"4".to_vec()));
+
+    let mut close = 1000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"done");
+    s.write_all(&frame(0x8, &close, true)).unwrap();
+    assert_eq!(
+        read_frame(&mut s),
+        (true, 0x8, 1000u16.to_be_bytes().to_vec())
+    );
+    assert_eof(&mut s);
+    server.stop();
+}
+
+#[test]
+fn split_request_pipelined_frame_and_subprotocol() {
+    let server = TestServer::start(|b| b);
+    let mut s = connect(server.addr);
+    let req = upgrade_request("/chat", "Sec-WebSocket-Protocol: superchat, chat\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend(frame(0x1, b"early", true));
+    // The head arrives in three pieces; the first frame rides with the last one.
+    for part in [&bytes[..10], &bytes[10..60], &bytes[60..]] {
+        s.write_all(part).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(head.contains("Sec-WebSocket-Protocol: chat\r\n"), "{head}");
+    assert_eq!(read_frame(&mut s), (true, 0x1, b"early".to_vec()));
+    server.stop();
+}
+
+#[test]
+fn messages_spanning_buffers_and_fragments() {
+    let server = TestServer::start(|b| b);
+    let mut s = open(server.addr);
+    // 100 KB across 4 KiB receive buffers.
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    s.write_all(&frame(0x2, &big, true)).unwrap();
+    assert_eq!(read_frame(&mut s), (true, 0x2, big.clone()));
+    // A fragmented text message with a ping between the fragments.
+    let mut parts = frame(0x1, "héllo ".as_bytes(), false);
+    parts.extend(frame(0x9, b"mid", true));
+    parts.extend(frame(0x0, "wörld".as_bytes(), true));
+    s.write_all(&parts).unwrap();
+    assert_eq!(read_frame(&mut s), (true, 0xA, b"mid".to_vec()));
+    assert_eq!(
+        read_frame(&mut s),
+        (true, 0x1, "héllo wörld".as_bytes().to_vec())
+    );
+    server.stop();
+}
+
+#[test]
+fn violations_close_with_the_protocol_code() {
+    let server = TestServer::start(|b| b.max_message_size(1000));
+    // Invalid UTF-8 in a text message: 1007.
+    let mut s = open(server.addr);
+    s.write_all(&frame(0x1, &[0xff, 0xfe], true)).unwrap();
+    let (_, op, payload) = read_frame(&mut s);
+    assert_eq!((op, &payload[..2]), (0x8, &1007u16.to_be_bytes()[..]));
+    assert_eof(&mut s);
+    // Over max_message_size: 1009.
+    let mut s = open(server.addr);
+    s.write_all(&frame(0x2, &[0; 2000], true)).unwrap();
+    let (_, op, payload) = read_frame(&mut s);
+    assert_eq!((op, &payload[..2]), (0x8, &1009u16.to_be_bytes()[..]));
+    assert_eof(&mut s);
+    // An unmasked client frame: 1002.
+    let mut s = open(server.addr);
+    s.write_all(b"\x81\x02hi").unwrap();
+    let (_, op, payload) = read_frame(&mut s);
+    assert_eq!((op, &payload[..2]), (0x8, &1002u16.to_be_bytes()[..]));
+    assert_eof(&mut s);
+    server.stop();
+}
+
+#[test]
+fn server_initiated_close_and_panicking_callback() {
+    let server = TestServer::start(|b| b);
+    let mut s = open(server.addr);
+    s.write_all(&frame(0x1, b"close-me", true)).unwrap();
+    let (_, op, payload) = read_frame(&mut s);
+    assert_eq!(op, 0x8);
+    assert_eq!(&payload[..2], &4000u16.to_be_bytes());
+    assert_eq!(&payload[2..], b"as asked");
+    assert_eof(&mut s);
+
+    let mut s = open(server.addr);
+    s.write_all(&frame(0x1, b"panic", true)).unwrap();
+    let (_, op, payload) = read_frame(&mut s);
+    assert_eq!((op, &payload[..2]), (0x8, &1011u16.to_be_bytes()[..]));
+    // The worker survived.
+    let mut s = open(server.addr);
+    s.write_all(&frame(0x1, b"still here", true)).unwrap();
+    assert_eq!(read_frame(&mut s), (true, 0x1, b"still here".to_vec()));
+    server.stop();
+}
+
+#[test]
+fn plain_http_and_refused_upgrades() {
+    let server = TestServer::start(|b| b);
+    let mut s = connect(server.addr);
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+    assert!(resp.ends_with("\r\n\r\nok"), "{resp}");
+
+    let mut s = connect(server.addr);
+    s.write_all(upgrade_request("/forbidden", "").as_bytes())
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 403 "), "{resp}");
+
+    let mut s = connect(server.addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 426 "), "missing version: {resp}");
+    server.stop();
+}
+
+#[test]
+fn timeouts_and_keepalive_ping() {
+    let server = TestServer::start(|b| {
+        b.handshake_timeout(Duration::from_millis(300))
+            .idle_timeout(Duration::from_millis(900))
+            .ping_interval(Duration::from_millis(300))
+            .pong_timeout(Duration::from_millis(300))
+    });
+    // Handshake timeout: a silent connection is dropped.
+    let mut silent = connect(server.addr);
+    let t = Instant::now();
+    assert_eof(&mut silent);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // A connection that answers pings stays open past the idle timeout.
+    let mut s = open(server.addr);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(1500) {
+        let (_, op, payload) = read_frame(&mut s);
+        assert_eq!(op, 0x9, "keep-alive ping");
+        s.write_all(&frame(0xA, &payload, true)).unwrap();
+    }
+    s.write_all(&frame(0x1, b"alive", true)).unwrap();
+    loop {
+        match read_frame(&mut s) {
+            (_, 0x9, _) => continue,
+            f => {
+                assert_eq!(f, (true, 0x1, b"alive".to_vec()));
+                break;
+            }
+        }
+    }
+    // One that ignores pings is dropped after the pong timeout.
+    let mut s = open(server.addr);
+    let t = Instant::now();
+    let (_, op, _) = read_frame(&mut s);
+    assert_eq!(op, 0x9);
+    assert_eof(&mut s);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    server.stop();
+}
+
+#[test]
+fn idle_timeout_closes_with_1001() {
+    let server = TestServer::start(|b| {
+        b.idle_timeout(Duration::from_millis(300))
+            .ping_interval(Duration::ZERO)
+    });
+    let mut s = open(server.addr);
+    let t = Instant::now();
+    let (_, op, payload) = read_frame(&mut s);
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!((op, &payload[..2]), (0x8, &1001u16.to_be_bytes()[..]));
+    s.write_all(&frame(0x8, &1001u16.to_be_bytes(), true))
+        .unwrap();
+    assert_eof(&mut s);
+    server.stop();
+}
+
+#[test]
+fn shutdown_sends_1001_and_run_returns() {
+    let server = TestServer::start(|b| b.workers(2));
+    let mut a = open(server.addr);
+    let mut b = open(server.addr);
+    server.handle.shutdown();
+    for s in [&mut a, &mut b] {
+        let (_, op, payload) = read_frame(s);
+        assert_eq!((op, &payload[..2]), (0x8, &1001u16.to_be_bytes()[..]));
+        s.write_all(&frame(0x8, &1001u16.to_be_bytes(), true))
+            .unwrap();
+        assert_eof(s);
+    }
+    server.stop();
+}
+
+#[test]
+fn over_max_connections_is_answered_503() {
+    let server = TestServer::start(|b| b.max_connections(1));
+    let _first = open(server.addr);
+    let mut second = connect(server.addr);
+    let mut resp = String::new();
+    second.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 503 "), "{resp}");
+    server.stop();
+}
+
+#[test]
+fn port_in_use_is_reported() {
+    let server = TestServer::start(|b| b);
+    let err = Server::builder()
+        .bind(server.addr)
+        .handle_signals(false)
+        .build()
+        .err()
+        .expect("second bind fails");
+    assert!(err.to_string().contains("already in use"), "{err}");
+    server.stop();
+}
