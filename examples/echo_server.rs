@@ -1,0 +1,19 @@
+//! An echo server in a few lines of library use: `cargo run --release --example echo_server`.
+use ringws::engine::{Handler, Message, Server, Socket};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Echo;
+
+impl Handler for Echo {
+    type State = ();
+    fn on_message(&mut self, ws: &mut Socket<'_, ()>, msg: Message<'_>) {
+        let _ = ws.send(msg);
+    }
+}
+
+fn main() -> Result<(), ringws::engine::EngineError> {
+    let server = Server::builder().bind("127.0.0.1:9001").build()?;
+    server.run_with_ready(|_| Echo, || eprintln!("echo server on ws://127.0.0.1:9001"))
+}

@@ -1,0 +1,91 @@
+//! `ringws serve`: the benchmark echo server.
+
+use clap::{Args, ValueEnum};
+use ringws::engine::{EngineError, Handler, Message, Server, Socket};
+use std::time::Duration;
+
+/// What the server does with messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Send every message back as it came (the benchmark and conformance server).
+    Echo,
+}
+
+/// Options of `ringws serve`; unset ones keep the engine's defaults.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// What to do with messages.
+    #[arg(long, value_enum, default_value_t = Mode::Echo)]
+    mode: Mode,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    addr: String,
+    /// Worker threads, one ring each (default: the CPUs this process may use).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Largest message accepted, in bytes (default 16 MiB); larger closes with 1009.
+    #[arg(long)]
+    max_message_size: Option<u64>,
+    /// Close connections that receive nothing for this many seconds; 0 disables (default 120).
+    #[arg(long)]
+    idle_timeout: Option<u64>,
+    /// Size of each provided receive buffer, in bytes (default 16384).
+    #[arg(long)]
+    buffer_size: Option<u32>,
+    /// Provided receive buffers per worker, a power of two up to 32768 (default 1024).
+    #[arg(long)]
+    buffer_count: Option<u16>,
+    /// Listen backlog per worker (default 4096).
+    #[arg(long)]
+    backlog: Option<u32>,
+    /// Connections per worker before new ones get 503 (default 100000).
+    #[arg(long)]
+    max_connections: Option<usize>,
+}
+
+/// Echoes every message.
+struct Echo;
+
+impl Handler for Echo {
+    type State = ();
+
+    fn on_message(&mut self, ws: &mut Socket<'_, ()>, msg: Message<'_>) {
+        // Over the backpressure limit the engine drops the echo and reports it; a client that does
+        // not read its echoes has nothing to lose.
+        let _ = ws.send(msg);
+    }
+}
+
+/// Builds the server, prints the ready line once every worker accepts, serves until SIGINT/SIGTERM.
+pub fn run(args: ServeArgs) -> Result<(), EngineError> {
+    let mut b = Server::builder().bind(args.addr.as_str());
+    if let Some(n) = args.workers {
+        b = b.workers(n);
+    }
+    if let Some(n) = args.max_message_size {
+        b = b.max_message_size(n);
+    }
+    if let Some(s) = args.idle_timeout {
+        b = b.idle_timeout(Duration::from_secs(s));
+    }
+    if let Some(n) = args.buffer_size {
+        b = b.buffer_size(n);
+    }
+    if let Some(n) = args.buffer_count {
+        b = b.buffer_count(n);
+    }
+    if let Some(n) = args.backlog {
+        b = b.backlog(n);
+    }
+    if let Some(n) = args.max_connections {
+        b = b.max_connections(n);
+    }
+    let server = b.build()?;
+    let (addr, workers) = (server.local_addr(), server.config().workers);
+    match args.mode {
+        Mode::Echo => server.run_with_ready(
+            |_| Echo,
+            || eprintln!("listening on {addr} ({workers} workers)"),
+        ),
+    }
+}
