@@ -148,3 +148,22 @@ fn case_7_x_chopped_close_after_traffic() {
     c.expect_close_frame(Some(4000));
     c.expect_closed();
 }
+
+/// 7.1.6-style: a 4 MiB message, then Close, sent before the client reads anything. The echo is
+/// larger than the socket buffers, so it is still being sent when the Close arrives: it must complete
+/// (a frame cannot be cut), and the Close 1000 follows it.
+#[test]
+fn case_7_1_6_close_while_a_large_echo_is_in_flight() {
+    let server = Server::start(&["--max-message-size", "16777216"]);
+    let mut c = RawClient::connect(server.addr);
+    let payload = common::bytes(4 << 20, 7);
+    let mut wire = c.masked(&Frame::binary(payload.clone()));
+    wire.extend(c.masked(&Frame::close(1000, b"")));
+    // Write from a thread: the server's echo fills our receive buffer while we are still writing.
+    let mut writer = c.try_clone_stream();
+    let sent = std::thread::spawn(move || std::io::Write::write_all(&mut writer, &wire));
+    c.expect_binary(&payload);
+    c.expect_close_frame(Some(1000));
+    c.expect_closed();
+    sent.join().expect("writer thread").expect("write");
+}

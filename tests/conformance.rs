@@ -463,6 +463,22 @@ fn case_6_invalid_utf8_is_1007() {
     }
 }
 
+/// Multi-byte text in one large frame, written in odd-sized pieces, so that 2-, 3- and 4-byte
+/// characters straddle the server's receive buffers and its partial-frame validation: echoed intact.
+#[test]
+fn case_6_x_multibyte_text_across_receive_buffers() {
+    let server = Server::start(&[]);
+    let mut c = RawClient::connect(server.addr);
+    let unit = "aé€😀κόσμε\u{10FFFF}";
+    let payload = unit.repeat((1 << 20) / unit.len());
+    for chunk in [usize::MAX, 65537, 4093, 1000] {
+        let wire = c.masked(&Frame::text(payload.clone()));
+        c.write_chopped(&wire, chunk);
+        c.expect_text(payload.as_bytes());
+    }
+    c.close_normally();
+}
+
 /// Binary messages are not UTF-8 checked: the invalid vectors echo unchanged as binary.
 #[test]
 fn case_6_x_binary_is_not_utf8_checked() {
@@ -703,6 +719,74 @@ fn random_bytes_do_not_disturb_other_clients() {
         .join()
         .expect("the echo client failed while others sent noise");
     assert!(echoed > 0);
+    assert!(
+        server.is_running(),
+        "the server died; output:\n{}",
+        server.log()
+    );
+}
+
+/// Connections that vanish at every stage (mid-handshake, mid-header, mid-payload, mid-message, with a
+/// reset while the server is sending) never disturb a client that keeps echoing meanwhile, and the
+/// server still accepts new connections afterwards.
+#[test]
+fn abrupt_disconnects_do_not_disturb_other_clients() {
+    let mut server = Server::start(&["--workers", "2"]);
+    let addr = server.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let echoer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = RawClient::connect(addr);
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
+                c.echo(Frame::text(text(50 + (n as usize % 500), n as u8)));
+                n += 1;
+            }
+            c.close_normally();
+            n
+        })
+    };
+    for round in 0..50 {
+        match round % 5 {
+            0 => {
+                let mut c = RawClient::tcp(addr);
+                let req = common::upgrade_request(addr);
+                c.write(&req.as_bytes()[..req.len() / 2]);
+            }
+            1 => {
+                let mut c = RawClient::connect(addr);
+                let wire = c.masked(&Frame::binary(bytes(1000, 1)));
+                c.write(&wire[..3]);
+            }
+            2 => {
+                let mut c = RawClient::connect(addr);
+                let wire = c.masked(&Frame::binary(bytes(100_000, 2)));
+                c.write(&wire[..50_000]);
+            }
+            3 => {
+                let mut c = RawClient::connect(addr);
+                c.send(&Frame::new(false, op::TEXT, "first fragment"));
+            }
+            _ => {
+                // Unread echo data in our receive queue makes the close a reset (RST), likely while
+                // the server is still sending the rest of the 1 MiB echo.
+                let mut c = RawClient::connect(addr);
+                c.send(&Frame::binary(bytes(1 << 20, 4)));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let echoed = echoer
+        .join()
+        .expect("the echo client failed while others vanished");
+    assert!(echoed > 0);
+    for i in 0..20 {
+        let mut c = RawClient::connect(addr);
+        c.echo(Frame::text(format!("new connection {i}")));
+        c.close_normally();
+    }
     assert!(
         server.is_running(),
         "the server died; output:\n{}",

@@ -588,6 +588,11 @@ impl RawClient {
             .expect("read timeout");
     }
 
+    /// A second handle on the socket, for writing from another thread while this one reads.
+    pub fn try_clone_stream(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone the socket")
+    }
+
     /// Half-closes the sending side (FIN without closing the socket).
     pub fn shutdown_write(&mut self) {
         let _ = self.stream.shutdown(Shutdown::Write);

@@ -1,0 +1,39 @@
+//! Timers of `ringws serve`: `--idle-timeout` closes a connection that sent nothing for that long
+//! with Close 1001 (the engine's documented behaviour, `engine/src/config.rs`), and any traffic from
+//! the client, a ping included, keeps it open.
+
+mod common;
+
+use common::{Frame, RawClient, Server};
+use std::time::{Duration, Instant};
+
+#[test]
+fn idle_connection_gets_1001_and_traffic_keeps_it_open() {
+    let server = Server::start(&["--idle-timeout", "1"]);
+
+    let mut idle = RawClient::connect(server.addr);
+    let mut busy = RawClient::connect(server.addr);
+
+    // Not before its time: nothing arrives in the first 700 ms (the busy one is quiet too, still
+    // within its timeout).
+    idle.expect_silence(Duration::from_millis(700));
+
+    // A busy connection: a ping every 250 ms for 2.5 s, well past the 1 s timeout, each answered.
+    for i in 0..10 {
+        busy.send(&Frame::ping(format!("keepalive {i}")));
+        busy.expect_pong(format!("keepalive {i}").as_bytes());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // The idle one was closed meanwhile: its Close is waiting.
+    idle.expect_close(Some(1001));
+
+    // Once the busy connection goes quiet, it is closed too, within the timeout and a tick or two.
+    let quiet = Instant::now();
+    busy.expect_close(Some(1001));
+    let waited = quiet.elapsed();
+    assert!(
+        (Duration::from_millis(500)..Duration::from_secs(3)).contains(&waited),
+        "idle close after {waited:?}, want about 1 s"
+    );
+}
