@@ -523,3 +523,36 @@ fn pin_to(cpu: usize, index: usize) {
         warn!(worker = index, cpu, error = %io::Error::last_os_error(), "could not pin the worker");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_share_one_port_and_accepted_sockets_inherit_nodelay() {
+        let cfg = Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: 3,
+            ..Config::default()
+        };
+        let listeners = bind_listeners(&cfg).unwrap();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().as_socket().unwrap().port())
+            .collect();
+        assert!(
+            ports[0] != 0 && ports.iter().all(|&p| p == ports[0]),
+            "{ports:?}"
+        );
+        // Connect until the kernel routes one to the first listener, then check its accepted socket.
+        listeners[0].set_nonblocking(true).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+        let mut clients = Vec::new();
+        let accepted = (0..64).find_map(|_| {
+            clients.push(std::net::TcpStream::connect(addr).unwrap());
+            listeners[0].accept().ok()
+        });
+        let (sock, _) = accepted.expect("one of 64 connections reaches listener 0");
+        assert!(sock.tcp_nodelay().unwrap(), "TCP_NODELAY is inherited");
+    }
+}

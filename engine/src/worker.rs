@@ -828,6 +828,12 @@ impl<H: Handler> Worker<'_, H> {
             match -res {
                 0 => eng.peer_gone(slot),
                 libc::ENOBUFS => {
+                    if eng.log.allow(eng.app.core.now) {
+                        debug!(
+                            worker = eng.index,
+                            "receive buffers exhausted; re-arming after this turn"
+                        );
+                    }
                     c.flags |= flag::STARVED;
                     eng.starved.push(slot);
                 }

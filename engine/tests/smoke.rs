@@ -2,7 +2,8 @@
 //! hand-built masked frames.
 
 use ringws_engine::{
-    CloseCode, Decision, Handler, HttpResponse, Message, Request, Server, ServerHandle, Socket,
+    CloseCode, ConnId, Decision, Handler, HttpResponse, Message, Request, SendResult, Server,
+    ServerBuilder, ServerHandle, Socket,
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -53,8 +54,13 @@ struct TestServer {
 }
 
 impl TestServer {
-    fn start(
-        tune: impl FnOnce(ringws_engine::ServerBuilder) -> ringws_engine::ServerBuilder,
+    fn start(tune: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Self {
+        Self::start_with(|_| Echo, tune)
+    }
+
+    fn start_with<H: Handler>(
+        factory: impl Fn(usize) -> H + Send + Sync + 'static,
+        tune: impl FnOnce(ServerBuilder) -> ServerBuilder,
     ) -> Self {
         let builder = Server::builder()
             .bind("127.0.0.1:0")
@@ -69,7 +75,7 @@ impl TestServer {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             server
-                .run_with_ready(|_| Echo, move || tx.send(()).unwrap())
+                .run_with_ready(factory, move || tx.send(()).unwrap())
                 .expect("server runs");
         });
         rx.recv_timeout(Duration::from_secs(10))
@@ -446,5 +452,114 @@ fn port_in_use_is_reported() {
         .err()
         .expect("second bind fails");
     assert!(err.to_string().contains("already in use"), "{err}");
+    server.stop();
+}
+
+#[test]
+fn exhausted_buffer_ring_loses_no_data() {
+    // Two 512-byte buffers for sixteen clients sending 8 KB each at once: receives run out of buffers
+    // (ENOBUFS) and must be re-armed without losing or reordering a byte.
+    let server = TestServer::start(|b| b.buffer_count(2).buffer_size(512));
+    let mut clients: Vec<TcpStream> = (0..16).map(|_| open(server.addr)).collect();
+    let messages: Vec<Vec<u8>> = (0..16u8)
+        .map(|i| (0..8000u32).map(|j| i ^ (j % 253) as u8).collect())
+        .collect();
+    for (s, m) in clients.iter_mut().zip(&messages) {
+        s.write_all(&frame(0x2, m, true)).unwrap();
+    }
+    for (s, m) in clients.iter_mut().zip(&messages) {
+        assert_eq!(read_frame(s), (true, 0x2, m.clone()));
+    }
+    server.stop();
+}
+
+/// Floods 64 KiB messages until the send reports backpressure, then one more (dropped), and reports
+/// the results once `on_drain` fires.
+#[derive(Default)]
+struct Flood;
+
+impl Handler for Flood {
+    type State = Vec<SendResult>;
+
+    fn on_message(&mut self, ws: &mut Socket<'_, Vec<SendResult>>, _msg: Message<'_>) {
+        let chunk = vec![7u8; 64 << 10];
+        loop {
+            let r = ws.send_binary(&chunk);
+            ws.state_mut().push(r);
+            if r != SendResult::Queued {
+                break;
+            }
+        }
+        let r = ws.send_binary(&chunk);
+        ws.state_mut().push(r);
+        assert_eq!(ws.buffered_amount(), 5 * (10 + (64 << 10)));
+    }
+
+    fn on_drain(&mut self, ws: &mut Socket<'_, Vec<SendResult>>) {
+        let report = format!("{:?} then drained at {}", ws.state(), ws.buffered_amount());
+        let _ = ws.send_text(&report);
+    }
+}
+
+#[test]
+fn backpressure_reports_drops_and_drains() {
+    let server = TestServer::start_with(|_| Flood, |b| b.max_backpressure(300_000));
+    let mut s = open(server.addr);
+    s.write_all(&frame(0x1, b"go", true)).unwrap();
+    for _ in 0..5 {
+        let (_, op, payload) = read_frame(&mut s);
+        assert_eq!((op, payload.len()), (0x2, 64 << 10));
+    }
+    let (_, op, payload) = read_frame(&mut s);
+    assert_eq!(op, 0x1);
+    assert_eq!(
+        String::from_utf8(payload).unwrap(),
+        "[Queued, Queued, Queued, Queued, Backpressure, Dropped] then drained at 0"
+    );
+    server.stop();
+}
+
+/// Relays every message to every other open connection, by `ConnId`.
+#[derive(Default)]
+struct Relay {
+    peers: Vec<ConnId>,
+}
+
+impl Handler for Relay {
+    type State = ();
+
+    fn on_open(&mut self, ws: &mut Socket<'_, ()>) {
+        self.peers.push(ws.id());
+    }
+
+    fn on_message(&mut self, ws: &mut Socket<'_, ()>, msg: Message<'_>) {
+        let me = ws.id();
+        for &id in self.peers.iter().filter(|&&id| id != me) {
+            let mut other = ws.get(id).expect("open peers resolve");
+            let _ = other.send(msg);
+        }
+    }
+
+    fn on_close(&mut self, ws: &mut Socket<'_, ()>, _code: CloseCode, _reason: &str) {
+        let me = ws.id();
+        self.peers.retain(|&id| id != me);
+    }
+}
+
+#[test]
+fn messages_reach_other_connections_by_id() {
+    let server = TestServer::start_with(|_| Relay::default(), |b| b);
+    let mut a = open(server.addr);
+    let mut b = open(server.addr);
+    let mut c = open(server.addr);
+    a.write_all(&frame(0x1, b"from a", true)).unwrap();
+    assert_eq!(read_frame(&mut b), (true, 0x1, b"from a".to_vec()));
+    assert_eq!(read_frame(&mut c), (true, 0x1, b"from a".to_vec()));
+    c.write_all(&frame(0x8, &1000u16.to_be_bytes(), true))
+        .unwrap();
+    assert_eq!(read_frame(&mut c).1, 0x8);
+    assert_eof(&mut c);
+    b.write_all(&frame(0x1, b"from b", true)).unwrap();
+    assert_eq!(read_frame(&mut a), (true, 0x1, b"from b".to_vec()));
     server.stop();
 }
