@@ -152,9 +152,9 @@ impl<S: Default> Core<S> {
             conns: Vec::new(),
             free: Vec::new(),
             live: 0,
-            // Enough queues for every connection sending at once in a busy turn; buffers up to 64 KiB
-            // are kept, bigger ones (a large message) are freed after use.
-            pool: Pool::new(4096, 64 << 10),
+            // Queues for a thousand connections sending in the same turn; spare buffers up to 64 KiB
+            // are kept, bigger ones are freed after use.
+            pool: Pool::new(1024, 64 << 10),
             dirty: Vec::new(),
             closed: Vec::new(),
             wheel: Wheel::new(),
@@ -411,9 +411,11 @@ mod tests {
         assert_eq!(core.conns[s as usize].phase, Phase::Closing);
         assert_eq!(core.closed.len(), 1);
         assert_eq!(core.closed[0].code, CloseCode::POLICY_VIOLATION);
-        let q = core.conns[s as usize].out.as_mut().unwrap();
-        let bytes = q.start_send().unwrap();
-        assert!(bytes.ends_with(b"\x88\x1b\x03\xf0send queue over the limit"));
+        let q = core.conns[s as usize].out.as_ref().unwrap();
+        assert!(
+            q.unsent()
+                .ends_with(b"\x88\x1b\x03\xf0send queue over the limit")
+        );
     }
 
     #[test]
@@ -424,8 +426,8 @@ mod tests {
         core.close(s, CloseCode::GOING_AWAY, "again");
         assert_eq!(core.closed.len(), 1);
         assert_eq!(core.closed[0].reason, "bye");
-        let q = core.conns[s as usize].out.as_mut().unwrap();
-        assert_eq!(q.start_send().unwrap(), b"\x88\x05\x03\xe8bye");
+        let q = core.conns[s as usize].out.as_ref().unwrap();
+        assert_eq!(q.unsent(), b"\x88\x05\x03\xe8bye");
         assert_eq!(
             core.send_data(s, OpCode::Text, b"late"),
             SendResult::Dropped

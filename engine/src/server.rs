@@ -133,9 +133,9 @@ impl ServerBuilder {
         max_backpressure: usize;
         /// What a send over `max_backpressure` does (default: drop and report).
         backpressure_policy: BackpressurePolicy;
-        /// Size of each provided receive buffer (default 16 KiB).
+        /// Size of each provided receive buffer (default 32 KiB).
         buffer_size: u32;
-        /// Provided receive buffers per worker, a power of two up to 32768 (default 1024).
+        /// Provided receive buffers per worker, a power of two up to 32768 (default 512).
         buffer_count: u16;
         /// Time from accept to a complete upgrade request (default 10 s).
         handshake_timeout: Duration;

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::conn::{Closed, Core, Limits, NO_TIMER, Phase, flag};
 use crate::error::EngineError;
 use crate::handler::{Decision, Handler, HttpResponse, Message};
+use crate::outq::SendOp;
 use crate::server::Shared;
 use crate::socket::Socket;
 use crate::timer::{self, Tick};
@@ -349,8 +350,10 @@ impl<'r, H: Handler> Engine<'r, H> {
                     if self.log.allow(self.app.core.now) {
                         info!(worker = self.index, "over max_connections; answering 503");
                     }
-                    let out = self.app.core.out(slot).back_mut();
-                    write_response(out, 503, &[("Retry-After", "1")], b"");
+                    self.app
+                        .core
+                        .out(slot)
+                        .push_raw(|out| write_response(out, 503, &[("Retry-After", "1")], b""));
                     self.app.core.begin_closing(slot);
                 }
                 self.arm_recv(slot);
@@ -386,7 +389,10 @@ impl<'r, H: Handler> Engine<'r, H> {
             Ok(Parse::Complete(req)) => req,
             Err(e) => {
                 self.log_violation(slot, &e, "bad handshake request");
-                write_error_response(self.app.core.out(slot).back_mut(), &e);
+                self.app
+                    .core
+                    .out(slot)
+                    .push_raw(|out| write_error_response(out, &e));
                 self.app.core.begin_closing(slot);
                 return Handshake::Done;
             }
@@ -411,7 +417,10 @@ impl<'r, H: Handler> Engine<'r, H> {
                 .app
                 .answer(|h| h.on_http(req))
                 .unwrap_or_else(|| HttpResponse::new(500));
-            write_http(self.app.core.out(slot).back_mut(), &resp);
+            self.app
+                .core
+                .out(slot)
+                .push_raw(|out| write_http(out, &resp));
             self.app.core.begin_closing(slot);
             return false;
         }
@@ -419,7 +428,10 @@ impl<'r, H: Handler> Engine<'r, H> {
             Ok(key) => key,
             Err(e) => {
                 self.log_violation(slot, &e, "invalid upgrade request");
-                write_error_response(self.app.core.out(slot).back_mut(), &e);
+                self.app
+                    .core
+                    .out(slot)
+                    .push_raw(|out| write_error_response(out, &e));
                 self.app.core.begin_closing(slot);
                 return false;
             }
@@ -427,7 +439,10 @@ impl<'r, H: Handler> Engine<'r, H> {
         match self.app.answer(|h| h.on_upgrade(req)) {
             Some(Decision::Accept { protocol, state }) => {
                 let protocol = protocol.filter(|p| req.subprotocols().any(|o| o == *p));
-                write_accept_response(self.app.core.out(slot).back_mut(), key, protocol, None);
+                self.app
+                    .core
+                    .out(slot)
+                    .push_raw(|out| write_accept_response(out, key, protocol, None));
                 self.rx[slot as usize] = Receiver::new(Role::Server, self.rx_limits);
                 let now = self.app.core.now;
                 let c = &mut self.app.core.conns[slot as usize];
@@ -439,12 +454,18 @@ impl<'r, H: Handler> Engine<'r, H> {
                 true
             }
             Some(Decision::Reject(resp)) => {
-                write_http(self.app.core.out(slot).back_mut(), &resp);
+                self.app
+                    .core
+                    .out(slot)
+                    .push_raw(|out| write_http(out, &resp));
                 self.app.core.begin_closing(slot);
                 false
             }
             None => {
-                write_response(self.app.core.out(slot).back_mut(), 500, &[], b"");
+                self.app
+                    .core
+                    .out(slot)
+                    .push_raw(|out| write_response(out, 500, &[], b""));
                 self.app.core.begin_closing(slot);
                 false
             }
@@ -769,17 +790,22 @@ impl<'r, H: Handler> Engine<'r, H> {
                 continue;
             }
             let (fd, generation) = (c.fd, c.generation);
-            let Some(bytes) = c.out.as_mut().and_then(|q| q.start_send()) else {
+            let Some(op) = c.out.as_mut().and_then(|q| q.start_send()) else {
                 continue;
             };
-            let e = opcode::Send::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(user_data(Op::Send, slot, generation));
-            // SAFETY: `bytes` is the front buffer of the slot's boxed output queue. While the send is in
-            // flight the queue never writes to it, and the box is neither freed nor returned to the
-            // pool (release and `give` require no send in flight; a worker that exits with sends in
-            // flight leaks those queues).
+            let e = match op {
+                SendOp::Single { ptr, len } => opcode::Send::new(types::Fd(fd), ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build(),
+                SendOp::Vectored(msg) => opcode::SendMsg::new(types::Fd(fd), msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build(),
+            }
+            .user_data(user_data(Op::Send, slot, generation));
+            // SAFETY: the operation points into the slot's boxed output queue (segments, iovecs,
+            // message header). While the send is in flight the queue does not touch that memory, and
+            // the box is neither freed nor returned to the pool (release and `give` require no send in
+            // flight; a worker that exits with sends in flight leaks those queues).
             unsafe { self.push(&e) };
         }
         self.app.core.dirty = dirty;

@@ -29,10 +29,10 @@ pub struct ServeArgs {
     /// Close connections that receive nothing for this many seconds; 0 disables (default 120).
     #[arg(long)]
     idle_timeout: Option<u64>,
-    /// Size of each provided receive buffer, in bytes (default 16384).
+    /// Size of each provided receive buffer, in bytes (default 32768).
     #[arg(long)]
     buffer_size: Option<u32>,
-    /// Provided receive buffers per worker, a power of two up to 32768 (default 1024).
+    /// Provided receive buffers per worker, a power of two up to 32768 (default 512).
     #[arg(long)]
     buffer_count: Option<u16>,
     /// Listen backlog per worker (default 4096).
