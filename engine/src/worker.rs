@@ -853,19 +853,23 @@ impl<H: Handler> Worker<'_, H> {
             }
             match -res {
                 0 => eng.peer_gone(slot),
+                // ENOBUFS ends the multishot receive; the data waits in the socket until the re-arm.
                 libc::ENOBUFS => {
-                    if eng.log.allow(eng.app.core.now) {
-                        debug!(
-                            worker = eng.index,
-                            "receive buffers exhausted; re-arming after this turn"
-                        );
+                    if !more {
+                        if eng.log.allow(eng.app.core.now) {
+                            debug!(
+                                worker = eng.index,
+                                "receive buffers exhausted; re-arming after this turn"
+                            );
+                        }
+                        c.flags |= flag::STARVED;
+                        eng.starved.push(slot);
                     }
-                    c.flags |= flag::STARVED;
-                    eng.starved.push(slot);
                 }
-                libc::ECANCELED => eng.maybe_release(slot),
                 e => {
-                    debug!(slot, error = %io::Error::from_raw_os_error(e), "receive failed");
+                    if c.phase != Phase::Zombie {
+                        debug!(slot, error = %io::Error::from_raw_os_error(e), "receive failed");
+                    }
                     eng.peer_gone(slot);
                 }
             }
