@@ -1,5 +1,5 @@
 //! An echo server in a few lines of library use: `cargo run --release --example echo_server`.
-use ringws::engine::{Handler, Message, Server, Socket};
+use ringws::{EngineError, Handler, Message, Server, Socket};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -13,7 +13,7 @@ impl Handler for Echo {
     }
 }
 
-fn main() -> Result<(), ringws::engine::EngineError> {
+fn main() -> Result<(), EngineError> {
     let server = Server::builder().bind("127.0.0.1:9001").build()?;
     server.run_with_ready(|_| Echo, || eprintln!("echo server on ws://127.0.0.1:9001"))
 }

@@ -1,7 +1,7 @@
 //! `ringws serve`: the benchmark echo server.
 
 use clap::{Args, ValueEnum};
-use ringws::engine::{EngineError, Handler, Message, Server, Socket};
+use ringws::{EngineError, Handler, Message, Server, Socket};
 use std::time::Duration;
 
 /// What the server does with messages.
