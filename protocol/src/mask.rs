@@ -379,7 +379,11 @@ mod arm {
     #[target_feature(enable = "neon")]
     #[inline(never)] // NEON is baseline on aarch64: keep it out of `unmask`'s dispatch
     pub(super) fn unmask_neon(buf: &mut [u8], key: [u8; 4], phase: usize) {
-        let k = vreinterpretq_u8_u32(vdupq_n_u32(rotated_key(key, phase)));
+        // Built from bytes, so lane order cannot depend on the target's endianness.
+        let kb = rotated_key(key, phase).to_le_bytes();
+        let pattern: [u8; 16] = std::array::from_fn(|i| kb[i % 4]);
+        // SAFETY: `pattern` is 16 readable bytes.
+        let k = unsafe { vld1q_u8(pattern.as_ptr()) };
         let mut blocks = buf.chunks_exact_mut(64);
         for b in &mut blocks {
             let p = b.as_mut_ptr();
