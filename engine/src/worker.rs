@@ -499,7 +499,7 @@ impl<'r, H: Handler> Engine<'r, H> {
     }
 
     fn log_violation(&mut self, slot: u32, e: &ringws_protocol::Error, what: &str) {
-        if self.log.allow(self.app.core.now) {
+        if tracing::enabled!(tracing::Level::DEBUG) && self.log.allow(self.app.core.now) {
             let peer = peer_addr(self.app.core.conns[slot as usize].fd);
             debug!(worker = self.index, ?peer, error = %e, "{what}");
         }

@@ -563,3 +563,42 @@ fn messages_reach_other_connections_by_id() {
     assert_eq!(read_frame(&mut a), (true, 0x1, b"from b".to_vec()));
     server.stop();
 }
+
+#[test]
+fn close_after_a_violation_reaches_a_client_that_keeps_sending() {
+    // A reserved opcode followed by 8 MiB (more than socket buffers hold) that the client keeps
+    // writing without reading: the server must not close with unread input (a reset that could
+    // destroy the Close in flight and fails the client's writes) but drain it until the FIN.
+    let server = TestServer::start(|b| b);
+    let mut s = open(server.addr);
+    let mut bytes = frame(0x3, b"bad", true);
+    bytes.extend(std::iter::repeat_n(0x55u8, 8 << 20));
+    let mut writer = s.try_clone().unwrap();
+    let w = std::thread::spawn(move || {
+        writer
+            .write_all(&bytes)
+            .expect("the server drains, never resets");
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let (_, op, payload) = read_frame(&mut s);
+    assert_eq!((op, &payload[..2]), (0x8, &1002u16.to_be_bytes()[..]));
+    w.join().unwrap();
+    // A clean FIN, not a reset: the server read everything before closing.
+    let mut rest = [0u8; 16];
+    assert_eq!(s.read(&mut rest).expect("EOF, not a reset"), 0);
+    server.stop();
+}
+
+#[test]
+fn request_head_larger_than_a_receive_buffer() {
+    let server = TestServer::start(|b| b);
+    let mut s = connect(server.addr);
+    let filler = format!("X-Filler: {}\r\n", "f".repeat(6000));
+    s.write_all(upgrade_request("/", &filler).as_bytes())
+        .unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    s.write_all(&frame(0x1, b"ok", true)).unwrap();
+    assert_eq!(read_frame(&mut s), (true, 0x1, b"ok".to_vec()));
+    server.stop();
+}
