@@ -140,9 +140,10 @@ impl BufRing {
             ring.write_entry(bid, bid);
         }
         ring.publish_tail();
-        // SAFETY: the entry mapping is page aligned (mmap), holds `count` entries and lives as long as
-        // `ring`; `Drop` for `BufRing` runs after the worker's io_uring is dropped (the worker owns the
-        // ring last), and the kernel faults instead of corrupting memory if it were not.
+        // SAFETY: the entry mapping is page aligned (mmap) and holds `count` entries. It lives as long
+        // as the registration: owners drop the io_uring before this `BufRing` (`worker::run` declares
+        // the buffer ring first, `uring::probe` drops the ring explicitly), and the mappings are only
+        // ever unmapped, so a late kernel access would fault rather than touch reused memory.
         unsafe {
             submitter.register_buf_ring_with_flags(
                 ring.entries.ptr.as_ptr() as u64,

@@ -822,7 +822,7 @@ impl<'r, H: Handler> Engine<'r, H> {
 
 /// A worker: its engine and its buffer ring.
 struct Worker<'r, H: Handler> {
-    bufs: BufRing,
+    bufs: &'r mut BufRing,
     eng: Engine<'r, H>,
 }
 
@@ -1043,6 +1043,9 @@ pub(crate) fn run<H: Handler>(
     handler: H,
     ready: impl FnOnce(),
 ) -> Result<(), EngineError> {
+    // Declared before the ring so that it is dropped after it: the buffers stay mapped until the kernel
+    // can no longer write to them.
+    let mut bufs: BufRing;
     let (mut ring, mode) = uring::new_ring(cfg.ring_entries)?;
     if mode != TaskRun::Deferred {
         info!(
@@ -1055,7 +1058,7 @@ pub(crate) fn run<H: Handler>(
     if let Err(e) = submitter.register_ring_fd() {
         debug!(worker = index, error = %e, "registering the ring fd failed; using the plain fd");
     }
-    let bufs = BufRing::new(&submitter, 0, cfg.buffer_count, cfg.buffer_size)
+    bufs = BufRing::new(&submitter, 0, cfg.buffer_count, cfg.buffer_size)
         .map_err(|e| EngineError::io("registering the provided buffer ring", e))?;
     let hard_cap = cfg.max_connections + cfg.max_connections / 8 + 64;
     let mut worker = Worker {
@@ -1092,7 +1095,7 @@ pub(crate) fn run<H: Handler>(
             },
             fatal: None,
         },
-        bufs,
+        bufs: &mut bufs,
     };
     worker.run(&mut cq, ready)
 }
