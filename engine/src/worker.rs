@@ -943,7 +943,18 @@ impl<H: Handler> Worker<'_, H> {
             && !self.eng.accept_armed
     }
 
+    /// Runs the loop until shutdown (or a fatal ring error), then tears down on either path.
     fn run(
+        &mut self,
+        cq: &mut CompletionQueue<'_>,
+        ready: impl FnOnce(),
+    ) -> Result<(), EngineError> {
+        let result = self.serve(cq, ready);
+        self.teardown();
+        result
+    }
+
+    fn serve(
         &mut self,
         cq: &mut CompletionQueue<'_>,
         ready: impl FnOnce(),
@@ -1011,7 +1022,6 @@ impl<H: Handler> Worker<'_, H> {
                 }
             }
         }
-        self.teardown();
         Ok(())
     }
 
