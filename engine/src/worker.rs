@@ -438,7 +438,15 @@ impl<'r, H: Handler> Engine<'r, H> {
         };
         match self.app.answer(|h| h.on_upgrade(req)) {
             Some(Decision::Accept { protocol, state }) => {
-                let protocol = protocol.filter(|p| req.subprotocols().any(|o| o == *p));
+                // RFC 6455 §4.2.2: the server may only select a subprotocol the client offered.
+                let offered = |p: &&str| req.subprotocols().any(|o| o == *p);
+                if let Some(p) = protocol.filter(|p| !offered(p)) {
+                    warn!(
+                        protocol = p,
+                        "on_upgrade selected a subprotocol the client did not offer; selecting none"
+                    );
+                }
+                let protocol = protocol.filter(offered);
                 self.app
                     .core
                     .out(slot)

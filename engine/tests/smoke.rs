@@ -20,6 +20,13 @@ impl Handler for Echo {
         if req.path() == "/forbidden" {
             return Decision::reject(403);
         }
+        if req.path() == "/unoffered" {
+            // Selecting a subprotocol the client did not offer: the engine selects none.
+            return Decision::Accept {
+                protocol: Some("x-never-offered"),
+                state: 0,
+            };
+        }
         let protocol = req.subprotocols().find(|p| *p == "chat");
         Decision::Accept { protocol, state: 0 }
     }
@@ -255,6 +262,13 @@ fn split_request_pipelined_frame_and_subprotocol() {
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     assert!(head.contains("Sec-WebSocket-Protocol: chat\r\n"), "{head}");
     assert_eq!(read_frame(&mut s), (true, 0x1, b"early".to_vec()));
+
+    let mut s = connect(server.addr);
+    let req = upgrade_request("/unoffered", "Sec-WebSocket-Protocol: chat\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(!head.contains("Sec-WebSocket-Protocol"), "{head}");
     server.stop();
 }
 
