@@ -48,7 +48,7 @@ pub enum EngineError {
         /// The OS error.
         source: io::Error,
     },
-    /// A worker thread panicked outside a user callback (a bug in the engine).
+    /// A worker thread panicked outside a user callback (in the handler factory, or an engine bug).
     WorkerPanicked(usize),
 }
 
@@ -138,7 +138,7 @@ impl fmt::Display for EngineError {
                 requirement,
             } => write!(f, "invalid setting {setting}: it must be {requirement}"),
             Self::Io { context, source } => write!(f, "{context}: {source}"),
-            Self::WorkerPanicked(i) => write!(f, "worker {i} panicked (an engine bug; see the log)"),
+            Self::WorkerPanicked(i) => write!(f, "worker {i} panicked (the panic message is above)"),
         }
     }
 }
