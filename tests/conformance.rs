@@ -657,20 +657,7 @@ fn unmasked_client_frame_is_1002() {
 fn random_bytes_do_not_disturb_other_clients() {
     let mut server = Server::start(&["--max-message-size", "1048576"]);
     let addr = server.addr;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let echoer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut c = RawClient::connect(addr);
-            let mut n = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
-                c.echo(Frame::binary(bytes(100 + (n as usize % 900), n as u8)));
-                n += 1;
-            }
-            c.close_normally();
-            n
-        })
-    };
+    let echoer = common::BackgroundEchoer::start(addr);
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         rng ^= rng << 13;
@@ -714,11 +701,7 @@ fn random_bytes_do_not_disturb_other_clients() {
             );
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let echoed = echoer
-        .join()
-        .expect("the echo client failed while others sent noise");
-    assert!(echoed > 0);
+    echoer.finish();
     assert!(
         server.is_running(),
         "the server died; output:\n{}",
@@ -733,20 +716,7 @@ fn random_bytes_do_not_disturb_other_clients() {
 fn abrupt_disconnects_do_not_disturb_other_clients() {
     let mut server = Server::start(&["--workers", "2"]);
     let addr = server.addr;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let echoer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut c = RawClient::connect(addr);
-            let mut n = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
-                c.echo(Frame::text(text(50 + (n as usize % 500), n as u8)));
-                n += 1;
-            }
-            c.close_normally();
-            n
-        })
-    };
+    let echoer = common::BackgroundEchoer::start(addr);
     for round in 0..50 {
         match round % 5 {
             0 => {
@@ -777,11 +747,7 @@ fn abrupt_disconnects_do_not_disturb_other_clients() {
             }
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let echoed = echoer
-        .join()
-        .expect("the echo client failed while others vanished");
-    assert!(echoed > 0);
+    echoer.finish();
     for i in 0..20 {
         let mut c = RawClient::connect(addr);
         c.echo(Frame::text(format!("new connection {i}")));

@@ -16,6 +16,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -794,6 +795,67 @@ impl RawClient {
             op::BINARY => self.expect_binary(&frame.payload),
             other => panic!("echo of opcode {other:#x}"),
         }
+    }
+}
+
+/// A client that keeps echoing on its own thread while a test disturbs the server in other ways.
+pub struct BackgroundEchoer {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU32>,
+    handle: thread::JoinHandle<()>,
+}
+
+impl BackgroundEchoer {
+    /// Connects and starts echoing messages of varied sizes; returns once the first echo is back.
+    pub fn start(addr: SocketAddr) -> BackgroundEchoer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU32::new(0));
+        let handle = {
+            let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
+            thread::spawn(move || {
+                let mut c = RawClient::connect(addr);
+                for n in 0..1_000_000u32 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    c.echo(Frame::binary(bytes(50 + (n as usize % 950), n as u8)));
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                c.close_normally();
+            })
+        };
+        let deadline = Instant::now() + READ_TIMEOUT;
+        while count.load(Ordering::Relaxed) == 0 && !handle.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "no first echo within {READ_TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        BackgroundEchoer {
+            stop,
+            count,
+            handle,
+        }
+    }
+
+    /// Waits (bounded) for one more echo, proving the server still serves this client now, then
+    /// stops the thread and returns how many messages were echoed. A failed echo at any time (wrong
+    /// bytes, a Close, a timeout) fails the test here.
+    pub fn finish(self) -> u32 {
+        let before = self.count.load(Ordering::Relaxed);
+        let deadline = Instant::now() + READ_TIMEOUT;
+        while self.count.load(Ordering::Relaxed) == before && !self.handle.is_finished() {
+            assert!(Instant::now() < deadline, "the echo client stalled");
+            thread::sleep(Duration::from_millis(1));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Err(panic) = self.handle.join() {
+            std::panic::resume_unwind(panic);
+        }
+        let total = self.count.load(Ordering::Relaxed);
+        assert!(total > before, "no echo completed after the disturbance");
+        total
     }
 }
 
