@@ -1,0 +1,631 @@
+//! `compare`: runs ringws and its peers (fastwebsockets, tokio-tungstenite) under the same load and
+//! writes `compare.json`, `compare.md` and `compare.svg`.
+//!
+//! For every server × connections × size it starts the server pinned to one CPU, waits for its
+//! `listening on` line, runs `ringws load` pinned to another CPU, samples both processes' CPU time
+//! from `/proc` over the measured window, stops the server (SIGTERM, then SIGKILL) and records the
+//! lot. Ratios are taken against ringws for the same connections and size. See README.md.
+
+mod chart;
+mod environment;
+mod procs;
+mod report;
+
+use clap::{Parser, ValueEnum};
+use environment::Environment;
+use procs::{Child, ProcStat, WaitError};
+use report::{Config, CpuWindow, LoadReport, Report, Run};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to print its ready line.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a server may take to exit after SIGTERM before it is killed (ringws drains its
+/// connections for a bounded time first).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Time allowed to a load run beyond warm-up + duration, for connecting and closing.
+const LOAD_SLACK: Duration = Duration::from_secs(30);
+
+/// The servers that can be compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Server {
+    /// `ringws serve --workers 1`.
+    Ringws,
+    /// The fastwebsockets peer (`fastwebsockets_echo`).
+    Fastwebsockets,
+    /// The tokio-tungstenite peer (`tungstenite_echo`).
+    Tungstenite,
+}
+
+impl Server {
+    /// The name used in results; ringws is [`report::BASELINE`].
+    fn name(self) -> &'static str {
+        match self {
+            Server::Ringws => report::BASELINE,
+            Server::Fastwebsockets => "fastwebsockets",
+            Server::Tungstenite => "tungstenite",
+        }
+    }
+
+    /// Program and arguments that serve echo on `addr` with one thread.
+    fn command(self, args: &Args, addr: &str) -> (PathBuf, Vec<String>) {
+        let addr = addr.to_owned();
+        match self {
+            Server::Ringws => (
+                args.ringws.clone(),
+                vec![
+                    "serve".into(),
+                    "--addr".into(),
+                    addr,
+                    "--workers".into(),
+                    "1".into(),
+                ],
+            ),
+            Server::Fastwebsockets => (
+                args.peers_dir.join("fastwebsockets_echo"),
+                vec!["--addr".into(), addr],
+            ),
+            Server::Tungstenite => (
+                args.peers_dir.join("tungstenite_echo"),
+                vec!["--addr".into(), addr],
+            ),
+        }
+    }
+}
+
+/// The compare workspace: the parent of this package's directory.
+fn compare_dir() -> &'static Path {
+    let harness = Path::new(env!("CARGO_MANIFEST_DIR"));
+    harness.parent().unwrap_or(harness)
+}
+
+/// The ringws repository, two levels above the compare workspace.
+fn repo_dir() -> &'static Path {
+    compare_dir()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(compare_dir())
+}
+
+/// Compare ringws with fastwebsockets and tokio-tungstenite echo servers under one load generator.
+#[derive(Debug, Parser)]
+#[command(name = "compare", about)]
+struct Args {
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up seconds per run (connections are open and echoing, nothing is measured).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Connection counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    connections: Vec<u32>,
+    /// Message sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "20,1024,16384")]
+    sizes: Vec<usize>,
+    /// Servers to run, comma-separated; ratios need ringws among them.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ringws,fastwebsockets,tungstenite"
+    )]
+    servers: Vec<Server>,
+    /// Messages in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    in_flight: u32,
+    /// Output directory for compare.json, compare.md and compare.svg [default: benches/compare/results].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The ringws binary (the server, and the load generator unless --load is given).
+    #[arg(long, default_value_os_t = repo_dir().join("target/release/ringws"))]
+    ringws: PathBuf,
+    /// The load generator binary, run as `LOAD load --url ... --json` [default: the --ringws binary].
+    #[arg(long)]
+    load: Option<PathBuf>,
+    /// Where the peer binaries (fastwebsockets_echo, tungstenite_echo) are.
+    #[arg(long, default_value_os_t = compare_dir().join("target/release"))]
+    peers_dir: PathBuf,
+    /// CPU the server is pinned to.
+    #[arg(long, default_value_t = 0)]
+    server_cpu: usize,
+    /// CPU the load generator is pinned to.
+    #[arg(long, default_value_t = 1)]
+    load_cpu: usize,
+    /// Seconds to wait between runs (lets sockets and caches settle).
+    #[arg(long, default_value_t = 1.0)]
+    pause: f64,
+}
+
+/// Why the harness could not do its job (a failed run is not one: it is recorded and reported).
+#[derive(Debug)]
+enum HarnessError {
+    /// The options make no sense.
+    Usage(String),
+    /// A needed binary is missing.
+    Missing(PathBuf),
+    /// The load generator binary has no working `load` subcommand.
+    NoLoad(PathBuf),
+    /// Reading, writing or process control failed.
+    Io(io::Error),
+    /// compare.json could not be written.
+    Json(serde_json::Error),
+    /// compare.svg could not be drawn.
+    Chart(chart::ChartError),
+}
+
+impl fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HarnessError::Usage(msg) => f.write_str(msg),
+            HarnessError::Missing(path) => write!(
+                f,
+                "{} not found: build it first (benches/compare/run.sh builds everything)",
+                path.display()
+            ),
+            HarnessError::NoLoad(path) => write!(
+                f,
+                "`{} load --help` failed: this binary has no load generator (pass one with --load)",
+                path.display()
+            ),
+            HarnessError::Io(e) => write!(f, "{e}"),
+            HarnessError::Json(e) => write!(f, "writing compare.json: {e}"),
+            HarnessError::Chart(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<io::Error> for HarnessError {
+    fn from(e: io::Error) -> Self {
+        HarnessError::Io(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs every combination, writes the results; the exit code says whether all runs succeeded
+/// (0), some failed (1) or a signal cut the comparison short (130).
+fn run(args: &Args) -> Result<ExitCode, HarnessError> {
+    let duration_ok = args.duration.is_finite() && args.duration > 0.0;
+    let waits_ok = [args.warmup, args.pause]
+        .iter()
+        .all(|v| v.is_finite() && *v >= 0.0);
+    if !(duration_ok && waits_ok) {
+        return Err(HarnessError::Usage(
+            "--duration must be > 0, --warmup and --pause >= 0 seconds".into(),
+        ));
+    }
+    if args.connections.contains(&0) || args.sizes.contains(&0) || args.in_flight == 0 {
+        return Err(HarnessError::Usage(
+            "connections, sizes and --in-flight must be > 0".into(),
+        ));
+    }
+    let load_bin = args.load.clone().unwrap_or_else(|| args.ringws.clone());
+    for server in &args.servers {
+        let (program, _) = server.command(args, "");
+        if !program.is_file() {
+            return Err(HarnessError::Missing(program));
+        }
+    }
+    if !load_bin.is_file() {
+        return Err(HarnessError::Missing(load_bin));
+    }
+    let has_load = std::process::Command::new(&load_bin)
+        .args(["load", "--help"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_load {
+        return Err(HarnessError::NoLoad(load_bin));
+    }
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(signal, Arc::clone(&interrupted))?;
+    }
+    let nofile = procs::raise_nofile_limit()?;
+    let max_connections = args.connections.iter().copied().max().unwrap_or(0);
+    if u64::from(max_connections) + 64 > nofile.0 {
+        eprintln!(
+            "warning: open-file limit {} is below {max_connections} connections: expect failed connects",
+            nofile.0
+        );
+    }
+    let ticks = procs::clock_ticks_per_second();
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| compare_dir().join("results"));
+    fs::create_dir_all(&out_dir)?;
+
+    let mut report = Report {
+        environment: Environment::collect(
+            repo_dir(),
+            &compare_dir().join("Cargo.lock"),
+            ticks,
+            nofile,
+        ),
+        config: Config {
+            duration_s: args.duration,
+            warmup_s: args.warmup,
+            in_flight: args.in_flight,
+            connections: args.connections.clone(),
+            sizes: args.sizes.clone(),
+            servers: args.servers.iter().map(|s| s.name().to_owned()).collect(),
+            server_cpu: args.server_cpu,
+            load_cpu: args.load_cpu,
+            load_command: format!(
+                "taskset -c {} {} load --url ws://127.0.0.1:PORT/ --connections N --size BYTES --duration {} \
+                 --warmup {} --in-flight {} --binary --workers 1 --json",
+                args.load_cpu,
+                load_bin.display(),
+                args.duration,
+                args.warmup,
+                args.in_flight
+            ),
+            cpu_window: format!(
+                "utime+stime of each process from /proc/PID/stat, sampled {} s after the load generator \
+                 starts (end of its warm-up) and {} s later (end of its measured window); % is of one core",
+                args.warmup, args.duration
+            ),
+        },
+        runs: Vec::new(),
+        interrupted: false,
+    };
+
+    let bench = Bench {
+        args,
+        load_bin: &load_bin,
+        ticks,
+        interrupted: &interrupted,
+    };
+    let total = args.sizes.len() * args.connections.len() * args.servers.len();
+    let mut failed = 0;
+    'all: for &size in &args.sizes {
+        for &connections in &args.connections {
+            for &server in &args.servers {
+                if !report.runs.is_empty() {
+                    sleep_unless(Duration::from_secs_f64(args.pause), &interrupted);
+                }
+                if interrupted.load(Ordering::Relaxed) {
+                    break 'all;
+                }
+                eprintln!(
+                    "[{}/{total}] {} × {connections} connections × {size} B",
+                    report.runs.len() + 1,
+                    server.name()
+                );
+                let run = bench.run(server, connections, size);
+                if interrupted.load(Ordering::Relaxed) {
+                    // Cut short by the signal: not a result.
+                    break 'all;
+                }
+                match &run.error {
+                    Some(e) => {
+                        failed += 1;
+                        eprintln!("  failed: {e}");
+                    }
+                    None => eprintln!(
+                        "  {:.0} msg/s, p50 {:.1} µs, p99 {:.1} µs, server CPU {:.1}%, load CPU {:.1}%",
+                        run.metrics.msgs_per_s.unwrap_or(f64::NAN),
+                        run.metrics.p50_us.unwrap_or(f64::NAN),
+                        run.metrics.p99_us.unwrap_or(f64::NAN),
+                        run.metrics.server_cpu_pct.unwrap_or(f64::NAN),
+                        run.metrics.load_cpu_pct.unwrap_or(f64::NAN),
+                    ),
+                }
+                for note in &run.notes {
+                    eprintln!("  note: {note}");
+                }
+                report.runs.push(run);
+            }
+        }
+    }
+    report.interrupted = interrupted.load(Ordering::Relaxed);
+    report.fill_ratios();
+
+    let json = serde_json::to_string_pretty(&report).map_err(HarnessError::Json)?;
+    fs::write(out_dir.join("compare.json"), json + "\n")?;
+    fs::write(out_dir.join("compare.md"), report.markdown())?;
+    fs::write(
+        out_dir.join("compare.svg"),
+        chart::svg(&report).map_err(HarnessError::Chart)?,
+    )?;
+    eprintln!(
+        "wrote compare.json, compare.md and compare.svg to {}",
+        out_dir.display()
+    );
+
+    Ok(if report.interrupted {
+        ExitCode::from(130)
+    } else if failed > 0 {
+        eprintln!("{failed} of {total} runs failed");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Sleeps for `d`, waking early if `interrupted` is raised.
+fn sleep_unless(d: Duration, interrupted: &AtomicBool) {
+    let end = Instant::now() + d;
+    while !interrupted.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= end {
+            return;
+        }
+        thread::sleep((end - now).min(procs::POLL));
+    }
+}
+
+/// What every run shares: the options, the load generator, the tick rate and the interrupt flag.
+struct Bench<'a> {
+    args: &'a Args,
+    load_bin: &'a Path,
+    ticks: f64,
+    interrupted: &'a AtomicBool,
+}
+
+impl Bench<'_> {
+    /// One server under one load. Never fails: what went wrong is recorded in the run, next to
+    /// whatever was measured before it went wrong.
+    fn run(&self, server: Server, connections: u32, size: usize) -> Run {
+        let mut load = None;
+        let mut cpu = None;
+        let error = self
+            .measure(server, connections, size, &mut load, &mut cpu)
+            .err();
+        Run::new(server.name(), connections, size, load, cpu, error)
+    }
+
+    /// Starts the server, runs the load, fills `load_out` and `cpu_out`, stops the server. Errors are
+    /// messages for the record; children are stopped on every path ([`Child`]'s `Drop` covers early
+    /// returns).
+    fn measure(
+        &self,
+        server: Server,
+        connections: u32,
+        size: usize,
+        load_out: &mut Option<LoadReport>,
+        cpu_out: &mut Option<CpuWindow>,
+    ) -> Result<(), String> {
+        let args = self.args;
+        let port = procs::free_port().map_err(|e| format!("finding a free port: {e}"))?;
+        let addr = format!("127.0.0.1:{port}");
+        let (program, server_args) = server.command(args, &addr);
+        let mut srv = Child::spawn(
+            server.name(),
+            args.server_cpu,
+            &program,
+            &server_args,
+            Some("listening on"),
+            false,
+        )
+        .map_err(|e| e.to_string())?;
+        srv.wait_ready(READY_TIMEOUT, self.interrupted)
+            .map_err(|e| format!("server not ready: {e}; stderr: {}", srv.stderr_tail()))?;
+
+        let load_args = [
+            "load".to_owned(),
+            "--url".into(),
+            format!("ws://{addr}/"),
+            "--connections".into(),
+            connections.to_string(),
+            "--size".into(),
+            size.to_string(),
+            "--duration".into(),
+            args.duration.to_string(),
+            "--warmup".into(),
+            args.warmup.to_string(),
+            "--in-flight".into(),
+            args.in_flight.to_string(),
+            "--binary".into(),
+            "--workers".into(),
+            "1".into(),
+            "--json".into(),
+        ];
+        let mut generator = Child::spawn(
+            "load generator",
+            args.load_cpu,
+            self.load_bin,
+            &load_args,
+            None,
+            true,
+        )
+        .map_err(|e| e.to_string())?;
+        let window = self.follow(&mut srv, &mut generator, connections);
+        // Stop the server whatever happened; a server that needed SIGKILL is reported after the
+        // numbers are kept.
+        let stopped = srv.stop(STOP_GRACE);
+        *cpu_out = window?;
+
+        let stdout = generator
+            .take_stdout()
+            .map_err(|e| format!("reading the load generator's output: {e}"))?;
+        let report = parse_load_output(&stdout).map_err(|e| {
+            format!(
+                "load generator output: {e}; stderr: {}",
+                generator.stderr_tail()
+            )
+        })?;
+        *load_out = Some(report);
+        match stopped {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!(
+                "server ignored SIGTERM for {STOP_GRACE:?} and was killed"
+            )),
+            Err(e) => Err(format!("stopping the server: {e}")),
+        }
+    }
+
+    /// Follows a load run: samples both processes' CPU at the end of warm-up and at the end of the
+    /// measured window (or when the generator exits first), and waits for the generator to exit.
+    /// Returns the CPU window, `None` if the generator exited before the window opened.
+    fn follow(
+        &self,
+        srv: &mut Child,
+        generator: &mut Child,
+        connections: u32,
+    ) -> Result<Option<CpuWindow>, String> {
+        let started = Instant::now();
+        let open_at = started + Duration::from_secs_f64(self.args.warmup);
+        let close_at = open_at + Duration::from_secs_f64(self.args.duration);
+        // Connecting and closing take time too: allow a millisecond per connection on top.
+        let deadline = close_at + LOAD_SLACK + Duration::from_millis(u64::from(connections));
+        let server_ticks = |srv: &Child| {
+            ProcStat::read(srv.pid())
+                .map(|s| s.cpu_ticks)
+                .map_err(|e| format!("reading server CPU: {e}"))
+        };
+        // (when, server ticks, generator ticks) at the window's opening.
+        let mut opened: Option<(Instant, u64, u64)> = None;
+        let mut sockets_at_open = None;
+        let mut window = None;
+        loop {
+            srv.check_running(self.interrupted).map_err(|e| match e {
+                WaitError::Exited(status) => {
+                    format!(
+                        "server exited during the run ({status}); stderr: {}",
+                        srv.stderr_tail()
+                    )
+                }
+                other => other.to_string(),
+            })?;
+            // Read before reaping: an exited, unreaped generator is a zombie whose CPU times are
+            // still in /proc.
+            let g = ProcStat::read(generator.pid())
+                .map_err(|e| format!("reading load generator CPU: {e}"))?;
+            let now = Instant::now();
+            let exited = g.state == 'Z';
+            if opened.is_none() && now >= open_at && !exited {
+                opened = Some((now, server_ticks(srv)?, g.cpu_ticks));
+                sockets_at_open = procs::count_sockets(generator.pid()).ok();
+            }
+            if let Some((t0, server0, load0)) = opened
+                && window.is_none()
+                && (now >= close_at || exited)
+            {
+                let seconds = |t: u64, t0: u64| t.saturating_sub(t0) as f64 / self.ticks;
+                window = Some(CpuWindow {
+                    window_s: now.duration_since(t0).as_secs_f64(),
+                    server_cpu_s: seconds(server_ticks(srv)?, server0),
+                    load_cpu_s: seconds(g.cpu_ticks, load0),
+                    load_sockets_at_start: sockets_at_open,
+                    truncated: now < close_at,
+                });
+            }
+            if exited {
+                let status = generator.try_reap().map_err(|e| e.to_string())?;
+                if let Some(status) = status.filter(|s| !s.success()) {
+                    return Err(format!(
+                        "load generator failed ({status}); stderr: {}",
+                        generator.stderr_tail()
+                    ));
+                }
+                return Ok(window);
+            }
+            if now >= deadline {
+                return Err(format!(
+                    "load generator still running after {:?}",
+                    deadline - started
+                ));
+            }
+            thread::sleep(procs::POLL);
+        }
+    }
+}
+
+/// The load generator's report: the last line of its stdout that parses as its JSON object.
+fn parse_load_output(stdout: &str) -> Result<LoadReport, String> {
+    let line = stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| format!("no JSON object in {:?}", truncate(stdout, 200)))?;
+    serde_json::from_str(line).map_err(|e| format!("{e} in {:?}", truncate(line, 200)))
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_last_json_line() {
+        let out = format!(
+            "some log line\n{}\n",
+            report::tests::SAMPLE.replace('\n', "")
+        );
+        assert_eq!(parse_load_output(&out).unwrap().messages, 1_234_567);
+        assert!(
+            parse_load_output("nothing here")
+                .unwrap_err()
+                .contains("no JSON")
+        );
+        assert!(
+            parse_load_output("{\"msgs_per_s\": 1}").is_err(),
+            "missing fields are an error"
+        );
+    }
+
+    #[test]
+    fn truncates_at_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+
+    #[test]
+    fn options_parse_lists_and_defaults() {
+        let a = Args::try_parse_from([
+            "compare",
+            "--connections",
+            "100,1000",
+            "--sizes",
+            "20",
+            "--servers",
+            "ringws,tungstenite",
+        ])
+        .unwrap();
+        assert_eq!(a.connections, vec![100, 1000]);
+        assert_eq!(a.sizes, vec![20]);
+        assert_eq!(a.servers, vec![Server::Ringws, Server::Tungstenite]);
+        assert_eq!(a.duration, 10.0);
+        let d = Args::try_parse_from(["compare"]).unwrap();
+        assert_eq!(d.connections, vec![100, 1000, 10000]);
+        assert_eq!(d.sizes, vec![20, 1024, 16384]);
+        assert_eq!(d.servers.len(), 3);
+        assert!(Args::try_parse_from(["compare", "--servers", "nginx"]).is_err());
+    }
+}

@@ -1,0 +1,728 @@
+//! What one run measured, the metrics derived from it, ratios to ringws, and the Markdown table.
+
+use crate::environment::Environment;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt::Write as _;
+
+/// The server every ratio is taken against.
+pub const BASELINE: &str = "ringws";
+
+/// A load generator at or above this CPU share may be the bottleneck, not the server; the table
+/// marks such runs.
+pub const SATURATED_CPU_PCT: f64 = 95.0;
+
+/// The load generator's JSON report (`ringws load --json`). Fields the harness does not use are kept
+/// in `extra`, so compare.json holds every number the generator printed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Connections that completed the opening handshake.
+    pub connections_established: u64,
+    /// Connections that did not.
+    pub connections_failed: u64,
+    /// Echoes received back and verified during the measured window.
+    pub messages: u64,
+    /// `messages` per second of the measured window.
+    pub msgs_per_s: f64,
+    /// Round-trip latency percentiles, in microseconds.
+    pub latency_us: Latency,
+    /// Failures by kind, counted by the generator.
+    pub errors: LoadErrors,
+    /// Everything else the generator reported (url, duration, connect rate, MB/s, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Round-trip latency percentiles in microseconds, as the load generator reports them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Other percentiles (p90, p999, max).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Failure counters of the load generator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadErrors {
+    /// Echoes that differed from what was sent.
+    pub mismatch: u64,
+    /// Connections the server closed during the run.
+    pub closed: u64,
+    /// Failed connection attempts.
+    pub connect: u64,
+    /// Echoes that did not come back in time.
+    pub timeout: u64,
+}
+
+impl LoadErrors {
+    /// All failures together: a comparison is only meaningful where this is 0.
+    pub fn total(&self) -> u64 {
+        self.mismatch + self.closed + self.connect + self.timeout
+    }
+}
+
+/// CPU time used by the server and the load generator over the harness's measuring window.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct CpuWindow {
+    /// Wall-clock length of the window, seconds.
+    pub window_s: f64,
+    /// Server CPU time (user + system, all threads) in the window, seconds.
+    pub server_cpu_s: f64,
+    /// Load generator CPU time in the window, seconds.
+    pub load_cpu_s: f64,
+    /// Sockets the load generator held when the window opened; fewer than its connections means
+    /// connection set-up overlapped the window.
+    pub load_sockets_at_start: Option<usize>,
+    /// The load generator exited before the window's planned end, which was then cut short.
+    pub truncated: bool,
+}
+
+/// Everything compared between servers. Each field is `None` where the run could not produce it;
+/// the same struct holds ratios to ringws (`value / ringws value`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Verified echoes per second.
+    pub msgs_per_s: Option<f64>,
+    /// Median round trip, microseconds.
+    pub p50_us: Option<f64>,
+    /// 99th-percentile round trip, microseconds.
+    pub p99_us: Option<f64>,
+    /// Server CPU use, percent of one core.
+    pub server_cpu_pct: Option<f64>,
+    /// Echoes per second of server CPU time: efficiency, independent of whether the server was busy.
+    pub msgs_per_server_cpu_s: Option<f64>,
+    /// Load generator CPU use, percent of one core.
+    pub load_cpu_pct: Option<f64>,
+}
+
+/// One of the [`Metrics`] fields, to walk them in tables and charts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// [`Metrics::msgs_per_s`]
+    MsgsPerS,
+    /// [`Metrics::p50_us`]
+    P50,
+    /// [`Metrics::p99_us`]
+    P99,
+    /// [`Metrics::server_cpu_pct`]
+    ServerCpu,
+    /// [`Metrics::msgs_per_server_cpu_s`]
+    MsgsPerServerCpuS,
+    /// [`Metrics::load_cpu_pct`]
+    LoadCpu,
+}
+
+impl Metric {
+    /// Every metric, in table order.
+    pub const ALL: [Metric; 6] = [
+        Metric::MsgsPerS,
+        Metric::P50,
+        Metric::P99,
+        Metric::ServerCpu,
+        Metric::MsgsPerServerCpuS,
+        Metric::LoadCpu,
+    ];
+
+    /// Column heading / axis title.
+    pub fn title(self) -> &'static str {
+        match self {
+            Metric::MsgsPerS => "msg/s",
+            Metric::P50 => "p50 µs",
+            Metric::P99 => "p99 µs",
+            Metric::ServerCpu => "server CPU %",
+            Metric::MsgsPerServerCpuS => "msg per server CPU-s",
+            Metric::LoadCpu => "load-gen CPU %",
+        }
+    }
+
+    /// Which way is better, for chart captions.
+    pub fn better(self) -> &'static str {
+        match self {
+            Metric::MsgsPerS | Metric::MsgsPerServerCpuS => "higher is better",
+            Metric::P50 | Metric::P99 | Metric::ServerCpu | Metric::LoadCpu => "lower is better",
+        }
+    }
+
+    /// This metric's value in `m`.
+    pub fn of(self, m: &Metrics) -> Option<f64> {
+        match self {
+            Metric::MsgsPerS => m.msgs_per_s,
+            Metric::P50 => m.p50_us,
+            Metric::P99 => m.p99_us,
+            Metric::ServerCpu => m.server_cpu_pct,
+            Metric::MsgsPerServerCpuS => m.msgs_per_server_cpu_s,
+            Metric::LoadCpu => m.load_cpu_pct,
+        }
+    }
+
+    /// Formats a value of this metric for the table.
+    fn format(self, v: f64) -> String {
+        match self {
+            Metric::MsgsPerS | Metric::MsgsPerServerCpuS => thousands(v),
+            Metric::P50 | Metric::P99 | Metric::ServerCpu | Metric::LoadCpu => format!("{v:.1}"),
+        }
+    }
+}
+
+impl Metrics {
+    /// Derives the metrics of one run from the generator's report and the CPU window.
+    pub fn derive(load: Option<&LoadReport>, cpu: Option<&CpuWindow>) -> Metrics {
+        let cpu_pct = |seconds: f64| {
+            cpu.filter(|c| c.window_s > 0.0)
+                .map(|c| 100.0 * seconds / c.window_s)
+        };
+        let server_cpu_pct = cpu.and_then(|c| cpu_pct(c.server_cpu_s));
+        let msgs_per_s = load.map(|l| l.msgs_per_s);
+        Metrics {
+            msgs_per_s,
+            p50_us: load.map(|l| l.latency_us.p50),
+            p99_us: load.map(|l| l.latency_us.p99),
+            server_cpu_pct,
+            // A rate over a share of a core: both are per wall-clock second, so the windows need
+            // not coincide exactly, only lie in the same steady state.
+            msgs_per_server_cpu_s: match (msgs_per_s, server_cpu_pct) {
+                (Some(rate), Some(pct)) if pct > 0.0 => Some(rate / (pct / 100.0)),
+                _ => None,
+            },
+            load_cpu_pct: cpu.and_then(|c| cpu_pct(c.load_cpu_s)),
+        }
+    }
+
+    /// `self / base`, metric by metric, where both exist and the base is not 0.
+    pub fn ratio_to(&self, base: &Metrics) -> Metrics {
+        let r = |metric: Metric| match (metric.of(self), metric.of(base)) {
+            (Some(v), Some(b)) if b != 0.0 => Some(v / b),
+            _ => None,
+        };
+        Metrics {
+            msgs_per_s: r(Metric::MsgsPerS),
+            p50_us: r(Metric::P50),
+            p99_us: r(Metric::P99),
+            server_cpu_pct: r(Metric::ServerCpu),
+            msgs_per_server_cpu_s: r(Metric::MsgsPerServerCpuS),
+            load_cpu_pct: r(Metric::LoadCpu),
+        }
+    }
+}
+
+/// One server under one load: what was measured, derived, and what went wrong.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    /// Server name (`ringws`, `fastwebsockets`, `tungstenite`).
+    pub server: String,
+    /// Connections the load generator opened.
+    pub connections: u32,
+    /// Message size in bytes.
+    pub size: usize,
+    /// The load generator's report, if it produced one.
+    pub load: Option<LoadReport>,
+    /// CPU use over the measuring window, if it was measured.
+    pub cpu: Option<CpuWindow>,
+    /// Derived metrics.
+    pub metrics: Metrics,
+    /// `metrics` divided by ringws's for the same connections and size.
+    pub ratio_to_ringws: Option<Metrics>,
+    /// Why the run failed, if it did (then the numbers above are partial or absent).
+    pub error: Option<String>,
+    /// Caveats that do not invalidate the run (window overlap, generator saturated, ...).
+    pub notes: Vec<String>,
+}
+
+impl Run {
+    /// A run record from its parts, with metrics derived and notes about its caveats filled in.
+    pub fn new(
+        server: &str,
+        connections: u32,
+        size: usize,
+        load: Option<LoadReport>,
+        cpu: Option<CpuWindow>,
+        error: Option<String>,
+    ) -> Run {
+        let metrics = Metrics::derive(load.as_ref(), cpu.as_ref());
+        let mut notes = Vec::new();
+        if let Some(l) = &load {
+            if l.errors.total() > 0 || l.connections_failed > 0 {
+                notes.push(format!(
+                    "load errors: {} failed connects, {} mismatch, {} closed, {} connect, {} timeout",
+                    l.connections_failed,
+                    l.errors.mismatch,
+                    l.errors.closed,
+                    l.errors.connect,
+                    l.errors.timeout
+                ));
+            }
+            if let Some(held) = cpu.and_then(|c| c.load_sockets_at_start)
+                && (held as u64) < l.connections_established
+            {
+                notes.push(format!(
+                    "CPU window opened while the generator held {held} of {} connections: \
+                     set-up overlapped it (raise --warmup)",
+                    l.connections_established
+                ));
+            }
+        }
+        if cpu.is_some_and(|c| c.truncated) {
+            notes.push("load generator exited before the CPU window's end".to_owned());
+        }
+        if metrics.load_cpu_pct.is_some_and(|p| p >= SATURATED_CPU_PCT) {
+            notes.push("load generator saturated: its CPU may be the limit".to_owned());
+        }
+        Run {
+            server: server.to_owned(),
+            connections,
+            size,
+            load,
+            cpu,
+            metrics,
+            ratio_to_ringws: None,
+            error,
+            notes,
+        }
+    }
+
+    /// Total of the generator's failure counters and failed connects (0 without a report).
+    fn failures(&self) -> u64 {
+        self.load
+            .as_ref()
+            .map_or(0, |l| l.errors.total() + l.connections_failed)
+    }
+}
+
+/// How the runs were made, recorded next to the results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// Measured seconds per run.
+    pub duration_s: f64,
+    /// Warm-up seconds per run (not measured).
+    pub warmup_s: f64,
+    /// Messages in flight per connection.
+    pub in_flight: u32,
+    /// Connection counts tried.
+    pub connections: Vec<u32>,
+    /// Message sizes tried, bytes.
+    pub sizes: Vec<usize>,
+    /// Servers compared.
+    pub servers: Vec<String>,
+    /// CPU the server is pinned to.
+    pub server_cpu: usize,
+    /// CPU the load generator is pinned to.
+    pub load_cpu: usize,
+    /// The load generator's command line, with placeholders.
+    pub load_command: String,
+    /// How the CPU window is placed.
+    pub cpu_window: String,
+}
+
+/// Everything compare.json holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Machine, software versions, date, commit.
+    pub environment: Environment,
+    /// Options of this comparison.
+    pub config: Config,
+    /// One record per server × connections × size, in the order run.
+    pub runs: Vec<Run>,
+    /// The harness was stopped by a signal before finishing every run.
+    pub interrupted: bool,
+}
+
+impl Report {
+    /// Fills every run's `ratio_to_ringws` from the ringws run with the same connections and size
+    /// (left `None` where that run failed or is missing).
+    pub fn fill_ratios(&mut self) {
+        let bases: Vec<(u32, usize, Metrics)> = self
+            .runs
+            .iter()
+            .filter(|r| r.server == BASELINE && r.error.is_none())
+            .map(|r| (r.connections, r.size, r.metrics))
+            .collect();
+        for run in &mut self.runs {
+            run.ratio_to_ringws = bases
+                .iter()
+                .find(|(c, s, _)| *c == run.connections && *s == run.size)
+                .map(|(_, _, base)| run.metrics.ratio_to(base));
+        }
+    }
+
+    /// The (size, connections) scenarios present, in the order first run.
+    pub fn scenarios(&self) -> Vec<(usize, u32)> {
+        let mut seen = Vec::new();
+        for run in &self.runs {
+            if !seen.contains(&(run.size, run.connections)) {
+                seen.push((run.size, run.connections));
+            }
+        }
+        seen
+    }
+
+    /// The comparison as Markdown: environment, method, an overview of ratios, then one table per
+    /// scenario with every metric and its ratio to ringws.
+    pub fn markdown(&self) -> String {
+        let env = &self.environment;
+        let cfg = &self.config;
+        let mut md = String::new();
+        let _ = writeln!(md, "# ringws vs. peers: echo throughput, latency and CPU\n");
+        if self.interrupted {
+            let _ = writeln!(md, "**Interrupted: only the runs below were completed.**\n");
+        }
+        let _ = writeln!(md, "| | |\n|---|---|");
+        let _ = writeln!(md, "| date (UTC) | {} |", env.date_utc);
+        let _ = writeln!(
+            md,
+            "| commit | {}{} |",
+            env.git_commit,
+            if env.git_dirty { " (dirty)" } else { "" }
+        );
+        let _ = writeln!(md, "| kernel | {} |", env.kernel);
+        let _ = writeln!(md, "| CPU | {} ({} online) |", env.cpu_model, env.cpus);
+        let _ = writeln!(md, "| rustc | {} |", env.rustc);
+        let versions: Vec<String> = env
+            .libraries
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(md, "| peer libraries | {} |", versions.join(", "));
+        let _ = writeln!(
+            md,
+            "| load | {} s warm-up + {} s measured, {} in flight per connection, binary messages |",
+            cfg.warmup_s, cfg.duration_s, cfg.in_flight
+        );
+        let _ = writeln!(
+            md,
+            "| pinning | server on CPU {}, load generator on CPU {} |",
+            cfg.server_cpu, cfg.load_cpu
+        );
+        let _ = writeln!(md, "| load command | `{}` |", cfg.load_command);
+        let _ = writeln!(
+            md,
+            "\nCPU: {}. Ratios are value ÷ ringws's value for the same scenario: above 1 is",
+            cfg.cpu_window
+        );
+        let _ = writeln!(
+            md,
+            "better for msg/s and msg per server CPU-s, worse for latency and CPU %. Load-gen CPU ≥ {SATURATED_CPU_PCT}% \
+             is marked ⚠: the generator, not the server, may set the pace there.\n"
+        );
+        self.overview(&mut md);
+        for (size, connections) in self.scenarios() {
+            let _ = writeln!(
+                md,
+                "## {}, {} connections\n",
+                size_label(size),
+                thousands(connections as f64)
+            );
+            let _ = write!(md, "| server |");
+            for metric in Metric::ALL {
+                let _ = write!(md, " {} |", metric.title());
+            }
+            let _ = writeln!(md, " failures |");
+            let _ = writeln!(md, "|---|{}---:|", "---:|".repeat(Metric::ALL.len()));
+            let runs = self
+                .runs
+                .iter()
+                .filter(|r| r.size == size && r.connections == connections);
+            let mut notes = Vec::new();
+            for run in runs {
+                let _ = write!(md, "| {} |", run.server);
+                for metric in Metric::ALL {
+                    let _ = write!(md, " {} |", cell(run, metric));
+                }
+                let _ = writeln!(md, " {} |", run.failures());
+                if let Some(e) = &run.error {
+                    notes.push(format!(
+                        "{}: **failed**: {}",
+                        run.server,
+                        e.replace('\n', " ")
+                    ));
+                }
+                notes.extend(run.notes.iter().map(|n| format!("{}: {n}", run.server)));
+            }
+            let _ = writeln!(md);
+            for note in notes {
+                let _ = writeln!(md, "- {note}");
+            }
+            let _ = writeln!(md);
+        }
+        md
+    }
+
+    /// A compact table: each peer's msg/s and msg-per-CPU-s ratios, one row per scenario.
+    fn overview(&self, md: &mut String) {
+        let peers: Vec<&str> = self
+            .config
+            .servers
+            .iter()
+            .map(String::as_str)
+            .filter(|s| *s != BASELINE)
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let _ = writeln!(md, "## Overview: peers as a ratio to ringws\n");
+        let _ = write!(md, "| scenario |");
+        for peer in &peers {
+            let _ = write!(md, " {peer} msg/s | {peer} msg per CPU-s |");
+        }
+        let _ = writeln!(md, "\n|---|{}", "---:|".repeat(2 * peers.len()));
+        for (size, connections) in self.scenarios() {
+            let _ = write!(
+                md,
+                "| {}, {} conns |",
+                size_label(size),
+                thousands(connections as f64)
+            );
+            for peer in &peers {
+                let ratio = self
+                    .runs
+                    .iter()
+                    .find(|r| r.server == *peer && r.size == size && r.connections == connections)
+                    .and_then(|r| r.ratio_to_ringws);
+                for metric in [Metric::MsgsPerS, Metric::MsgsPerServerCpuS] {
+                    match ratio.as_ref().and_then(|m| metric.of(m)) {
+                        Some(x) => {
+                            let _ = write!(md, " {x:.2}× |");
+                        }
+                        None => md.push_str(" – |"),
+                    }
+                }
+            }
+            let _ = writeln!(md);
+        }
+        let _ = writeln!(md);
+    }
+}
+
+/// One table cell: the value, its ratio to ringws for other servers, and ⚠ on a saturated generator.
+fn cell(run: &Run, metric: Metric) -> String {
+    let Some(value) = metric.of(&run.metrics) else {
+        return "–".to_owned();
+    };
+    let mut text = metric.format(value);
+    if run.server != BASELINE
+        && let Some(ratio) = run.ratio_to_ringws.as_ref().and_then(|m| metric.of(m))
+    {
+        let _ = write!(text, " ({ratio:.2}×)");
+    }
+    if metric == Metric::LoadCpu && value >= SATURATED_CPU_PCT {
+        text.push_str(" ⚠");
+    }
+    text
+}
+
+/// `20 B`, `1 KiB`, `16 KiB`, `1.5 KiB`, `1 MiB`.
+pub fn size_label(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    let scaled = |unit: usize, name: &str| {
+        if bytes.is_multiple_of(unit) {
+            format!("{} {name}", bytes / unit)
+        } else {
+            format!("{:.1} {name}", bytes as f64 / unit as f64)
+        }
+    };
+    match bytes {
+        b if b >= MIB => scaled(MIB, "MiB"),
+        b if b >= KIB => scaled(KIB, "KiB"),
+        b => format!("{b} B"),
+    }
+}
+
+/// A rounded number with `,` between thousands: `1234567.8` -> `1,234,568`.
+pub fn thousands(v: f64) -> String {
+    if !v.is_finite() {
+        return v.to_string();
+    }
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    if v < 0.0 && digits != "0" {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The contract's example report.
+    pub const SAMPLE: &str = r#"{"url":"ws://127.0.0.1:9001/","connections":100,"size":20,"in_flight":1,"duration_s":10.0,
+ "connections_established":100,"connections_failed":0,"connect_rate_per_s":12345.6,
+ "messages":1234567,"msgs_per_s":123456.7,"mb_per_s":2.47,
+ "latency_us":{"p50":12.3,"p90":20.1,"p99":45.6,"p999":80.0,"max":900.0},
+ "errors":{"mismatch":0,"closed":0,"connect":0,"timeout":0}}"#;
+
+    pub fn load(msgs_per_s: f64, p50: f64, p99: f64) -> LoadReport {
+        let mut l: LoadReport = serde_json::from_str(SAMPLE).unwrap();
+        l.msgs_per_s = msgs_per_s;
+        l.latency_us.p50 = p50;
+        l.latency_us.p99 = p99;
+        l
+    }
+
+    pub fn cpu(window_s: f64, server_cpu_s: f64, load_cpu_s: f64) -> CpuWindow {
+        CpuWindow {
+            window_s,
+            server_cpu_s,
+            load_cpu_s,
+            load_sockets_at_start: Some(100),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn parses_the_contract_and_keeps_every_field() {
+        let l: LoadReport = serde_json::from_str(SAMPLE).unwrap();
+        assert_eq!(l.messages, 1_234_567);
+        assert_eq!(l.latency_us.p99, 45.6);
+        assert_eq!(l.errors.total(), 0);
+        let back = serde_json::to_value(&l).unwrap();
+        let original: Value = serde_json::from_str(SAMPLE).unwrap();
+        assert_eq!(back, original, "round trip loses nothing");
+    }
+
+    #[test]
+    fn derives_cpu_share_and_efficiency() {
+        let m = Metrics::derive(
+            Some(&load(100_000.0, 10.0, 40.0)),
+            Some(&cpu(10.0, 5.0, 9.9)),
+        );
+        assert_eq!(m.server_cpu_pct, Some(50.0));
+        assert_eq!(m.msgs_per_server_cpu_s, Some(200_000.0));
+        assert!((m.load_cpu_pct.unwrap() - 99.0).abs() < 1e-9);
+        let idle = Metrics::derive(Some(&load(0.0, 0.0, 0.0)), Some(&cpu(10.0, 0.0, 0.0)));
+        assert_eq!(idle.msgs_per_server_cpu_s, None, "no division by zero CPU");
+        let none = Metrics::derive(None, None);
+        assert_eq!(none, Metrics::default());
+    }
+
+    #[test]
+    fn ratios_and_notes() {
+        let mut report = Report {
+            environment: Environment::sample(),
+            config: Config {
+                duration_s: 10.0,
+                warmup_s: 2.0,
+                in_flight: 1,
+                connections: vec![100],
+                sizes: vec![20],
+                servers: vec![
+                    "ringws".into(),
+                    "fastwebsockets".into(),
+                    "tungstenite".into(),
+                ],
+                server_cpu: 0,
+                load_cpu: 1,
+                load_command: "ringws load ...".into(),
+                cpu_window: "test".into(),
+            },
+            runs: vec![
+                Run::new(
+                    "ringws",
+                    100,
+                    20,
+                    Some(load(200_000.0, 10.0, 20.0)),
+                    Some(cpu(10.0, 5.0, 9.6)),
+                    None,
+                ),
+                Run::new(
+                    "fastwebsockets",
+                    100,
+                    20,
+                    Some(load(100_000.0, 20.0, 50.0)),
+                    Some(cpu(10.0, 10.0, 5.0)),
+                    None,
+                ),
+                Run::new(
+                    "tungstenite",
+                    100,
+                    20,
+                    None,
+                    None,
+                    Some("server exited early".into()),
+                ),
+            ],
+            interrupted: false,
+        };
+        report.fill_ratios();
+        let fws = report.runs[1].ratio_to_ringws.unwrap();
+        assert_eq!(fws.msgs_per_s, Some(0.5));
+        assert_eq!(fws.p99_us, Some(2.5));
+        assert_eq!(fws.server_cpu_pct, Some(2.0));
+        assert_eq!(fws.msgs_per_server_cpu_s, Some(0.25));
+        assert_eq!(
+            report.runs[0].ratio_to_ringws.unwrap().msgs_per_s,
+            Some(1.0)
+        );
+        assert_eq!(report.runs[2].ratio_to_ringws.unwrap().msgs_per_s, None);
+        assert!(report.runs[0].notes.iter().any(|n| n.contains("saturated")));
+        assert!(report.runs[1].notes.is_empty());
+
+        let md = report.markdown();
+        assert!(md.contains("## 20 B, 100 connections"), "{md}");
+        assert!(
+            md.contains("| ringws | 200,000 | 10.0 | 20.0 | 50.0 | 400,000 | 96.0 ⚠ | 0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| fastwebsockets | 100,000 (0.50×) | 20.0 (2.00×) | 50.0 (2.50×) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("tungstenite: **failed**: server exited early"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 20 B, 100 conns | 0.50× | 0.25× | – | – |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn notes_overlap_and_truncation() {
+        let mut window = cpu(10.0, 1.0, 1.0);
+        window.load_sockets_at_start = Some(40);
+        window.truncated = true;
+        let run = Run::new(
+            "ringws",
+            100,
+            20,
+            Some(load(1.0, 1.0, 1.0)),
+            Some(window),
+            None,
+        );
+        assert!(
+            run.notes.iter().any(|n| n.contains("40 of 100")),
+            "{:?}",
+            run.notes
+        );
+        assert!(
+            run.notes.iter().any(|n| n.contains("exited before")),
+            "{:?}",
+            run.notes
+        );
+    }
+
+    #[test]
+    fn formats_numbers_and_sizes() {
+        assert_eq!(thousands(1_234_567.8), "1,234,568");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(-12_345.0), "-12,345");
+        assert_eq!(size_label(20), "20 B");
+        assert_eq!(size_label(1024), "1 KiB");
+        assert_eq!(size_label(16384), "16 KiB");
+        assert_eq!(size_label(1536), "1.5 KiB");
+        assert_eq!(size_label(1 << 20), "1 MiB");
+    }
+}
