@@ -9,6 +9,8 @@
 //! - [`Handler`]: the callbacks; [`Socket`]: a connection lent to a callback.
 //! - [`Config`]: every limit and timer with its default; [`EngineError`]: start-up errors that name
 //!   the cause and the fix.
+//! - [`ProbeReport`]: which io_uring features this kernel has, probed; [`MemlockNeed`]: the locked
+//!   memory the rings are charged.
 //!
 //! ```no_run
 //! use ringws_engine::{Handler, Message, Server, Socket};
@@ -31,6 +33,7 @@ mod conn;
 mod error;
 mod handler;
 mod outq;
+mod probe;
 mod server;
 mod socket;
 mod timer;
@@ -40,6 +43,7 @@ mod worker;
 pub use config::{BackpressurePolicy, Config};
 pub use error::EngineError;
 pub use handler::{Decision, Handler, HttpResponse, Message, SendResult};
+pub use probe::{Feature, MemlockNeed, ProbeReport, Support};
 pub use ringws_protocol::CloseCode;
 pub use ringws_protocol::handshake::Request;
 pub use server::{Server, ServerBuilder, ServerHandle};

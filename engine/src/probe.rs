@@ -1,0 +1,541 @@
+//! What the running kernel offers the engine, probed rather than guessed from its version: every
+//! io_uring feature the workers use, each tried on a small throwaway ring, and the locked memory
+//! (`RLIMIT_MEMLOCK`) the workers' rings are charged.
+//!
+//! [`Server::build`](crate::Server::build) runs the same probe and refuses to start on the first
+//! missing required feature; `ringws check` prints the whole report.
+//!
+//! ```no_run
+//! let report = ringws_engine::ProbeReport::run();
+//! if let Some(e) = report.setup_error() {
+//!     println!("no io_uring: {e}");
+//! }
+//! for f in report.features() {
+//!     println!("{} (Linux {}): {:?}", f.name, f.kernel, f.support);
+//! }
+//! ```
+
+use crate::bufring::BufRing;
+use crate::config::Config;
+use crate::error::EngineError;
+use crate::uring::{self, TaskRun};
+use io_uring::types::{SubmitArgs, Timespec};
+use io_uring::{IoUring, cqueue, opcode, types};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Whether the running kernel has a feature.
+#[derive(Debug)]
+pub enum Support {
+    /// Probed and present.
+    Yes,
+    /// Probed and absent: the kernel refused it the way kernels without it do.
+    No,
+    /// Not probed, because a step it depends on failed (no ring, no opcode probe, no buffer ring,
+    /// or the opcode itself is missing).
+    Untested,
+    /// The probe failed for a reason that says nothing about the feature (an unrelated OS error),
+    /// so whether the kernel has it is unknown.
+    Unknown(EngineError),
+}
+
+/// One io_uring feature the engine uses, and whether this kernel has it.
+#[derive(Debug)]
+pub struct Feature {
+    /// The feature as io_uring names it.
+    pub name: &'static str,
+    /// The first Linux version that has it.
+    pub kernel: &'static str,
+    /// Whether the engine refuses to start without it; the others have a fallback.
+    pub required: bool,
+    /// What the probe found.
+    pub support: Support,
+}
+
+/// The features, in probe order; the table below gives each its name and kernel.
+#[derive(Debug, Clone, Copy)]
+enum Id {
+    DeferTaskrun,
+    RingFd,
+    RegisterProbe,
+    OpAccept,
+    OpRecv,
+    OpSend,
+    OpSendmsg,
+    OpTimeout,
+    OpAsyncCancel,
+    OpPollAdd,
+    PbufRing,
+    AcceptMultishot,
+    RecvMultishot,
+}
+
+/// Name, first kernel and whether it is required, indexed by [`Id`].
+const TABLE: [(&str, &str, bool); 13] = [
+    (
+        "IORING_SETUP_DEFER_TASKRUN (else COOP_TASKRUN, 5.19)",
+        "6.1",
+        false,
+    ),
+    (
+        "IORING_REGISTER_RING_FDS (registered ring fd)",
+        "5.18",
+        false,
+    ),
+    ("IORING_REGISTER_PROBE", "5.6", true),
+    ("IORING_OP_ACCEPT", "5.5", true),
+    ("IORING_OP_RECV", "5.6", true),
+    ("IORING_OP_SEND", "5.6", true),
+    ("IORING_OP_SENDMSG", "5.3", true),
+    ("IORING_OP_TIMEOUT", "5.4", true),
+    ("IORING_OP_ASYNC_CANCEL", "5.5", true),
+    ("IORING_OP_POLL_ADD", "5.1", true),
+    (
+        "IORING_REGISTER_PBUF_RING (provided buffer rings)",
+        "5.19",
+        true,
+    ),
+    ("IORING_ACCEPT_MULTISHOT (multishot accept)", "5.19", true),
+    ("IORING_RECV_MULTISHOT (multishot receive)", "6.0", true),
+];
+
+/// The opcodes the workers submit.
+const OPS: [(Id, u8); 7] = [
+    (Id::OpAccept, opcode::AcceptMulti::CODE),
+    (Id::OpRecv, opcode::RecvMulti::CODE),
+    (Id::OpSend, opcode::Send::CODE),
+    (Id::OpSendmsg, opcode::SendMsg::CODE),
+    (Id::OpTimeout, opcode::Timeout::CODE),
+    (Id::OpAsyncCancel, opcode::AsyncCancel::CODE),
+    (Id::OpPollAdd, opcode::PollAdd::CODE),
+];
+
+/// How long the probe waits for one of its own completions (they are immediate on a working kernel).
+const PROBE_WAIT: Timespec = Timespec::new().sec(1);
+
+/// Everything the probe found: whether a ring could be created at all, then each feature.
+#[derive(Debug)]
+pub struct ProbeReport {
+    setup: Result<TaskRun, EngineError>,
+    features: Vec<Feature>,
+}
+
+impl ProbeReport {
+    /// Probes the running kernel on a throwaway ring (8 entries, a 2-buffer ring, two socket pairs
+    /// on the Unix domain), on a thread of its own: tearing a ring down queues kernel work to the
+    /// thread that created it, which would interrupt that thread's next blocking call.
+    pub fn run() -> Self {
+        std::thread::scope(|s| s.spawn(probe_here).join()).unwrap_or_else(|_| Self {
+            setup: Err(EngineError::io(
+                "probing io_uring",
+                io::Error::other("probe panicked"),
+            )),
+            features: collect(Found::default()),
+        })
+    }
+
+    /// Why no io_uring instance could be created (unsupported, disabled, blocked, out of locked
+    /// memory), or `None` when it could; every feature is then [`Support::Untested`].
+    pub fn setup_error(&self) -> Option<&EngineError> {
+        self.setup.as_ref().err()
+    }
+
+    /// Every feature the engine uses, required ones and those with a fallback, in probe order.
+    pub fn features(&self) -> &[Feature] {
+        &self.features
+    }
+
+    /// The ring's task-run mode, or the error the engine refuses to start with: the setup error,
+    /// else the first required feature that is missing or could not be probed.
+    pub(crate) fn into_result(self) -> Result<TaskRun, EngineError> {
+        let mode = self.setup?;
+        for f in self.features.into_iter().filter(|f| f.required) {
+            match f.support {
+                Support::Yes => {}
+                Support::Unknown(e) => return Err(e),
+                Support::No | Support::Untested => {
+                    return Err(EngineError::MissingFeature {
+                        feature: f.name,
+                        kernel: f.kernel,
+                    });
+                }
+            }
+        }
+        Ok(mode)
+    }
+}
+
+/// What the probe found so far, indexed by [`Id`]; `None` is untested.
+#[derive(Default)]
+struct Found([Option<Support>; TABLE.len()]);
+
+impl Found {
+    fn set(&mut self, id: Id, support: Support) {
+        self.0[id as usize] = Some(support);
+    }
+}
+
+fn collect(found: Found) -> Vec<Feature> {
+    TABLE
+        .iter()
+        .zip(found.0)
+        .map(|(&(name, kernel, required), support)| Feature {
+            name,
+            kernel,
+            required,
+            support: support.unwrap_or(Support::Untested),
+        })
+        .collect()
+}
+
+/// `Yes` or `No`.
+fn yes_if(present: bool) -> Support {
+    if present { Support::Yes } else { Support::No }
+}
+
+/// `No` for `EINVAL` (how kernels refuse what they do not know), otherwise an unknown outcome.
+fn no_if_einval(context: &'static str, e: io::Error) -> Support {
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        Support::No
+    } else {
+        Support::Unknown(EngineError::io(context, e))
+    }
+}
+
+/// Runs the probe on the calling thread (see [`ProbeReport::run`] for why that should be a thread
+/// of its own).
+pub(crate) fn probe_here() -> ProbeReport {
+    let mut found = Found::default();
+    // Declared before the ring, so dropped after it: the kernel may use the buffers until the ring
+    // is gone.
+    let bufs: BufRing;
+    let (mut ring, mode) = match uring::new_ring(8) {
+        Ok(r) => r,
+        Err(e) => {
+            return ProbeReport {
+                setup: Err(e),
+                features: collect(found),
+            };
+        }
+    };
+    let report = |found| ProbeReport {
+        setup: Ok(mode),
+        features: collect(found),
+    };
+    found.set(Id::DeferTaskrun, yes_if(mode == TaskRun::Deferred));
+    found.set(
+        Id::RingFd,
+        match ring.submitter().register_ring_fd() {
+            Ok(()) => Support::Yes,
+            Err(e) => no_if_einval("registering the ring fd", e),
+        },
+    );
+    let mut probe = io_uring::Probe::new();
+    if let Err(e) = ring.submitter().register_probe(&mut probe) {
+        found.set(
+            Id::RegisterProbe,
+            no_if_einval("registering an opcode probe", e),
+        );
+        return report(found);
+    }
+    found.set(Id::RegisterProbe, Support::Yes);
+    for (id, code) in OPS {
+        found.set(id, yes_if(probe.is_supported(code)));
+    }
+    bufs = match BufRing::new(&ring.submitter(), 0, 2, 512) {
+        Ok(b) => b,
+        Err(e) => {
+            found.set(
+                Id::PbufRing,
+                no_if_einval("registering a provided buffer ring", e),
+            );
+            return report(found);
+        }
+    };
+    found.set(Id::PbufRing, Support::Yes);
+    if probe.is_supported(opcode::AcceptMulti::CODE) {
+        found.set(Id::AcceptMultishot, probe_multishot_accept(&mut ring));
+    }
+    if probe.is_supported(opcode::RecvMulti::CODE) {
+        found.set(
+            Id::RecvMultishot,
+            probe_multishot_recv(&mut ring, bufs.group()),
+        );
+    }
+    report(found)
+}
+
+/// Submits `sqe` and returns its completion, skipping completions of earlier probes; waits at most
+/// [`PROBE_WAIT`] per completion and looks at no more than four.
+fn complete(
+    ring: &mut IoUring,
+    sqe: &io_uring::squeue::Entry,
+    context: &'static str,
+) -> Result<cqueue::Entry, EngineError> {
+    let want = sqe.get_user_data();
+    // SAFETY: callers build `sqe` from descriptors that stay open until it completes or the ring is
+    // dropped (which cancels it), and buffers only from the registered buffer ring.
+    unsafe { ring.submission().push(sqe) }
+        .map_err(|_| EngineError::io(context, io::Error::other("submission queue full")))?;
+    for _ in 0..4 {
+        let args = SubmitArgs::new().timespec(&PROBE_WAIT);
+        match ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
+                return Err(EngineError::io(
+                    context,
+                    io::Error::other("no completion within 1 s"),
+                ));
+            }
+            Err(e) => return Err(EngineError::io(context, e)),
+        }
+        if let Some(cqe) = ring.completion().find(|c| c.user_data() == want) {
+            return Ok(cqe);
+        }
+    }
+    Err(EngineError::io(
+        context,
+        io::Error::other("completion never arrived"),
+    ))
+}
+
+/// Classifies a multishot completion that should carry `expect(result)` and `IORING_CQE_F_MORE`:
+/// kernels without the multishot flag reject the request with `EINVAL` or complete it once.
+fn multishot_outcome(
+    cqe: Result<cqueue::Entry, EngineError>,
+    context: &'static str,
+    expect: impl Fn(i32) -> bool,
+) -> Support {
+    match cqe {
+        Ok(c) if expect(c.result()) => yes_if(cqueue::more(c.flags())),
+        Ok(c) if c.result() == -libc::EINVAL => Support::No,
+        Ok(c) => Support::Unknown(EngineError::io(
+            context,
+            io::Error::from_raw_os_error(-c.result()),
+        )),
+        Err(e) => Support::Unknown(e),
+    }
+}
+
+/// Arms a multishot accept on a listening Unix socket with one connection waiting, and checks the
+/// completion carries a descriptor and `IORING_CQE_F_MORE`. Unix sockets keep the probe off the
+/// network (a container may have no loopback); the abstract namespace keeps it off the filesystem.
+fn probe_multishot_accept(ring: &mut IoUring) -> Support {
+    const CONTEXT: &str = "probing multishot accept";
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "ringws-probe-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let listen = || -> io::Result<(UnixListener, UnixStream)> {
+        let addr = UnixAddr::from_abstract_name(name.as_bytes())?;
+        let listener = UnixListener::bind_addr(&addr)?;
+        let client = UnixStream::connect_addr(&addr)?;
+        Ok((listener, client))
+    };
+    let (listener, _client) = match listen() {
+        Ok(pair) => pair,
+        Err(e) => return Support::Unknown(EngineError::io(CONTEXT, e)),
+    };
+    let sqe = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
+        .build()
+        .user_data(2);
+    let cqe = complete(ring, &sqe, CONTEXT);
+    if let Ok(c) = &cqe
+        && c.result() >= 0
+    {
+        // SAFETY: a non-negative accept result is a new descriptor this process owns and nothing
+        // else refers to; wrapping it closes it.
+        drop(unsafe { OwnedFd::from_raw_fd(c.result()) });
+    }
+    multishot_outcome(cqe, CONTEXT, |r| r >= 0)
+}
+
+/// Arms a multishot receive on one end of a socket pair, writes a byte into the other, and checks the
+/// completion carries the byte and `IORING_CQE_F_MORE`.
+fn probe_multishot_recv(ring: &mut IoUring, group: u16) -> Support {
+    const CONTEXT: &str = "probing multishot receive";
+    let (a, mut b) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => return Support::Unknown(EngineError::io(CONTEXT, e)),
+    };
+    if let Err(e) = io::Write::write_all(&mut b, b"x") {
+        return Support::Unknown(EngineError::io(CONTEXT, e));
+    }
+    let sqe = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), group)
+        .build()
+        .user_data(1);
+    multishot_outcome(complete(ring, &sqe, CONTEXT), CONTEXT, |r| r == 1)
+}
+
+/// Locked memory the engine's io_uring memory is charged against `RLIMIT_MEMLOCK`, which kernels
+/// before 5.12 and from 6.14 on enforce for processes without `CAP_IPC_LOCK` (5.12 to 6.13 charge
+/// the memory cgroup instead). The charge is per user: all of one user's rings count together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemlockNeed {
+    /// Bytes per worker: its submission queue entries, its SQ/CQ rings and its provided-buffer ring,
+    /// each rounded up to whole pages as the kernel charges them.
+    pub per_worker: u64,
+    /// Bytes of the start-up probe's ring, which may still be charged while the workers start: the
+    /// kernel frees a ring's memory asynchronously after it is closed.
+    pub probe: u64,
+    /// The whole server: `workers x per_worker + probe`.
+    pub total: u64,
+}
+
+impl MemlockNeed {
+    /// The charge for `cfg`'s workers, ring size and buffer count, computed the way the kernel sizes
+    /// the memory (`IORING_SETUP_CLAMP`, power-of-two queues, 64-byte SQEs, 16-byte CQEs and buffer
+    /// ring entries, 4-byte SQ index).
+    ///
+    /// ```
+    /// let need = ringws_engine::MemlockNeed::of(&ringws_engine::Config::default());
+    /// assert!(need.total >= need.per_worker + need.probe);
+    /// ```
+    pub fn of(cfg: &Config) -> Self {
+        let page = page_size();
+        let per_worker =
+            ring_bytes(cfg.ring_entries, page) + round_up(u64::from(cfg.buffer_count) * 16, page);
+        // The probe: an 8-entry ring and a 2-entry buffer ring.
+        let probe = ring_bytes(8, page) + round_up(2 * 16, page);
+        let workers = u64::try_from(cfg.workers).unwrap_or(u64::MAX);
+        Self {
+            per_worker,
+            probe,
+            total: workers.saturating_mul(per_worker).saturating_add(probe),
+        }
+    }
+}
+
+/// The system page size (4 KiB on x86_64; 16 or 64 KiB on some arm64 kernels).
+fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the running system and has no memory effects.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+}
+
+fn round_up(bytes: u64, page: u64) -> u64 {
+    bytes.div_ceil(page) * page
+}
+
+/// Bytes charged for a ring built by [`uring::new_ring`]`(entries)`: the SQE array, and the region
+/// holding the ring header (one 64-byte cache line), the CQEs and the SQ index array.
+fn ring_bytes(entries: u32, page: u64) -> u64 {
+    const MAX_ENTRIES: u32 = 32768; // IORING_MAX_ENTRIES
+    const MAX_CQ_ENTRIES: u32 = 2 * MAX_ENTRIES;
+    let sq = u64::from(entries.clamp(1, MAX_ENTRIES).next_power_of_two());
+    let cq = u64::from(
+        entries
+            .saturating_mul(4)
+            .clamp(1, MAX_CQ_ENTRIES)
+            .next_power_of_two(),
+    );
+    let rings = (64 + cq * 16).next_multiple_of(64) + sq * 4;
+    round_up(sq * 64, page) + round_up(rings, page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_kernel_has_every_feature() {
+        // The development and benchmark machines run Linux 6.18, which has all of them.
+        let report = ProbeReport::run();
+        assert!(report.setup_error().is_none(), "{:?}", report.setup_error());
+        assert_eq!(report.features().len(), TABLE.len());
+        for f in report.features() {
+            assert!(matches!(f.support, Support::Yes), "{f:?}");
+        }
+        assert_eq!(report.into_result().unwrap(), TaskRun::Deferred);
+    }
+
+    #[test]
+    fn a_missing_required_feature_is_the_start_up_error() {
+        let mut found = Found::default();
+        found.set(Id::DeferTaskrun, Support::No); // optional: not an error
+        for (id, _) in OPS {
+            found.set(id, Support::Yes);
+        }
+        found.set(Id::RegisterProbe, Support::Yes);
+        found.set(Id::PbufRing, Support::No);
+        let report = ProbeReport {
+            setup: Ok(TaskRun::Cooperative),
+            features: collect(found),
+        };
+        assert_eq!(
+            report.features()[Id::RecvMultishot as usize].name,
+            TABLE[Id::RecvMultishot as usize].0
+        );
+        assert!(matches!(
+            report.features()[Id::RecvMultishot as usize].support,
+            Support::Untested
+        ));
+        match report.into_result() {
+            Err(EngineError::MissingFeature { feature, kernel }) => {
+                assert!(
+                    feature.starts_with("IORING_REGISTER_PBUF_RING"),
+                    "{feature}"
+                );
+                assert_eq!(kernel, "5.19");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_setup_leaves_every_feature_untested() {
+        let report = ProbeReport {
+            setup: Err(EngineError::IoUringBlocked),
+            features: collect(Found::default()),
+        };
+        assert!(
+            report
+                .features()
+                .iter()
+                .all(|f| matches!(f.support, Support::Untested))
+        );
+        assert!(matches!(
+            report.into_result(),
+            Err(EngineError::IoUringBlocked)
+        ));
+    }
+
+    #[test]
+    fn memlock_of_the_defaults_matches_the_measured_charge() {
+        // Measured on Linux 6.18 as an unprivileged user (tuning/README.md): 268 KiB for a 2048/8192
+        // ring, 16 KiB for a 1024-entry buffer ring. The default buffer ring has 512 entries: 8 KiB.
+        if page_size() != 4096 {
+            eprintln!("SKIP memlock_of_the_defaults...: the measurement used 4 KiB pages");
+            return;
+        }
+        assert_eq!(ring_bytes(2048, 4096), 268 << 10);
+        let cfg = Config {
+            workers: 2,
+            ..Config::default()
+        };
+        let need = MemlockNeed::of(&cfg);
+        assert_eq!(need.per_worker, (268 + 8) << 10);
+        assert_eq!(need.probe, 12 << 10);
+        assert_eq!(need.total, 2 * need.per_worker + need.probe);
+        let bigger = MemlockNeed::of(&Config {
+            buffer_count: 1024,
+            ..cfg
+        });
+        assert_eq!(bigger.per_worker, (268 + 16) << 10);
+    }
+
+    #[test]
+    fn ring_sizes_round_and_clamp_like_the_kernel() {
+        // 3 entries become 4 SQEs (1 page) and 16 CQEs; 32768 clamps the CQ to 65536 entries.
+        assert_eq!(ring_bytes(3, 4096), 4096 + 4096);
+        assert_eq!(
+            ring_bytes(32768, 4096),
+            32768 * 64 + (64 + 65536 * 16 + 32768 * 4_u64).next_multiple_of(4096)
+        );
+    }
+}
