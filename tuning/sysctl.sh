@@ -30,7 +30,7 @@ readonly PROG
 
 usage() {
     cat <<EOF
-Usage: $PROG [--connections N] [--backup FILE] [--dry-run] show|apply|revert
+Usage: $PROG [--connections N] [--backup FILE] [--dry-run] [--porcelain] show|apply|revert
 
 Kernel settings for N concurrent, mostly idle WebSocket connections (see tuning/README.md).
 
@@ -41,6 +41,8 @@ Kernel settings for N concurrent, mostly idle WebSocket connections (see tuning/
   --connections N  connection target (default $DEFAULT_CONNECTIONS, at most $MAX_CONNECTIONS)
   --backup FILE    backup file (default $DEFAULT_BACKUP)
   --dry-run        apply/revert print what they would write and change nothing
+  --porcelain      show prints only the knobs, one per line, tab-separated, for programs
+                   (\`ringws check\` reads it): KNOB STATUS CURRENT RECOMMENDED REASON
   -h, --help       this text
 
 A value that is already more generous than the recommendation is kept as it is.
@@ -242,7 +244,14 @@ mib() {
 }
 
 cmd_show() {
-    local n=$1 name
+    local n=$1 porcelain=$2 name
+    if ((porcelain)); then
+        for name in "${KNOBS[@]}"; do
+            inspect "$name"
+            printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$STATE" "$CUR" "$TARGET" "${REASON[$name]}"
+        done
+        return 0
+    fi
     printf 'ringws sysctl tuning for %s connections. RECOMMENDED is what apply writes: never less\n' "$n"
     printf 'generous than CURRENT. STATUS: ok, change (apply sets it), read-only (cannot set here),\n'
     printf 'absent (not on this kernel).\n\n'
@@ -440,7 +449,7 @@ cmd_revert() {
 # --- main --------------------------------------------------------------------------------------
 
 main() {
-    local cmd='' connections=$DEFAULT_CONNECTIONS backup=$DEFAULT_BACKUP dry=0
+    local cmd='' connections=$DEFAULT_CONNECTIONS backup=$DEFAULT_BACKUP dry=0 porcelain=0
     while (($#)); do
         case $1 in
         show | apply | revert)
@@ -455,6 +464,7 @@ main() {
         --connections=*) connections=${1#*=} ;;
         --backup=*) backup=${1#*=} ;;
         --dry-run) dry=1 ;;
+        --porcelain) porcelain=1 ;;
         -h | --help)
             usage
             exit 0
@@ -468,10 +478,11 @@ main() {
         usage_error "--connections takes a whole number from 1 to $MAX_CONNECTIONS, not '$connections'"
     fi
     [[ -n $backup ]] || usage_error "--backup needs a file name"
+    [[ $porcelain == 0 || $cmd == show ]] || usage_error "--porcelain only applies to show"
 
     define_knobs "$connections"
     case $cmd in
-    show) cmd_show "$connections" ;;
+    show) cmd_show "$connections" "$porcelain" ;;
     apply) cmd_apply "$connections" "$backup" "$dry" ;;
     revert) cmd_revert "$backup" "$dry" ;;
     esac
