@@ -19,6 +19,8 @@
 //! | `close_timeout` | 5 s | bound on the close handshake and on draining a rejected request |
 //! | `shutdown_timeout` | 5 s | bound on the graceful drain at shutdown |
 //! | `ring_entries` | 2048 | submission queue size; the completion queue is 4x |
+//! | `slow_consumer` | `DropNewest` | pub/sub: what a topic without its own policy does for a subscriber over `max_backpressure` |
+//! | `max_topics` | 65 536 | pub/sub: topics are never removed; this bounds what subscriptions to new names can claim |
 //!
 //! Receive buffers, measured with the echo server on one pinned worker over loopback, as server CPU
 //! time per message (on a shared 2-core machine, so ranges over repeated runs): for 32-byte messages
@@ -31,6 +33,7 @@
 //! recovered from without losing data.
 
 use crate::error::EngineError;
+use crate::pubsub::SlowConsumer;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -85,6 +88,10 @@ pub struct Config {
     pub ring_entries: u32,
     /// Whether [`Server::run`](crate::Server::run) turns SIGINT/SIGTERM into a graceful shutdown.
     pub handle_signals: bool,
+    /// The slow-consumer policy of topics created without one of their own.
+    pub slow_consumer: SlowConsumer,
+    /// Most topics the server holds (topics are never removed).
+    pub max_topics: usize,
 }
 
 impl Default for Config {
@@ -109,6 +116,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             ring_entries: 2048,
             handle_signals: true,
+            slow_consumer: SlowConsumer::DropNewest,
+            max_topics: 1 << 16,
         }
     }
 }
@@ -160,6 +169,9 @@ impl Config {
         }
         if !(8..=1 << 15).contains(&self.ring_entries) {
             return Err(invalid("ring_entries", "between 8 and 32768"));
+        }
+        if !(1..=1 << 24).contains(&self.max_topics) {
+            return Err(invalid("max_topics", "between 1 and 16777216"));
         }
         let timers = [
             ("handshake_timeout", self.handshake_timeout, false),

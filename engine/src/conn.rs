@@ -9,6 +9,7 @@
 use crate::config::{BackpressurePolicy, Config};
 use crate::handler::SendResult;
 use crate::outq::{OutQueue, Pool};
+use crate::pubsub::local::Local;
 use crate::timer::{Entry, Tick, Wheel, ticks};
 use ringws_protocol::frame::OpCode;
 use ringws_protocol::{CloseCode, CloseFrame};
@@ -143,11 +144,13 @@ pub(crate) struct Core<S> {
     /// The current tick.
     pub now: Tick,
     pub limits: Limits,
+    /// This worker's topic subscriptions.
+    pub pubsub: Local,
 }
 
 impl<S: Default> Core<S> {
     /// An empty core.
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, pubsub: Local) -> Self {
         Self {
             conns: Vec::new(),
             free: Vec::new(),
@@ -160,6 +163,7 @@ impl<S: Default> Core<S> {
             wheel: Wheel::new(),
             now: 0,
             limits,
+            pubsub,
         }
     }
 
@@ -305,7 +309,7 @@ mod tests {
             max_backpressure: 100,
             ..Config::default()
         };
-        Core::new(Limits::new(&cfg))
+        Core::new(Limits::new(&cfg), Local::standalone())
     }
 
     fn open(core: &mut Core<u64>) -> u32 {
@@ -403,7 +407,7 @@ mod tests {
             backpressure_policy: BackpressurePolicy::Close,
             ..Config::default()
         };
-        let mut core: Core<()> = Core::new(Limits::new(&cfg));
+        let mut core: Core<()> = Core::new(Limits::new(&cfg), Local::standalone());
         let s = core.alloc(-1);
         core.conns[s as usize].phase = Phase::Open;
         let _ = core.send_data(s, OpCode::Binary, &[0; 20]);

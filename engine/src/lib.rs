@@ -7,6 +7,8 @@
 //!
 //! - [`Server`] / [`ServerBuilder`] / [`ServerHandle`]: settings, start-up, shutdown and signals.
 //! - [`Handler`]: the callbacks; [`Socket`]: a connection lent to a callback.
+//! - [`Publisher`] / [`Topic`] / [`SlowConsumer`]: publish/subscribe with encode-once fan-out to
+//!   subscribers on every worker, and per-topic slow-consumer policies.
 //! - [`Config`]: every limit and timer with its default; [`EngineError`]: start-up errors that name
 //!   the cause and the fix.
 //! - [`ProbeReport`]: which io_uring features this kernel has, probed; [`MemlockNeed`]: the locked
@@ -34,6 +36,7 @@ mod error;
 mod handler;
 mod outq;
 mod probe;
+mod pubsub;
 mod server;
 mod socket;
 mod timer;
@@ -44,6 +47,7 @@ pub use config::{BackpressurePolicy, Config};
 pub use error::EngineError;
 pub use handler::{Decision, Handler, HttpResponse, Message, SendResult};
 pub use probe::{Feature, MemlockNeed, ProbeReport, Support};
+pub use pubsub::{MAX_TOPIC_NAME, PubSubError, Publisher, SlowConsumer, Topic, TopicStats};
 pub use ringws_protocol::CloseCode;
 pub use ringws_protocol::handshake::Request;
 pub use server::{Server, ServerBuilder, ServerHandle};

@@ -12,11 +12,16 @@
 //! bytes and gives it back once everything is sent, so an idle connection owns no send memory, and a
 //! spare segment buffer kept in each queue means echo does not allocate per message.
 //!
-//! Pub/sub will add shared segments (`Arc<[u8]>`, a frame encoded once for all subscribers) next to
-//! the owned ones; the iovec path already sends any mix of segments in one operation.
+//! Pub/sub adds shared segments: a frame encoded once by a publish (`Arc<[u8]>`, header and payload)
+//! is queued by reference in every subscriber's queue, so fan-out never copies the payload in user
+//! space; the iovec path sends any mix of owned and shared segments in one operation. For slow
+//! subscribers of conflating topics a small map (conflation key -> queued segment) lets a newer frame
+//! replace a queued, not yet sent one in O(1); the map only holds entries queued while the subscriber
+//! was behind and is emptied with the queue.
 
 use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Payloads of at least this many bytes get a segment of their own instead of being appended.
 pub(crate) const LARGE: usize = 16 << 10;
@@ -36,9 +41,34 @@ pub(crate) enum SendOp {
     Vectored(*const libc::msghdr),
 }
 
+/// One run of queued bytes.
+enum Seg {
+    /// Frames encoded into the queue's own buffer: small frames appended together, or one large
+    /// payload at its exact size.
+    Owned(Vec<u8>),
+    /// Exactly one frame, encoded once by a publish and shared with every subscriber's queue.
+    Shared(Arc<[u8]>),
+}
+
+impl Seg {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Owned(v) => v,
+            Self::Shared(f) => f,
+        }
+    }
+}
+
+/// What identifies a conflatable message: (topic id, key computed at publish).
+pub(crate) type ConflationKey = (u32, u64);
+
 /// Bytes waiting to be sent on one connection.
 pub(crate) struct OutQueue {
-    segs: VecDeque<Vec<u8>>,
+    segs: VecDeque<Seg>,
+    /// Segments removed from the front so far: `segs[i]` has the absolute position `popped + i`.
+    popped: u64,
+    /// Conflation key -> absolute position of the shared segment queued for it while behind.
+    keyed: HashMap<ConflationKey, u64>,
     /// Bytes of `segs[0]` already written.
     sent: usize,
     /// Segments (from the front) that the in-flight send covers; 0 when none is in flight.
@@ -56,6 +86,8 @@ impl Default for OutQueue {
     fn default() -> Self {
         Self {
             segs: VecDeque::new(),
+            popped: 0,
+            keyed: HashMap::new(),
             sent: 0,
             in_flight: 0,
             buffered: 0,
@@ -96,12 +128,16 @@ impl OutQueue {
     /// The segment small bytes are appended to: the last one if it is not in flight and holds small
     /// frames, else a new one (reusing the spare buffer).
     fn tail(&mut self) -> &mut Vec<u8> {
-        let appendable =
-            self.segs.len() > self.in_flight && self.segs.back().is_some_and(|s| s.len() < LARGE);
+        let appendable = self.segs.len() > self.in_flight
+            && matches!(self.segs.back(), Some(Seg::Owned(s)) if s.len() < LARGE);
         if !appendable {
-            self.segs.push_back(std::mem::take(&mut self.spare));
+            self.segs
+                .push_back(Seg::Owned(std::mem::take(&mut self.spare)));
         }
-        self.segs.back_mut().expect("a segment was just ensured")
+        match self.segs.back_mut() {
+            Some(Seg::Owned(v)) => v,
+            _ => unreachable!("an owned segment was just ensured"),
+        }
     }
 
     /// Queues one unmasked, unfragmented server frame.
@@ -110,7 +146,7 @@ impl OutQueue {
         let n = encode_header(&mut header, true, 0, opcode, None, payload.len() as u64);
         if payload.len() >= LARGE {
             self.tail().extend_from_slice(&header[..n]);
-            self.segs.push_back(payload.to_vec());
+            self.segs.push_back(Seg::Owned(payload.to_vec()));
         } else {
             let tail = self.tail();
             tail.reserve(n + payload.len());
@@ -118,6 +154,41 @@ impl OutQueue {
             tail.extend_from_slice(payload);
         }
         self.buffered += n + payload.len();
+    }
+
+    /// Queues a shared, already encoded frame by reference (no copy).
+    pub fn push_shared(&mut self, frame: &Arc<[u8]>) {
+        self.buffered += frame.len();
+        self.segs.push_back(Seg::Shared(Arc::clone(frame)));
+    }
+
+    /// Queues a shared frame and remembers it under `key`, so that [`replace_keyed`](Self::replace_keyed)
+    /// can swap in a newer frame for the same key while this one waits.
+    pub fn push_keyed(&mut self, key: ConflationKey, frame: &Arc<[u8]>) {
+        self.push_shared(frame);
+        let at = self.popped + self.segs.len() as u64 - 1;
+        self.keyed.insert(key, at);
+    }
+
+    /// Replaces the queued frame remembered under `key` with `frame`, if it is still waiting (not in
+    /// flight, not partly sent). Returns whether it was replaced; if not, the caller queues `frame`.
+    pub fn replace_keyed(&mut self, key: ConflationKey, frame: &Arc<[u8]>) -> bool {
+        let Some(&at) = self.keyed.get(&key) else {
+            return false;
+        };
+        let Some(i) = at.checked_sub(self.popped).map(|i| i as usize) else {
+            self.keyed.remove(&key); // already sent
+            return false;
+        };
+        if i < self.in_flight || (i == 0 && self.sent > 0) {
+            return false; // being sent: it stays, the newer frame follows it
+        }
+        let Some(Seg::Shared(old)) = self.segs.get_mut(i) else {
+            return false;
+        };
+        self.buffered = self.buffered - old.len() + frame.len();
+        *old = Arc::clone(frame);
+        true
     }
 
     /// Appends raw bytes (an HTTP response) written by `write`.
@@ -141,7 +212,7 @@ impl OutQueue {
         let count = self.segs.len().min(MAX_IOV);
         if count == 1 {
             self.in_flight = 1;
-            let rest = &self.segs[0][self.sent..];
+            let rest = &self.segs[0].bytes()[self.sent..];
             let len = rest.len().min(MAX_SEND);
             return Some(SendOp::Single {
                 ptr: rest.as_ptr(),
@@ -150,7 +221,7 @@ impl OutQueue {
         }
         self.iov.clear();
         for (i, seg) in self.segs.iter().take(count).enumerate() {
-            let bytes = if i == 0 { &seg[self.sent..] } else { &seg[..] };
+            let bytes = &seg.bytes()[if i == 0 { self.sent } else { 0 }..];
             self.iov.push(libc::iovec {
                 iov_base: bytes.as_ptr() as *mut libc::c_void,
                 iov_len: bytes.len(),
@@ -172,18 +243,24 @@ impl OutQueue {
             let Some(front) = self.segs.front() else {
                 break;
             };
-            let rest = front.len() - self.sent;
+            let rest = front.bytes().len() - self.sent;
             if left < rest {
                 self.sent += left;
                 break;
             }
             left -= rest;
             self.sent = 0;
-            let done = self.segs.pop_front().expect("front exists");
-            if done.len() < LARGE && done.capacity() > self.spare.capacity() {
+            self.popped += 1;
+            if let Some(Seg::Owned(done)) = self.segs.pop_front()
+                && done.len() < LARGE
+                && done.capacity() > self.spare.capacity()
+            {
                 self.spare = done;
                 self.spare.clear();
             }
+        }
+        if self.segs.is_empty() {
+            self.keyed.clear();
         }
     }
 
@@ -191,6 +268,8 @@ impl OutQueue {
     pub fn abandon(&mut self) {
         self.in_flight = 0;
         self.segs.clear();
+        self.keyed.clear();
+        self.popped = 0;
         self.sent = 0;
         self.buffered = 0;
     }
@@ -200,7 +279,7 @@ impl OutQueue {
     pub fn unsent(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for (i, seg) in self.segs.iter().enumerate() {
-            out.extend_from_slice(if i == 0 { &seg[self.sent..] } else { seg });
+            out.extend_from_slice(&seg.bytes()[if i == 0 { self.sent } else { 0 }..]);
         }
         out
     }
@@ -211,6 +290,7 @@ impl OutQueue {
             self.spare = Vec::new();
         }
         self.iov = Vec::new();
+        self.keyed = HashMap::new();
     }
 }
 
@@ -364,11 +444,10 @@ mod tests {
         q.push_frame(OpCode::Text, b"yo");
         // [small frame + big header] [big payload] [small frame]
         assert_eq!(q.segs.len(), 3);
-        assert_eq!(
-            q.segs[1].capacity(),
-            big.len(),
-            "allocated once, at its size"
-        );
+        let Seg::Owned(own) = &q.segs[1] else {
+            panic!("the large payload is an owned segment");
+        };
+        assert_eq!(own.capacity(), big.len(), "allocated once, at its size");
         let sent = send(&mut q);
         assert_eq!(sent.len(), q.buffered());
         assert_eq!(&sent[..4], b"\x81\x02hi");
@@ -391,7 +470,10 @@ mod tests {
         let cap = q.spare.capacity();
         assert!(cap >= 102);
         q.push_frame(OpCode::Text, b"x");
-        assert_eq!(q.segs[0].capacity(), cap, "no new allocation");
+        let Seg::Owned(own) = &q.segs[0] else {
+            panic!("small frames go to an owned segment");
+        };
+        assert_eq!(own.capacity(), cap, "no new allocation");
     }
 
     #[test]
@@ -414,5 +496,88 @@ mod tests {
         assert_eq!(q.spare.capacity(), 0, "a big buffer is freed, not pooled");
         let q2 = pool.take();
         assert!(q2.spare.capacity() >= 102, "a small buffer is reused");
+    }
+
+    fn frame(bytes: &[u8]) -> Arc<[u8]> {
+        Arc::from(bytes)
+    }
+
+    #[test]
+    fn shared_frames_are_sent_by_reference_between_owned_ones() {
+        let mut q = OutQueue::default();
+        let f = frame(b"\x81\x03abc");
+        q.push_frame(OpCode::Text, b"x");
+        q.push_shared(&f);
+        q.push_frame(OpCode::Text, b"y");
+        assert_eq!(q.buffered(), 3 + 5 + 3);
+        assert_eq!(Arc::strong_count(&f), 2, "queued by reference");
+        let Some(SendOp::Vectored(msg)) = q.start_send() else {
+            panic!("vectored send expected");
+        };
+        // SAFETY (test): the message header and its iovecs live in the queue.
+        let second = unsafe { *(*msg).msg_iov.add(1) };
+        assert_eq!(
+            second.iov_base as *const u8,
+            f.as_ptr(),
+            "the iovec points at the shared frame"
+        );
+        assert_eq!(q.unsent(), b"\x81\x01x\x81\x03abc\x81\x01y");
+        q.complete(11);
+        assert!(q.is_empty());
+        assert_eq!(Arc::strong_count(&f), 1, "released once sent");
+    }
+
+    #[test]
+    fn a_waiting_keyed_frame_is_replaced_in_place() {
+        let mut q = OutQueue::default();
+        q.push_keyed((1, 7), &frame(b"old-7"));
+        q.push_keyed((1, 8), &frame(b"old-8"));
+        assert!(q.replace_keyed((1, 7), &frame(b"newer-7")));
+        assert!(
+            !q.replace_keyed((2, 7), &frame(b"other topic")),
+            "keys include the topic"
+        );
+        assert_eq!(q.unsent(), b"newer-7old-8", "same position, newest value");
+        assert_eq!(q.buffered(), 12);
+    }
+
+    #[test]
+    fn frames_in_flight_or_partly_sent_are_never_replaced() {
+        let mut q = OutQueue::default();
+        q.push_keyed((1, 1), &frame(b"aaaa"));
+        let _ = q.start_send();
+        assert!(!q.replace_keyed((1, 1), &frame(b"bbbb")), "in flight");
+        q.complete(2);
+        assert!(!q.replace_keyed((1, 1), &frame(b"cccc")), "partly sent");
+        q.push_keyed((1, 1), &frame(b"dddd"));
+        assert!(
+            q.replace_keyed((1, 1), &frame(b"eeee")),
+            "the newer entry is replaceable"
+        );
+        assert_eq!(q.unsent(), b"aaeeee");
+        let _ = q.start_send();
+        q.complete(6);
+        assert!(
+            q.is_empty() && q.keyed.is_empty(),
+            "the map empties with the queue"
+        );
+        assert!(
+            !q.replace_keyed((1, 1), &frame(b"ffff")),
+            "sent frames are gone"
+        );
+    }
+
+    #[test]
+    fn positions_survive_pops() {
+        let mut q = OutQueue::default();
+        q.push_shared(&frame(b"11"));
+        q.push_keyed((3, 3), &frame(b"22"));
+        let Some(SendOp::Vectored(_)) = q.start_send() else {
+            panic!("vectored send expected");
+        };
+        q.complete(2); // the first segment is gone; the keyed one moved to the front
+        q.push_shared(&frame(b"33"));
+        assert!(q.replace_keyed((3, 3), &frame(b"44")));
+        assert_eq!(q.unsent(), b"4433");
     }
 }

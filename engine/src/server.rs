@@ -3,6 +3,7 @@
 use crate::config::{BackpressurePolicy, Config};
 use crate::error::EngineError;
 use crate::handler::Handler;
+use crate::pubsub::{Hub, Publisher, SlowConsumer};
 use crate::worker;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
@@ -24,6 +25,8 @@ pub(crate) struct Shared {
     main_wake: OwnedFd,
     /// Workers that have exited.
     exited: AtomicUsize,
+    /// Topics, their subscribers per worker, and the workers' inboxes.
+    pub hub: Arc<Hub>,
 }
 
 fn eventfd() -> Result<OwnedFd, EngineError> {
@@ -39,7 +42,8 @@ fn eventfd() -> Result<OwnedFd, EngineError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn poke(fd: RawFd) {
+/// Adds one to an eventfd's counter, waking whoever polls it.
+pub(crate) fn poke(fd: RawFd) {
     let one = 1u64;
     // SAFETY: writes 8 bytes from a valid u64 to an eventfd; a full counter (EAGAIN) is harmless.
     unsafe { libc::write(fd, (&raw const one).cast(), 8) };
@@ -79,6 +83,11 @@ impl ServerHandle {
     /// The address the server listens on (with the actual port if it was bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A handle to publish to the server's topics from any thread.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(Arc::clone(&self.shared.hub))
     }
 }
 
@@ -153,6 +162,11 @@ impl ServerBuilder {
         ring_entries: u32;
         /// Turn SIGINT/SIGTERM into a graceful shutdown while `run` blocks (default true).
         handle_signals: bool;
+        /// Pub/sub: the slow-consumer policy of topics created without their own (default
+        /// [`SlowConsumer::DropNewest`]).
+        slow_consumer: SlowConsumer;
+        /// Pub/sub: most topics the server holds; topics are never removed (default 65 536).
+        max_topics: usize;
     }
 
     /// Validates the settings, probes io_uring and binds one `SO_REUSEPORT` listener per worker.
@@ -176,14 +190,22 @@ impl ServerBuilder {
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or(cfg.bind);
-        let wakers = (0..cfg.workers)
+        let wakers: Vec<OwnedFd> = (0..cfg.workers)
             .map(|_| eventfd())
             .collect::<Result<_, _>>()?;
+        // The hub wakes workers through duplicates of the same eventfds.
+        let hub_wakers = wakers
+            .iter()
+            .map(OwnedFd::try_clone)
+            .collect::<io::Result<_>>()
+            .map_err(|e| EngineError::io("duplicating an eventfd", e))?;
+        let hub = Arc::new(Hub::new(hub_wakers, cfg.slow_consumer, cfg.max_topics));
         let shared = Arc::new(Shared {
             level: AtomicU8::new(0),
             wakers,
             main_wake: eventfd()?,
             exited: AtomicUsize::new(0),
+            hub,
         });
         Ok(Server {
             cfg,
@@ -264,6 +286,11 @@ impl Server {
     /// The validated settings.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// A handle to publish to the server's topics from any thread, before or during `run`.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(Arc::clone(&self.shared.hub))
     }
 
     /// A handle to shut the server down from another thread.

@@ -2,6 +2,7 @@
 
 use crate::conn::{Core, Phase};
 use crate::handler::{Message, SendResult};
+use crate::pubsub::{PubSubError, Publisher};
 use ringws_protocol::CloseCode;
 use ringws_protocol::frame::{MAX_CONTROL_PAYLOAD, OpCode};
 use std::net::SocketAddr;
@@ -101,6 +102,45 @@ impl<'a, S: Default> Socket<'a, S> {
     /// The peer's address (one `getpeername` call), if the socket still has one.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         crate::worker::peer_addr(self.core.conns[self.slot as usize].fd)
+    }
+
+    /// Subscribes this connection to `topic` (created with the server's default slow-consumer policy
+    /// if it does not exist): every publication made after this call is queued to it, from any
+    /// worker or thread. `Ok(false)` if it was already subscribed. The subscription ends with
+    /// [`unsubscribe`](Self::unsubscribe) or when the connection leaves the open state.
+    ///
+    /// ```no_run
+    /// # use ringws_engine::{Message, Socket};
+    /// fn on_message(ws: &mut Socket<'_, ()>, msg: Message<'_>) {
+    ///     if let Message::Text(topic) = msg {
+    ///         let _ = ws.subscribe(topic);
+    ///     }
+    /// }
+    /// ```
+    pub fn subscribe(&mut self, topic: &str) -> Result<bool, PubSubError> {
+        self.core.subscribe(self.slot, topic, false)
+    }
+
+    /// Like [`subscribe`](Self::subscribe), and first queues the topic's last publication (if any),
+    /// so a new subscriber starts from the current value. A publication is never queued twice.
+    pub fn subscribe_with_last(&mut self, topic: &str) -> Result<bool, PubSubError> {
+        self.core.subscribe(self.slot, topic, true)
+    }
+
+    /// Ends this connection's subscription to `topic`; `false` if it had none.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.core.unsubscribe(self.slot, topic)
+    }
+
+    /// Publishes `msg` to `topic` (created if needed): encoded once, queued at once to this worker's
+    /// subscribers and through their inboxes to the other workers' subscribers.
+    pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> Result<(), PubSubError> {
+        self.core.publish(topic, msg)
+    }
+
+    /// A handle to publish from elsewhere (another thread, a later callback).
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.core.pubsub.hub().clone())
     }
 
     /// Another open (or closing) connection of this worker, by id; `None` once it has closed.

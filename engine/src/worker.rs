@@ -15,6 +15,7 @@ use crate::conn::{Closed, Core, Limits, NO_TIMER, Phase, flag};
 use crate::error::EngineError;
 use crate::handler::{Decision, Handler, HttpResponse, Message};
 use crate::outq::SendOp;
+use crate::pubsub::local::Local;
 use crate::server::Shared;
 use crate::socket::Socket;
 use crate::timer::{self, Tick};
@@ -136,6 +137,7 @@ impl<H: Handler> App<H> {
                 error!(slot, "on_close panicked");
             }
             self.core.conns[slot as usize].state = H::State::default();
+            self.core.unsubscribe_all(slot);
         }
     }
 
@@ -178,6 +180,7 @@ impl<H: Handler> App<H> {
                     error!(slot, "on_close panicked");
                 }
                 self.core.conns[slot as usize].state = H::State::default();
+                self.core.unsubscribe_all(slot);
                 self.deliver_closes();
             }
         }
@@ -778,6 +781,8 @@ impl<'r, H: Handler> Engine<'r, H> {
         let mut counter = 0u64;
         // SAFETY: reads 8 bytes into a u64 from the worker's eventfd (non-blocking).
         unsafe { libc::read(self.wake_fd, (&raw mut counter).cast(), 8) };
+        self.app.core.drain_inbox();
+        self.app.deliver_closes();
         match self.shared.level.load(Ordering::Acquire) {
             0 => {}
             1 => self.begin_shutdown(),
@@ -1036,6 +1041,7 @@ impl<H: Handler> Worker<'_, H> {
     /// Releases what is left at exit. Queues still in flight are leaked on purpose: the kernel may
     /// still read them until the ring is gone.
     fn teardown(&mut self) {
+        self.eng.app.core.pubsub.detach();
         for c in &mut self.eng.app.core.conns {
             if c.phase != Phase::Free {
                 // SAFETY: the slot owns its descriptor; nothing uses it after this.
@@ -1085,7 +1091,7 @@ pub(crate) fn run<H: Handler>(
             sq,
             app: App {
                 handler,
-                core: Core::new(Limits::new(cfg)),
+                core: Core::new(Limits::new(cfg), Local::new(shared.hub.clone(), index)),
             },
             rx: Vec::new(),
             rx_limits: ringws_protocol::Limits {

@@ -1,0 +1,430 @@
+//! Publish/subscribe with encode-once fan-out.
+//!
+//! A publish encodes its frame (header and payload) once into a reference-counted buffer
+//! ([`Publication`]); every subscriber's output queue references that buffer, so fan-out copies no
+//! payload in user space (the kernel copies from it once per subscriber socket).
+//!
+//! The [`Hub`] is shared by every worker and every [`Publisher`]: it names topics, keeps each topic's
+//! policy, counters, last publication and how many subscribers each worker has. A publish takes the
+//! topic's lock, numbers the publication, keeps it as the topic's last one, and pushes it into the
+//! inbox of every worker with subscribers of that topic, waking the worker through its eventfd (read
+//! by a multishot poll kept armed on the worker's ring) when its inbox was empty. Because the pushes
+//! for one topic happen under that topic's lock, each inbox sees a topic's publications in number
+//! order: order per topic is kept for every publisher (and across publishers). A publish from a
+//! callback ([`Socket::publish`](crate::Socket::publish)) reaches its own worker's subscribers
+//! directly, without the inbox.
+//!
+//! Each worker keeps its own subscriber lists ([`local`]), so delivery takes no lock. A subscriber
+//! whose queued output is over `max_backpressure` is behind; the topic's [`SlowConsumer`] policy then
+//! decides (conflate, drop, disconnect), and only that subscriber is affected.
+
+mod inbox;
+pub(crate) mod local;
+
+use crate::handler::Message;
+use crate::server::poke;
+use inbox::{Inbox, Pushed};
+use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
+use std::collections::HashMap;
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC_NAME: usize = 256;
+
+/// What happens to a publication for a subscriber that is behind: one whose queued output is over
+/// `max_backpressure` (its socket is not being read fast enough). Subscribers that keep up are never
+/// affected, and a slow one never delays the others.
+#[derive(Debug, Clone, Copy)]
+pub enum SlowConsumer {
+    /// Keep only the latest publication per key: a publication whose key matches one still waiting
+    /// in the subscriber's queue replaces it in place (same position, newest value), so a subscriber
+    /// that resumes reading catches up with current values instead of history. `key` is computed once
+    /// per publish from the payload (e.g. the symbol of a quote); keys of different topics never
+    /// match. Memory per slow subscriber is bounded by `max_backpressure` plus one frame per key.
+    Conflate {
+        /// The conflation key of a payload.
+        key: fn(&[u8]) -> u64,
+    },
+    /// Drop the new publication for this subscriber (counted in [`TopicStats::dropped`]).
+    DropNewest,
+    /// Close the subscriber with 1008 "slow consumer" (counted in [`TopicStats::disconnected`]).
+    Disconnect,
+}
+
+impl SlowConsumer {
+    /// Conflation with one key per topic: a slow subscriber keeps only the topic's latest publication
+    /// (the right choice when each topic carries one value, such as one symbol's quote).
+    pub const CONFLATE_PER_TOPIC: Self = Self::Conflate { key: whole_topic };
+
+    /// The conflation key of `payload` (0 for the policies that do not conflate).
+    fn key(&self, payload: &[u8]) -> u64 {
+        match self {
+            Self::Conflate { key } => key(payload),
+            Self::DropNewest | Self::Disconnect => 0,
+        }
+    }
+}
+
+/// The key of [`SlowConsumer::CONFLATE_PER_TOPIC`]: the same for every payload.
+fn whole_topic(_: &[u8]) -> u64 {
+    0
+}
+
+/// Why a pub/sub call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PubSubError {
+    /// Creating the topic would exceed the server's `max_topics` (topics are never removed, so the
+    /// limit bounds the memory that subscribe requests naming new topics can claim).
+    TooManyTopics {
+        /// The configured limit.
+        max: usize,
+    },
+    /// A topic name must be 1 to [`MAX_TOPIC_NAME`] bytes long.
+    InvalidName,
+    /// [`Publisher::create_topic`]: the topic already exists (a topic's policy is fixed when it is
+    /// created, by this call or by a first subscribe or publish with the server's default).
+    TopicExists,
+    /// The connection is not open (it is closing or closed): it cannot subscribe.
+    NotOpen,
+}
+
+impl fmt::Display for PubSubError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooManyTopics { max } => write!(f, "too many topics (max_topics is {max})"),
+            Self::InvalidName => write!(f, "a topic name must be 1 to {MAX_TOPIC_NAME} bytes"),
+            Self::TopicExists => write!(f, "the topic already exists"),
+            Self::NotOpen => write!(f, "the connection is not open"),
+        }
+    }
+}
+
+impl std::error::Error for PubSubError {}
+
+/// Counters of one topic, summed over every worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicStats {
+    /// Publications made.
+    pub published: u64,
+    /// Current subscribers.
+    pub subscribers: u64,
+    /// Publications not delivered to a subscriber that was behind ([`SlowConsumer::DropNewest`]).
+    pub dropped: u64,
+    /// Queued publications replaced by a newer one for a subscriber that was behind
+    /// ([`SlowConsumer::Conflate`]).
+    pub conflated: u64,
+    /// Subscribers closed for being behind ([`SlowConsumer::Disconnect`]).
+    pub disconnected: u64,
+    /// Publications that skipped a worker whose inbox was full (its subscribers missed them).
+    pub overflowed: u64,
+}
+
+/// One publication: a frame encoded once, numbered within its topic.
+#[derive(Debug, Clone)]
+pub(crate) struct Publication {
+    /// The topic's id.
+    pub topic: u32,
+    /// Its number within the topic (from 1).
+    pub seq: u64,
+    /// The conflation key (0 unless the topic conflates).
+    pub key: u64,
+    /// The whole frame, header and payload.
+    pub frame: Arc<[u8]>,
+}
+
+/// What the topic's lock guards.
+#[derive(Default)]
+struct Latest {
+    /// The number of the last publication (0: none yet).
+    seq: u64,
+    /// The last publication, kept for subscribers that ask for it.
+    last: Option<Publication>,
+}
+
+/// A topic as the hub knows it.
+pub(crate) struct TopicInner {
+    pub id: u32,
+    name: Box<str>,
+    pub policy: SlowConsumer,
+    /// Subscribers per worker: a publish skips workers without any.
+    subscribers: Box<[AtomicU32]>,
+    latest: Mutex<Latest>,
+    published: AtomicU64,
+    pub dropped: AtomicU64,
+    pub conflated: AtomicU64,
+    pub disconnected: AtomicU64,
+    overflowed: AtomicU64,
+}
+
+impl TopicInner {
+    /// Records one more (`true`) or one fewer subscriber on `worker`.
+    pub fn count(&self, worker: usize, subscribed: bool) {
+        if subscribed {
+            self.subscribers[worker].fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.subscribers[worker].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Forgets `n` subscribers of `worker` at once (the worker is exiting).
+    pub fn uncount(&self, worker: usize, n: u32) {
+        self.subscribers[worker].fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// The number of the last publication and the publication itself. A subscriber registered (and
+    /// counted) before this call receives every later publication.
+    pub fn latest(&self) -> (u64, Option<Publication>) {
+        let l = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        (l.seq, l.last.clone())
+    }
+
+    fn stats(&self) -> TopicStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TopicStats {
+            published: load(&self.published),
+            subscribers: self
+                .subscribers
+                .iter()
+                .map(|n| u64::from(n.load(Ordering::Relaxed)))
+                .sum(),
+            dropped: load(&self.dropped),
+            conflated: load(&self.conflated),
+            disconnected: load(&self.disconnected),
+            overflowed: load(&self.overflowed),
+        }
+    }
+}
+
+/// The pub/sub state shared by the workers and every [`Publisher`].
+pub(crate) struct Hub {
+    /// Every topic by name; ids are assigned in creation order and never reused (topics are never
+    /// removed, see `max_topics`).
+    topics: RwLock<HashMap<Box<str>, Arc<TopicInner>>>,
+    inboxes: Box<[Inbox]>,
+    /// Duplicates of the workers' wake-up eventfds (same eventfd objects).
+    wakers: Box<[OwnedFd]>,
+    default_policy: SlowConsumer,
+    max_topics: usize,
+}
+
+impl Hub {
+    /// A hub for one worker per waker.
+    pub fn new(wakers: Vec<OwnedFd>, default_policy: SlowConsumer, max_topics: usize) -> Self {
+        Self {
+            topics: RwLock::default(),
+            inboxes: wakers.iter().map(|_| Inbox::default()).collect(),
+            wakers: wakers.into(),
+            default_policy,
+            max_topics,
+        }
+    }
+
+    /// The topic named `name`, created with `policy` (or the default) if it does not exist.
+    /// With `exclusive`, an existing topic is an error.
+    fn topic_with(
+        &self,
+        name: &str,
+        policy: Option<SlowConsumer>,
+        exclusive: bool,
+    ) -> Result<Arc<TopicInner>, PubSubError> {
+        if name.is_empty() || name.len() > MAX_TOPIC_NAME {
+            return Err(PubSubError::InvalidName);
+        }
+        let existing = |t: &Arc<TopicInner>| {
+            if exclusive {
+                Err(PubSubError::TopicExists)
+            } else {
+                Ok(Arc::clone(t))
+            }
+        };
+        if let Some(t) = self
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+        {
+            return existing(t);
+        }
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = topics.get(name) {
+            return existing(t);
+        }
+        if topics.len() >= self.max_topics {
+            return Err(PubSubError::TooManyTopics {
+                max: self.max_topics,
+            });
+        }
+        let t = Arc::new(TopicInner {
+            id: topics.len() as u32,
+            name: name.into(),
+            policy: policy.unwrap_or(self.default_policy),
+            subscribers: self.inboxes.iter().map(|_| AtomicU32::new(0)).collect(),
+            latest: Mutex::default(),
+            published: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            conflated: AtomicU64::new(0),
+            disconnected: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+        });
+        topics.insert(name.into(), Arc::clone(&t));
+        Ok(t)
+    }
+
+    /// The topic named `name`, created with the default policy if it does not exist.
+    pub fn topic(&self, name: &str) -> Result<Arc<TopicInner>, PubSubError> {
+        self.topic_with(name, None, false)
+    }
+
+    /// Encodes `msg` once and delivers it to every worker with subscribers of `topic`, except
+    /// `local` (the calling worker, which delivers the returned publication itself).
+    pub fn publish(
+        &self,
+        topic: &TopicInner,
+        msg: Message<'_>,
+        local: Option<usize>,
+    ) -> Publication {
+        let (opcode, payload) = match msg {
+            Message::Text(s) => (OpCode::Text, s.as_bytes()),
+            Message::Binary(b) => (OpCode::Binary, b),
+        };
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut header, true, 0, opcode, None, payload.len() as u64);
+        // One allocation at the exact size (the iterator's length is known), written once.
+        let frame: Arc<[u8]> = header[..n].iter().chain(payload).copied().collect();
+        let key = topic.policy.key(payload);
+        let mut latest = topic.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        latest.seq += 1;
+        let item = Publication {
+            topic: topic.id,
+            seq: latest.seq,
+            key,
+            frame,
+        };
+        latest.last = Some(item.clone());
+        for (w, inbox) in self.inboxes.iter().enumerate() {
+            if Some(w) == local || topic.subscribers[w].load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            match inbox.push(item.clone()) {
+                Pushed::First => poke(self.wakers[w].as_raw_fd()),
+                Pushed::Queued => {}
+                Pushed::Full => {
+                    topic.overflowed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        drop(latest);
+        topic.published.fetch_add(1, Ordering::Relaxed);
+        item
+    }
+
+    /// Moves worker `worker`'s pending publications into `into` (empty), in arrival order.
+    pub fn drain(&self, worker: usize, into: &mut Vec<Publication>) {
+        self.inboxes[worker].drain(into);
+    }
+}
+
+/// Publishes to the server's topics from any thread: `Clone + Send + Sync`, obtained from
+/// [`Server::publisher`](crate::Server::publisher) or
+/// [`ServerHandle::publisher`](crate::ServerHandle::publisher), before or after `run`.
+///
+/// ```no_run
+/// use ringws_engine::{Message, Server, SlowConsumer};
+/// let server = Server::builder().bind("127.0.0.1:9001").build()?;
+/// let publisher = server.publisher();
+/// let btc = publisher.create_topic("BTC-USD", SlowConsumer::CONFLATE_PER_TOPIC).unwrap();
+/// std::thread::spawn(move || loop {
+///     btc.publish(Message::Text(r#"{"bid":1.0,"ask":1.1}"#));
+///     std::thread::sleep(std::time::Duration::from_millis(10));
+/// });
+/// # Ok::<(), ringws_engine::EngineError>(())
+/// ```
+#[derive(Clone)]
+pub struct Publisher {
+    hub: Arc<Hub>,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("workers", &self.hub.inboxes.len())
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// A publisher on `hub`.
+    pub(crate) fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+
+    /// The topic named `name`, created with the server's default [`SlowConsumer`] policy if it does
+    /// not exist yet.
+    pub fn topic(&self, name: &str) -> Result<Topic, PubSubError> {
+        Ok(Topic {
+            inner: self.hub.topic(name)?,
+            hub: Arc::clone(&self.hub),
+        })
+    }
+
+    /// Creates the topic `name` with its own slow-consumer `policy`; [`PubSubError::TopicExists`] if
+    /// it already exists (create topics before clients can subscribe to them).
+    pub fn create_topic(&self, name: &str, policy: SlowConsumer) -> Result<Topic, PubSubError> {
+        Ok(Topic {
+            inner: self.hub.topic_with(name, Some(policy), true)?,
+            hub: Arc::clone(&self.hub),
+        })
+    }
+
+    /// Publishes `msg` to the topic named `name` (created if needed). For repeated publishing keep a
+    /// [`Topic`] instead: it skips the name lookup.
+    pub fn publish(&self, name: &str, msg: Message<'_>) -> Result<(), PubSubError> {
+        self.topic(name)?.publish(msg);
+        Ok(())
+    }
+}
+
+/// A handle on one topic, for publishing without a name lookup and for reading its counters.
+#[derive(Clone)]
+pub struct Topic {
+    hub: Arc<Hub>,
+    inner: Arc<TopicInner>,
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Topic")
+            .field("name", &self.name())
+            .field("policy", &self.inner.policy)
+            .finish()
+    }
+}
+
+impl Topic {
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The topic's slow-consumer policy.
+    pub fn policy(&self) -> SlowConsumer {
+        self.inner.policy
+    }
+
+    /// Publishes `msg` to every subscriber on every worker. The frame is encoded once; delivery is
+    /// asynchronous (each worker picks it up from its inbox on its next loop turn). Publications of
+    /// one topic reach each subscriber in publish order (except those a slow-consumer policy drops
+    /// or conflates). The topic keeps the last one for [`Socket::subscribe_with_last`](crate::Socket::subscribe_with_last).
+    pub fn publish(&self, msg: Message<'_>) {
+        self.hub.publish(&self.inner, msg, None);
+    }
+
+    /// The topic's counters.
+    pub fn stats(&self) -> TopicStats {
+        self.inner.stats()
+    }
+}
