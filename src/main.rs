@@ -1,5 +1,5 @@
-//! The `ringws` command line: `ringws serve` runs the benchmark echo server; `load` and `check` are
-//! planned subcommands (other issues).
+//! The `ringws` command line: `ringws serve` runs the benchmark echo server, `ringws check` checks the
+//! host; `load` is a planned subcommand (another issue).
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run a WebSocket server (the echo server by default).
     Serve(cli::serve::ServeArgs),
+    /// Check this host for a connection target: kernel, io_uring features, limits, sysctls, CPUs.
+    Check(cli::check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     cli::init_logging();
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
+        Command::Check(args) => return cli::check::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! Subcommands of the `ringws` binary, one module each.
 
+pub mod check;
 pub mod serve;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: warnings and errors).
