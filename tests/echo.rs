@@ -257,3 +257,29 @@ fn sigint_closes_with_1001_even_mid_message_and_exits_0() {
         server.log()
     );
 }
+
+/// A fast client pipelines many large messages while reading concurrently (as any streaming client
+/// does): every message is echoed, in order, none dropped.
+#[test]
+fn pipelined_large_messages_all_echoed_in_order() {
+    let server = Server::start(&["--max-message-size", SIXTEEN_MIB_ARG]);
+    for (count, size) in [(64usize, 64usize << 10), (16, 1 << 20)] {
+        let mut client = RawClient::connect(server.addr);
+        let messages: Vec<Vec<u8>> = (0..count).map(|i| bytes(size, i as u8)).collect();
+        let frames: Vec<Frame> = messages.iter().map(|m| Frame::binary(m.clone())).collect();
+        let wire = client.masked_all(&frames);
+        let mut writer = client.try_clone_stream();
+        let sent = std::thread::spawn(move || std::io::Write::write_all(&mut writer, &wire));
+        for (i, m) in messages.iter().enumerate() {
+            let (opcode, payload) = client.expect_message();
+            assert_eq!(opcode, op::BINARY, "message {i} of {count} x {size}");
+            if payload != *m {
+                // Name the message it is, if any: a later index means the ones between were dropped.
+                let is = messages.iter().position(|x| *x == payload);
+                panic!("echo {i} of {count} x {size} B is not message {i} but message {is:?}");
+            }
+        }
+        sent.join().expect("writer thread").expect("write");
+        client.close_normally();
+    }
+}
