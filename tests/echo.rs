@@ -283,3 +283,24 @@ fn pipelined_large_messages_all_echoed_in_order() {
         client.close_normally();
     }
 }
+
+/// SIGTERM while an 8 MiB echo is still being sent (the client has not read it yet): the echo
+/// completes — a frame cannot be cut — and Close 1001 follows it; the process exits 0.
+#[test]
+fn sigterm_during_a_large_echo_completes_the_frame_then_1001() {
+    let mut server = Server::start(&["--max-message-size", SIXTEEN_MIB_ARG]);
+    let mut client = RawClient::connect(server.addr);
+    let payload = bytes(8 << 20, 8);
+    client.send(&Frame::binary(payload.clone()));
+    // The whole message is written; give the server a moment to start echoing into full buffers.
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal(libc::SIGTERM);
+    client.expect_binary(&payload);
+    client.expect_close(Some(1001));
+    drop(client);
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(
+        matches!(status, Some(s) if s.success()),
+        "expected exit status 0 within 10 s after SIGTERM, got {status:?}"
+    );
+}
