@@ -415,7 +415,11 @@ fn sysctl_rows(n: u64) -> Vec<Row> {
     };
     let out = match out {
         Ok(o) if o.status.success() => o,
-        Ok(o) => return failed(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        // The script's first line of complaint (the second only points at --help).
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            return failed(err.lines().next().unwrap_or("no output").to_string());
+        }
         Err(e) => return failed(format!("bash: {e}")),
     };
     let text = String::from_utf8_lossy(&out.stdout);
