@@ -8,5 +8,6 @@ pub use ringws_protocol as protocol;
 // The engine's everyday API at the top level: `use ringws::{Handler, Message, Server, Socket};`.
 pub use ringws_engine::{
     BackpressurePolicy, CloseCode, ConnId, Decision, EngineError, Handler, HttpResponse, Message,
-    Request, SendResult, Server, ServerBuilder, ServerHandle, Socket,
+    PubSubError, Publisher, Request, SendResult, Server, ServerBuilder, ServerHandle, SlowConsumer,
+    Socket, Topic, TopicStats,
 };

@@ -455,6 +455,21 @@ impl RawClient {
     pub fn tcp(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        RawClient::wrap(stream)
+    }
+
+    /// Completes the opening handshake on an already connected socket (one made with custom socket
+    /// options, e.g. a small receive buffer).
+    pub fn connect_stream(stream: TcpStream) -> RawClient {
+        let addr = stream.peer_addr().expect("peer addr");
+        let mut client = RawClient::wrap(stream);
+        client.write(upgrade_request(addr).as_bytes());
+        client.finish_handshake();
+        client
+    }
+
+    /// A client on a connected socket, before any handshake.
+    fn wrap(stream: TcpStream) -> RawClient {
         stream.set_nodelay(true).expect("nodelay");
         stream
             .set_read_timeout(Some(READ_TIMEOUT))
@@ -932,6 +947,26 @@ impl HttpResponse {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// Sends a plain `GET path` and returns the response head and the whole body (the server closes the
+/// connection after a plain HTTP answer).
+pub fn http_get(addr: SocketAddr, path: &str) -> (HttpResponse, Vec<u8>) {
+    let mut client = RawClient::tcp(addr);
+    client.write(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes());
+    let head = client.read_http_head();
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while Instant::now() < deadline {
+        match client.fill() {
+            Ok(_) => {}
+            Err(ReadError::Eof | ReadError::Reset) => break,
+            Err(e) => panic!("reading the body of GET {path}: {e:?}"),
+        }
+    }
+    (
+        HttpResponse::parse(&head),
+        std::mem::take(&mut client.pending),
+    )
 }
 
 /// Sends `request` on a fresh connection and returns the parsed response head and its raw text.

@@ -1,0 +1,487 @@
+//! Pub/sub against an in-process server: ordering and no loss for subscribers that keep up, delivery
+//! across workers, publishing from a callback and from foreign threads (with a publisher taken before
+//! and after `run`), the last publication for late subscribers, unsubscribe (explicit and on close),
+//! and each slow-consumer policy with a subscriber that stops reading next to ones that keep up.
+//!
+//! Every wait is bounded: reads have a timeout, loops a deadline and a count.
+
+mod common;
+
+use common::{Frame, RawClient, ReadError, op};
+use ringws::{
+    Handler, Message, Publisher, Server, ServerBuilder, ServerHandle, SlowConsumer, Socket,
+    TopicStats,
+};
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Commands: `sub T`, `last T` (subscribe with the last publication), `unsub T`, `pub T PAYLOAD`.
+/// Answers `sub`/`last`/`unsub` with `<command> <worker> <result>` so tests know where a subscriber
+/// lives and that its subscription is in place.
+struct Bus {
+    worker: usize,
+}
+
+impl Handler for Bus {
+    type State = ();
+
+    fn on_message(&mut self, ws: &mut Socket<'_, ()>, msg: Message<'_>) {
+        let Message::Text(text) = msg else {
+            return;
+        };
+        let (cmd, arg) = text.split_once(' ').unwrap_or((text, ""));
+        let w = self.worker;
+        match cmd {
+            "sub" => {
+                let r = ws.subscribe(arg);
+                let _ = ws.send_text(&format!("sub {w} {r:?}"));
+            }
+            "last" => {
+                let _ = ws.send_text(&format!("last {w}"));
+                let _ = ws.subscribe_with_last(arg);
+            }
+            "unsub" => {
+                let r = ws.unsubscribe(arg);
+                let _ = ws.send_text(&format!("unsub {w} {r}"));
+            }
+            "pub" => {
+                let (topic, payload) = arg.split_once(' ').unwrap_or((arg, ""));
+                ws.publish(topic, Message::Text(payload)).unwrap();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A server running `Bus` on its own thread; shut down when dropped.
+struct TestServer {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    /// Taken before `run`.
+    publisher: Publisher,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    fn start(
+        workers: usize,
+        tune: impl FnOnce(ServerBuilder) -> ServerBuilder,
+        setup: impl FnOnce(&Publisher),
+    ) -> Self {
+        let builder = Server::builder()
+            .bind("127.0.0.1:0")
+            .workers(workers)
+            .pin_workers(false)
+            .handle_signals(false)
+            .shutdown_timeout(Duration::from_millis(500));
+        let server = tune(builder).build().expect("server builds");
+        let (addr, handle, publisher) = (server.local_addr(), server.handle(), server.publisher());
+        setup(&publisher);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            server
+                .run_with_ready(|worker| Bus { worker }, move || tx.send(()).unwrap())
+                .expect("server runs");
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("server ready");
+        Self {
+            addr,
+            handle,
+            publisher,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() && !std::thread::panicking() {
+                t.join().expect("server thread");
+            }
+        }
+    }
+}
+
+/// The next text message.
+fn text(c: &mut RawClient) -> String {
+    let (opcode, payload) = c.expect_message();
+    assert_eq!(opcode, op::TEXT);
+    String::from_utf8(payload).expect("UTF-8")
+}
+
+/// Sends a command and returns the worker index from its answer.
+fn command(c: &mut RawClient, cmd: &str) -> usize {
+    c.send(&Frame::text(cmd));
+    let answer = text(c);
+    let verb = cmd.split(' ').next().unwrap();
+    let mut parts = answer.split(' ');
+    assert_eq!(parts.next(), Some(verb), "answer {answer:?} to {cmd:?}");
+    parts.next().unwrap().parse().expect("worker index")
+}
+
+/// A client subscribed to `topic`, and the worker it is on.
+fn subscriber(addr: SocketAddr, topic: &str) -> (RawClient, usize) {
+    let mut c = RawClient::connect(addr);
+    let w = command(&mut c, &format!("sub {topic}"));
+    (c, w)
+}
+
+/// Reads `n` text messages and asserts they are `prefix0 .. prefix{n-1}`, in order.
+fn expect_sequence(c: &mut RawClient, prefix: &str, n: usize) {
+    for i in 0..n {
+        assert_eq!(text(c), format!("{prefix}{i}"), "message {i} of {n}");
+    }
+}
+
+/// Polls `f` every 10 ms until it holds or `within` passes.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn fast_subscribers_get_every_publication_in_order() {
+    let server = TestServer::start(1, |b| b, |_| {});
+    let mut subs: Vec<RawClient> = (0..50).map(|_| subscriber(server.addr, "t").0).collect();
+    let topic = server.publisher.topic("t").unwrap();
+    assert_eq!(topic.stats().subscribers, 50);
+    for i in 0..2000 {
+        topic.publish(Message::Text(&format!("m{i}")));
+    }
+    for c in &mut subs {
+        expect_sequence(c, "m", 2000);
+    }
+    let stats = topic.stats();
+    assert_eq!(
+        (stats.published, stats.dropped, stats.conflated),
+        (2000, 0, 0)
+    );
+}
+
+#[test]
+fn publications_reach_subscribers_on_every_worker() {
+    let server = TestServer::start(2, |b| b, |_| {});
+    let mut subs = Vec::new();
+    let mut on = [0usize; 2];
+    for _ in 0..64 {
+        let (c, w) = subscriber(server.addr, "x");
+        on[w] += 1;
+        subs.push(c);
+        if subs.len() >= 8 && on.iter().all(|&n| n >= 2) {
+            break;
+        }
+    }
+    assert!(on.iter().all(|&n| n >= 2), "subscribers per worker: {on:?}");
+    // From a foreign thread (the publisher was taken before `run`)...
+    let publisher = server.publisher.clone();
+    std::thread::spawn(move || {
+        for i in 0..300 {
+            publisher
+                .publish("x", Message::Text(&format!("f{i}")))
+                .unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    for c in &mut subs {
+        expect_sequence(c, "f", 300);
+    }
+    // ...and from a callback: subscriber 0 publishes, everyone (itself included) receives, in order.
+    let cmds: Vec<Frame> = (0..100)
+        .map(|i| Frame::text(format!("pub x c{i}")))
+        .collect();
+    subs[0].send_all(&cmds);
+    for c in &mut subs {
+        expect_sequence(c, "c", 100);
+    }
+}
+
+#[test]
+fn a_publisher_taken_after_run_works_from_any_thread() {
+    let server = TestServer::start(2, |b| b, |_| {});
+    let (mut a, _) = subscriber(server.addr, "late");
+    let publisher = server.handle.publisher();
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let p = publisher.clone();
+            std::thread::spawn(move || {
+                let topic = p.topic("late").unwrap();
+                for i in 0..200 {
+                    topic.publish(Message::Text(&format!("{t}:{i}")));
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    // Two publishers interleave, but each one's publications arrive in its order.
+    let mut next = [0; 2];
+    for _ in 0..400 {
+        let m = text(&mut a);
+        let (t, i) = m.split_once(':').unwrap();
+        let t: usize = t.parse().unwrap();
+        assert_eq!(
+            i.parse::<i32>().unwrap(),
+            next[t],
+            "publisher {t} out of order"
+        );
+        next[t] += 1;
+    }
+}
+
+#[test]
+fn a_late_subscriber_starts_from_the_last_publication() {
+    let server = TestServer::start(1, |b| b, |_| {});
+    let topic = server.publisher.topic("price").unwrap();
+    for i in 0..10 {
+        topic.publish(Message::Text(&format!("p{i}")));
+    }
+    let mut c = RawClient::connect(server.addr);
+    command(&mut c, "last price");
+    assert_eq!(text(&mut c), "p9", "the last publication first");
+    topic.publish(Message::Text("p10"));
+    assert_eq!(text(&mut c), "p10", "then the next ones, nothing twice");
+    c.expect_silence(Duration::from_millis(200));
+}
+
+#[test]
+fn unsubscribe_and_close_end_subscriptions() {
+    let server = TestServer::start(1, |b| b, |_| {});
+    let mut subs: Vec<RawClient> = (0..5).map(|_| subscriber(server.addr, "u").0).collect();
+    let topic = server.publisher.topic("u").unwrap();
+    assert_eq!(topic.stats().subscribers, 5);
+    assert_eq!(command(&mut subs[0], "unsub u"), 0);
+    subs[1].send(&Frame::close(1000, b""));
+    subs[1].expect_close_frame(Some(1000));
+    drop(subs.remove(2)); // gone without a Close
+    let stats = || topic.stats().subscribers;
+    assert!(
+        eventually(Duration::from_secs(5), || stats() == 2),
+        "subscribers left: {}",
+        stats()
+    );
+    topic.publish(Message::Text("after"));
+    for c in &mut subs[2..] {
+        assert_eq!(text(c), "after");
+    }
+    subs[0].expect_silence(Duration::from_millis(200));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Slow consumers
+
+/// `max_backpressure` of the slow-consumer tests: small, so a subscriber that stops reading is
+/// behind soon after the kernel's socket buffers fill.
+const LIMIT: usize = 64 << 10;
+/// Keys of the conflation test: the first byte of each payload.
+const KEYS: [u8; 4] = *b"ABCD";
+
+/// A payload of 512 bytes: key byte, sequence number, padding.
+fn payload(key: u8, seq: u64) -> String {
+    let mut s = format!("{}{seq:08} ", key as char);
+    s.extend(std::iter::repeat_n('.', 512 - s.len()));
+    s
+}
+
+fn first_byte(p: &[u8]) -> u64 {
+    p.first().map_or(0, |&b| u64::from(b))
+}
+
+/// A subscriber whose socket has a 4 KiB receive buffer, set before connecting.
+fn small_buffer_subscriber(addr: SocketAddr, topic: &str) -> RawClient {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    let mut c = RawClient::connect_stream(s.into());
+    command(&mut c, &format!("sub {topic}"));
+    c
+}
+
+/// Reads messages on its own thread until the `END` message; returns (key, seq) of each.
+fn reader(mut c: RawClient) -> JoinHandle<(RawClient, Vec<(u8, u64)>)> {
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for _ in 0..10_000_000 {
+            let m = text(&mut c);
+            if m == "END" {
+                break;
+            }
+            got.push((m.as_bytes()[0], m[1..9].parse().unwrap()));
+        }
+        (c, got)
+    })
+}
+
+/// Publishes paced bursts (so the fast readers keep up) round-robin over `KEYS` until `done` says
+/// the slow subscriber has been affected enough, then one final publication per key and `END`.
+/// Returns the number of publications before `END`.
+fn publish_until(publisher: &Publisher, topic: &str, done: impl Fn(&TopicStats) -> bool) -> u64 {
+    let topic = publisher.topic(topic).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seq = 0u64;
+    while !done(&topic.stats()) {
+        assert!(
+            Instant::now() < deadline && seq < 500_000,
+            "the slow subscriber was never behind: {:?} after {seq} publications",
+            topic.stats()
+        );
+        for _ in 0..16 {
+            topic.publish(Message::Text(&payload(KEYS[seq as usize % 4], seq)));
+            seq += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for &k in &KEYS {
+        topic.publish(Message::Text(&payload(k, seq)));
+        seq += 1;
+    }
+    topic.publish(Message::Text("END"));
+    seq
+}
+
+/// Starts a server whose topic `s` has `policy`, three fast readers and one slow subscriber.
+fn slow_setup(
+    policy: SlowConsumer,
+) -> (
+    TestServer,
+    Vec<JoinHandle<(RawClient, Vec<(u8, u64)>)>>,
+    RawClient,
+) {
+    let server = TestServer::start(
+        1,
+        |b| b.max_backpressure(LIMIT),
+        |p| {
+            p.create_topic("s", policy).unwrap();
+        },
+    );
+    let slow = small_buffer_subscriber(server.addr, "s");
+    let fast = (0..3)
+        .map(|_| reader(subscriber(server.addr, "s").0))
+        .collect();
+    (server, fast, slow)
+}
+
+/// Every fast reader got every publication, in order.
+fn assert_fast_complete(fast: Vec<JoinHandle<(RawClient, Vec<(u8, u64)>)>>, published: u64) {
+    for r in fast {
+        let (_, got) = r.join().unwrap();
+        assert_eq!(
+            got.len() as u64,
+            published,
+            "a fast subscriber lost messages"
+        );
+        assert!(got.iter().enumerate().all(|(i, &(_, s))| s == i as u64));
+    }
+}
+
+/// The slow subscriber resumes reading: everything up to `END`.
+fn drain_slow(slow: RawClient) -> Vec<(u8, u64)> {
+    reader(slow).join().unwrap().1
+}
+
+#[test]
+fn conflation_keeps_the_latest_per_key_for_a_slow_subscriber() {
+    let (server, fast, slow) = slow_setup(SlowConsumer::Conflate { key: first_byte });
+    let published = publish_until(&server.publisher, "s", |s| s.conflated >= 2000);
+    assert_fast_complete(fast, published);
+    let got = drain_slow(slow);
+    let stats = server.publisher.topic("s").unwrap().stats();
+    // Each conflation replaced exactly one queued publication.
+    assert_eq!(got.len() as u64 + stats.conflated, published, "{stats:?}");
+    assert!(stats.conflated >= 2000 && stats.dropped == 0);
+    // On resuming, the slow subscriber catches up with the current value of every key.
+    for (i, &k) in KEYS.iter().enumerate() {
+        let last = got.iter().rev().find(|&&(key, _)| key == k).unwrap();
+        assert_eq!(
+            last.1,
+            published - 4 + i as u64,
+            "latest value of key {}",
+            k as char
+        );
+    }
+    // Per key, values only move forward.
+    for &k in &KEYS {
+        let seqs: Vec<u64> = got.iter().filter(|g| g.0 == k).map(|g| g.1).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "key {} went back",
+            k as char
+        );
+    }
+}
+
+#[test]
+fn drop_newest_drops_only_for_the_slow_subscriber() {
+    let (server, fast, slow) = slow_setup(SlowConsumer::DropNewest);
+    let published = publish_until(&server.publisher, "s", |s| s.dropped >= 2000);
+    assert_fast_complete(fast, published);
+    let stats = server.publisher.topic("s").unwrap().stats();
+    // END itself may be dropped for the slow subscriber: read what it has, bounded.
+    let mut slow = slow;
+    slow.set_timeout(Duration::from_secs(2));
+    let (mut got, mut end_seen) = (Vec::new(), false);
+    while let Ok(f) = slow.read_frame() {
+        if f.payload == b"END" {
+            end_seen = true;
+            break;
+        }
+        got.push(
+            String::from_utf8(f.payload).unwrap()[1..9]
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
+    // Every publication (END included) was either received or counted as dropped.
+    let received = got.len() as u64 + u64::from(end_seen);
+    assert_eq!(received + stats.dropped, published + 1, "{stats:?}");
+    assert!(stats.dropped >= 2000 && stats.conflated == 0);
+}
+
+#[test]
+fn disconnect_closes_the_slow_subscriber_with_1008() {
+    let (server, fast, slow) = slow_setup(SlowConsumer::Disconnect);
+    let published = publish_until(&server.publisher, "s", |s| s.disconnected >= 1);
+    assert_fast_complete(fast, published);
+    let stats = server.publisher.topic("s").unwrap().stats();
+    assert_eq!(stats.disconnected, 1);
+    assert_eq!(stats.subscribers, 3, "the slow one is unsubscribed");
+    // What it was sent before the close arrives in order, then the Close 1008.
+    let mut slow = slow;
+    let mut next = 0u64;
+    loop {
+        match slow.read_frame() {
+            Ok(f) if f.opcode == op::TEXT => {
+                let seq: u64 = String::from_utf8(f.payload).unwrap()[1..9].parse().unwrap();
+                assert_eq!(seq, next);
+                next += 1;
+            }
+            Ok(f) if f.opcode == op::CLOSE => {
+                assert_eq!(f.close_code(), Some(1008));
+                assert_eq!(&f.payload[2..], b"slow consumer");
+                break;
+            }
+            // The close timeout may end the connection before the slow reader gets to the Close.
+            Err(ReadError::Eof | ReadError::Reset) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(next > 0 && next < published);
+}
