@@ -56,29 +56,26 @@ impl Server {
         }
     }
 
-    /// Program and arguments that serve echo on `addr` with one thread.
-    fn command(self, args: &Args, addr: &str) -> (PathBuf, Vec<String>) {
-        let addr = addr.to_owned();
+    /// The server's binary.
+    fn program(self, args: &Args) -> PathBuf {
         match self {
-            Server::Ringws => (
-                args.ringws.clone(),
-                vec![
-                    "serve".into(),
-                    "--addr".into(),
-                    addr,
-                    "--workers".into(),
-                    "1".into(),
-                ],
-            ),
-            Server::Fastwebsockets => (
-                args.peers_dir.join("fastwebsockets_echo"),
-                vec!["--addr".into(), addr],
-            ),
-            Server::Tungstenite => (
-                args.peers_dir.join("tungstenite_echo"),
-                vec!["--addr".into(), addr],
-            ),
+            Server::Ringws => args.ringws.clone(),
+            Server::Fastwebsockets => args.peers_dir.join("fastwebsockets_echo"),
+            Server::Tungstenite => args.peers_dir.join("tungstenite_echo"),
         }
+    }
+
+    /// Arguments that make the server echo on `addr` with one thread.
+    fn args(self, addr: &str) -> Vec<String> {
+        let mut args = Vec::new();
+        if self == Server::Ringws {
+            args.push("serve".to_owned());
+        }
+        args.extend(["--addr".to_owned(), addr.to_owned()]);
+        if self == Server::Ringws {
+            args.extend(["--workers".to_owned(), "1".to_owned()]);
+        }
+        args
     }
 }
 
@@ -220,7 +217,7 @@ fn run(args: &Args) -> Result<ExitCode, HarnessError> {
     }
     let load_bin = args.load.clone().unwrap_or_else(|| args.ringws.clone());
     for server in &args.servers {
-        let (program, _) = server.command(args, "");
+        let program = server.program(args);
         if !program.is_file() {
             return Err(HarnessError::Missing(program));
         }
@@ -415,7 +412,7 @@ impl Bench<'_> {
         let args = self.args;
         let port = procs::free_port().map_err(|e| format!("finding a free port: {e}"))?;
         let addr = format!("127.0.0.1:{port}");
-        let (program, server_args) = server.command(args, &addr);
+        let (program, server_args) = (server.program(args), server.args(&addr));
         let mut srv = Child::spawn(
             server.name(),
             args.server_cpu,
@@ -604,6 +601,25 @@ mod tests {
     fn truncates_at_char_boundaries() {
         assert_eq!(truncate("héllo", 2), "h");
         assert_eq!(truncate("abc", 10), "abc");
+    }
+
+    #[test]
+    fn server_command_lines() {
+        assert_eq!(
+            Server::Ringws.args("127.0.0.1:1"),
+            ["serve", "--addr", "127.0.0.1:1", "--workers", "1"]
+        );
+        assert_eq!(
+            Server::Tungstenite.args("127.0.0.1:1"),
+            ["--addr", "127.0.0.1:1"]
+        );
+        let a = Args::try_parse_from(["compare", "--peers-dir", "/p", "--ringws", "/r/ringws"])
+            .unwrap();
+        assert_eq!(Server::Ringws.program(&a), Path::new("/r/ringws"));
+        assert_eq!(
+            Server::Fastwebsockets.program(&a),
+            Path::new("/p/fastwebsockets_echo")
+        );
     }
 
     #[test]

@@ -301,6 +301,7 @@ pub fn clock_ticks_per_second() -> f64 {
 /// How many of the process's file descriptors are sockets (`/proc/PID/fd/*` -> `socket:[inode]`).
 ///
 /// Used once per run to check that a load generator holds its connections when the CPU window opens.
+/// Every socket counts, so the few non-TCP ones a runtime keeps (a socketpair, say) are included.
 pub fn count_sockets(pid: u32) -> io::Result<usize> {
     let mut sockets = 0;
     for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
