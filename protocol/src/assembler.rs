@@ -11,9 +11,14 @@
 //! across receive buffers is gathered into a small boxed buffer. A message that sits whole in one
 //! receive buffer never touches either (the [`Receiver`](crate::Receiver) delivers it in place).
 //! There is no limit on the number of fragments: only their total size counts.
+//!
+//! With permessage-deflate negotiated ([`Assembler::with_deflate`]), a message whose first frame has
+//! RSV1 is compressed: its payload chunks are inflated into the assembly buffer as they arrive, the
+//! message size limit applied to the inflated bytes while inflating, and UTF-8 checked on them.
 
+use crate::deflate::{Decompressor, INFLATE_CONTEXT_BYTES};
 use crate::error::Error;
-use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, OpCode};
+use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, OpCode, RSV1};
 use crate::utf8::Utf8Validator;
 
 /// The kind of data message in progress.
@@ -49,6 +54,10 @@ pub struct Assembler {
     kind: Option<DataKind>,
     /// Bytes the current data message's frames have declared so far (for the size limit).
     declared: u64,
+    /// The inflater for compressed messages, if permessage-deflate was negotiated.
+    inflate: Option<Decompressor>,
+    /// The data message in progress is compressed (its first frame had RSV1).
+    compressed: bool,
     utf8: Utf8Validator,
     data: Vec<u8>,
     control: Option<Box<ControlBuf>>,
@@ -63,6 +72,8 @@ impl Assembler {
             max_message_size,
             kind: None,
             declared: 0,
+            inflate: None,
+            compressed: false,
             utf8: Utf8Validator::default(),
             data: Vec::new(),
             control: None,
@@ -70,9 +81,25 @@ impl Assembler {
         }
     }
 
-    /// Bytes currently held in assembly buffers (data and control).
+    /// An assembler that also accepts compressed messages (RSV1 on their first frame) and inflates
+    /// them with `inflate`, failing those whose inflated size exceeds `max_message_size` (1009).
+    pub fn with_deflate(max_message_size: u64, inflate: Decompressor) -> Self {
+        Self {
+            inflate: Some(inflate),
+            ..Self::new(max_message_size)
+        }
+    }
+
+    /// Bytes currently held in assembly buffers (data and control) and in an allocated inflate
+    /// context.
     pub fn buffered(&self) -> usize {
-        self.data.capacity() + self.control.as_ref().map_or(0, |_| size_of::<ControlBuf>())
+        let inflate = match &self.inflate {
+            Some(d) if d.is_allocated() => INFLATE_CONTEXT_BYTES,
+            _ => 0,
+        };
+        self.data.capacity()
+            + self.control.as_ref().map_or(0, |_| size_of::<ControlBuf>())
+            + inflate
     }
 
     /// Whether a fragmented data message is in progress.
@@ -91,6 +118,11 @@ impl Assembler {
 
     /// Checks a new frame against the fragmentation rules and the message size limit, from its
     /// header alone, before any of its payload is accepted.
+    ///
+    /// RSV1 is accepted only with permessage-deflate and only on the first frame of a data message
+    /// (RFC 7692 §6.1: never on control or continuation frames); elsewhere it is
+    /// [`Error::ReservedBits`]. A compressed message's declared (compressed) bytes are held to what
+    /// a message within the limit can compress to; its inflated size is checked while inflating.
     pub fn begin_frame(&mut self, h: &FrameHeader) -> Result<(), Error> {
         match h.opcode {
             OpCode::Continuation if self.kind.is_none() => {
@@ -99,11 +131,29 @@ impl Assembler {
             OpCode::Text | OpCode::Binary if self.kind.is_some() => {
                 return Err(Error::ExpectedContinuation);
             }
-            op if op.is_control() => return Ok(()),
             _ => {}
         }
+        let compressed = h.rsv & RSV1 != 0;
+        if compressed
+            && (self.inflate.is_none() || h.opcode.is_control() || h.opcode == OpCode::Continuation)
+        {
+            return Err(Error::ReservedBits);
+        }
+        if h.opcode.is_control() {
+            return Ok(());
+        }
+        if h.opcode != OpCode::Continuation {
+            self.compressed = compressed;
+        }
+        let limit = if self.compressed {
+            // Stored blocks add 5 bytes per 64 KiB, fixed-Huffman literals at most 1/8.
+            let max = self.max_message_size;
+            max.saturating_add(max / 8).saturating_add(1024)
+        } else {
+            self.max_message_size
+        };
         let declared = self.declared.saturating_add(h.payload_len);
-        if declared > self.max_message_size {
+        if declared > limit {
             return Err(Error::MessageTooLarge);
         }
         self.declared = declared;
@@ -111,9 +161,10 @@ impl Assembler {
     }
 
     /// Whether the frame `h` (already begun) can be delivered straight from the receive buffer when
-    /// its whole payload is there: control frames, and final frames that are a whole message.
+    /// its whole payload is there: control frames, and final frames that are a whole uncompressed
+    /// message.
     pub fn deliverable_in_place(&self, h: &FrameHeader) -> bool {
-        h.opcode.is_control() || (h.fin && self.kind.is_none())
+        h.opcode.is_control() || (h.fin && self.kind.is_none() && !self.compressed)
     }
 
     /// Completes an in-place delivery of a whole data frame (see [`deliverable_in_place`](Self::deliverable_in_place)):
@@ -157,16 +208,33 @@ impl Assembler {
             (_, None) => return Err(Error::UnexpectedContinuation),
         };
         self.kind = Some(kind);
-        if kind == DataKind::Text {
-            self.utf8.feed(chunk)?;
+        let end = last && h.fin;
+        match self.inflate.as_mut().filter(|_| self.compressed) {
+            Some(inflate) => {
+                let limit = usize::try_from(self.max_message_size).unwrap_or(usize::MAX);
+                let start = self.data.len();
+                inflate.inflate(chunk, &mut self.data, limit)?;
+                if end {
+                    inflate.finish(&mut self.data, limit)?;
+                }
+                if kind == DataKind::Text {
+                    self.utf8.feed(&self.data[start..])?;
+                }
+            }
+            None => {
+                if kind == DataKind::Text {
+                    self.utf8.feed(chunk)?;
+                }
+                // Grows by what actually arrived (amortised doubling), never by what the peer declared.
+                self.data.extend_from_slice(chunk);
+            }
         }
-        // Grows by what actually arrived (amortised doubling), never by what the peer declared.
-        self.data.extend_from_slice(chunk);
-        if last && h.fin {
+        if end {
             if kind == DataKind::Text {
                 self.utf8.finish()?;
             }
             self.kind = None;
+            self.compressed = false;
             self.declared = 0;
             let done = Assembled::Data(kind);
             self.release = Some(done);

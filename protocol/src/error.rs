@@ -83,12 +83,19 @@ pub enum Error {
     // ---- 1007 ----
     /// A Text message or a Close reason is not valid UTF-8.
     InvalidUtf8,
+    /// A compressed message (permessage-deflate, RFC 7692) is not a valid DEFLATE stream: its payload
+    /// is inconsistent with the message, as 1007 describes (RFC 6455 §7.4.1).
+    InvalidCompressedData,
 
     // ---- 1009 ----
     /// A frame declares a payload larger than the frame limit.
     FrameTooLarge,
-    /// A message (across its fragments) is larger than the message limit.
+    /// A message (across its fragments) is larger than the message limit; for a compressed message,
+    /// its inflated size, found while inflating.
     MessageTooLarge,
+    /// A compressed message inflates to more than the configured ratio of its compressed size (the
+    /// ratio guard of permessage-deflate against decompression bombs).
+    InflateRatioExceeded,
 }
 
 impl Error {
@@ -121,8 +128,10 @@ impl Error {
             | ExpectedContinuation
             | InvalidClosePayload
             | InvalidCloseCode(_) => Reply::Close(CloseCode::PROTOCOL_ERROR),
-            InvalidUtf8 => Reply::Close(CloseCode::INVALID_PAYLOAD),
-            FrameTooLarge | MessageTooLarge => Reply::Close(CloseCode::MESSAGE_TOO_BIG),
+            InvalidUtf8 | InvalidCompressedData => Reply::Close(CloseCode::INVALID_PAYLOAD),
+            FrameTooLarge | MessageTooLarge | InflateRatioExceeded => {
+                Reply::Close(CloseCode::MESSAGE_TOO_BIG)
+            }
         }
     }
 }
@@ -160,6 +169,8 @@ impl fmt::Display for Error {
             InvalidUtf8 => "invalid UTF-8 in a text message or close reason",
             FrameTooLarge => "frame over the size limit",
             MessageTooLarge => "message over the size limit",
+            InvalidCompressedData => "compressed message is not a valid DEFLATE stream",
+            InflateRatioExceeded => "compressed message inflates beyond the ratio limit",
         };
         f.write_str(s)
     }

@@ -12,12 +12,14 @@
 //! - [`assembler`]: fragments and control frames into messages, with size limits.
 //! - [`receiver`]: the per-connection decoder that ties the above together over receive buffers.
 //! - [`close`]: close codes and close payload rules.
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation, compression, bounded inflation.
 //! - [`error`]: the one error enum, each variant mapped to the close code or HTTP status to send.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod assembler;
 pub mod close;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;

@@ -18,9 +18,10 @@
 
 use crate::assembler::{Assembled, Assembler, DataKind};
 use crate::close::CloseFrame;
+use crate::deflate::Decompressor;
 use crate::error::Error;
 use crate::frame::{
-    DecodeRules, Decoded, FrameHeader, MAX_HEADER_LEN, OpCode, Role, decode_header,
+    DecodeRules, Decoded, FrameHeader, MAX_HEADER_LEN, OpCode, RSV1, Role, decode_header,
 };
 use crate::mask::unmask;
 
@@ -103,7 +104,30 @@ impl Receiver {
         }
     }
 
-    /// Bytes held in assembly buffers (for memory accounting); 0 between messages.
+    /// A receiver for a connection that negotiated permessage-deflate (RFC 7692): RSV1 is allowed on
+    /// the first frame of a data message, and such compressed messages are inflated by `inflate`
+    /// (from [`Params::decompressor`](crate::deflate::Params::decompressor)) chunk by chunk as they
+    /// arrive, `limits.max_message_size` applying to the inflated size, checked while inflating.
+    /// Compressed messages are delivered from the assembly buffer, never in place.
+    ///
+    /// ```
+    /// use ringws_protocol::deflate::Decompressor;
+    /// use ringws_protocol::{Event, Limits, Receiver, Role};
+    /// let mut rx = Receiver::with_deflate(Role::Client, Limits::default(), Decompressor::new(15, false, None));
+    /// // RFC 7692 §7.2.3.1: "Hello" compressed, in one unmasked frame with RSV1.
+    /// let mut frame = [0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    /// assert_eq!(rx.read(&mut frame)?, (9, Some(Event::Text("Hello"))));
+    /// # Ok::<(), ringws_protocol::Error>(())
+    /// ```
+    pub fn with_deflate(role: Role, limits: Limits, inflate: Decompressor) -> Self {
+        let mut rx = Self::new(role, limits);
+        rx.rules.allowed_rsv = RSV1;
+        rx.asm = Assembler::with_deflate(limits.max_message_size, inflate);
+        rx
+    }
+
+    /// Bytes held in assembly buffers and an allocated inflate context (for memory accounting); 0
+    /// between messages unless the peer's compression keeps its context.
     pub fn buffered(&self) -> usize {
         self.asm.buffered()
     }

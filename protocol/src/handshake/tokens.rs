@@ -61,6 +61,23 @@ impl<'a> ExtensionOffer<'a> {
             })
     }
 
+    /// The well-formed extensions of one `Sec-WebSocket-Extensions` value, in order (malformed
+    /// elements are skipped). A client reads the server's selection, [`Response::extensions`]
+    /// (already checked to be well formed), with it.
+    ///
+    /// [`Response::extensions`]: super::Response::extensions
+    ///
+    /// ```
+    /// use ringws_protocol::handshake::ExtensionOffer;
+    /// let selected: Vec<_> = ExtensionOffer::list("permessage-deflate; server_max_window_bits=10")
+    ///     .map(|e| (e.name, e.params().collect::<Vec<_>>()))
+    ///     .collect();
+    /// assert_eq!(selected, [("permessage-deflate", vec![("server_max_window_bits", Some("10"))])]);
+    /// ```
+    pub fn list(value: &'a str) -> impl Iterator<Item = ExtensionOffer<'a>> {
+        offers(value)
+    }
+
     /// Parses one list element; `None` if it does not follow the grammar.
     ///
     /// A quoted value must unquote to a token (§9.1). Quoted values holding a backslash escape are
