@@ -19,6 +19,7 @@
 //! | `close_timeout` | 5 s | bound on the close handshake and on draining a rejected request |
 //! | `shutdown_timeout` | 5 s | bound on the graceful drain at shutdown |
 //! | `ring_entries` | 2048 | submission queue size; the completion queue is 4x |
+//! | `share_port` | false | a port other processes listen on is refused as in use, unless asked to join it |
 //! | `slow_consumer` | `DropNewest` | pub/sub: what a topic without its own policy does for a subscriber over `max_backpressure` |
 //! | `max_topics` | 65 536 | pub/sub: topics are never removed; this bounds what subscriptions to new names can claim |
 //!
@@ -88,6 +89,11 @@ pub struct Config {
     pub ring_entries: u32,
     /// Whether [`Server::run`](crate::Server::run) turns SIGINT/SIGTERM into a graceful shutdown.
     pub handle_signals: bool,
+    /// Join a port that other processes of the same user already listen on, instead of refusing it
+    /// as in use: all their listeners and ours share it with `SO_REUSEPORT` and the kernel spreads
+    /// new connections over them. Runs one server as several processes, e.g. when each process may
+    /// only open a limited number of files.
+    pub share_port: bool,
     /// The slow-consumer policy of topics created without one of their own.
     pub slow_consumer: SlowConsumer,
     /// Most topics the server holds (topics are never removed).
@@ -116,6 +122,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             ring_entries: 2048,
             handle_signals: true,
+            share_port: false,
             slow_consumer: SlowConsumer::DropNewest,
             max_topics: 1 << 16,
         }

@@ -162,6 +162,9 @@ impl ServerBuilder {
         ring_entries: u32;
         /// Turn SIGINT/SIGTERM into a graceful shutdown while `run` blocks (default true).
         handle_signals: bool;
+        /// Join a port other processes of this user already listen on (`SO_REUSEPORT`) instead of
+        /// reporting it in use (default false).
+        share_port: bool;
         /// Pub/sub: the slow-consumer policy of topics created without their own (default
         /// [`SlowConsumer::DropNewest`]).
         slow_consumer: SlowConsumer;
@@ -221,9 +224,9 @@ impl ServerBuilder {
 /// join it.
 fn bind_listeners(cfg: &Config) -> Result<Vec<Socket>, EngineError> {
     let mut addr = cfg.bind;
-    if addr.port() != 0 {
+    if addr.port() != 0 && !cfg.share_port {
         // SO_REUSEPORT would let us join another process's listeners of the same user silently; a
-        // plain bind first reports a port that is taken.
+        // plain bind first reports a port that is taken, unless joining is what was asked for.
         let probe = new_socket(addr, false).map_err(|e| EngineError::io("creating a socket", e))?;
         probe
             .bind(&SockAddr::from(addr))
@@ -581,5 +584,31 @@ mod tests {
         });
         let (sock, _) = accepted.expect("one of 64 connections reaches listener 0");
         assert!(sock.tcp_nodelay().unwrap(), "TCP_NODELAY is inherited");
+    }
+
+    #[test]
+    fn a_taken_port_is_refused_unless_sharing_is_asked_for() {
+        let first = bind_listeners(&Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: 1,
+            ..Config::default()
+        })
+        .unwrap();
+        let port = first[0].local_addr().unwrap().as_socket().unwrap().port();
+        let cfg = |share_port| Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], port)),
+            workers: 2,
+            share_port,
+            ..Config::default()
+        };
+        assert!(matches!(
+            bind_listeners(&cfg(false)),
+            Err(EngineError::AddrInUse(_))
+        ));
+        let joined = bind_listeners(&cfg(true)).unwrap();
+        assert_eq!(joined.len(), 2);
+        for l in &joined {
+            assert_eq!(l.local_addr().unwrap().as_socket().unwrap().port(), port);
+        }
     }
 }

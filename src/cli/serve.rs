@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Connections per worker before new ones get 503 (default 100000).
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Join other `ringws serve` processes (same user) already listening on the port: the kernel
+    /// spreads connections over all of them (SO_REUSEPORT). Without it a taken port is an error.
+    #[arg(long)]
+    share_port: bool,
 }
 
 /// Echoes every message.
@@ -79,6 +83,9 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     }
     if let Some(n) = args.max_connections {
         b = b.max_connections(n);
+    }
+    if args.share_port {
+        b = b.share_port(true);
     }
     let server = b.build()?;
     let (addr, workers) = (server.local_addr(), server.config().workers);
