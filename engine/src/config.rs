@@ -46,6 +46,12 @@ pub enum BackpressurePolicy {
     Drop,
     /// Drop the message and close the connection with 1008 (policy violation): a slow consumer.
     Close,
+    /// Never drop: queue the message, and stop reading from the connection while its queued output
+    /// is over the limit, so TCP flow control pushes back on the peer; reading resumes (and
+    /// `on_drain` runs) once the queue falls back under the limit. For request/response and echo
+    /// traffic, where every message must be answered. The queue can overshoot the limit by what the
+    /// kernel had already received when reading stopped (at most the worker's receive buffers).
+    Pause,
 }
 
 /// The resolved, validated settings of a server.

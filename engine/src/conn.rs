@@ -49,6 +49,8 @@ pub(crate) mod flag {
     pub const PEER_EOF: u8 = 32;
     /// The receive must be re-armed after this turn (it ended for lack of buffers).
     pub const STARVED: u8 = 64;
+    /// Reading is paused until the output queue drains (`BackpressurePolicy::Pause`).
+    pub const PAUSED: u8 = 128;
 }
 
 /// Marks "no live wheel entry".
@@ -84,6 +86,14 @@ impl<S> Conn<S> {
     /// Bytes queued and not yet written.
     pub fn buffered(&self) -> usize {
         self.out.as_ref().map_or(0, |q| q.buffered())
+    }
+
+    /// Whether the connection should have a receive armed: it is live and reading is not paused.
+    pub fn wants_recv(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Handshaking | Phase::Open | Phase::Closing
+        ) && !self.has(flag::PAUSED)
     }
 
     /// Whether a send is in flight (the kernel may be reading the queue's memory).
@@ -138,6 +148,8 @@ pub(crate) struct Core<S> {
     pub pool: Pool,
     /// Slots with bytes to flush at the end of this turn.
     pub dirty: Vec<u32>,
+    /// Slots whose receive may need arming or cancelling at the end of this turn (paused/resumed).
+    pub recv_review: Vec<u32>,
     /// Connections that left `Open` and still need their `on_close`.
     pub closed: Vec<Closed>,
     pub wheel: Wheel,
@@ -159,6 +171,7 @@ impl<S: Default> Core<S> {
             // are kept, bigger ones are freed after use.
             pool: Pool::new(1024, 64 << 10),
             dirty: Vec::new(),
+            recv_review: Vec::new(),
             closed: Vec::new(),
             wheel: Wheel::new(),
             now: 0,
@@ -246,7 +259,9 @@ impl<S: Default> Core<S> {
         if c.phase != Phase::Open {
             return SendResult::Dropped;
         }
-        if c.buffered() > self.limits.max_backpressure {
+        if c.buffered() > self.limits.max_backpressure
+            && self.limits.policy != BackpressurePolicy::Pause
+        {
             if self.limits.policy == BackpressurePolicy::Close {
                 self.close(
                     slot,
@@ -260,7 +275,12 @@ impl<S: Default> Core<S> {
         let q = self.out(slot);
         q.push_frame(opcode, payload);
         if q.buffered() > max {
-            self.conns[slot as usize].flags |= flag::OVER_LIMIT;
+            let c = &mut self.conns[slot as usize];
+            c.flags |= flag::OVER_LIMIT;
+            if self.limits.policy == BackpressurePolicy::Pause && !c.has(flag::PAUSED) {
+                c.flags |= flag::PAUSED;
+                self.recv_review.push(slot);
+            }
             SendResult::Backpressure
         } else {
             SendResult::Queued
@@ -294,7 +314,11 @@ impl<S: Default> Core<S> {
         let c = &mut self.conns[slot as usize];
         c.phase = Phase::Closing;
         c.stamp = now;
-        c.flags &= !(flag::OVER_LIMIT | flag::PING_OUT);
+        if c.has(flag::PAUSED) {
+            // Closing reads until the peer's FIN: resume reading.
+            self.recv_review.push(slot);
+        }
+        c.flags &= !(flag::OVER_LIMIT | flag::PING_OUT | flag::PAUSED);
         self.schedule(slot, now + self.limits.close);
     }
 }

@@ -628,6 +628,12 @@ impl<'r, H: Handler> Engine<'r, H> {
         match c.phase {
             Phase::Open if c.has(flag::OVER_LIMIT) && c.buffered() <= max => {
                 c.flags &= !flag::OVER_LIMIT;
+                if c.has(flag::PAUSED) {
+                    c.flags &= !flag::PAUSED;
+                    if !c.has(flag::RECV_ARMED) {
+                        self.arm_recv(slot);
+                    }
+                }
                 self.app.call(slot, |h, ws| h.on_drain(ws));
             }
             Phase::Closing => self.finish_closing(slot),
@@ -824,10 +830,22 @@ impl<'r, H: Handler> Engine<'r, H> {
         self.app.core.dirty = dirty;
         for slot in std::mem::take(&mut self.starved) {
             let c = &self.app.core.conns[slot as usize];
-            if c.has(flag::STARVED)
-                && matches!(c.phase, Phase::Handshaking | Phase::Open | Phase::Closing)
-            {
+            if c.has(flag::STARVED) && c.wants_recv() {
                 self.arm_recv(slot);
+            }
+        }
+        for slot in std::mem::take(&mut self.app.core.recv_review) {
+            let c = &self.app.core.conns[slot as usize];
+            if c.wants_recv() && !c.has(flag::RECV_ARMED) {
+                self.arm_recv(slot);
+            } else if c.has(flag::PAUSED) && c.has(flag::RECV_ARMED) {
+                // Paused: stop the multishot receive; its last completion (-ECANCELED, no F_MORE)
+                // clears RECV_ARMED, and draining the queue re-arms it.
+                let e = opcode::AsyncCancel::new(user_data(Op::Recv, slot, c.generation))
+                    .build()
+                    .user_data(user_data(Op::Cancel, slot, 0));
+                // SAFETY: a cancel references no user memory.
+                unsafe { self.push(&e) };
             }
         }
     }
@@ -879,6 +897,13 @@ impl<H: Handler> Worker<'_, H> {
                         eng.starved.push(slot);
                     }
                 }
+                // Cancelled on purpose: by a pause under backpressure (re-armed here if the queue
+                // drained before this completion arrived) or by the slot's shutdown.
+                libc::ECANCELED => {
+                    if !more && c.wants_recv() {
+                        eng.arm_recv(slot);
+                    }
+                }
                 e => {
                     if c.phase != Phase::Zombie {
                         debug!(slot, error = %io::Error::from_raw_os_error(e), "receive failed");
@@ -927,8 +952,7 @@ impl<H: Handler> Worker<'_, H> {
         if let Some(b) = bid {
             self.bufs.recycle(b);
         }
-        let c = &self.eng.app.core.conns[slot as usize];
-        if !more && matches!(c.phase, Phase::Handshaking | Phase::Open | Phase::Closing) {
+        if !more && self.eng.app.core.conns[slot as usize].wants_recv() {
             self.eng.arm_recv(slot);
         }
         self.eng.maybe_release(slot);

@@ -2,8 +2,8 @@
 //! hand-built masked frames.
 
 use ringws_engine::{
-    CloseCode, ConnId, Decision, Handler, HttpResponse, Message, Request, SendResult, Server,
-    ServerBuilder, ServerHandle, Socket,
+    BackpressurePolicy, CloseCode, ConnId, Decision, Handler, HttpResponse, Message, Request,
+    SendResult, Server, ServerBuilder, ServerHandle, Socket,
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -529,6 +529,86 @@ fn backpressure_reports_drops_and_drains() {
     assert_eq!(
         String::from_utf8(payload).unwrap(),
         "[Queued, Queued, Queued, Queued, Backpressure, Dropped] then drained at 0"
+    );
+    server.stop();
+}
+
+/// Echoes binary messages under `BackpressurePolicy::Pause`, counting sends that were not plainly
+/// queued and drains; a text message asks for that report.
+struct PausingEcho;
+
+#[derive(Default)]
+struct PauseStats {
+    dropped: usize,
+    backpressure: usize,
+    drains: usize,
+}
+
+impl Handler for PausingEcho {
+    type State = PauseStats;
+
+    fn on_message(&mut self, ws: &mut Socket<'_, PauseStats>, msg: Message<'_>) {
+        if let Message::Text(_) = msg {
+            let st = ws.state();
+            let report = format!(
+                "dropped={} backpressure={} drains={}",
+                st.dropped, st.backpressure, st.drains
+            );
+            let _ = ws.send_text(&report);
+            return;
+        }
+        match ws.send(msg) {
+            SendResult::Dropped => ws.state_mut().dropped += 1,
+            SendResult::Backpressure => ws.state_mut().backpressure += 1,
+            SendResult::Queued => {}
+        }
+    }
+
+    fn on_drain(&mut self, ws: &mut Socket<'_, PauseStats>) {
+        ws.state_mut().drains += 1;
+    }
+}
+
+#[test]
+fn pause_policy_stops_reading_instead_of_dropping() {
+    let server = TestServer::start_with(
+        |_| PausingEcho,
+        |b| {
+            b.max_backpressure(128 << 10)
+                .backpressure_policy(BackpressurePolicy::Pause)
+        },
+    );
+    let mut s = open(server.addr);
+    // 200 x 64 KiB sent while the client reads nothing for a while: far more than the kernel's
+    // socket buffers hold, so the server's queue goes over its limit and reading must pause.
+    const COUNT: usize = 200;
+    let wire: Vec<u8> = (0..COUNT)
+        .flat_map(|i| frame(0x2, &vec![i as u8; 64 << 10], true))
+        .collect();
+    let mut writer = s.try_clone().unwrap();
+    let sent = std::thread::spawn(move || writer.write_all(&wire));
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..COUNT {
+        let (fin, op, payload) = read_frame(&mut s);
+        assert_eq!((fin, op, payload.len()), (true, 0x2, 64 << 10), "echo {i}");
+        assert!(
+            payload.iter().all(|&b| b == i as u8),
+            "echo {i} out of order"
+        );
+    }
+    sent.join().unwrap().unwrap();
+    s.write_all(&frame(0x1, b"report", true)).unwrap();
+    let (_, op, report) = read_frame(&mut s);
+    assert_eq!(op, 0x1);
+    let report = String::from_utf8(report).unwrap();
+    assert!(report.starts_with("dropped=0 "), "{report}");
+    assert!(
+        !report.contains("backpressure=0 "),
+        "the queue never went over: {report}"
+    );
+    assert!(
+        !report.ends_with("drains=0"),
+        "reading never resumed by a drain: {report}"
     );
     server.stop();
 }

@@ -1,7 +1,7 @@
 //! `ringws serve`: the benchmark echo server.
 
 use clap::{Args, ValueEnum};
-use ringws::{EngineError, Handler, Message, Server, Socket};
+use ringws::{BackpressurePolicy, EngineError, Handler, Message, Server, Socket};
 use std::time::Duration;
 
 /// What the server does with messages.
@@ -54,8 +54,8 @@ impl Handler for Echo {
     type State = ();
 
     fn on_message(&mut self, ws: &mut Socket<'_, ()>, msg: Message<'_>) {
-        // Over the backpressure limit the engine drops the echo and reports it; a client that does
-        // not read its echoes has nothing to lose.
+        // Never dropped: the server runs with `BackpressurePolicy::Pause`, so a client that sends
+        // faster than it reads its echoes is slowed down by TCP instead of losing echoes.
         let _ = ws.send(msg);
     }
 }
@@ -63,6 +63,10 @@ impl Handler for Echo {
 /// Builds the server, prints the ready line once every worker accepts, serves until SIGINT/SIGTERM.
 pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     let mut b = Server::builder().bind(args.addr.as_str());
+    if args.mode == Mode::Echo {
+        // Every message is answered: pause reading under backpressure instead of dropping echoes.
+        b = b.backpressure_policy(BackpressurePolicy::Pause);
+    }
     if let Some(n) = args.workers {
         b = b.workers(n);
     }
