@@ -314,8 +314,11 @@ fn small_buffer_subscriber(addr: SocketAddr, topic: &str) -> RawClient {
     c
 }
 
+/// A reader thread: gives back its client and the (key, seq) of each message before `END`.
+type Reader = JoinHandle<(RawClient, Vec<(u8, u64)>)>;
+
 /// Reads messages on its own thread until the `END` message; returns (key, seq) of each.
-fn reader(mut c: RawClient) -> JoinHandle<(RawClient, Vec<(u8, u64)>)> {
+fn reader(mut c: RawClient) -> Reader {
     std::thread::spawn(move || {
         let mut got = Vec::new();
         for _ in 0..10_000_000 {
@@ -357,13 +360,7 @@ fn publish_until(publisher: &Publisher, topic: &str, done: impl Fn(&TopicStats) 
 }
 
 /// Starts a server whose topic `s` has `policy`, three fast readers and one slow subscriber.
-fn slow_setup(
-    policy: SlowConsumer,
-) -> (
-    TestServer,
-    Vec<JoinHandle<(RawClient, Vec<(u8, u64)>)>>,
-    RawClient,
-) {
+fn slow_setup(policy: SlowConsumer) -> (TestServer, Vec<Reader>, RawClient) {
     let server = TestServer::start(
         1,
         |b| b.max_backpressure(LIMIT),
@@ -379,7 +376,7 @@ fn slow_setup(
 }
 
 /// Every fast reader got every publication, in order.
-fn assert_fast_complete(fast: Vec<JoinHandle<(RawClient, Vec<(u8, u64)>)>>, published: u64) {
+fn assert_fast_complete(fast: Vec<Reader>, published: u64) {
     for r in fast {
         let (_, got) = r.join().unwrap();
         assert_eq!(

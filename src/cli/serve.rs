@@ -1,6 +1,7 @@
-//! `ringws serve`: the benchmark echo server.
+//! `ringws serve`: the benchmark echo server, or the market-data feed (`--mode feed`).
 
 use clap::{Args, ValueEnum};
+use ringws::feed::{Feed, FeedConfig};
 use ringws::{BackpressurePolicy, EngineError, Handler, Message, Server, Socket};
 use std::time::Duration;
 
@@ -9,6 +10,9 @@ use std::time::Duration;
 pub enum Mode {
     /// Send every message back as it came (the benchmark and conformance server).
     Echo,
+    /// Publish synthetic quotes; clients subscribe with JSON control messages; `GET /` is a live
+    /// page, `GET /symbols` the symbol list.
+    Feed,
 }
 
 /// Options of `ringws serve`; unset ones keep the engine's defaults.
@@ -45,6 +49,15 @@ pub struct ServeArgs {
     /// spreads connections over all of them (SO_REUSEPORT). Without it a taken port is an error.
     #[arg(long)]
     share_port: bool,
+    /// Feed mode: number of symbols (BTC-USD, ETH-USD, ... then generated names), 1 to 100000.
+    #[arg(long, default_value_t = 100)]
+    symbols: usize,
+    /// Feed mode: quotes published per second over all symbols, 1 to 10000000.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Feed mode: publish quotes as binary frames instead of JSON text (layout in the README).
+    #[arg(long)]
+    binary: bool,
 }
 
 /// Echoes every message.
@@ -91,12 +104,20 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     if args.share_port {
         b = b.share_port(true);
     }
-    let server = b.build()?;
-    let (addr, workers) = (server.local_addr(), server.config().workers);
+    let ready = |addr, workers| eprintln!("listening on {addr} ({workers} workers)");
     match args.mode {
-        Mode::Echo => server.run_with_ready(
-            |_| Echo,
-            || eprintln!("listening on {addr} ({workers} workers)"),
-        ),
+        Mode::Echo => {
+            let server = b.build()?;
+            let (addr, workers) = (server.local_addr(), server.config().workers);
+            server.run_with_ready(|_| Echo, || ready(addr, workers))
+        }
+        Mode::Feed => {
+            let feed = Feed::new(FeedConfig {
+                symbols: args.symbols,
+                rate: args.rate,
+                binary: args.binary,
+            })?;
+            feed.serve(b, ready)
+        }
     }
 }

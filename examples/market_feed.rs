@@ -1,0 +1,21 @@
+//! The market-data feed as a library user builds it: `cargo run --release --example market_feed`,
+//! then open http://127.0.0.1:9002/ for the live page, or subscribe from any WebSocket client with
+//! `{"op":"subscribe","symbols":["BTC-USD","ETH-USD"]}`. Same implementation as
+//! `ringws serve --mode feed` ([`ringws::feed`]).
+use ringws::EngineError;
+use ringws::feed::{Feed, FeedConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> Result<(), EngineError> {
+    let feed = Feed::new(FeedConfig {
+        symbols: 100,
+        rate: 1_000,
+        binary: false,
+    })?;
+    let builder = ringws::Server::builder().bind("127.0.0.1:9002");
+    feed.serve(builder, |addr, workers| {
+        eprintln!("market feed on http://{addr}/ ({workers} workers); Ctrl-C stops it")
+    })
+}

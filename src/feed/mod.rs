@@ -1,0 +1,420 @@
+//! A synthetic market-data feed on pub/sub: the server behind `ringws serve --mode feed` and
+//! `examples/market_feed.rs`.
+//!
+//! - One topic per symbol (`BTC-USD`, `ETH-USD`, ... then generated `S00015-USD`...), conflating per
+//!   topic: a client that falls behind gets the latest quote of each symbol, not the backlog.
+//! - A ticker thread publishes `rate` quotes per second in total, round-robin over the symbols,
+//!   through a [`Publisher`], each stamped with its publish time ([`Quote`]).
+//! - Clients send JSON control messages ([`control`]) to subscribe and unsubscribe; a new subscriber
+//!   first gets the last quote of each symbol it subscribed to.
+//! - `GET /symbols` lists the symbols as a JSON array; `GET /` serves a live page that subscribes to a
+//!   few symbols (or those named in `?symbols=A,B`) and shows their prices and update counts.
+
+pub mod control;
+mod quote;
+
+pub use quote::{BINARY_HEADER, MAX_SYMBOL, Quote, timestamp};
+
+use crate::{
+    EngineError, Handler, HttpResponse, Message, Request, ServerBuilder, SlowConsumer, Socket,
+    Topic,
+};
+use control::{Control, ControlError};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Most symbols a feed publishes.
+pub const MAX_SYMBOLS: usize = 100_000;
+/// Highest publish rate, in quotes per second.
+pub const MAX_RATE: u64 = 10_000_000;
+
+/// The live page served at `GET /`.
+const PAGE: &str = include_str!("page.html");
+
+/// Well-known symbols and a plausible starting mid price for each; further symbols are generated.
+const KNOWN: [(&str, f64); 15] = [
+    ("BTC-USD", 65_000.0),
+    ("ETH-USD", 3_500.0),
+    ("SOL-USD", 150.0),
+    ("XRP-USD", 0.6),
+    ("ADA-USD", 0.45),
+    ("DOGE-USD", 0.15),
+    ("AVAX-USD", 35.0),
+    ("DOT-USD", 7.0),
+    ("LINK-USD", 15.0),
+    ("LTC-USD", 80.0),
+    ("BCH-USD", 450.0),
+    ("ATOM-USD", 9.0),
+    ("XLM-USD", 0.11),
+    ("UNI-USD", 8.0),
+    ("NEAR-USD", 6.0),
+];
+
+/// The feed's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedConfig {
+    /// Number of symbols, 1 to [`MAX_SYMBOLS`] (default 100).
+    pub symbols: usize,
+    /// Quotes per second over all symbols, 1 to [`MAX_RATE`] (default 1000).
+    pub rate: u64,
+    /// Publish quotes as binary frames (layout in [`Quote`]'s module docs) instead of JSON text.
+    pub binary: bool,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            symbols: 100,
+            rate: 1000,
+            binary: false,
+        }
+    }
+}
+
+/// The first `n` symbol names: the well-known ones, then `S00015-USD`, `S00016-USD`, ...
+///
+/// ```
+/// let s = ringws::feed::symbol_names(17);
+/// assert_eq!((s[0].as_str(), s[1].as_str(), s[16].as_str()), ("BTC-USD", "ETH-USD", "S00016-USD"));
+/// ```
+pub fn symbol_names(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| match KNOWN.get(i) {
+            Some((name, _)) => (*name).to_owned(),
+            None => format!("S{i:05}-USD"),
+        })
+        .collect()
+}
+
+/// What every worker's handler shares.
+struct Shared {
+    known: HashSet<Box<str>>,
+    /// The `GET /symbols` body.
+    symbols_json: Vec<u8>,
+}
+
+/// A feed ready to serve.
+#[derive(Debug)]
+pub struct Feed {
+    cfg: FeedConfig,
+    names: Vec<String>,
+}
+
+impl Feed {
+    /// Checks the settings; the error names the one out of range.
+    pub fn new(cfg: FeedConfig) -> Result<Self, EngineError> {
+        if !(1..=MAX_SYMBOLS).contains(&cfg.symbols) {
+            return Err(EngineError::InvalidConfig {
+                setting: "symbols",
+                requirement: "between 1 and 100000",
+            });
+        }
+        if !(1..=MAX_RATE).contains(&cfg.rate) {
+            return Err(EngineError::InvalidConfig {
+                setting: "rate",
+                requirement: "between 1 and 10000000 quotes per second",
+            });
+        }
+        Ok(Self {
+            cfg,
+            names: symbol_names(cfg.symbols),
+        })
+    }
+
+    /// The symbols, in publishing order.
+    pub fn symbols(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Builds the server from `builder` (raising `max_topics` to fit the symbols), creates one
+    /// conflating topic per symbol with a first quote each, then serves until shutdown (see
+    /// [`Server::run`](crate::Server::run)) while the ticker publishes. `ready` is called with the address and the
+    /// number of workers once every worker accepts.
+    pub fn serve(
+        self,
+        builder: ServerBuilder,
+        ready: impl FnOnce(SocketAddr, usize),
+    ) -> Result<(), EngineError> {
+        let n = self.names.len();
+        let server = builder.max_topics(n.max(1 << 16)).build()?;
+        let publisher = server.publisher();
+        let topics = self
+            .names
+            .iter()
+            .map(|name| publisher.create_topic(name, SlowConsumer::CONFLATE_PER_TOPIC))
+            .collect::<Result<Vec<Topic>, _>>()
+            .map_err(|_| EngineError::InvalidConfig {
+                setting: "max_topics",
+                requirement: "room for one new topic per symbol",
+            })?;
+        let mut ticker = Ticker::new(topics, self.cfg);
+        ticker.publish_all(); // every symbol has a last quote before the first client arrives
+        let shared = Arc::new(Shared {
+            known: self.names.iter().map(|s| s.as_str().into()).collect(),
+            symbols_json: symbols_json(&self.names),
+        });
+        let (addr, workers) = (server.local_addr(), server.config().workers);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut thread: Option<JoinHandle<()>> = None;
+        let result = server.run_with_ready(
+            |_| FeedHandler::new(Arc::clone(&shared)),
+            || {
+                // Spawned from the thread that runs the server, after it blocked SIGINT/SIGTERM,
+                // so the ticker inherits the mask and the signals reach the server.
+                let stop = Arc::clone(&stop);
+                thread = Some(std::thread::spawn(move || ticker.run(&stop)));
+                ready(addr, workers);
+            },
+        );
+        stop.store(true, Ordering::Relaxed);
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+/// `["BTC-USD","ETH-USD",...]`.
+fn symbols_json(names: &[String]) -> Vec<u8> {
+    let mut out = String::from("[");
+    for (i, s) in names.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        control::push_json_str(&mut out, s);
+    }
+    out.push(']');
+    out.into_bytes()
+}
+
+/// Nanoseconds since the UNIX epoch (0 if the clock is before it).
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// One symbol's price state.
+struct Book {
+    topic: Topic,
+    mid: f64,
+    seq: u64,
+}
+
+/// Publishes synthetic quotes: a random walk per symbol, round-robin at a fixed total rate.
+struct Ticker {
+    books: Vec<Book>,
+    cfg: FeedConfig,
+    /// xorshift64 state (never zero).
+    rng: u64,
+    next: usize,
+    text: String,
+    bytes: Vec<u8>,
+}
+
+impl Ticker {
+    fn new(topics: Vec<Topic>, cfg: FeedConfig) -> Self {
+        let mut rng = 0x9e37_79b9_7f4a_7c15;
+        let books = topics
+            .into_iter()
+            .enumerate()
+            .map(|(i, topic)| {
+                let mid = KNOWN.get(i).map_or_else(
+                    || 1.0 + (xorshift(&mut rng) % 50_000) as f64 / 100.0,
+                    |k| k.1,
+                );
+                Book { topic, mid, seq: 0 }
+            })
+            .collect();
+        Self {
+            books,
+            cfg,
+            rng,
+            next: 0,
+            text: String::new(),
+            bytes: Vec::new(),
+        }
+    }
+
+    /// Moves symbol `i`'s price and publishes its quote.
+    fn publish(&mut self, i: usize) {
+        // A uniform step of up to ±0.02% of the mid; the spread is 0.01% of it.
+        let step = (xorshift(&mut self.rng) >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+        let book = &mut self.books[i];
+        book.mid = (book.mid * (1.0 + step * 4e-4)).max(1e-6);
+        book.seq += 1;
+        let half = book.mid * 5e-5;
+        let quote = Quote {
+            symbol: book.topic.name(),
+            bid: book.mid - half,
+            ask: book.mid + half,
+            seq: book.seq,
+            ts: now_ns(),
+        };
+        if self.cfg.binary {
+            self.bytes.clear();
+            quote.write_binary(&mut self.bytes);
+            book.topic.publish(Message::Binary(&self.bytes));
+        } else {
+            self.text.clear();
+            quote.write_json(&mut self.text);
+            book.topic.publish(Message::Text(&self.text));
+        }
+    }
+
+    /// One quote for every symbol.
+    fn publish_all(&mut self) {
+        for i in 0..self.books.len() {
+            self.publish(i);
+        }
+    }
+
+    /// Publishes at `cfg.rate` quotes per second until `stop`, checking it every millisecond. After
+    /// a stall it catches up at most one second's worth.
+    fn run(mut self, stop: &AtomicBool) {
+        let (start, rate, n) = (Instant::now(), u128::from(self.cfg.rate), self.books.len());
+        let mut sent: u64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let due = (start.elapsed().as_nanos() * rate / 1_000_000_000) as u64;
+            sent = sent.max(due.saturating_sub(self.cfg.rate));
+            while sent < due {
+                self.publish(self.next);
+                self.next = (self.next + 1) % n;
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// The feed's callbacks: control messages, the page and `/symbols`.
+struct FeedHandler {
+    shared: Arc<Shared>,
+    /// A private copy of the control message being parsed (simd-json parses in place).
+    scratch: Vec<u8>,
+    buffers: simd_json::Buffers,
+    reply: String,
+}
+
+impl FeedHandler {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            scratch: Vec::new(),
+            buffers: simd_json::Buffers::default(),
+            reply: String::new(),
+        }
+    }
+
+    /// Applies one control message; the reply (ack or error) is left in `self.reply`. Subscribing
+    /// queues the reply first, then each symbol's last quote.
+    fn control(&mut self, ws: &mut Socket<'_, ()>, msg: Message<'_>) {
+        self.reply.clear();
+        let payload = match msg {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(_) => return control::error(&mut self.reply, &ControlError::Binary),
+        };
+        if payload.len() > control::MAX_CONTROL {
+            return control::error(&mut self.reply, &ControlError::TooLarge);
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(payload);
+        let parsed = match control::parse(&mut self.scratch, &mut self.buffers) {
+            Ok(c) => c,
+            Err(e) => return control::error(&mut self.reply, &e),
+        };
+        let (subscribe, symbols) = match parsed {
+            Control::Subscribe(s) => (true, s),
+            Control::Unsubscribe(s) => (false, s),
+        };
+        if let Some(bad) = symbols.iter().find(|s| !self.shared.known.contains(&***s)) {
+            let e = ControlError::UnknownSymbol(control::clip(bad));
+            return control::error(&mut self.reply, &e);
+        }
+        control::ack(&mut self.reply, subscribe, &symbols);
+        let _ = ws.send_text(&self.reply);
+        self.reply.clear();
+        for s in &symbols {
+            if subscribe {
+                // Only fails if the connection is closing; known symbols' topics exist.
+                let _ = ws.subscribe_with_last(s);
+            } else {
+                ws.unsubscribe(s);
+            }
+        }
+    }
+}
+
+impl Handler for FeedHandler {
+    type State = ();
+
+    fn on_message(&mut self, ws: &mut Socket<'_, ()>, msg: Message<'_>) {
+        self.control(ws, msg);
+        if !self.reply.is_empty() {
+            let _ = ws.send_text(&self.reply);
+        }
+    }
+
+    fn on_http(&mut self, req: &Request<'_>) -> HttpResponse {
+        match req.path() {
+            "/" | "/index.html" => HttpResponse::new(200)
+                .header("Content-Type", "text/html; charset=utf-8")
+                .header("Cache-Control", "no-store")
+                .body(PAGE.as_bytes().to_vec()),
+            "/symbols" => HttpResponse::new(200)
+                .header("Content-Type", "application/json")
+                .body(self.shared.symbols_json.clone()),
+            _ => HttpResponse::text(404, "not found: try / or /symbols"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_names_fit_the_binary_layout_and_are_unique() {
+        let names = symbol_names(MAX_SYMBOLS);
+        assert!(names.iter().all(|s| s.len() <= MAX_SYMBOL));
+        let unique: HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), MAX_SYMBOLS);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_named() {
+        let bad = |cfg| match Feed::new(cfg) {
+            Err(EngineError::InvalidConfig { setting, .. }) => setting,
+            other => panic!("{other:?}"),
+        };
+        let d = FeedConfig::default();
+        assert_eq!(bad(FeedConfig { symbols: 0, ..d }), "symbols");
+        assert_eq!(
+            bad(FeedConfig {
+                symbols: MAX_SYMBOLS + 1,
+                ..d
+            }),
+            "symbols"
+        );
+        assert_eq!(bad(FeedConfig { rate: 0, ..d }), "rate");
+        assert!(Feed::new(d).is_ok());
+    }
+
+    #[test]
+    fn symbols_json_is_a_json_array() {
+        let mut body = symbols_json(&symbol_names(3));
+        assert_eq!(body, br#"["BTC-USD","ETH-USD","SOL-USD"]"#);
+        assert!(simd_json::to_owned_value(&mut body).is_ok());
+    }
+}

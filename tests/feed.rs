@@ -1,0 +1,219 @@
+//! `ringws serve --mode feed` end to end: `/symbols`, the page, the JSON control protocol (good and
+//! malformed input), the last quote first for new subscribers, live quotes in order with publish
+//! timestamps, unsubscribe, and binary quotes.
+
+mod common;
+
+use common::{Frame, RawClient, Server, http_get, op};
+use ringws::Message;
+use ringws::feed::{Quote, timestamp};
+use simd_json::OwnedValue;
+use simd_json::prelude::*;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn feed(extra: &[&str]) -> Server {
+    let mut args = vec!["--mode", "feed", "--symbols", "20"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn json(bytes: &[u8]) -> OwnedValue {
+    simd_json::to_owned_value(&mut bytes.to_vec())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+/// The next message, which must be text, parsed.
+fn next_json(c: &mut RawClient) -> OwnedValue {
+    let (opcode, payload) = c.expect_message();
+    assert_eq!(opcode, op::TEXT, "expected text: {payload:?}");
+    json(&payload)
+}
+
+fn subscribe(c: &mut RawClient, symbols: &[&str]) {
+    let list = symbols
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    c.send(&Frame::text(format!(
+        r#"{{"op":"subscribe","symbols":[{list}]}}"#
+    )));
+    let ack = next_json(c);
+    assert_eq!(ack.get_str("type"), Some("subscribed"), "{ack:?}");
+    let got: Vec<&str> = ack
+        .get_array("symbols")
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(got, symbols);
+}
+
+/// (symbol, seq, ts) of a JSON quote.
+fn quote_of(v: &OwnedValue) -> (String, u64, u64) {
+    assert_eq!(v.get_str("type"), Some("quote"), "{v:?}");
+    let (bid, ask) = (v.get_f64("bid").unwrap(), v.get_f64("ask").unwrap());
+    assert!(0.0 < bid && bid < ask, "{v:?}");
+    (
+        v.get_str("symbol").unwrap().to_owned(),
+        v.get_u64("seq").unwrap(),
+        v.get_u64("ts").unwrap(),
+    )
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[test]
+fn symbols_are_listed_as_json() {
+    let server = feed(&[]);
+    let (head, body) = http_get(server.addr, "/symbols");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type"), Some("application/json"));
+    let list = json(&body);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 20);
+    assert_eq!(&names[..3], ["BTC-USD", "ETH-USD", "SOL-USD"]);
+    assert_eq!(names[19], "S00019-USD");
+}
+
+#[test]
+fn the_live_page_is_served() {
+    let server = feed(&[]);
+    let (head, body) = http_get(server.addr, "/");
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let page = String::from_utf8(body).unwrap();
+    assert!(page.contains("new WebSocket(") && page.contains(r#"id="rows""#));
+    assert_eq!(http_get(server.addr, "/nope").0.status, 404);
+}
+
+#[test]
+fn a_new_subscriber_gets_the_last_quote_first_then_live_quotes_in_order() {
+    let server = feed(&["--rate", "2000"]);
+    let mut c = RawClient::connect(server.addr);
+    let before = now_ns();
+    subscribe(&mut c, &["BTC-USD", "ETH-USD"]);
+    // The last quote of each symbol, in the order asked, right after the ack.
+    let (s1, seq_btc, _) = quote_of(&next_json(&mut c));
+    let (s2, seq_eth, _) = quote_of(&next_json(&mut c));
+    assert_eq!((s1.as_str(), s2.as_str()), ("BTC-USD", "ETH-USD"));
+    // Then live quotes: 100/s per symbol, each symbol's numbers consecutive (nothing lost, nothing
+    // repeated), timestamps rising and recent.
+    let mut last = [(seq_btc, 0u64), (seq_eth, 0u64)];
+    for _ in 0..60 {
+        let (symbol, seq, ts) = quote_of(&next_json(&mut c));
+        let i = match symbol.as_str() {
+            "BTC-USD" => 0,
+            "ETH-USD" => 1,
+            other => panic!("quote of {other}, not subscribed"),
+        };
+        assert_eq!(seq, last[i].0 + 1, "{symbol} seq");
+        assert!(ts > last[i].1 && ts + 10_000_000_000 > before && ts <= now_ns());
+        last[i] = (seq, ts);
+    }
+}
+
+#[test]
+fn with_a_slow_ticker_the_snapshot_is_the_initial_quote() {
+    let server = feed(&["--rate", "1"]);
+    let mut c = RawClient::connect(server.addr);
+    subscribe(&mut c, &["S00019-USD"]);
+    let (symbol, seq, _) = quote_of(&next_json(&mut c));
+    assert_eq!((symbol.as_str(), seq), ("S00019-USD", 1));
+}
+
+#[test]
+fn unsubscribe_stops_quotes() {
+    let server = feed(&["--rate", "2000"]);
+    let mut c = RawClient::connect(server.addr);
+    subscribe(&mut c, &["SOL-USD"]);
+    for _ in 0..5 {
+        assert_eq!(quote_of(&next_json(&mut c)).0, "SOL-USD");
+    }
+    c.send(&Frame::text(
+        r#"{"op":"unsubscribe","symbols":["SOL-USD"]}"#,
+    ));
+    loop {
+        let v = next_json(&mut c);
+        if v.get_str("type") == Some("unsubscribed") {
+            break;
+        }
+        quote_of(&v); // queued before the unsubscribe
+    }
+    c.expect_silence(Duration::from_millis(300)); // SOL-USD gets 100 quotes/s
+}
+
+#[test]
+fn bad_control_messages_get_an_error_and_the_connection_stays_open() {
+    let server = feed(&[]);
+    let mut c = RawClient::connect(server.addr);
+    let cases: [(Frame, &str); 8] = [
+        (Frame::text("{"), "malformed JSON"),
+        (Frame::text("not json at all"), "malformed JSON"),
+        (
+            Frame::text("[1,2]"),
+            r#"expected an object with a string "op""#,
+        ),
+        (
+            Frame::text(r#"{"op":"dance","symbols":["BTC-USD"]}"#),
+            r#"unknown op "dance""#,
+        ),
+        (
+            Frame::text(r#"{"op":"subscribe","symbols":"BTC-USD"}"#),
+            r#""symbols" must be a non-empty array of strings"#,
+        ),
+        (
+            Frame::text(r#"{"op":"subscribe","symbols":["BTC-USD","NOPE\"x"]}"#),
+            r#"unknown symbol "NOPE"x""#,
+        ),
+        (
+            Frame::binary(r#"{"op":"subscribe","symbols":["BTC-USD"]}"#),
+            "control messages are JSON text",
+        ),
+        (
+            Frame::text(format!("[{}]", "1,".repeat(10_000) + "1")),
+            "control message over 16384 bytes",
+        ),
+    ];
+    for (frame, reason) in cases {
+        c.send(&frame);
+        let v = next_json(&mut c);
+        assert_eq!(v.get_str("type"), Some("error"), "{frame:?}: {v:?}");
+        assert_eq!(v.get_str("reason"), Some(reason), "{frame:?}");
+    }
+    // Nothing was subscribed by the refused messages (not even BTC-USD next to the unknown symbol),
+    // and the connection still works.
+    subscribe(&mut c, &["ETH-USD"]);
+    assert_eq!(quote_of(&next_json(&mut c)).0, "ETH-USD");
+}
+
+#[test]
+fn binary_quotes_carry_the_same_fields() {
+    let server = feed(&["--rate", "2000", "--binary"]);
+    let mut c = RawClient::connect(server.addr);
+    subscribe(&mut c, &["BTC-USD"]);
+    let mut last_seq = 0;
+    for _ in 0..20 {
+        let (opcode, payload) = c.expect_message();
+        assert_eq!(opcode, op::BINARY);
+        let q = Quote::from_binary(&payload).expect("a binary quote");
+        assert_eq!(q.symbol, "BTC-USD");
+        assert!(q.seq > last_seq && q.bid > 0.0 && q.bid < q.ask);
+        assert_eq!(timestamp(Message::Binary(&payload)), Some(q.ts));
+        assert!(q.ts <= now_ns());
+        last_seq = q.seq;
+    }
+}
