@@ -2,8 +2,10 @@
 # The one command that runs ringws's whole test suite on a fresh machine:
 #   1. the Python venv for the interop client (tests/interop/.venv, from requirements.txt),
 #   2. the Node packages for the other interop client (npm ci in tests/interop/node),
+#   2b. Debian's chromium for the browser test of the feed page (apt-get, as root, if missing),
 #   3. every Rust test of the workspace (unit, integration, interop, benches in test mode), then doc tests.
-# Steps 1 and 2 are skipped when what is installed matches the pinned files. Exits non-zero on any failure.
+# Steps 1 and 2 are skipped when what is installed matches the pinned files, 2b when chromium is
+# there. Exits non-zero on any failure.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -40,9 +42,18 @@ if [[ "$(cat "$node_stamp" 2>/dev/null)" != "$want" ]]; then
     echo "$want" >"$node_stamp"
 fi
 
-# ---- Browser tests (later) -------------------------------------------------------------------------
-# Hook for the browser interop tests: install Debian's chromium here when they land, e.g.
-#   command -v chromium >/dev/null || die "chromium not found (apt-get install chromium)"
+# ---- Browser tests ---------------------------------------------------------------------------------
+# tests/browser.rs loads the feed's live page in Debian's headless chromium (driven over DevTools).
+if ! command -v chromium >/dev/null; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        say "installing chromium for the browser tests (apt-get)"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium </dev/null \
+            || die "apt-get install chromium failed"
+    else
+        die "chromium not found (Debian, as root: apt-get install chromium)"
+    fi
+fi
 
 # ---- Rust ------------------------------------------------------------------------------------------
 # 1,000 concurrent clients need ~2,000 descriptors between the test and the server it spawns.
