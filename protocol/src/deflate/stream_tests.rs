@@ -1,6 +1,7 @@
 //! permessage-deflate through the [`Receiver`]: compressed messages of every size, fragmented and
 //! split across receive buffers, with and without context takeover; RSV1 rules; the bomb; and
-//! interop with zlib (Python's, live when a Python is at hand, plus vectors it produced).
+//! interop with zlib (Python's, live when a Python is at hand, plus vectors it produced) and with
+//! Python `websockets`' sans-IO client and server (when the interop venv exists).
 
 use super::*;
 use crate::frame::{MAX_HEADER_LEN, OpCode, RSV1, encode_header};
@@ -529,5 +530,282 @@ proptest! {
             Decompressor::new(9, false, Some(10)),
         );
         let _ = feed(&mut rx, &stream, &cuts);
+    }
+}
+
+/// The interop venv's Python, if it has `websockets` (which negotiates permessage-deflate by
+/// default); `scripts/test.sh` creates it.
+fn websockets_python() -> Option<std::path::PathBuf> {
+    let venv =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/.venv/bin/python");
+    std::process::Command::new(&venv)
+        .args(["-c", "import websockets"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| venv)
+}
+
+/// Python `websockets`' sans-IO client, driven line by line (hex): it prints its upgrade request,
+/// reads our 101, prints the extensions it agreed to, sends each message (fragmented every other
+/// time) as one line, reads our echoes as one line and prints `OK` if each echo equals its message.
+const WEBSOCKETS_CLIENT: &str = r#"
+import sys, random
+from websockets.client import ClientProtocol
+from websockets.uri import parse_uri
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+snct, cnct, smwb, cmwb = sys.argv[1:5]
+factory = ClientPerMessageDeflateFactory(
+    server_no_context_takeover=snct == "1",
+    client_no_context_takeover=cnct == "1",
+    server_max_window_bits=None if smwb == "-" else int(smwb),
+    client_max_window_bits=None if cmwb == "-" else True if cmwb == "bare" else int(cmwb),
+)
+p = ClientProtocol(parse_uri("ws://127.0.0.1/"), extensions=[factory], max_size=None)
+def out(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+p.send_request(p.connect())
+out(b"".join(p.data_to_send()).hex())
+p.receive_data(bytes.fromhex(sys.stdin.readline().strip()))
+p.events_received()
+if p.handshake_exc is not None:
+    out("HANDSHAKE " + repr(p.handshake_exc))
+    sys.exit(0)
+out("EXT " + repr(p.extensions))
+rng = random.Random(7)
+alphabet = b'{"id":12,"sym":"BTC-USD","px":"101.25"}, '
+msgs = []
+for i, n in enumerate([0, 1, 125, 126, 300, 5000, 65536, 1 << 20]):
+    data = bytes(rng.choices(alphabet, k=n))
+    text = i % 2 == 0
+    if i % 2 == 0 or n < 3:
+        (p.send_text if text else p.send_binary)(data)
+    else:
+        third = n // 3
+        p.send_binary(data[:third], fin=False)
+        p.send_continuation(data[third:2 * third], fin=False)
+        p.send_continuation(data[2 * third:], fin=True)
+    out(b"".join(p.data_to_send()).hex())
+    msgs.append(data)
+p.receive_data(bytes.fromhex(sys.stdin.readline().strip()))
+got = [f.data for f in p.events_received()]
+out("OK" if got == msgs else "MISMATCH %d %r" % (len(got), [len(g) for g in got]))
+"#;
+
+#[test]
+fn python_websockets_client_interop_every_parameter_combination() {
+    use crate::handshake::{DEFAULT_MAX_HEADER_BYTES, Parse, parse_request, write_accept_response};
+    use std::io::{BufRead, BufReader, Write};
+    let Some(python) = websockets_python() else {
+        eprintln!("SKIPPED: no tests/interop/.venv with websockets (scripts/test.sh creates it)");
+        return;
+    };
+    // Client offers: server_no_context_takeover, client_no_context_takeover, server_max_window_bits,
+    // client_max_window_bits ("-" absent, "bare" without a value).
+    let offers = [
+        ("0", "0", "-", "bare"),
+        ("1", "1", "10", "10"),
+        ("0", "1", "9", "-"),
+        ("1", "0", "-", "12"),
+        ("0", "0", "15", "bare"),
+    ];
+    let policies = [
+        DeflateConfig::default(),
+        DeflateConfig {
+            server_no_context_takeover: false,
+            min_compress_size: 0,
+            ..DeflateConfig::default()
+        },
+        DeflateConfig {
+            server_no_context_takeover: false,
+            client_no_context_takeover: true,
+            server_max_window_bits: 11,
+            client_max_window_bits: 9,
+            level: 6,
+            ..DeflateConfig::default()
+        },
+    ];
+    for offer in offers {
+        for config in &policies {
+            let mut child = std::process::Command::new(&python)
+                .args(["-c", WEBSOCKETS_CLIENT, offer.0, offer.1, offer.2, offer.3])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("python runs");
+            let mut to_py = child.stdin.take().unwrap();
+            let mut from_py = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut line = || from_py.next().expect("a line").expect("utf-8");
+            let request = unhex(&line());
+            let Ok(Parse::Complete(req)) = parse_request(&request, DEFAULT_MAX_HEADER_BYTES) else {
+                panic!("websockets' request parses")
+            };
+            let key = req.validate_upgrade().expect("valid upgrade");
+            let params =
+                negotiate(req.extensions(), config).expect("websockets' offer is accepted");
+            let mut response = Vec::new();
+            write_accept_response(&mut response, key, None, Some(&params.to_string()));
+            writeln!(to_py, "{}", hex(&response)).unwrap();
+            let agreed = line();
+            assert!(
+                agreed.starts_with("EXT [PerMessageDeflate("),
+                "{offer:?}: {agreed}"
+            );
+            let mut rx = Receiver::with_deflate(
+                Role::Server,
+                Limits::default(),
+                params.decompressor(Role::Server, config),
+            );
+            let mut tx = params.compressor(Role::Server, config);
+            let mut echoes = Vec::new();
+            for _ in 0..8 {
+                let mut wire = unhex(&line());
+                assert_ne!(wire[0] & 0x40, 0, "websockets compresses every message");
+                let (mut pos, mut event) = (0, None);
+                while event.is_none() {
+                    let (used, ev) = rx.read(&mut wire[pos..]).expect("valid frames");
+                    pos += used;
+                    event = ev.map(|ev| match ev {
+                        Event::Text(s) => (OpCode::Text, s.as_bytes().to_vec()),
+                        Event::Binary(b) => (OpCode::Binary, b.to_vec()),
+                        other => panic!("unexpected {other:?}"),
+                    });
+                }
+                assert_eq!(pos, wire.len());
+                let (op, msg) = event.unwrap();
+                match tx.as_mut().filter(|_| config.should_compress(msg.len())) {
+                    Some(c) => c.write_frame(op, &msg, None, &mut echoes),
+                    None => {
+                        let mut head = [0; MAX_HEADER_LEN];
+                        let n = encode_header(&mut head, true, 0, op, None, msg.len() as u64);
+                        echoes.extend_from_slice(&head[..n]);
+                        echoes.extend_from_slice(&msg);
+                    }
+                }
+            }
+            writeln!(to_py, "{}", hex(&echoes)).unwrap();
+            assert_eq!(line(), "OK", "offer {offer:?}, agreed {params}");
+            drop(to_py);
+            assert!(child.wait().unwrap().success());
+        }
+    }
+}
+
+/// Python `websockets`' sans-IO server with the given policy, driven line by line (hex): reads our
+/// upgrade request, prints its 101, reads our messages as one line, echoes each one.
+const WEBSOCKETS_SERVER: &str = r#"
+import sys
+from websockets.server import ServerProtocol
+from websockets.frames import Opcode
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+snct, cnct, smwb, cmwb = sys.argv[1:5]
+factory = ServerPerMessageDeflateFactory(
+    server_no_context_takeover=snct == "1",
+    client_no_context_takeover=cnct == "1",
+    server_max_window_bits=None if smwb == "-" else int(smwb),
+    client_max_window_bits=None if cmwb == "-" else int(cmwb),
+)
+p = ServerProtocol(extensions=[factory], max_size=None)
+def out(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+p.receive_data(bytes.fromhex(sys.stdin.readline().strip()))
+[request] = p.events_received()
+p.send_response(p.accept(request))
+out(b"".join(p.data_to_send()).hex())
+p.receive_data(bytes.fromhex(sys.stdin.readline().strip()))
+for frame in p.events_received():
+    (p.send_text if frame.opcode == Opcode.TEXT else p.send_binary)(frame.data)
+out(b"".join(p.data_to_send()).hex())
+"#;
+
+#[test]
+fn python_websockets_server_interop_with_our_client() {
+    use crate::handshake::{ClientHandshake, DEFAULT_MAX_HEADER_BYTES, ResponseParse};
+    use std::io::{BufRead, BufReader, Write};
+    let Some(python) = websockets_python() else {
+        eprintln!("SKIPPED: no tests/interop/.venv with websockets (scripts/test.sh creates it)");
+        return;
+    };
+    let configs = [
+        DeflateConfig::default(),
+        DeflateConfig {
+            server_no_context_takeover: false,
+            client_no_context_takeover: true,
+            server_max_window_bits: 10,
+            client_max_window_bits: 11,
+            min_compress_size: 0,
+            ..DeflateConfig::default()
+        },
+    ];
+    // Server policies: server_no_context_takeover, client_no_context_takeover,
+    // server_max_window_bits, client_max_window_bits ("-": not set).
+    let policies = [
+        ("0", "0", "-", "-"),
+        ("1", "1", "9", "9"),
+        ("0", "0", "12", "10"),
+    ];
+    let msgs: Vec<Vec<u8>> = [0usize, 1, 200, 5000, 70_000, 1 << 20]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| sample(n, 90 + i as u64))
+        .collect();
+    for config in &configs {
+        for policy in policies {
+            let mut child = std::process::Command::new(&python)
+                .args([
+                    "-c",
+                    WEBSOCKETS_SERVER,
+                    policy.0,
+                    policy.1,
+                    policy.2,
+                    policy.3,
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("python runs");
+            let mut to_py = child.stdin.take().unwrap();
+            let mut from_py = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut line = || from_py.next().expect("a line").expect("utf-8");
+            let client = ClientHandshake::with_key(*b"0123456789abcdef");
+            let offer = config.offer();
+            let mut request = Vec::new();
+            client.write_request(&mut request, "127.0.0.1", "/", &[], Some(&offer), &[]);
+            writeln!(to_py, "{}", hex(&request)).unwrap();
+            let response = unhex(&line());
+            let Ok(ResponseParse::Complete(resp)) =
+                client.parse_response(&response, &[], Some(&offer), DEFAULT_MAX_HEADER_BYTES)
+            else {
+                panic!("websockets' 101 parses")
+            };
+            let selected = resp.extensions.expect("websockets accepts the offer");
+            let params = Params::from_response(selected, config)
+                .expect("a valid answer")
+                .expect("permessage-deflate agreed");
+            let mut tx = params
+                .compressor(Role::Client, config)
+                .expect("compressible");
+            let mut wire = Vec::new();
+            for (i, m) in msgs.iter().enumerate() {
+                tx.write_frame(OpCode::Binary, m, Some([i as u8, 7, 1, 9]), &mut wire);
+            }
+            writeln!(to_py, "{}", hex(&wire)).unwrap();
+            let echoes = unhex(&line());
+            let mut rx = Receiver::with_deflate(
+                Role::Client,
+                Limits::default(),
+                params.decompressor(Role::Client, config),
+            );
+            let (events, err) = feed(&mut rx, &echoes, &[1000, 70_000]);
+            assert_eq!(err, None, "{selected}");
+            let expected: Vec<Owned> = msgs.iter().cloned().map(Owned::Binary).collect();
+            assert!(events == expected, "policy {policy:?}, agreed {selected}");
+            // websockets compresses its echoes: the first one carries RSV1.
+            assert_ne!(echoes[0] & 0x40, 0);
+            drop(to_py);
+            assert!(child.wait().unwrap().success());
+        }
     }
 }
