@@ -482,3 +482,151 @@ fn disconnect_closes_the_slow_subscriber_with_1008() {
     }
     assert!(next > 0 && next < published);
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Measurement
+
+/// Fan-out throughput and publish-to-receive latency: one foreign-thread publisher, `SUBS`
+/// subscribers (default 1000) on one worker, `RATE` publications per second (default 1000) of
+/// 64-byte binary payloads carrying their publish time, for `SECS` seconds (default 5). Subscribers
+/// are read by two client threads with poll(2). Client, publisher and server share the machine, so
+/// this bounds the engine from below.
+///
+/// `SUBS=1000 RATE=2000 cargo test --release --test pubsub fanout -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, not a check: run with --ignored --nocapture in release mode"]
+fn fanout_measurement() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (subs, rate, secs) = (env("SUBS", 1000), env("RATE", 1000), env("SECS", 5));
+    let server = TestServer::start(1, |b| b.max_connections(subs as usize + 64), |_| {});
+    let now_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    let mut streams = Vec::new();
+    for _ in 0..subs {
+        let (c, _) = subscriber(server.addr, "fan");
+        let s = c.try_clone_stream();
+        s.set_nonblocking(true).unwrap();
+        streams.push((c, s));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let mine: Vec<_> = streams
+                .iter()
+                .skip(r)
+                .step_by(2)
+                .map(|(_, s)| s.try_clone().unwrap())
+                .collect();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut fds: Vec<libc::pollfd> = mine
+                    .iter()
+                    .map(|s| libc::pollfd {
+                        fd: s.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    })
+                    .collect();
+                let mut pending: Vec<Vec<u8>> = vec![Vec::new(); mine.len()];
+                let (mut lat_us, mut buf) = (Vec::<u32>::new(), vec![0u8; 64 << 10]);
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: `fds` is a valid array of pollfd structs for sockets owned here.
+                    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, 10) };
+                    for (i, pfd) in fds.iter().enumerate() {
+                        if pfd.revents == 0 {
+                            continue;
+                        }
+                        while let Ok(n) = (&mine[i]).read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            pending[i].extend_from_slice(&buf[..n]);
+                        }
+                        let t = now_ns();
+                        let p = &mut pending[i];
+                        let mut at = 0;
+                        // Server frames of 64-byte payloads: 2-byte header, ts in the first 8 bytes.
+                        while p.len() - at >= 66 {
+                            let ts = u64::from_le_bytes(p[at + 2..at + 10].try_into().unwrap());
+                            lat_us.push((t.saturating_sub(ts) / 1000) as u32);
+                            at += 66;
+                        }
+                        p.drain(..at);
+                    }
+                }
+                lat_us
+            })
+        })
+        .collect();
+    let topic = server.publisher.topic("fan").unwrap();
+    let cpu_before = worker_cpu();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        let due = (start.elapsed().as_nanos() * u128::from(rate) / 1_000_000_000) as u64;
+        while sent < due {
+            let mut payload = [0u8; 64];
+            payload[..8].copy_from_slice(&now_ns().to_le_bytes());
+            topic.publish(Message::Binary(&payload));
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    std::thread::sleep(Duration::from_millis(500)); // let the last ones arrive
+    let cpu = worker_cpu() - cpu_before;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat: Vec<u32> = readers
+        .into_iter()
+        .flat_map(|r| r.join().unwrap())
+        .collect();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let elapsed = start.elapsed().as_secs_f64() - 0.5;
+    println!(
+        "{subs} subscribers, {sent} publications ({rate}/s): {} deliveries of {} expected, \
+         {:.0} deliveries/s; worker CPU {:.2} s ({:.0} ns per delivery); latency p50 {} us, \
+         p99 {} us, p99.9 {} us, max {} us; {:?}",
+        lat.len(),
+        sent * subs,
+        lat.len() as f64 / elapsed,
+        cpu,
+        cpu * 1e9 / lat.len() as f64,
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        lat[lat.len() - 1],
+        topic.stats()
+    );
+}
+
+/// CPU time (user + system, seconds) of this process's worker thread `ringws-w0`, from /proc.
+fn worker_cpu() -> f64 {
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "ringws-w0" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        // After the parenthesised name come state, ppid, ...: utime and stime are the 12th and 13th.
+        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks = |i: usize| f[i].parse::<u64>().unwrap();
+        // SAFETY: sysconf takes a constant and touches no memory.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        return (ticks(11) + ticks(12)) as f64 / hz;
+    }
+    panic!("no worker thread ringws-w0");
+}
