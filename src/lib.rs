@@ -14,3 +14,5 @@ pub use ringws_engine::{
     PubSubError, Publisher, Request, SendResult, Server, ServerBuilder, ServerHandle, SlowConsumer,
     Socket, Topic, TopicStats,
 };
+// The client side: connections opened by the workers, with the same callbacks.
+pub use ringws_engine::{Connect, ConnectError, Context};

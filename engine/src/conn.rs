@@ -6,6 +6,7 @@
 //! receives. The decoder of each connection lives in a parallel vector owned by the worker, so that
 //! an event borrowing it can be handed to a callback together with a `&mut Core`.
 
+use crate::client::{Outbound, mask_key};
 use crate::config::{BackpressurePolicy, Config};
 use crate::handler::SendResult;
 use crate::outq::{OutQueue, Pool};
@@ -62,6 +63,11 @@ pub(crate) struct Conn<S> {
     pub generation: u32,
     pub phase: Phase,
     pub flags: u8,
+    /// Opened by this side ([`Context::connect`](crate::Context::connect)): frames are masked, and
+    /// the handshake reads a response instead of a request.
+    pub client: bool,
+    /// A client connection's `CONNECT` is in flight (the slot cannot be freed before it completes).
+    pub connecting: bool,
     /// `Handshaking`: when accepted. `Open`: when something was last received. `Closing`: when the
     /// drain started.
     pub stamp: Tick,
@@ -88,12 +94,14 @@ impl<S> Conn<S> {
         self.out.as_ref().map_or(0, |q| q.buffered())
     }
 
-    /// Whether the connection should have a receive armed: it is live and reading is not paused.
+    /// Whether the connection should have a receive armed: it is live, connected, and reading is
+    /// not paused.
     pub fn wants_recv(&self) -> bool {
         matches!(
             self.phase,
             Phase::Handshaking | Phase::Open | Phase::Closing
         ) && !self.has(flag::PAUSED)
+            && !self.connecting
     }
 
     /// Whether a send is in flight (the kernel may be reading the queue's memory).
@@ -158,6 +166,8 @@ pub(crate) struct Core<S> {
     pub limits: Limits,
     /// This worker's topic subscriptions.
     pub pubsub: Local,
+    /// Client connections and the wake-up asked for by callbacks, for the end of the turn.
+    pub outbound: Outbound<S>,
 }
 
 impl<S: Default> Core<S> {
@@ -177,6 +187,7 @@ impl<S: Default> Core<S> {
             now: 0,
             limits,
             pubsub,
+            outbound: Outbound::default(),
         }
     }
 
@@ -190,6 +201,8 @@ impl<S: Default> Core<S> {
                     generation: 0,
                     phase: Phase::Free,
                     flags: 0,
+                    client: false,
+                    connecting: false,
                     stamp: 0,
                     ping_sent: 0,
                     timer_at: NO_TIMER,
@@ -205,6 +218,7 @@ impl<S: Default> Core<S> {
         c.fd = fd;
         c.phase = Phase::Handshaking;
         c.flags = 0;
+        c.client = false;
         c.stamp = now;
         c.timer_at = NO_TIMER;
         self.live += 1;
@@ -272,8 +286,9 @@ impl<S: Default> Core<S> {
             return SendResult::Dropped;
         }
         let max = self.limits.max_backpressure;
+        let mask = c.client.then(mask_key);
         let q = self.out(slot);
-        q.push_frame(opcode, payload);
+        q.push_frame_masked(opcode, payload, mask);
         if q.buffered() > max {
             let c = &mut self.conns[slot as usize];
             c.flags |= flag::OVER_LIMIT;
@@ -291,7 +306,8 @@ impl<S: Default> Core<S> {
     /// most 127 bytes and the protocol requires them.
     pub fn send_control(&mut self, slot: u32, opcode: OpCode, payload: &[u8]) {
         debug_assert!(opcode.is_control() && payload.len() <= 125);
-        self.out(slot).push_frame(opcode, payload);
+        let mask = self.conns[slot as usize].client.then(mask_key);
+        self.out(slot).push_frame_masked(opcode, payload, mask);
     }
 
     /// Starts the closing handshake from this side: queues a Close frame with `code` and `reason`,

@@ -1,5 +1,6 @@
 //! The callback API: what a server does with its connections.
 
+use crate::client::{ConnectError, Context};
 use crate::socket::Socket;
 use ringws_protocol::CloseCode;
 use ringws_protocol::handshake::Request;
@@ -199,5 +200,28 @@ pub trait Handler {
     fn on_http(&mut self, req: &Request<'_>) -> HttpResponse {
         let _ = req;
         HttpResponse::upgrade_required()
+    }
+
+    /// The worker is about to serve: the place to open client connections with
+    /// [`Context::connect`]. Called once per worker, on its thread.
+    fn on_start(&mut self, ctx: &mut Context<'_, Self::State>) {
+        let _ = ctx;
+    }
+
+    /// The wake-up asked for with [`Context::wake_at`] is due (timers, paced sends, reconnects).
+    fn on_wake(&mut self, ctx: &mut Context<'_, Self::State>) {
+        let _ = ctx;
+    }
+
+    /// A client connection failed before it opened (refused, timed out, invalid `101`, shutdown):
+    /// `state` is the one given to [`Context::connect`]; `ctx` can try again (now, or later with
+    /// [`Context::wake_at`]). `on_open` and `on_close` are not called for it.
+    fn on_connect_error(
+        &mut self,
+        ctx: &mut Context<'_, Self::State>,
+        state: Self::State,
+        error: &ConnectError,
+    ) {
+        let _ = (ctx, state, error);
     }
 }

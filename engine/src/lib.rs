@@ -9,6 +9,8 @@
 //! - [`Handler`]: the callbacks; [`Socket`]: a connection lent to a callback.
 //! - [`Publisher`] / [`Topic`] / [`SlowConsumer`]: publish/subscribe with encode-once fan-out to
 //!   subscribers on every worker, and per-topic slow-consumer policies.
+//! - [`Connect`] / [`Context`]: client connections opened by the workers (masked frames, the same
+//!   callbacks); [`ServerBuilder::client_only`] for an engine without a listener.
 //! - [`Config`]: every limit and timer with its default; [`EngineError`]: start-up errors that name
 //!   the cause and the fix.
 //! - [`ProbeReport`]: which io_uring features this kernel has, probed; [`MemlockNeed`]: the locked
@@ -30,6 +32,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod bufring;
+mod client;
 mod config;
 mod conn;
 mod error;
@@ -43,6 +46,7 @@ mod timer;
 mod uring;
 mod worker;
 
+pub use client::{Connect, ConnectError, Context, MAX_DIALING};
 pub use config::{BackpressurePolicy, Config};
 pub use error::EngineError;
 pub use handler::{Decision, Handler, HttpResponse, Message, SendResult};

@@ -20,6 +20,7 @@
 //! was behind and is emptied with the queue.
 
 use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
+use ringws_protocol::mask::unmask;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -140,18 +141,28 @@ impl OutQueue {
         }
     }
 
-    /// Queues one unmasked, unfragmented server frame.
+    /// Queues one unmasked, unfragmented server frame (for tests; the engine calls
+    /// [`push_frame_masked`](Self::push_frame_masked) with the connection's mask, if any).
+    #[cfg(test)]
     pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.push_frame_masked(opcode, payload, None);
+    }
+
+    /// Queues one unfragmented frame, masked with `mask` if given (a client frame). The payload is
+    /// masked while it is copied in, so it is still copied exactly once.
+    pub fn push_frame_masked(&mut self, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
         let mut header = [0u8; MAX_HEADER_LEN];
-        let n = encode_header(&mut header, true, 0, opcode, None, payload.len() as u64);
+        let n = encode_header(&mut header, true, 0, opcode, mask, payload.len() as u64);
         if payload.len() >= LARGE {
             self.tail().extend_from_slice(&header[..n]);
-            self.segs.push_back(Seg::Owned(payload.to_vec()));
+            let mut seg = Vec::with_capacity(payload.len());
+            extend_masked(&mut seg, payload, mask);
+            self.segs.push_back(Seg::Owned(seg));
         } else {
             let tail = self.tail();
             tail.reserve(n + payload.len());
             tail.extend_from_slice(&header[..n]);
-            tail.extend_from_slice(payload);
+            extend_masked(tail, payload, mask);
         }
         self.buffered += n + payload.len();
     }
@@ -291,6 +302,21 @@ impl OutQueue {
         }
         self.iov = Vec::new();
         self.keyed = HashMap::new();
+    }
+}
+
+/// Appends `src` to `dst`, XORed with `mask` if given. Masking goes chunk by chunk right behind the
+/// copy, while the chunk is still in L1, so a large payload is not read from memory twice.
+fn extend_masked(dst: &mut Vec<u8>, src: &[u8], mask: Option<[u8; 4]>) {
+    const CHUNK: usize = 4096;
+    let Some(key) = mask else {
+        dst.extend_from_slice(src);
+        return;
+    };
+    for (i, chunk) in src.chunks(CHUNK).enumerate() {
+        let start = dst.len();
+        dst.extend_from_slice(chunk);
+        unmask(&mut dst[start..], key, i * CHUNK);
     }
 }
 
@@ -459,6 +485,26 @@ mod tests {
         assert_eq!(send(&mut q).len(), big.len() - 6 + 4);
         q.complete(big.len() - 6 + 4);
         assert!(q.is_empty() && q.segs.is_empty());
+    }
+
+    #[test]
+    fn client_frames_are_masked_as_they_are_copied() {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let mut q = OutQueue::default();
+        // RFC 6455 §5.7: a single-frame masked text message.
+        q.push_frame_masked(OpCode::Text, b"Hello", Some(key));
+        assert_eq!(
+            send(&mut q),
+            b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"
+        );
+        q.complete(11);
+        // A large payload (own segment, several mask chunks) unmasks back to the original.
+        let big: Vec<u8> = (0..LARGE * 2 + 3).map(|i| (i * 7) as u8).collect();
+        q.push_frame_masked(OpCode::Binary, &big, Some(key));
+        let mut sent = send(&mut q);
+        assert_eq!(&sent[..8], b"\x82\xfe\x80\x03\x37\xfa\x21\x3d");
+        unmask(&mut sent[8..], key, 0);
+        assert_eq!(&sent[8..], &big[..]);
     }
 
     #[test]

@@ -97,6 +97,7 @@ impl ServerHandle {
 pub struct ServerBuilder {
     cfg: Config,
     bind_error: Option<EngineError>,
+    client_only: bool,
 }
 
 macro_rules! setters {
@@ -122,6 +123,15 @@ impl ServerBuilder {
             }
             Err(e) => self.bind_error = Some(EngineError::io("resolving the bind address", e)),
         }
+        self
+    }
+
+    /// Workers without a listener: the engine only opens client connections
+    /// ([`Context::connect`](crate::Context::connect), typically from
+    /// [`Handler::on_start`](crate::Handler::on_start)); `bind` is ignored. It runs until
+    /// [`ServerHandle::shutdown`] or a signal, like a server.
+    pub fn client_only(mut self) -> Self {
+        self.client_only = true;
         self
     }
 
@@ -177,7 +187,7 @@ impl ServerBuilder {
     /// Errors name the cause and the fix: io_uring unavailable or blocked, a missing kernel feature,
     /// the address in use, a setting out of range.
     pub fn build(self) -> Result<Server, EngineError> {
-        if let Some(e) = self.bind_error {
+        if let Some(e) = self.bind_error.filter(|_| !self.client_only) {
             return Err(e);
         }
         let cfg = self.cfg;
@@ -187,10 +197,14 @@ impl ServerBuilder {
         std::thread::scope(|s| s.spawn(crate::uring::probe).join()).map_err(|_| {
             EngineError::io("probing io_uring", io::Error::other("probe panicked"))
         })??;
-        let listeners = bind_listeners(&cfg)?;
-        let local_addr = listeners[0]
-            .local_addr()
-            .ok()
+        let listeners = if self.client_only {
+            Vec::new()
+        } else {
+            bind_listeners(&cfg)?
+        };
+        let local_addr = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
             .and_then(|a| a.as_socket())
             .unwrap_or(cfg.bind);
         let wakers: Vec<OwnedFd> = (0..cfg.workers)
@@ -278,10 +292,12 @@ impl Server {
         ServerBuilder {
             cfg: Config::default(),
             bind_error: None,
+            client_only: false,
         }
     }
 
-    /// The address the server listens on (the actual port if bound to port 0).
+    /// The address the server listens on (the actual port if bound to port 0); for a
+    /// [`client_only`](ServerBuilder::client_only) engine, the unused `bind` setting.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -338,12 +354,18 @@ impl Server {
             shared,
             ..
         } = self;
-        let n = listeners.len();
+        let n = cfg.workers;
+        // A client-only engine has no listeners: every worker gets `None`.
+        let listeners = listeners
+            .into_iter()
+            .map(Some)
+            .chain(std::iter::repeat_with(|| None))
+            .take(n);
         // Each worker reports once: started (Ok) or failed before starting (Err; the error comes from join).
         let (tx, rx) = mpsc::channel::<Result<(), ()>>();
         std::thread::scope(|scope| {
             let mut threads = Vec::with_capacity(n);
-            for (index, listener) in listeners.into_iter().enumerate() {
+            for (index, listener) in listeners.enumerate() {
                 let (cfg, shared, factory, tx) = (&cfg, &*shared, &factory, tx.clone());
                 let cpu = (cfg.pin_workers && !cpus.is_empty()).then(|| cpus[index % cpus.len()]);
                 let spawned = std::thread::Builder::new()
@@ -355,10 +377,16 @@ impl Server {
                         }
                         let handler = factory(index);
                         let ready_tx = tx.clone();
-                        let result =
-                            worker::run(index, cfg, listener.into(), shared, handler, move || {
+                        let result = worker::run(
+                            index,
+                            cfg,
+                            listener.map(Into::into),
+                            shared,
+                            handler,
+                            move || {
                                 let _ = ready_tx.send(Ok(()));
-                            });
+                            },
+                        );
                         if result.is_err() {
                             let _ = tx.send(Err(()));
                         }

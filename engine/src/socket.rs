@@ -154,11 +154,21 @@ impl<'a, S: Default> Socket<'a, S> {
     /// }
     /// ```
     pub fn get(&mut self, id: ConnId) -> Option<Socket<'_, S>> {
-        let c = self.core.conns.get(id.slot as usize)?;
+        Socket::resolve(self.core, id)
+    }
+
+    /// The socket of connection `id` of `core`, if it is open or closing.
+    pub(crate) fn resolve(core: &mut Core<S>, id: ConnId) -> Option<Socket<'_, S>> {
+        let c = core.conns.get(id.slot as usize)?;
         let usable = matches!(c.phase, Phase::Open | Phase::Closing);
         (usable && c.generation == id.generation).then_some(Socket {
-            core: &mut *self.core,
+            core,
             slot: id.slot,
         })
+    }
+
+    /// The worker's core (for [`Socket::context`]).
+    pub(crate) fn core(&mut self) -> &mut Core<S> {
+        self.core
     }
 }

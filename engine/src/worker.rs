@@ -36,6 +36,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
+mod dial;
+
 /// The operation a completion belongs to, in the top byte of its user data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -46,6 +48,8 @@ enum Op {
     Timer = 4,
     Wake = 5,
     Cancel = 6,
+    Connect = 7,
+    Wakeup = 8,
 }
 
 /// User data: op in bits 56-63, the low 24 bits of the slot generation in 32-55, the slot in 0-31.
@@ -62,6 +66,8 @@ fn parse_user_data(ud: u64) -> Option<(Op, u32, u32)> {
         4 => Op::Timer,
         5 => Op::Wake,
         6 => Op::Cancel,
+        7 => Op::Connect,
+        8 => Op::Wakeup,
         _ => return None,
     };
     Some((op, ud as u32, (ud >> 32) as u32 & 0xff_ffff))
@@ -252,6 +258,8 @@ struct Engine<'r, H: Handler> {
     forced: bool,
     log: LogLimit,
     fatal: Option<io::Error>,
+    /// Client connections before their `101`, and the wake-up timer.
+    dial: dial::Dialer,
 }
 
 impl<'r, H: Handler> Engine<'r, H> {
@@ -387,6 +395,9 @@ impl<'r, H: Handler> Engine<'r, H> {
     /// Handles bytes received during the handshake. `input` is the receive buffer itself when no
     /// earlier part of the request is pending (parsed in place), else the accumulated request.
     fn handshake(&mut self, slot: u32, input: &mut [u8]) -> Handshake {
+        if self.app.core.conns[slot as usize].client {
+            return self.client_handshake(slot, input);
+        }
         let req = match parse_request(input, self.cfg.max_header_bytes) {
             Ok(Parse::Partial) => return Handshake::Partial,
             Ok(Parse::Complete(req)) => req,
@@ -536,7 +547,8 @@ impl<'r, H: Handler> Engine<'r, H> {
         if c.phase != Phase::Closing || c.buffered() != 0 || c.send_in_flight() {
             return;
         }
-        if !c.has(flag::SHUT_WR) {
+        // A client waits for the server to close first (RFC 6455 §7.1.1: the server keeps TIME_WAIT).
+        if !c.has(flag::SHUT_WR) && !c.client {
             c.flags |= flag::SHUT_WR;
             // SAFETY: shutting down a descriptor the slot owns; no memory is passed.
             unsafe { libc::shutdown(c.fd, libc::SHUT_WR) };
@@ -560,6 +572,7 @@ impl<'r, H: Handler> Engine<'r, H> {
                 });
                 self.app.deliver_closes();
             }
+            Phase::Handshaking if c.client => self.dial_aborted(slot),
             Phase::Handshaking | Phase::Closing => {}
             Phase::Zombie | Phase::Free => return,
         }
@@ -567,6 +580,7 @@ impl<'r, H: Handler> Engine<'r, H> {
     }
 
     fn shut_down_slot(&mut self, slot: u32) {
+        self.cancel_connect(slot);
         let c = &mut self.app.core.conns[slot as usize];
         c.phase = Phase::Zombie;
         c.handshake = None;
@@ -588,7 +602,8 @@ impl<'r, H: Handler> Engine<'r, H> {
     /// Frees a zombie slot whose operations have all completed: closes the socket, returns the queue.
     fn maybe_release(&mut self, slot: u32) {
         let c = &self.app.core.conns[slot as usize];
-        if c.phase != Phase::Zombie || c.has(flag::RECV_ARMED) || c.send_in_flight() {
+        if c.phase != Phase::Zombie || c.has(flag::RECV_ARMED) || c.connecting || c.send_in_flight()
+        {
             return;
         }
         // SAFETY: the slot owns the descriptor and no operation uses it any more.
@@ -801,6 +816,7 @@ impl<'r, H: Handler> Engine<'r, H> {
 
     /// Flushes: one send per connection that queued output this turn.
     fn flush(&mut self) {
+        self.dial_turn();
         let mut dirty = std::mem::take(&mut self.app.core.dirty);
         for slot in dirty.drain(..) {
             let c = &mut self.app.core.conns[slot as usize];
@@ -970,6 +986,8 @@ impl<H: Handler> Worker<'_, H> {
             Op::Timer => self.eng.arm_timer(),
             Op::Wake => self.eng.on_wake(flags),
             Op::Cancel => {}
+            Op::Connect => self.eng.on_connect(slot, generation, res),
+            Op::Wakeup => self.eng.on_wakeup(generation),
         }
     }
 
@@ -1005,6 +1023,7 @@ impl<H: Handler> Worker<'_, H> {
             .submit()
             .map_err(|e| EngineError::io("arming the listener", e))?;
         ready();
+        self.eng.start_client();
         let mut batch: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
         let mut forced_at: Option<Instant> = None;
         loop {
@@ -1086,7 +1105,7 @@ impl<H: Handler> Worker<'_, H> {
 pub(crate) fn run<H: Handler>(
     index: usize,
     cfg: &Config,
-    listener: OwnedFd,
+    listener: Option<OwnedFd>,
     shared: &Shared,
     handler: H,
     ready: impl FnOnce(),
@@ -1126,7 +1145,7 @@ pub(crate) fn run<H: Handler>(
             shared,
             index,
             group: bufs.group(),
-            listener: Some(listener),
+            listener,
             accept_armed: false,
             accept_paused: false,
             hard_cap,
@@ -1142,6 +1161,7 @@ pub(crate) fn run<H: Handler>(
                 refilled: 0,
             },
             fatal: None,
+            dial: dial::Dialer::new(),
         },
         bufs: &mut bufs,
     };

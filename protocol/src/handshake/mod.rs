@@ -52,7 +52,7 @@ pub use accept::accept_key;
 pub use client::{ClientHandshake, Response, ResponseParse};
 pub use request::{Parse, Request, parse_request};
 pub use response::{reason_phrase, write_accept_response, write_error_response, write_response};
-pub use tokens::ExtensionOffer;
+pub use tokens::{ExtensionOffer, is_token};
 
 /// Default limit on the size of a request's (or response's) header block, terminator included.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8192;

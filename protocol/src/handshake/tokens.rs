@@ -17,8 +17,15 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Whether `s` is a `token`: one or more `tchar`s.
-pub(super) fn is_token(s: &str) -> bool {
+/// Whether `s` is a `token` (RFC 9110 §5.6.2): one or more visible ASCII characters other than
+/// delimiters, the grammar of subprotocol names and header field names.
+///
+/// ```
+/// use ringws_protocol::handshake::is_token;
+/// assert!(is_token("chat.v2"));
+/// assert!(!is_token("two words") && !is_token(""));
+/// ```
+pub fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(is_tchar)
 }
 
