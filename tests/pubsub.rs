@@ -375,17 +375,20 @@ fn slow_setup(policy: SlowConsumer) -> (TestServer, Vec<Reader>, RawClient) {
     (server, fast, slow)
 }
 
-/// Every fast reader got every publication, in order.
-fn assert_fast_complete(fast: Vec<Reader>, published: u64) {
-    for r in fast {
-        let (_, got) = r.join().unwrap();
-        assert_eq!(
-            got.len() as u64,
-            published,
-            "a fast subscriber lost messages"
-        );
-        assert!(got.iter().enumerate().all(|(i, &(_, s))| s == i as u64));
-    }
+/// Every fast reader got every publication, in order. Returns their clients, still connected.
+fn assert_fast_complete(fast: Vec<Reader>, published: u64) -> Vec<RawClient> {
+    fast.into_iter()
+        .map(|r| {
+            let (c, got) = r.join().unwrap();
+            assert_eq!(
+                got.len() as u64,
+                published,
+                "a fast subscriber lost messages"
+            );
+            assert!(got.iter().enumerate().all(|(i, &(_, s))| s == i as u64));
+            c
+        })
+        .collect()
 }
 
 /// The slow subscriber resumes reading: everything up to `END`.
@@ -397,7 +400,7 @@ fn drain_slow(slow: RawClient) -> Vec<(u8, u64)> {
 fn conflation_keeps_the_latest_per_key_for_a_slow_subscriber() {
     let (server, fast, slow) = slow_setup(SlowConsumer::Conflate { key: first_byte });
     let published = publish_until(&server.publisher, "s", |s| s.conflated >= 2000);
-    assert_fast_complete(fast, published);
+    let _fast = assert_fast_complete(fast, published);
     let got = drain_slow(slow);
     let stats = server.publisher.topic("s").unwrap().stats();
     // Each conflation replaced exactly one queued publication.
@@ -428,7 +431,7 @@ fn conflation_keeps_the_latest_per_key_for_a_slow_subscriber() {
 fn drop_newest_drops_only_for_the_slow_subscriber() {
     let (server, fast, slow) = slow_setup(SlowConsumer::DropNewest);
     let published = publish_until(&server.publisher, "s", |s| s.dropped >= 2000);
-    assert_fast_complete(fast, published);
+    let _fast = assert_fast_complete(fast, published);
     let stats = server.publisher.topic("s").unwrap().stats();
     // END itself may be dropped for the slow subscriber: read what it has, bounded.
     let mut slow = slow;
@@ -456,7 +459,7 @@ fn drop_newest_drops_only_for_the_slow_subscriber() {
 fn disconnect_closes_the_slow_subscriber_with_1008() {
     let (server, fast, slow) = slow_setup(SlowConsumer::Disconnect);
     let published = publish_until(&server.publisher, "s", |s| s.disconnected >= 1);
-    assert_fast_complete(fast, published);
+    let _fast = assert_fast_complete(fast, published);
     let stats = server.publisher.topic("s").unwrap().stats();
     assert_eq!(stats.disconnected, 1);
     assert_eq!(stats.subscribers, 3, "the slow one is unsubscribed");
