@@ -240,6 +240,8 @@ impl<S: Default> Core<S> {
         if let Some(q) = c.out.take() {
             self.pool.give(q);
         }
+        // Normally done when it left the open state; a reused slot must never inherit a subscription.
+        self.unsubscribe_all(slot);
         self.live -= 1;
         self.free.push(slot);
     }

@@ -424,6 +424,20 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_slot_inherits_no_subscription() {
+        let (mut core, hub) = core(SlowConsumer::DropNewest, 1 << 20, 1);
+        core.subscribe(0, "t", false).unwrap();
+        core.conns[0].phase = Phase::Zombie; // gone without `on_close` (its subscription is live)
+        core.release(0);
+        assert_eq!(hub.topic("t").unwrap().stats().subscribers, 0);
+        let again = core.alloc(-1);
+        assert_eq!(again, 0);
+        core.conns[0].phase = Phase::Open;
+        core.publish("t", Message::Text("x")).unwrap();
+        assert!(unsent(&core, 0).is_empty());
+    }
+
+    #[test]
     fn closed_connections_cannot_subscribe() {
         let (mut core, _hub) = core(SlowConsumer::DropNewest, 1 << 20, 1);
         core.close(0, CloseCode::NORMAL, "");
