@@ -4,7 +4,8 @@
 //! - One topic per symbol (`BTC-USD`, `ETH-USD`, ... then generated `S00015-USD`...), conflating per
 //!   topic: a client that falls behind gets the latest quote of each symbol, not the backlog.
 //! - A ticker thread publishes `rate` quotes per second in total, round-robin over the symbols,
-//!   through a [`Publisher`], each stamped with its publish time ([`Quote`]).
+//!   through [`Topic`] handles of a [`Publisher`](crate::Publisher), each stamped with its publish
+//!   time ([`Quote`]).
 //! - Clients send JSON control messages ([`control`]) to subscribe and unsubscribe; a new subscriber
 //!   first gets the last quote of each symbol it subscribed to.
 //! - `GET /symbols` lists the symbols as a JSON array; `GET /` serves a live page that subscribes to a

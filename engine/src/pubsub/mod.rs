@@ -8,7 +8,9 @@
 //! policy, counters, last publication and how many subscribers each worker has. A publish takes the
 //! topic's lock, numbers the publication, keeps it as the topic's last one, and pushes it into the
 //! inbox of every worker with subscribers of that topic, waking the worker through its eventfd (read
-//! by a multishot poll kept armed on the worker's ring) when its inbox was empty. Because the pushes
+//! by a multishot poll kept armed on the worker's ring) when its inbox was empty. An eventfd rather
+//! than `MSG_RING`: a foreign thread has no ring to send from, so one mechanism serves publishers on
+//! workers and elsewhere alike, and the poll was already armed for shutdown. Because the pushes
 //! for one topic happen under that topic's lock, each inbox sees a topic's publications in number
 //! order: order per topic is kept for every publisher (and across publishers). A publish from a
 //! callback ([`Socket::publish`](crate::Socket::publish)) reaches its own worker's subscribers
