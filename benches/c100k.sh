@@ -2,21 +2,23 @@
 # c100k.sh: brings N concurrent WebSocket connections up on this host and down again, and reports
 # what they cost.
 #
-# One process may hold fewer descriptors than N (20,000 on the project's box, not raisable), so the
-# server runs as several `ringws serve --share-port` processes on one port (SO_REUSEPORT: the kernel
-# spreads the connections over their listeners), each with one worker pinned to a CPU in turn, and the
-# clients as several `ringws load --hold` processes, each from source addresses of its own
-# (127.0.0.x) so that no (source address, destination) pair runs out of ephemeral ports.
+# One process may hold fewer descriptors than N (20,000 on the project's box, and not raisable), so
+# the server runs as several `ringws serve --share-port` processes on one port (SO_REUSEPORT: the
+# kernel spreads connections over their listeners), each with one worker pinned to a CPU in turn, and
+# the clients as several `c100k-client` processes (benches/c100k/, built on ringws-protocol), each
+# from source addresses of its own (127.0.0.x), so no (source, destination) pair runs out of ports.
 #
-# Steps: preflight (limits, `ringws check`, optional sysctl tuning), baseline snapshot, servers up,
-# clients up (timed: time to establish all, handshakes per second), snapshot (server RSS per
-# connection, kernel socket memory from /proc/net/sockstat, /proc/meminfo and /proc/slabinfo), one
-# message to every connection and back (latency percentiles), clean teardown (clients close, every
-# server connection gone, servers exit 0, zero errors), report.
+# Steps: preflight (limits, `ringws check`, optional sysctl tuning), baseline, servers up, a warm-up
+# round (1,000 connections per server opened and closed, so the fixed costs of allocator arenas and
+# receive buffers are paid before the per-connection numbers are taken), clients up (timed: time to
+# establish all, handshakes per second), snapshot (server RSS, kernel socket memory from
+# /proc/net/sockstat, /proc/meminfo and /proc/slabinfo), one message over every connection and back
+# (latency percentiles over all samples of all clients), clean teardown (every client closes with
+# a Close handshake, no server connection is left, every process exits 0), report.
 #
-# Everything is bounded: every wait has a deadline inside --timeout, and an EXIT/INT/TERM trap stops
+# Everything is bounded: every wait has a deadline within --timeout, and an EXIT/INT/TERM trap stops
 # every process the script started (SIGINT, then SIGKILL after a grace period) and reverts the sysctls
-# it applied. Exit status: 0 all connections up and down with zero errors, 1 failure, 2 usage.
+# it applied. Exit status: 0 every connection up and down with zero errors, 1 failure, 2 usage.
 
 set -euo pipefail
 
@@ -29,15 +31,18 @@ CONNECTIONS=100000
 PER_PROCESS=17000
 PORT=19001
 MESSAGE_SIZE=32
-TIMEOUT=600
+TIMEOUT=900
 BINARY=$ROOT/target/release/ringws
+CLIENT=$ROOT/benches/c100k/target/release/c100k-client
 OUT=
 TUNE=0
 KEEP=0
 # Seconds a process gets to exit after SIGINT before it is killed.
 readonly GRACE=10
-# Descriptors a process needs besides its connections (listener, ring, event fds, stdio, logs).
+# Descriptors a process needs besides its connections (listener, ring, event fds, stdio).
 readonly FD_SLACK=256
+# Warm-up connections per server process: more handshakes than a worker has receive buffers (512).
+readonly WARMUP_PER_SERVER=1000
 
 usage() {
     cat <<EOF
@@ -47,15 +52,16 @@ Brings N WebSocket connections up on 127.0.0.0/8 (servers and clients on this ho
 message over each and back, closes them all, and reports the cost.
 
   --connections N   connections in total (default $CONNECTIONS)
-  --per-process M   connections per server and per client process at most (default $PER_PROCESS;
-                    must leave room under the nofile limit, $(ulimit -n) here)
+  --per-process M   connections per server and per client process at most (default $PER_PROCESS);
+                    M + $FD_SLACK must fit the nofile limit ($(ulimit -Sn) in this shell)
   --port P          the shared server port on 127.0.0.1 (default $PORT)
   --message-size B  bytes of the one round-trip message (default $MESSAGE_SIZE)
   --timeout S       bound on the whole run in seconds (default $TIMEOUT)
   --binary PATH     the ringws binary (default target/release/ringws, built if missing)
-  --tune            (root) apply tuning/sysctl.sh for N connections first, revert at exit
-  --out FILE        also write the numbers as JSON to FILE
-  --keep            keep the work directory (process logs) after the run
+  --client PATH     the client (default benches/c100k/target/release/c100k-client, built if missing)
+  --tune            (root) apply tuning/sysctl.sh for N connections first, revert it at exit
+  --out FILE        also write the numbers as one JSON object to FILE
+  --keep            keep the work directory (process logs, latency samples) after the run
   -h, --help        this text
 
 Exit status: 0 every connection up and down with zero errors, 1 failure, 2 usage.
@@ -74,6 +80,7 @@ die() {
 }
 
 START=$EPOCHREALTIME
+DEADLINE=0
 
 # log MESSAGE: a progress line on stderr with the seconds since start.
 log() {
@@ -91,20 +98,27 @@ WORK=
 PIDS=()
 TUNED_BACKUP=
 
-# stop_pids PID...: SIGINT, then SIGKILL for whatever is still alive after GRACE seconds.
+# alive PID: PID exists and has not exited (a zombie waiting to be reaped counts as exited).
+alive() {
+    local state
+    state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+# stop_pids PID...: SIGINT, then SIGKILL for whatever is still running after GRACE seconds.
 stop_pids() {
-    local pid alive i
+    local pid i running
     (($#)) || return 0
     kill -INT "$@" 2>/dev/null || true
     for ((i = 0; i < GRACE * 10; i++)); do
-        alive=0
+        running=0
         for pid in "$@"; do
-            if kill -0 "$pid" 2>/dev/null; then
-                alive=1
+            if alive "$pid"; then
+                running=1
                 break
             fi
         done
-        ((alive)) || return 0
+        ((running)) || return 0
         sleep 0.1
     done
     kill -KILL "$@" 2>/dev/null || true
@@ -130,7 +144,7 @@ cleanup() {
     exit "$status"
 }
 
-# start NAME CPU COMMAND...: starts COMMAND pinned to CPU with stdout/stderr in $WORK/NAME.log and
+# start NAME CPU COMMAND...: starts COMMAND pinned to CPU, stdout and stderr in $WORK/NAME.log, and
 # records its pid in PIDS and LAST_PID (taskset execs, so the pid is the command's own).
 LAST_PID=
 start() {
@@ -141,19 +155,16 @@ start() {
     PIDS+=("$LAST_PID")
 }
 
-# wait_for_line FILE PATTERN PID SECONDS: waits until FILE has a line matching the extended regex
-# PATTERN; fails if PID exits first or SECONDS (bounded by the run's deadline) pass.
-wait_for_line() {
-    local file=$1 pattern=$2 pid=$3 limit
-    limit=$(deadline_in "$4")
-    while ! grep -Eq -- "$pattern" "$file" 2>/dev/null; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            grep -Eq -- "$pattern" "$file" 2>/dev/null && return 0
-            return 1
-        fi
-        ((SECONDS < limit)) || return 1
-        sleep 0.1
+# forget PID...: the processes have exited and been waited for; cleanup need not stop them.
+forget() {
+    local pid keep=() gone
+    for pid in "${PIDS[@]}"; do
+        for gone in "$@"; do
+            [[ $pid == "$gone" ]] && continue 2
+        done
+        keep+=("$pid")
     done
+    PIDS=("${keep[@]}")
 }
 
 # deadline_in SECONDS: the SECONDS value at which a wait of SECONDS ends, never past the run's deadline.
@@ -162,13 +173,28 @@ deadline_in() {
     printf '%s' $((at < DEADLINE ? at : DEADLINE))
 }
 
+# wait_for_line FILE PATTERN PID SECONDS: waits until FILE has a line matching the extended regex
+# PATTERN; fails if PID exits first or SECONDS (bounded by the run's deadline) pass.
+wait_for_line() {
+    local file=$1 pattern=$2 pid=$3 limit
+    limit=$(deadline_in "$4")
+    while ! grep -Eq -- "$pattern" "$file" 2>/dev/null; do
+        if ! alive "$pid"; then
+            grep -Eq -- "$pattern" "$file" 2>/dev/null
+            return
+        fi
+        ((SECONDS < limit)) || return 1
+        sleep 0.1
+    done
+}
+
 # wait_exit PID SECONDS: waits for PID (a child of this shell) to exit and sets EXIT_STATUS to its
 # exit status, or to "timeout". Not for $(...): a subshell cannot wait for its parent's children.
 EXIT_STATUS=
 wait_exit() {
     local pid=$1 limit
     limit=$(deadline_in "$2")
-    while kill -0 "$pid" 2>/dev/null && [[ $(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null) != Z ]]; do
+    while alive "$pid"; do
         if ((SECONDS >= limit)); then
             EXIT_STATUS=timeout
             return 0
@@ -191,7 +217,7 @@ meminfo_kib() {
     awk -v f="$1:" '$1 == f { print $2 }' /proc/meminfo
 }
 
-# The slab caches a TCP socket (and its descriptor) lives in.
+# The slab caches a TCP socket and its descriptor live in.
 readonly SLAB_CACHES="TCP sock_inode_cache dentry filp tcp_bind_bucket tcp_bind2_bucket request_sock_TCP tw_sock_TCP skbuff_head_cache"
 
 # slab_bytes: "cache=bytes ..." for SLAB_CACHES (active objects x object size); empty without root.
@@ -203,9 +229,14 @@ slab_bytes() {
     ' /proc/slabinfo
 }
 
-# rss_kib PID: "VmRSS RssAnon" of PID in KiB.
+# rss_kib PID...: the summed VmRSS of the processes, in KiB.
 rss_kib() {
-    awk '$1 == "VmRSS:" { r = $2 } $1 == "RssAnon:" { a = $2 } END { print r + 0, a + 0 }' "/proc/$1/status"
+    local pid total=0 kib
+    for pid in "$@"; do
+        kib=$(awk '$1 == "VmRSS:" { print $2 }' "/proc/$pid/status")
+        total=$((total + kib))
+    done
+    printf '%s' "$total"
 }
 
 # server_connections: established TCP connections whose local port is PORT.
@@ -213,78 +244,42 @@ server_connections() {
     ss -Htn state established "( sport = :$PORT )" | wc -l
 }
 
-# --- report ------------------------------------------------------------------------------------
+# json_field FILE PHASE KEY DEFAULT: the number KEY of the client's JSON line for PHASE, or DEFAULT
+# when the client printed no such line.
+json_field() {
+    local v
+    v=$(sed -n "s/.*\"phase\":\"$2\".*\"$3\":\([0-9.]*\).*/\1/p" "$1" | tail -n 1)
+    printf '%s' "${v:-$4}"
+}
 
-# per SUM COUNT: SUM / COUNT with one decimal ("-" for no count).
+# per SUM COUNT: SUM / COUNT with one decimal ("-" without a count).
 per() {
     awk -v s="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", s / n; else printf "-" }'
 }
 
-# field N WORDS...: the Nth (1-based) of WORDS.
-field() {
-    local n=$1
-    shift
-    printf '%s' "${!n}"
-}
-
-# cache_delta BEFORE AFTER NAME: bytes NAME grew by between two slab_bytes snapshots.
+# cache_delta BEFORE AFTER NAME: bytes the slab cache NAME grew by between two slab_bytes snapshots.
 cache_delta() {
     local before=0 after=0 entry
     for entry in $1; do [[ ${entry%%=*} == "$3" ]] && before=${entry#*=}; done
     for entry in $2; do [[ ${entry%%=*} == "$3" ]] && after=${entry#*=}; done
     printf '%s' $((after - before))
 }
-# report SERVERS CLIENTS UP T_EST T_DOWN LEFT FAILED BASE_RSS UP_RSS UP_ANON BASE_SOCK UP_SOCK
-#        BASE_SLAB_KIB UP_SLAB_KIB BASE_UNRECL_KIB UP_UNRECL_KIB BASE_SLABS UP_SLABS
-report() {
-    local servers=$1 clients=$2 up=$3 t_est=$4 t_down=$5 left=$6 failed=$7 base_rss=$8 up_rss=$9
-    local up_anon=${10} base_sock=${11} up_sock=${12} base_slab_kib=${13} up_slab_kib=${14}
-    local base_unrecl_kib=${15} up_unrecl_kib=${16} base_slabs=${17} up_slabs=${18}
-    local page rss_delta sock_inuse sock_mem slab_delta unrecl_delta name d caches=''
-    page=$(getconf PAGESIZE)
-    rss_delta=$(((up_rss - base_rss) * 1024))
-    # shellcheck disable=SC2086 # word splitting of the snapshot is the point
-    sock_inuse=$(($(field 1 $up_sock) - $(field 1 $base_sock)))
-    # shellcheck disable=SC2086
-    sock_mem=$((($(field 5 $up_sock) - $(field 5 $base_sock)) * page))
-    slab_delta=$(((up_slab_kib - base_slab_kib) * 1024))
-    unrecl_delta=$(((up_unrecl_kib - base_unrecl_kib) * 1024))
-    for name in $SLAB_CACHES; do
-        d=$(cache_delta "$base_slabs" "$up_slabs" "$name")
-        ((d == 0)) || caches+="$name $(per "$d" "$up") B, "
-    done
 
-    printf '\nC100K: %s connections on Linux %s, %s CPUs\n' "$CONNECTIONS" "$(</proc/sys/kernel/osrelease)" "$(nproc)"
-    printf '  processes        %s servers (1 worker each, --share-port %s), %s clients\n' "$servers" "$PORT" "$clients"
-    printf '  established      %s of %s in %s s: %s handshakes/s\n' "$up" "$CONNECTIONS" "$t_est" "$(per "$up" "$t_est")"
-    printf '  server RSS       +%s KiB over %s KiB idle: %s B per connection (anonymous %s KiB in all)\n' \
-        "$((rss_delta / 1024))" "$base_rss" "$(per "$rss_delta" "$up")" "$up_anon"
-    printf '  kernel sockets   TCP inuse +%s (both ends); socket buffers (sockstat mem) +%s KiB\n' \
-        "$sock_inuse" "$((sock_mem / 1024))"
-    printf '  kernel slab      +%s KiB (unreclaimable +%s KiB): %s B per connection, %s B per socket\n' \
-        "$((slab_delta / 1024))" "$((unrecl_delta / 1024))" "$(per "$slab_delta" "$up")" \
-        "$(per "$slab_delta" "$sock_inuse")"
-    if [[ -n $caches ]]; then
-        printf '    per connection %s\n' "${caches%, }"
-    fi
-    printf '  teardown         %s s until no server connection was left (%s left); %s\n' "$t_down" "$left" \
-        "$( ((failed)) && printf 'ERRORS (see above)' || printf 'every process exited 0')"
-    if [[ -n $OUT ]]; then
-        printf '{"connections":%s,"established":%s,"servers":%s,"clients":%s,"establish_seconds":%s,' \
-            "$CONNECTIONS" "$up" "$servers" "$clients" "$t_est" >"$OUT"
-        printf '"server_rss_bytes_per_connection":%s,"slab_bytes_per_connection":%s,' \
-            "$(per "$rss_delta" "$up")" "$(per "$slab_delta" "$up")" >>"$OUT"
-        printf '"socket_buffer_bytes":%s,"teardown_seconds":%s,"left":%s,"errors":%s}\n' \
-            "$sock_mem" "$t_down" "$left" "$failed" >>"$OUT"
-    fi
+# percentiles FILE...: "count p50 p90 p99 p99.9 max" in microseconds over the nanosecond samples.
+percentiles() {
+    sort -n -- "$@" | awk '
+        { v[NR] = $1 }
+        function at(p,   i) { i = int(p * NR); if (i < p * NR) i++; if (i < 1) i = 1; return v[i] / 1000 }
+        END { if (NR == 0) { print 0, 0, 0, 0, 0, 0; exit }
+              printf "%d %.1f %.1f %.1f %.1f %.1f\n", NR, at(0.5), at(0.9), at(0.99), at(0.999), v[NR] / 1000 }'
 }
 
-# --- main --------------------------------------------------------------------------------------
+# --- the run -----------------------------------------------------------------------------------
 
 parse_args() {
     while (($#)); do
         case $1 in
-        --connections | --per-process | --port | --message-size | --timeout | --binary | --out)
+        --connections | --per-process | --port | --message-size | --timeout | --binary | --client | --out)
             (($# >= 2)) || usage_error "$1 needs a value"
             case $1 in
             --connections) CONNECTIONS=$2 ;;
@@ -293,6 +288,7 @@ parse_args() {
             --message-size) MESSAGE_SIZE=$2 ;;
             --timeout) TIMEOUT=$2 ;;
             --binary) BINARY=$2 ;;
+            --client) CLIENT=$2 ;;
             --out) OUT=$2 ;;
             esac
             shift
@@ -315,6 +311,7 @@ parse_args() {
     ((PORT <= 65535)) || usage_error "--port must be at most 65535"
     ((CONNECTIONS <= 1000000)) || usage_error "--connections must be at most 1000000"
     ((MESSAGE_SIZE <= 1048576)) || usage_error "--message-size must be at most 1048576"
+    ((TIMEOUT <= 86400)) || usage_error "--timeout must be at most 86400"
 }
 
 main() {
@@ -324,7 +321,7 @@ main() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
 
-    local nofile cpus servers clients port_low port_high ports ips_per_client kernel
+    local nofile cpus servers clients port_low port_high usable ips_per_client kernel
     nofile=$(ulimit -Sn)
     [[ $nofile == unlimited ]] && nofile=1000000000
     ((PER_PROCESS + FD_SLACK <= nofile)) ||
@@ -333,38 +330,36 @@ main() {
     servers=$(((CONNECTIONS + PER_PROCESS - 1) / PER_PROCESS))
     clients=$servers
     read -r port_low port_high </proc/sys/net/ipv4/ip_local_port_range
-    ports=$((port_high - port_low + 1))
-    # One source address per (client, destination) holds at most `ports` connections; keep 10% spare.
-    ips_per_client=$(((PER_PROCESS + ports * 9 / 10 - 1) / (ports * 9 / 10)))
-    ((clients * ips_per_client + 1 <= 250)) || die "needs more than 250 source addresses: widen ip_local_port_range"
+    # One source address holds at most the port range's size towards one destination; keep 10% spare.
+    usable=$(((port_high - port_low + 1) * 9 / 10))
+    ips_per_client=$(((PER_PROCESS + usable - 1) / usable))
+    ((2 + clients * ips_per_client <= 254)) || die "needs more than 252 source addresses: widen ip_local_port_range"
     kernel=$(</proc/sys/kernel/osrelease)
 
     if [[ ! -x $BINARY ]]; then
         log "building $BINARY"
         cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin ringws >&2
     fi
+    if [[ ! -x $CLIENT ]]; then
+        log "building $CLIENT"
+        cargo build --release --manifest-path "$ROOT/benches/c100k/Cargo.toml" >&2
+    fi
     WORK=$(mktemp -d /tmp/c100k.XXXXXX)
 
-    log "$CONNECTIONS connections: $servers server and $clients client processes of at most $PER_PROCESS, nofile $nofile, $cpus CPUs, Linux $kernel"
+    log "$CONNECTIONS connections: $servers servers and $clients clients of at most $PER_PROCESS each, nofile $nofile, $cpus CPUs, Linux $kernel"
     if ((TUNE)); then
         ((EUID == 0)) || die "--tune needs root"
         TUNED_BACKUP=$WORK/sysctl-backup.conf
         "$ROOT/tuning/sysctl.sh" apply --connections "$CONNECTIONS" --backup "$TUNED_BACKUP" >&2 ||
             die "tuning/sysctl.sh apply failed"
     fi
-    # The host as ringws sees it for one server process (informational: WARN and FAIL rows).
+    # The host as `ringws check` sees it for one server process: its WARN and FAIL rows, for the record.
     "$BINARY" check --connections "$PER_PROCESS" --workers 1 >"$WORK/check.log" 2>&1 || true
     grep -E '^(WARN|FAIL) ' "$WORK/check.log" | sed 's/^/    check: /' >&2 || true
 
-    # Baseline.
-    local base_sock base_slab base_slab_kib base_unrecl_kib
-    base_sock=$(sockstat)
-    base_slab=$(slab_bytes)
-    base_slab_kib=$(meminfo_kib Slab)
-    base_unrecl_kib=$(meminfo_kib SUnreclaim)
-
-    # Servers: one worker each, pinned to the CPUs in turn.
-    local i server_pids=() base_rss=0 rss
+    # Servers: one worker each, pinned to the CPUs in turn; more connections allowed than planned,
+    # since SO_REUSEPORT spreads them only about evenly.
+    local i server_pids=() idle_rss warm_rss
     for ((i = 0; i < servers; i++)); do
         start "server$i" $((i % cpus)) "$BINARY" serve --addr "127.0.0.1:$PORT" --share-port \
             --workers 1 --idle-timeout 0 --max-connections $((nofile - FD_SLACK))
@@ -372,85 +367,167 @@ main() {
         wait_for_line "$WORK/server$i.log" "^listening on " "$LAST_PID" 20 ||
             die "server $i did not start: $(tail -n 3 "$WORK/server$i.log")"
     done
-    for i in "${server_pids[@]}"; do
-        read -r rss _ < <(rss_kib "$i")
-        base_rss=$((base_rss + rss))
-    done
-    log "servers up: ${server_pids[*]} (RSS $base_rss KiB in total before any connection)"
+    idle_rss=$(rss_kib "${server_pids[@]}")
 
-    # Clients.
-    local per count ip=2 first last client_pids=() t0 t_est
+    # Warm-up: open and close some connections on every server, so allocator arenas and receive
+    # buffers are in place before the per-connection numbers are taken.
+    start warmup 0 "$CLIENT" --url "ws://127.0.0.1:$PORT/" --connections $((servers * WARMUP_PER_SERVER)) \
+        --source-ips 127.0.0.1 --timeout 60
+    wait_for_line "$WORK/warmup.log" '"phase":"established"' "$LAST_PID" 60 ||
+        die "warm-up failed: $(tail -n 3 "$WORK/warmup.log")"
+    kill -INT "$LAST_PID"
+    wait_exit "$LAST_PID" 60
+    [[ $EXIT_STATUS == 0 ]] || die "warm-up client exited with $EXIT_STATUS: $(tail -n 3 "$WORK/warmup.log")"
+    forget "$LAST_PID"
+    warm_rss=$(rss_kib "${server_pids[@]}")
+    # The kernel's baseline: after the warm-up, whose sockets are gone (TIME_WAIT ones aside).
+    local base_sock base_slab base_slab_kib base_unrecl_kib
+    base_sock=$(sockstat)
+    base_slab=$(slab_bytes)
+    base_slab_kib=$(meminfo_kib Slab)
+    base_unrecl_kib=$(meminfo_kib SUnreclaim)
+    log "servers up: ${server_pids[*]}; RSS $idle_rss KiB idle, $warm_rss KiB after the warm-up"
+
+    # Clients, each with its own block of source addresses.
+    local per count ip=2 client_pids=()
     per=$(((CONNECTIONS + clients - 1) / clients))
-    t0=$EPOCHREALTIME
     for ((i = 0; i < clients; i++)); do
         count=$((i == clients - 1 ? CONNECTIONS - per * (clients - 1) : per))
-        first=127.0.0.$ip
-        last=127.0.0.$((ip + ips_per_client - 1))
+        # Pinned one CPU over from the server of the same index.
+        start "client$i" $(((i + 1) % cpus)) "$CLIENT" --url "ws://127.0.0.1:$PORT/" --connections "$count" \
+            --source-ips "127.0.0.$ip-127.0.0.$((ip + ips_per_client - 1))" \
+            --message-size "$MESSAGE_SIZE" --latencies "$WORK/latencies$i.txt" --timeout "$TIMEOUT"
         ip=$((ip + ips_per_client))
-        start "client$i" $((i % cpus)) "$BINARY" load --url "ws://127.0.0.1:$PORT/" \
-            --connections "$count" --source-ips "$first-$last" --hold --ping-once "$MESSAGE_SIZE" \
-            --duration "$TIMEOUT" --json
         client_pids+=("$LAST_PID")
     done
     for i in "${!client_pids[@]}"; do
-        wait_for_line "$WORK/client$i.log" '"phase": *"established"' "${client_pids[i]}" "$TIMEOUT" ||
+        wait_for_line "$WORK/client$i.log" '"phase":"established"' "${client_pids[i]}" "$TIMEOUT" ||
             die "client $i did not establish its connections: $(tail -n 3 "$WORK/client$i.log")"
     done
-    t_est=$(elapsed "$t0")
+    # Time to establish: the slowest client's, from its start to its last connection open or failed.
+    local opened=0 dial_errors=0 slowest=0 v
+    for i in "${!client_pids[@]}"; do
+        opened=$((opened + $(json_field "$WORK/client$i.log" established open 0)))
+        dial_errors=$((dial_errors + $(json_field "$WORK/client$i.log" established errors 0)))
+        v=$(json_field "$WORK/client$i.log" established total_seconds 0)
+        slowest=$(awk -v a="$slowest" -v b="$v" 'BEGIN { print (b > a ? b : a) }')
+    done
     local up
     up=$(server_connections)
-    log "established: $up server-side connections after $t_est s"
+    log "established: $opened client and $up server connections ($dial_errors errors), the last client done after $slowest s"
 
-    # Snapshot with every connection up.
-    local up_sock up_slab up_slab_kib up_unrecl_kib up_rss=0 up_anon=0 anon
+    # Snapshot with every connection up and idle.
+    local up_sock up_slab up_slab_kib up_unrecl_kib up_rss
     up_sock=$(sockstat)
     up_slab=$(slab_bytes)
     up_slab_kib=$(meminfo_kib Slab)
     up_unrecl_kib=$(meminfo_kib SUnreclaim)
-    for i in "${server_pids[@]}"; do
-        read -r rss anon < <(rss_kib "$i")
-        up_rss=$((up_rss + rss))
-        up_anon=$((up_anon + anon))
-    done
+    up_rss=$(rss_kib "${server_pids[@]}")
 
-    # Round trip: every client sends its one message per connection once all are up.
+    # One message over every connection and back, all clients at once.
+    local ping_errors=0 ping_seconds=0 lat
+    kill -USR1 "${client_pids[@]}"
     for i in "${!client_pids[@]}"; do
-        wait_for_line "$WORK/client$i.log" '"phase": *"ping"' "${client_pids[i]}" 60 ||
+        wait_for_line "$WORK/client$i.log" '"phase":"ping"' "${client_pids[i]}" 120 ||
             die "client $i reported no round trip: $(tail -n 3 "$WORK/client$i.log")"
+        # A client's error count is cumulative over its phases.
+        ping_errors=$((ping_errors + $(json_field "$WORK/client$i.log" ping errors 0) - $(json_field "$WORK/client$i.log" established errors 0)))
+        v=$(json_field "$WORK/client$i.log" ping seconds 0)
+        ping_seconds=$(awk -v a="$ping_seconds" -v b="$v" 'BEGIN { print (b > a ? b : a) }')
     done
+    lat=$(percentiles "$WORK"/latencies*.txt)
+    log "round trip: $lat (count p50 p90 p99 p99.9 max, us)"
 
-    # Teardown: clients close every connection (Close handshake), then the servers stop.
-    local failed=0 down_t0 t_down left
+    # Teardown: every client closes its connections (Close handshake, the server closes TCP first).
+    local failed=0 close_errors=0 down_t0 t_down left
     down_t0=$EPOCHREALTIME
-    kill -INT "${client_pids[@]}" 2>/dev/null || true
+    kill -INT "${client_pids[@]}"
     for i in "${!client_pids[@]}"; do
-        wait_exit "${client_pids[i]}" 60
-        [[ $EXIT_STATUS == 0 ]] || {
-            log "client $i exited with $EXIT_STATUS"
+        wait_exit "${client_pids[i]}" 120
+        if [[ $EXIT_STATUS != 0 ]]; then
+            log "client $i exited with $EXIT_STATUS: $(tail -n 1 "$WORK/client$i.log")"
             failed=1
-        }
+        fi
+        # No closed line at all counts as one error.
+        close_errors=$((close_errors + $(json_field "$WORK/client$i.log" closed errors $((1 + $(json_field "$WORK/client$i.log" ping errors 0)))) - $(json_field "$WORK/client$i.log" ping errors 0)))
     done
+    forget "${client_pids[@]}"
     left=$(server_connections)
     while ((left > 0 && SECONDS < DEADLINE)); do
         sleep 0.2
         left=$(server_connections)
     done
     t_down=$(elapsed "$down_t0")
-    kill -INT "${server_pids[@]}" 2>/dev/null || true
+    kill -INT "${server_pids[@]}"
+    local server_log_lines=0
     for i in "${!server_pids[@]}"; do
         wait_exit "${server_pids[i]}" 30
-        [[ $EXIT_STATUS == 0 ]] || {
+        if [[ $EXIT_STATUS != 0 ]]; then
             log "server $i exited with $EXIT_STATUS"
             failed=1
-        }
+        fi
+        # Everything a server says besides its ready line is a warning or an error.
+        server_log_lines=$((server_log_lines + $(grep -cv '^listening on ' "$WORK/server$i.log" || true)))
     done
-    PIDS=()
+    forget "${server_pids[@]}"
+    ((server_log_lines == 0)) || {
+        log "the servers logged $server_log_lines warning/error lines (kept: --keep)"
+        failed=1
+    }
 
-    report "$servers" "$clients" "$up" "$t_est" "$t_down" "$left" "$failed" \
-        "$base_rss" "$up_rss" "$up_anon" \
-        "$base_sock" "$up_sock" "$base_slab_kib" "$up_slab_kib" "$base_unrecl_kib" "$up_unrecl_kib" \
-        "$base_slab" "$up_slab"
-    ((failed == 0 && left == 0 && up == CONNECTIONS))
+    # Report.
+    local page rss_cold rss_warm sock_inuse sock_mem slab_delta unrecl_delta name d caches='' errors
+    local -a before after p
+    page=$(getconf PAGESIZE)
+    rss_cold=$(((up_rss - idle_rss) * 1024))
+    rss_warm=$(((up_rss - warm_rss) * 1024))
+    read -r -a before <<<"$base_sock"
+    read -r -a after <<<"$up_sock"
+    sock_inuse=$((after[0] - before[0]))
+    sock_mem=$(((after[4] - before[4]) * page))
+    slab_delta=$(((up_slab_kib - base_slab_kib) * 1024))
+    unrecl_delta=$(((up_unrecl_kib - base_unrecl_kib) * 1024))
+    for name in $SLAB_CACHES; do
+        d=$(cache_delta "$base_slab" "$up_slab" "$name")
+        ((d <= 0)) || caches+="$name $(per "$d" "$up"), "
+    done
+    errors=$((dial_errors + ping_errors + close_errors))
+    read -r -a p <<<"$lat"
+
+    printf '\nC100K: %s connections, Linux %s, %s CPUs\n' "$CONNECTIONS" "$kernel" "$cpus"
+    printf '  processes      %s servers (1 worker each, port %s shared), %s clients, source IPs 127.0.0.2-127.0.0.%s\n' \
+        "$servers" "$PORT" "$clients" $((ip - 1))
+    printf '  established    %s (server side %s) in %s s: %s handshakes/s; %s errors\n' \
+        "$opened" "$up" "$slowest" "$(per "$opened" "$slowest")" "$dial_errors"
+    printf '  server RSS     %s KiB idle, %s KiB warm, %s KiB with all up: %s B per connection over warm\n' \
+        "$idle_rss" "$warm_rss" "$up_rss" "$(per "$rss_warm" "$up")"
+    printf '                 (%s B per connection over idle, including each server'\''s fixed start-up costs)\n' \
+        "$(per "$rss_cold" "$up")"
+    printf '  kernel         TCP sockets +%s (both ends); socket buffers (sockstat mem) +%s KiB\n' \
+        "$sock_inuse" $((sock_mem / 1024))
+    printf '                 slab +%s KiB (unreclaimable +%s KiB): %s B per connection, %s B per socket\n' \
+        $((slab_delta / 1024)) $((unrecl_delta / 1024)) "$(per "$slab_delta" "$up")" "$(per "$slab_delta" "$sock_inuse")"
+    [[ -z $caches ]] || printf '                 per connection, bytes: %s\n' "${caches%, }"
+    printf '  round trip     %s messages of %s B, every client sending as fast as it can: p50 %s us, p90 %s, p99 %s, p99.9 %s, max %s; all back in %s s; %s errors\n' \
+        "${p[0]}" "$MESSAGE_SIZE" "${p[1]}" "${p[2]}" "${p[3]}" "${p[4]}" "${p[5]}" "$ping_seconds" "$ping_errors"
+    printf '  teardown       %s s until no server connection was left (%s left); %s close errors; %s\n' \
+        "$t_down" "$left" "$close_errors" \
+        "$( ((failed)) && printf 'FAILED (see above)' || printf 'every process exited 0, no server log lines')"
+    if [[ -n $OUT ]]; then
+        {
+            printf '{"connections":%s,"servers":%s,"clients":%s,"established":%s,"server_side":%s,"establish_seconds":%s,"handshakes_per_second":%s,' \
+                "$CONNECTIONS" "$servers" "$clients" "$opened" "$up" "$slowest" "$(per "$opened" "$slowest")"
+            printf '"server_rss_kib":{"idle":%s,"warm":%s,"up":%s},"server_rss_bytes_per_connection":%s,' \
+                "$idle_rss" "$warm_rss" "$up_rss" "$(per "$rss_warm" "$up")"
+            printf '"tcp_sockets":%s,"socket_buffer_bytes":%s,"slab_bytes":%s,"slab_bytes_per_connection":%s,' \
+                "$sock_inuse" "$sock_mem" "$slab_delta" "$(per "$slab_delta" "$up")"
+            printf '"round_trip_us":{"count":%s,"p50":%s,"p90":%s,"p99":%s,"p999":%s,"max":%s},"round_trip_seconds":%s,' \
+                "${p[@]}" "$ping_seconds"
+            printf '"teardown_seconds":%s,"left":%s,"errors":%s,"failed":%s}\n' \
+                "$t_down" "$left" "$errors" "$failed"
+        } >"$OUT"
+    fi
+    ((failed == 0 && errors == 0 && left == 0 && opened == CONNECTIONS && up == CONNECTIONS))
 }
 
 main "$@"
