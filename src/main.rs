@@ -1,5 +1,5 @@
-//! The `ringws` command line: `ringws serve` runs the benchmark echo server, `ringws check` checks the
-//! host; `load` is a planned subcommand (another issue).
+//! The `ringws` command line: `ringws serve` runs the benchmark echo server, `ringws load` loads a
+//! server with WebSocket clients and measures it, `ringws check` checks the host.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,6 +25,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Check this host for a connection target: kernel, io_uring features, limits, sysctls, CPUs.
     Check(cli::check::CheckArgs),
+    /// Load a WebSocket server: many connections, verified echoes, latency percentiles.
+    Load(cli::load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Check(args) => return cli::check::run(args),
+        Command::Load(args) => return cli::load::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -626,3 +626,48 @@ fn wake_ups_come_when_asked() {
         );
     }
 }
+
+/// Shuts its engine down as soon as its connection opens, and records how the connection closed.
+struct ShutdownOnOpen {
+    target: Connect,
+    closes: Arc<Mutex<Vec<(u16, bool)>>>,
+    handle: ServerHandle,
+}
+
+impl Handler for ShutdownOnOpen {
+    type State = ();
+
+    fn on_start(&mut self, ctx: &mut Context<'_, ()>) {
+        assert!(!ctx.is_shutting_down());
+        ctx.connect(&self.target, ());
+    }
+
+    fn on_open(&mut self, _: &mut Socket<'_, ()>) {
+        self.handle.shutdown();
+    }
+
+    fn on_message(&mut self, _: &mut Socket<'_, ()>, _: Message<'_>) {}
+
+    fn on_close(&mut self, ws: &mut Socket<'_, ()>, code: CloseCode, _: &str) {
+        let shutting_down = ws.context().is_shutting_down();
+        self.closes.lock().unwrap().push((code.0, shutting_down));
+    }
+}
+
+#[test]
+fn shutdown_closes_client_connections_with_1001_and_says_so() {
+    let server = RingwsServer::start();
+    let target = Connect::new(&server.url("/")).unwrap();
+    let closes = Arc::new(Mutex::new(Vec::new()));
+    let shared = closes.clone();
+    let took = run_client(move |handle| ShutdownOnOpen {
+        target: target.clone(),
+        closes: shared.clone(),
+        handle,
+    });
+    assert_eq!(*closes.lock().unwrap(), [(1001, true)]);
+    assert!(
+        took < CLOSE_TIMEOUT,
+        "the server answered the Close: took {took:?}"
+    );
+}

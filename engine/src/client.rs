@@ -366,6 +366,8 @@ pub(crate) struct Outbound<S> {
     pub dials: VecDeque<(Connect, S)>,
     /// When `on_wake` is due, if asked for.
     pub wake: Option<Instant>,
+    /// The worker is shutting down (set before its connections are closed).
+    pub shutting_down: bool,
 }
 
 impl<S> Default for Outbound<S> {
@@ -373,6 +375,7 @@ impl<S> Default for Outbound<S> {
         Self {
             dials: VecDeque::new(),
             wake: None,
+            shutting_down: false,
         }
     }
 }
@@ -411,6 +414,13 @@ impl<'a, S: Default> Context<'a, S> {
     pub fn wake_at(&mut self, at: Instant) {
         let w = &mut self.core.outbound.wake;
         *w = Some(w.map_or(at, |w| w.min(at)));
+    }
+
+    /// Whether the worker is shutting down ([`ServerHandle::shutdown`](crate::ServerHandle::shutdown)
+    /// or a signal): connections closing now are closed by it (1001), and new connects will fail
+    /// with [`ConnectError::Shutdown`]. A client that reconnects on close should check it first.
+    pub fn is_shutting_down(&self) -> bool {
+        self.core.outbound.shutting_down
     }
 
     /// Connection requests not yet started by the worker.

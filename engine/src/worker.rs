@@ -767,6 +767,7 @@ impl<'r, H: Handler> Engine<'r, H> {
         }
         let now = self.app.core.now;
         self.shutdown_deadline = Some(now + timer::ticks(self.cfg.shutdown_timeout));
+        self.app.core.outbound.shutting_down = true;
         if self.accept_armed {
             let e = opcode::AsyncCancel::new(user_data(Op::Accept, 0, 0))
                 .build()

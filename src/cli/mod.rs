@@ -1,6 +1,7 @@
 //! Subcommands of the `ringws` binary, one module each.
 
 pub mod check;
+pub mod load;
 pub mod serve;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: warnings and errors).

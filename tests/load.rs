@@ -1,0 +1,366 @@
+//! `ringws load` end to end: the binary against a `ringws serve` (or against a small in-process
+//! server that corrupts or closes), its `--json` object parsed and checked. Every run is bounded
+//! (`RUN_TIMEOUT`) and short: the whole file takes well under 30 s.
+
+mod common;
+
+use common::{Server, binary, run_bounded};
+use ringws::{CloseCode, Handler, Message, ServerHandle, Socket};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Bound on one `ringws load` run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Runs `ringws load --json --workers 1 <args>` and returns its exit status, its JSON object and
+/// everything it printed.
+fn load(url: &str, args: &[&str]) -> (ExitStatus, Value, String) {
+    let mut cmd = Command::new(binary());
+    cmd.args(["load", "--json", "--workers", "1", "--url", url])
+        .args(args);
+    let (status, output) = run_bounded(&mut cmd, RUN_TIMEOUT);
+    let status = status.unwrap_or_else(|| panic!("ringws load did not finish:\n{output}"));
+    let json: Vec<&str> = output.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(
+        json.len(),
+        1,
+        "exactly one JSON object on stdout:\n{output}"
+    );
+    let value = serde_json::from_str(json[0]).unwrap_or_else(|e| panic!("{e}: {}", json[0]));
+    (status, value, output)
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not an integer in {v}"))
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+/// Checks a clean closed-loop or open-loop run: every connection up, echoes counted, no error of
+/// any kind, sane percentiles, exit status 0.
+fn assert_clean(status: ExitStatus, v: &Value, output: &str, connections: u64) {
+    assert!(status.success(), "exit {status}:\n{output}");
+    assert_eq!(u(v, "connections"), connections, "{v}");
+    assert_eq!(u(v, "connections_established"), connections, "{v}");
+    assert_eq!(u(v, "connections_failed"), 0, "{v}");
+    assert!(f(v, "connect_rate_per_s") > 0.0, "{v}");
+    assert!(u(v, "messages") > 0, "{v}");
+    assert!(f(v, "msgs_per_s") > 0.0 && f(v, "mb_per_s") > 0.0, "{v}");
+    for kind in ["mismatch", "closed", "connect", "timeout", "dropped"] {
+        assert_eq!(v["errors"][kind], 0, "errors.{kind} in {v}");
+    }
+    let l = &v["latency_us"];
+    let p = |k: &str| {
+        l[k].as_f64()
+            .unwrap_or_else(|| panic!("latency_us.{k} in {v}"))
+    };
+    assert!(p("p50") > 0.0, "{v}");
+    assert!(
+        p("p50") <= p("p90")
+            && p("p90") <= p("p99")
+            && p("p99") <= p("p999")
+            && p("p999") <= p("max"),
+        "percentiles out of order: {l}"
+    );
+    // Every message sent was echoed and verified (the run drains before closing).
+    assert_eq!(u(v, "sent"), u(v, "echoes"), "{v}");
+}
+
+#[test]
+fn closed_loop_binary_against_ringws_serve() {
+    let server = Server::start(&[]);
+    let url = format!("ws://{}/", server.addr);
+    let (status, v, out) = load(
+        &url,
+        &[
+            "--connections",
+            "8",
+            "--size",
+            "20",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+        ],
+    );
+    assert_clean(status, &v, &out, 8);
+    assert_eq!(v["url"], url.as_str());
+    assert_eq!((u(&v, "size"), u(&v, "in_flight")), (20, 1));
+    assert_eq!(v["mode"], "binary");
+    let d = f(&v, "duration_s");
+    assert!((1.9..2.2).contains(&d), "measured {d} s");
+    // A live progress line each second on stderr.
+    assert!(out.contains("[stderr] [") && out.contains("msg/s"), "{out}");
+}
+
+#[test]
+fn text_messages_and_four_in_flight() {
+    let server = Server::start(&[]);
+    let url = format!("ws://{}/chat", server.addr);
+    let (status, v, out) = load(
+        &url,
+        &[
+            "--connections",
+            "4",
+            "--size",
+            "1000",
+            "--text",
+            "--in-flight",
+            "4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+        ],
+    );
+    assert_clean(status, &v, &out, 4);
+    assert_eq!(v["mode"], "text");
+    assert_eq!(u(&v, "in_flight"), 4);
+
+    let (status, v, out) = load(
+        &url,
+        &[
+            "--connections",
+            "2",
+            "--binary",
+            "--size",
+            "70000",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+        ],
+    );
+    assert_clean(status, &v, &out, 2);
+}
+
+#[test]
+fn open_loop_keeps_its_rate() {
+    let server = Server::start(&[]);
+    let (status, v, out) = load(
+        &format!("ws://{}/", server.addr),
+        &[
+            "--connections",
+            "10",
+            "--rate",
+            "2000",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+        ],
+    );
+    assert_clean(status, &v, &out, 10);
+    let rate = f(&v, "msgs_per_s");
+    assert!(
+        (1700.0..2300.0).contains(&rate),
+        "asked for 2000 msg/s, measured {rate}: {v}"
+    );
+    assert_eq!(f(&v, "rate"), 2000.0);
+}
+
+#[test]
+fn hold_opens_pings_once_and_closes() {
+    let server = Server::start(&[]);
+    let (status, v, out) = load(
+        &format!("ws://{}/", server.addr),
+        &[
+            "--connections",
+            "64",
+            "--hold",
+            "--ping-once",
+            "32",
+            "--duration",
+            "1",
+            "--source-ips",
+            "127.0.0.1-127.0.0.4",
+        ],
+    );
+    assert!(status.success(), "{out}");
+    assert_eq!(u(&v, "connections_established"), 64, "{v}");
+    assert_eq!(u(&v, "echoes"), 64, "one verified echo per connection: {v}");
+    assert_eq!(v["errors"]["mismatch"], 0);
+    assert!(out.contains(r#""phase":"established""#), "{out}");
+    assert!(out.contains(r#""phase":"ping""#), "{out}");
+}
+
+#[test]
+fn hold_ends_cleanly_on_sigint() {
+    let server = Server::start(&[]);
+    let mut child = Command::new(binary())
+        .args([
+            "load",
+            "--json",
+            "--workers",
+            "1",
+            "--hold",
+            "--duration",
+            "60",
+        ])
+        .args([
+            "--connections",
+            "20",
+            "--url",
+            &format!("ws://{}/", server.addr),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringws load");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(r#""phase":"established""#) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let up = rx.recv_timeout(Duration::from_secs(10));
+    // SAFETY: sends SIGINT to the child we spawned (still ours: it has not been waited for).
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ringws load did not exit on SIGINT");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    up.expect("the established phase was reported");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(status.success(), "exit {status}: {v}");
+    assert_eq!(u(&v, "connections_established"), 20, "{v}");
+    assert_eq!(v["errors"]["closed"], 0, "{v}");
+}
+
+/// An in-process server that misbehaves: on `/flip` it echoes with the last byte changed, on
+/// `/close` it closes each connection (4000) after its fifth message.
+struct Evil;
+
+impl Handler for Evil {
+    /// Messages received.
+    type State = (bool, u32);
+
+    fn on_upgrade<'r>(&mut self, req: &ringws::Request<'r>) -> ringws::Decision<'r, (bool, u32)> {
+        ringws::Decision::accept((req.path() == "/flip", 0))
+    }
+
+    fn on_message(&mut self, ws: &mut Socket<'_, (bool, u32)>, msg: Message<'_>) {
+        ws.state_mut().1 += 1;
+        let (flip, n) = *ws.state();
+        if !flip && n == 5 {
+            return ws.close(CloseCode(4000), "enough");
+        }
+        let mut bytes = msg.as_bytes().to_vec();
+        if flip && let Some(last) = bytes.last_mut() {
+            *last ^= 1;
+        }
+        let _ = ws.send_binary(&bytes);
+    }
+}
+
+/// Runs `Evil` on 127.0.0.1 until the returned handle shuts it down.
+fn evil_server() -> (SocketAddr, ServerHandle, thread::JoinHandle<()>) {
+    let server = ringws::Server::builder()
+        .bind("127.0.0.1:0")
+        .workers(1)
+        .pin_workers(false)
+        .handle_signals(false)
+        .build()
+        .expect("server");
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let (tx, rx) = mpsc::channel();
+    let thread = thread::spawn(move || {
+        server
+            .run_with_ready(|_| Evil, || tx.send(()).unwrap())
+            .expect("server run");
+    });
+    rx.recv_timeout(Duration::from_secs(10)).expect("ready");
+    (addr, handle, thread)
+}
+
+#[test]
+fn corrupted_echoes_and_server_closes_are_errors() {
+    let (addr, handle, thread) = evil_server();
+    let (status, v, out) = load(
+        &format!("ws://{addr}/flip"),
+        &["--connections", "4", "--duration", "1", "--warmup", "0"],
+    );
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(u(&v["errors"], "mismatch") > 0, "{v}");
+    assert_eq!(u(&v, "messages"), 0, "nothing corrupted is counted: {v}");
+
+    let (status, v, out) = load(
+        &format!("ws://{addr}/close"),
+        &["--connections", "4", "--duration", "1", "--warmup", "0"],
+    );
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert_eq!(u(&v["errors"], "closed"), 4, "{v}");
+    assert_eq!(u(&v["errors"], "mismatch"), 0, "{v}");
+    handle.shutdown();
+    handle.shutdown();
+    thread.join().unwrap();
+}
+
+#[test]
+fn connection_refused_is_reported_quickly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let (status, v, out) = load(
+        &format!("ws://127.0.0.1:{port}/"),
+        &["--connections", "5", "--duration", "10"],
+    );
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert_eq!(u(&v, "connections_established"), 0, "{v}");
+    assert_eq!(u(&v, "connections_failed"), 5, "{v}");
+    assert_eq!(u(&v["errors"], "connect"), 5, "{v}");
+    assert_eq!(u(&v["connect_errors"], "refused"), 5, "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "nothing to measure: no waiting out --duration"
+    );
+}
+
+#[test]
+fn bad_options_are_refused() {
+    for args in [
+        &["--url", "wss://127.0.0.1:1/", "--connections", "1"][..],
+        &["--url", "ws://127.0.0.1:1/", "--connections", "0"],
+        &[
+            "--url",
+            "ws://127.0.0.1:1/",
+            "--source-ips",
+            "127.0.0.9-127.0.0.1",
+        ],
+        &["--url", "ws://127.0.0.1:1/", "--size", "99999999"],
+    ] {
+        let (status, output) = run_bounded(
+            Command::new(binary()).arg("load").args(args),
+            Duration::from_secs(10),
+        );
+        assert_eq!(status.and_then(|s| s.code()), Some(1), "{args:?}: {output}");
+        assert!(output.contains("error:"), "{output}");
+    }
+}
