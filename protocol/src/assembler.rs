@@ -54,8 +54,9 @@ pub struct Assembler {
     kind: Option<DataKind>,
     /// Bytes the current data message's frames have declared so far (for the size limit).
     declared: u64,
-    /// The inflater for compressed messages, if permessage-deflate was negotiated.
-    inflate: Option<Decompressor>,
+    /// The inflater for compressed messages, if permessage-deflate was negotiated. Boxed so that
+    /// connections without the extension pay 8 bytes for it, not the inflater's size.
+    inflate: Option<Box<Decompressor>>,
     /// The data message in progress is compressed (its first frame had RSV1).
     compressed: bool,
     utf8: Utf8Validator,
@@ -85,7 +86,7 @@ impl Assembler {
     /// them with `inflate`, failing those whose inflated size exceeds `max_message_size` (1009).
     pub fn with_deflate(max_message_size: u64, inflate: Decompressor) -> Self {
         Self {
-            inflate: Some(inflate),
+            inflate: Some(Box::new(inflate)),
             ..Self::new(max_message_size)
         }
     }
