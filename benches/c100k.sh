@@ -28,6 +28,7 @@ ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 readonly ROOT
 
 CONNECTIONS=100000
+DIAL=256
 PER_PROCESS=17000
 PORT=19001
 MESSAGE_SIZE=32
@@ -56,6 +57,7 @@ message over each and back, closes them all, and reports the cost.
                     M + $FD_SLACK must fit the nofile limit ($(ulimit -Sn) in this shell)
   --port P          the shared server port on 127.0.0.1 (default $PORT)
   --message-size B  bytes of the one round-trip message (default $MESSAGE_SIZE)
+  --dial K          connections each client has in progress at most (default $DIAL)
   --timeout S       bound on the whole run in seconds (default $TIMEOUT)
   --binary PATH     the ringws binary (default target/release/ringws, built if missing)
   --client PATH     the client (default benches/c100k/target/release/c100k-client, built if missing)
@@ -239,6 +241,22 @@ rss_kib() {
     printf '%s' "$total"
 }
 
+# tcp_counters: "listen-overflows syn-retransmits softnet-drops": TcpExt ListenOverflows and
+# TCPSynRetrans from /proc/net/netstat, and the packets every CPU dropped because its backlog queue
+# (net.core.netdev_max_backlog; loopback traffic passes it too) was full, from /proc/net/softnet_stat.
+tcp_counters() {
+    local drops=0 line
+    local -a f
+    while read -r line; do
+        read -r -a f <<<"$line"
+        drops=$((drops + 16#${f[1]}))
+    done </proc/net/softnet_stat
+    awk -v drops="$drops" '
+        $1 == "TcpExt:" && !names { for (i = 2; i <= NF; i++) col[$i] = i; names = 1; next }
+        $1 == "TcpExt:" { print $col["ListenOverflows"] + 0, $col["TCPSynRetrans"] + 0, drops; exit }
+    ' /proc/net/netstat
+}
+
 # server_connections: established TCP connections whose local port is PORT.
 server_connections() {
     ss -Htn state established "( sport = :$PORT )" | wc -l
@@ -279,13 +297,14 @@ percentiles() {
 parse_args() {
     while (($#)); do
         case $1 in
-        --connections | --per-process | --port | --message-size | --timeout | --binary | --client | --out)
+        --connections | --per-process | --port | --message-size | --dial | --timeout | --binary | --client | --out)
             (($# >= 2)) || usage_error "$1 needs a value"
             case $1 in
             --connections) CONNECTIONS=$2 ;;
             --per-process) PER_PROCESS=$2 ;;
             --port) PORT=$2 ;;
             --message-size) MESSAGE_SIZE=$2 ;;
+            --dial) DIAL=$2 ;;
             --timeout) TIMEOUT=$2 ;;
             --binary) BINARY=$2 ;;
             --client) CLIENT=$2 ;;
@@ -304,7 +323,7 @@ parse_args() {
         shift
     done
     local name value
-    for name in CONNECTIONS PER_PROCESS PORT MESSAGE_SIZE TIMEOUT; do
+    for name in CONNECTIONS PER_PROCESS PORT MESSAGE_SIZE DIAL TIMEOUT; do
         value=${!name}
         [[ $value =~ ^[1-9][0-9]{0,8}$ ]] || usage_error "--${name,,} takes a positive whole number, not '$value'"
     done
@@ -312,6 +331,7 @@ parse_args() {
     ((CONNECTIONS <= 1000000)) || usage_error "--connections must be at most 1000000"
     ((MESSAGE_SIZE <= 1048576)) || usage_error "--message-size must be at most 1048576"
     ((TIMEOUT <= 86400)) || usage_error "--timeout must be at most 86400"
+    ((DIAL <= 65536)) || usage_error "--dial must be at most 65536"
 }
 
 main() {
@@ -330,8 +350,10 @@ main() {
     servers=$(((CONNECTIONS + PER_PROCESS - 1) / PER_PROCESS))
     clients=$servers
     read -r port_low port_high </proc/sys/net/ipv4/ip_local_port_range
-    # One source address holds at most the port range's size towards one destination; keep 10% spare.
-    usable=$(((port_high - port_low + 1) * 9 / 10))
+    # One source address holds at most the port range's size towards one destination, but connect()
+    # searches for a free port longer the fuller the range is: 17,000 connections from one address
+    # (60% of 32768-60999) took 7.6 s here, from four addresses 1.5 s. So fill a quarter at most.
+    usable=$(((port_high - port_low + 1) / 4))
     ips_per_client=$(((PER_PROCESS + usable - 1) / usable))
     ((2 + clients * ips_per_client <= 254)) || die "needs more than 252 source addresses: widen ip_local_port_range"
     kernel=$(</proc/sys/kernel/osrelease)
@@ -386,6 +408,8 @@ main() {
     base_slab=$(slab_bytes)
     base_slab_kib=$(meminfo_kib Slab)
     base_unrecl_kib=$(meminfo_kib SUnreclaim)
+    local base_counters
+    base_counters=$(tcp_counters)
     log "servers up: ${server_pids[*]}; RSS $idle_rss KiB idle, $warm_rss KiB after the warm-up"
 
     # Clients, each with its own block of source addresses.
@@ -396,7 +420,7 @@ main() {
         # Pinned one CPU over from the server of the same index.
         start "client$i" $(((i + 1) % cpus)) "$CLIENT" --url "ws://127.0.0.1:$PORT/" --connections "$count" \
             --source-ips "127.0.0.$ip-127.0.0.$((ip + ips_per_client - 1))" \
-            --message-size "$MESSAGE_SIZE" --latencies "$WORK/latencies$i.txt" --timeout "$TIMEOUT"
+            --message-size "$MESSAGE_SIZE" --dial "$DIAL" --latencies "$WORK/latencies$i.txt" --timeout "$TIMEOUT"
         ip=$((ip + ips_per_client))
         client_pids+=("$LAST_PID")
     done
@@ -412,8 +436,9 @@ main() {
         v=$(json_field "$WORK/client$i.log" established total_seconds 0)
         slowest=$(awk -v a="$slowest" -v b="$v" 'BEGIN { print (b > a ? b : a) }')
     done
-    local up
+    local up up_counters
     up=$(server_connections)
+    up_counters=$(tcp_counters)
     log "established: $opened client and $up server connections ($dial_errors errors), the last client done after $slowest s"
 
     # Snapshot with every connection up and idle.
@@ -477,7 +502,7 @@ main() {
 
     # Report.
     local page rss_cold rss_warm sock_inuse sock_mem slab_delta unrecl_delta name d caches='' errors
-    local -a before after p
+    local -a before after p c0 c1
     page=$(getconf PAGESIZE)
     rss_cold=$(((up_rss - idle_rss) * 1024))
     rss_warm=$(((up_rss - warm_rss) * 1024))
@@ -492,6 +517,8 @@ main() {
         ((d <= 0)) || caches+="$name $(per "$d" "$up"), "
     done
     errors=$((dial_errors + ping_errors + close_errors))
+    read -r -a c0 <<<"$base_counters"
+    read -r -a c1 <<<"$up_counters"
     read -r -a p <<<"$lat"
 
     printf '\nC100K: %s connections, Linux %s, %s CPUs\n' "$CONNECTIONS" "$kernel" "$cpus"
@@ -499,11 +526,13 @@ main() {
         "$servers" "$PORT" "$clients" $((ip - 1))
     printf '  established    %s (server side %s) in %s s: %s handshakes/s; %s errors\n' \
         "$opened" "$up" "$slowest" "$(per "$opened" "$slowest")" "$dial_errors"
+    printf '                 meanwhile: %s listen-queue overflows, %s SYN retransmits, %s packets dropped by full CPU backlogs\n' \
+        $((c1[0] - c0[0])) $((c1[1] - c0[1])) $((c1[2] - c0[2]))
     printf '  server RSS     %s KiB idle, %s KiB warm, %s KiB with all up: %s B per connection over warm\n' \
         "$idle_rss" "$warm_rss" "$up_rss" "$(per "$rss_warm" "$up")"
     printf '                 (%s B per connection over idle, including each server'\''s fixed start-up costs)\n' \
         "$(per "$rss_cold" "$up")"
-    printf '  kernel         TCP sockets +%s (both ends); socket buffers (sockstat mem) +%s KiB\n' \
+    printf '  kernel         TCP sockets %+d (both ends); socket buffers (sockstat mem) %+d KiB\n' \
         "$sock_inuse" $((sock_mem / 1024))
     printf '                 slab +%s KiB (unreclaimable +%s KiB): %s B per connection, %s B per socket\n' \
         $((slab_delta / 1024)) $((unrecl_delta / 1024)) "$(per "$slab_delta" "$up")" "$(per "$slab_delta" "$sock_inuse")"
@@ -517,6 +546,8 @@ main() {
         {
             printf '{"connections":%s,"servers":%s,"clients":%s,"established":%s,"server_side":%s,"establish_seconds":%s,"handshakes_per_second":%s,' \
                 "$CONNECTIONS" "$servers" "$clients" "$opened" "$up" "$slowest" "$(per "$opened" "$slowest")"
+            printf '"listen_overflows":%s,"syn_retransmits":%s,"backlog_drops":%s,' \
+                $((c1[0] - c0[0])) $((c1[1] - c0[1])) $((c1[2] - c0[2]))
             printf '"server_rss_kib":{"idle":%s,"warm":%s,"up":%s},"server_rss_bytes_per_connection":%s,' \
                 "$idle_rss" "$warm_rss" "$up_rss" "$(per "$rss_warm" "$up")"
             printf '"tcp_sockets":%s,"socket_buffer_bytes":%s,"slab_bytes":%s,"slab_bytes_per_connection":%s,' \

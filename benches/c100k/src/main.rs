@@ -828,3 +828,59 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ip_blocks() {
+        assert_eq!(
+            parse_ips("127.0.0.2").unwrap(),
+            [Ipv4Addr::new(127, 0, 0, 2)]
+        );
+        let block = parse_ips("127.0.0.254-127.0.1.1").unwrap();
+        assert_eq!(block.len(), 4);
+        assert_eq!(block[3], Ipv4Addr::new(127, 0, 1, 1));
+        assert!(parse_ips("127.0.0.3-127.0.0.2").is_err());
+        assert!(parse_ips("127.0.0.0-127.1.0.0").is_err(), "more than 65536");
+        assert!(parse_ips("localhost").is_err());
+    }
+
+    #[test]
+    fn frames_are_masked_with_the_key() {
+        let mut out = Vec::new();
+        push_frame(&mut out, OpCode::Binary, b"abcd", [1, 2, 3, 4]);
+        // FIN + binary, MASK + length 4, the key, then each byte XOR its key byte (RFC 6455 §5.3).
+        assert_eq!(
+            out,
+            [
+                0x82,
+                0x84,
+                1,
+                2,
+                3,
+                4,
+                b'a' ^ 1,
+                b'b' ^ 2,
+                b'c' ^ 3,
+                b'd' ^ 4
+            ]
+        );
+    }
+
+    #[test]
+    fn keys_come_fresh() {
+        let mut keys = Keys::new();
+        let drawn: Vec<[u8; 4]> = (0..3000).map(|_| keys.next()).collect();
+        let mut unique = drawn.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        // 3000 draws from 2^32 collide with probability ~0.1%; a stuck generator repeats at once.
+        assert!(
+            unique.len() >= 2998,
+            "{} distinct keys of 3000",
+            unique.len()
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! Runs `benches/c100k.sh` end to end at a small scale (600 connections over three server and three
+//! client processes) and checks what it reports: every connection up and echoed, zero errors, a clean
+//! teardown, and no process left behind. Builds `target/release/ringws` first if it is missing.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A number from the one-line JSON the script writes with --out.
+fn number(json: &str, key: &str) -> f64 {
+    let start = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + key.len()
+        + 3;
+    let end = json[start..]
+        .find([',', '}'])
+        .map_or(json.len(), |i| start + i);
+    json[start..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {json}"))
+}
+
+#[test]
+fn six_hundred_connections_up_echoed_and_down() {
+    let out = std::env::temp_dir().join(format!("c100k-test-{}.json", std::process::id()));
+    let started = Instant::now();
+    let run = Command::new(repo().join("benches/c100k.sh"))
+        .args([
+            "--connections",
+            "600",
+            "--per-process",
+            "200",
+            "--port",
+            "19071",
+        ])
+        .args(["--timeout", "240", "--out"])
+        .arg(&out)
+        .args(["--client", env!("CARGO_BIN_EXE_c100k-client")])
+        .output()
+        .expect("run benches/c100k.sh");
+    let report = String::from_utf8_lossy(&run.stdout);
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{:?}\n{report}\n{log}", run.status);
+    assert!(started.elapsed() < Duration::from_secs(240));
+    let json = std::fs::read_to_string(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    for (key, want) in [
+        ("connections", 600.0),
+        ("servers", 3.0),
+        ("clients", 3.0),
+        ("established", 600.0),
+        ("server_side", 600.0),
+        ("count", 600.0),
+        ("left", 0.0),
+        ("errors", 0.0),
+        ("failed", 0.0),
+    ] {
+        assert_eq!(number(&json, key), want, "{key}: {json}");
+    }
+    assert!(number(&json, "p50") <= number(&json, "p99"), "{json}");
+    assert!(report.contains("every process exited 0"), "{report}");
+    // Nothing the script started is still running.
+    let left = Command::new("pgrep")
+        .args(["-f", "serve --addr 127.0.0.1:19071"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "servers left: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
+#[test]
+fn the_script_is_shellcheck_clean() {
+    let Ok(version) = Command::new("shellcheck").arg("--version").output() else {
+        eprintln!("SKIP the_script_is_shellcheck_clean: shellcheck is not installed");
+        return;
+    };
+    assert!(version.status.success());
+    let run = Command::new("shellcheck")
+        .arg(repo().join("benches/c100k.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["--connections", "0"][..],
+        &["--bogus"],
+        &["--port", "70000"],
+        &["--dial"],
+    ] {
+        let run = Command::new(repo().join("benches/c100k.sh"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(2), "{args:?}");
+    }
+}
