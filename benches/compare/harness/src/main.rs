@@ -14,7 +14,7 @@ mod report;
 use clap::{Parser, ValueEnum};
 use environment::Environment;
 use procs::{Child, ProcStat, WaitError};
-use report::{Config, CpuWindow, LoadReport, Report, Run};
+use report::{Anchor, Config, CpuWindow, LoadReport, Report, Run};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -284,9 +284,12 @@ fn run(args: &Args) -> Result<ExitCode, HarnessError> {
                 args.in_flight
             ),
             cpu_window: format!(
-                "utime+stime of each process from /proc/PID/stat, sampled {} s after the load generator \
-                 starts (end of its warm-up) and {} s later (end of its measured window); % is of one core",
-                args.warmup, args.duration
+                "utime+stime of each process (all threads) from /proc/PID/stat, read every {} ms; the \
+                 window runs from {} s after the generator reports its connections established (the \
+                 end of its warm-up) for {} s (its measured window); % is of one core",
+                procs::POLL.as_millis(),
+                args.warmup,
+                args.duration
             ),
         },
         runs: Vec::new(),
@@ -386,28 +389,57 @@ struct Bench<'a> {
     interrupted: &'a AtomicBool,
 }
 
+/// What a run produced, filled in as far as it got.
+#[derive(Default)]
+struct Outcome {
+    load: Option<LoadReport>,
+    cpu: Option<CpuWindow>,
+    notes: Vec<String>,
+}
+
+/// Both processes' CPU time (ticks) at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    server: u64,
+    load: u64,
+}
+
+/// What following a load generator to its exit recorded.
+struct Followed {
+    /// When it was started.
+    started: Instant,
+    /// When its `established` phase line was seen, if it printed one.
+    established: Option<Instant>,
+    /// CPU samples, one per poll, the last one taken after it exited (before it was reaped).
+    samples: Vec<Sample>,
+    /// How it exited.
+    status: std::process::ExitStatus,
+}
+
+/// The stderr line `ringws load --json` prints once every connection is up or has failed; its
+/// warm-up starts then.
+const ESTABLISHED_MARKER: &str = r#""phase":"established""#;
+
 impl Bench<'_> {
     /// One server under one load. Never fails: what went wrong is recorded in the run, next to
     /// whatever was measured before it went wrong.
     fn run(&self, server: Server, connections: u32, size: usize) -> Run {
-        let mut load = None;
-        let mut cpu = None;
-        let error = self
-            .measure(server, connections, size, &mut load, &mut cpu)
-            .err();
-        Run::new(server.name(), connections, size, load, cpu, error)
+        let mut out = Outcome::default();
+        let error = self.measure(server, connections, size, &mut out).err();
+        let mut run = Run::new(server.name(), connections, size, out.load, out.cpu, error);
+        run.notes.extend(out.notes);
+        run
     }
 
-    /// Starts the server, runs the load, fills `load_out` and `cpu_out`, stops the server. Errors are
-    /// messages for the record; children are stopped on every path ([`Child`]'s `Drop` covers early
-    /// returns).
+    /// Starts the server, runs the load, fills `out`, stops the server. Errors are messages for the
+    /// record; children are stopped on every path ([`Child`]'s `Drop` covers early returns).
     fn measure(
         &self,
         server: Server,
         connections: u32,
         size: usize,
-        load_out: &mut Option<LoadReport>,
-        cpu_out: &mut Option<CpuWindow>,
+        out: &mut Outcome,
     ) -> Result<(), String> {
         let args = self.args;
         let port = procs::free_port().map_err(|e| format!("finding a free port: {e}"))?;
@@ -449,26 +481,40 @@ impl Bench<'_> {
             args.load_cpu,
             self.load_bin,
             &load_args,
-            None,
+            Some(ESTABLISHED_MARKER),
             true,
         )
         .map_err(|e| e.to_string())?;
-        let window = self.follow(&mut srv, &mut generator, connections);
+        let followed = self.follow(&mut srv, &mut generator, connections);
         // Stop the server whatever happened; a server that needed SIGKILL is reported after the
         // numbers are kept.
         let stopped = srv.stop(STOP_GRACE);
-        *cpu_out = window?;
+        let followed = followed?;
+        let (anchor, at) = match followed.established {
+            Some(at) => (Anchor::Established, at),
+            None => (Anchor::Start, followed.started),
+        };
+        let open = at + Duration::from_secs_f64(args.warmup);
+        let close = open + Duration::from_secs_f64(args.duration);
+        out.cpu = cpu_window(&followed.samples, open, close, anchor, self.ticks);
 
         let stdout = generator
             .take_stdout()
             .map_err(|e| format!("reading the load generator's output: {e}"))?;
         let report = parse_load_output(&stdout).map_err(|e| {
             format!(
-                "load generator output: {e}; stderr: {}",
+                "load generator ({}) output: {e}; stderr: {}",
+                followed.status,
                 generator.stderr_tail()
             )
         })?;
-        *load_out = Some(report);
+        out.load = Some(report);
+        if !followed.status.success() {
+            // ringws load exits 1 after a complete run that counted failures: the report stands,
+            // its error counters say what failed.
+            out.notes
+                .push(format!("load generator exited with {}", followed.status));
+        }
         match stopped {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(format!(
@@ -478,71 +524,55 @@ impl Bench<'_> {
         }
     }
 
-    /// Follows a load run: samples both processes' CPU at the end of warm-up and at the end of the
-    /// measured window (or when the generator exits first), and waits for the generator to exit.
-    /// Returns the CPU window, `None` if the generator exited before the window opened.
+    /// Follows a load run to the generator's exit, sampling both processes' CPU time at every poll
+    /// and noting when the generator announced its connections established.
     fn follow(
         &self,
         srv: &mut Child,
         generator: &mut Child,
         connections: u32,
-    ) -> Result<Option<CpuWindow>, String> {
+    ) -> Result<Followed, String> {
         let started = Instant::now();
-        let open_at = started + Duration::from_secs_f64(self.args.warmup);
-        let close_at = open_at + Duration::from_secs_f64(self.args.duration);
-        // Connecting and closing take time too: allow a millisecond per connection on top.
-        let deadline = close_at + LOAD_SLACK + Duration::from_millis(u64::from(connections));
-        let server_ticks = |srv: &Child| {
-            ProcStat::read(srv.pid())
-                .map(|s| s.cpu_ticks)
-                .map_err(|e| format!("reading server CPU: {e}"))
-        };
-        // (when, server ticks, generator ticks) at the window's opening.
-        let mut opened: Option<(Instant, u64, u64)> = None;
-        let mut sockets_at_open = None;
-        let mut window = None;
+        // Connecting has no fixed length: allow a millisecond per connection on top of the slack.
+        let deadline = started
+            + Duration::from_secs_f64(self.args.warmup + self.args.duration)
+            + LOAD_SLACK
+            + Duration::from_millis(u64::from(connections));
+        let mut established = None;
+        let mut samples = Vec::new();
         loop {
             srv.check_running(self.interrupted).map_err(|e| match e {
-                WaitError::Exited(status) => {
-                    format!(
-                        "server exited during the run ({status}); stderr: {}",
-                        srv.stderr_tail()
-                    )
-                }
+                WaitError::Exited(status) => format!(
+                    "server exited during the run ({status}); stderr: {}",
+                    srv.stderr_tail()
+                ),
                 other => other.to_string(),
             })?;
             // Read before reaping: an exited, unreaped generator is a zombie whose CPU times are
             // still in /proc.
             let g = ProcStat::read(generator.pid())
                 .map_err(|e| format!("reading load generator CPU: {e}"))?;
+            let s = ProcStat::read(srv.pid()).map_err(|e| format!("reading server CPU: {e}"))?;
             let now = Instant::now();
-            let exited = g.state == 'Z';
-            if opened.is_none() && now >= open_at && !exited {
-                opened = Some((now, server_ticks(srv)?, g.cpu_ticks));
-                sockets_at_open = procs::count_sockets(generator.pid()).ok();
+            samples.push(Sample {
+                at: now,
+                server: s.cpu_ticks,
+                load: g.cpu_ticks,
+            });
+            if established.is_none() && generator.is_ready() {
+                established = Some(now);
             }
-            if let Some((t0, server0, load0)) = opened
-                && window.is_none()
-                && (now >= close_at || exited)
-            {
-                let seconds = |t: u64, t0: u64| t.saturating_sub(t0) as f64 / self.ticks;
-                window = Some(CpuWindow {
-                    window_s: now.duration_since(t0).as_secs_f64(),
-                    server_cpu_s: seconds(server_ticks(srv)?, server0),
-                    load_cpu_s: seconds(g.cpu_ticks, load0),
-                    load_sockets_at_start: sockets_at_open,
-                    truncated: now < close_at,
+            if g.state == 'Z' {
+                let status = generator
+                    .try_reap()
+                    .map_err(|e| e.to_string())?
+                    .ok_or("load generator was a zombie but could not be reaped")?;
+                return Ok(Followed {
+                    started,
+                    established,
+                    samples,
+                    status,
                 });
-            }
-            if exited {
-                let status = generator.try_reap().map_err(|e| e.to_string())?;
-                if let Some(status) = status.filter(|s| !s.success()) {
-                    return Err(format!(
-                        "load generator failed ({status}); stderr: {}",
-                        generator.stderr_tail()
-                    ));
-                }
-                return Ok(window);
             }
             if now >= deadline {
                 return Err(format!(
@@ -553,6 +583,33 @@ impl Bench<'_> {
             thread::sleep(procs::POLL);
         }
     }
+}
+
+/// The CPU used between the first sample at or after `open` and the last at or before `close`;
+/// `None` when no two samples fall in between (the generator exited first, or the window is
+/// shorter than a poll).
+fn cpu_window(
+    samples: &[Sample],
+    open: Instant,
+    close: Instant,
+    anchor: Anchor,
+    ticks_per_s: f64,
+) -> Option<CpuWindow> {
+    let first = samples.iter().find(|s| s.at >= open)?;
+    let last = samples
+        .iter()
+        .rev()
+        .find(|s| s.at <= close)
+        .filter(|s| s.at > first.at)?;
+    let seconds = |t: u64, t0: u64| t.saturating_sub(t0) as f64 / ticks_per_s;
+    Some(CpuWindow {
+        window_s: last.at.duration_since(first.at).as_secs_f64(),
+        server_cpu_s: seconds(last.server, first.server),
+        load_cpu_s: seconds(last.load, first.load),
+        anchor,
+        // The final sample is the generator's last: before `close`, it exited early.
+        truncated: samples.last().is_some_and(|s| s.at < close),
+    })
 }
 
 /// The load generator's report: the last line of its stdout that parses as its JSON object.
@@ -595,6 +652,35 @@ mod tests {
             parse_load_output("{\"msgs_per_s\": 1}").is_err(),
             "missing fields are an error"
         );
+    }
+
+    #[test]
+    fn cpu_window_takes_the_samples_inside() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // 10 ms polls for 1.5 s; the server burns 1 tick per poll, the generator 2.
+        let samples: Vec<Sample> = (0..150u64)
+            .map(|i| Sample {
+                at: at(i * 10),
+                server: i,
+                load: 2 * i,
+            })
+            .collect();
+        let w = cpu_window(&samples, at(205), at(1005), Anchor::Established, 100.0).unwrap();
+        // First sample at 210 ms (i = 21), last at 1000 ms (i = 100).
+        assert!((w.window_s - 0.79).abs() < 1e-9, "{}", w.window_s);
+        assert!((w.server_cpu_s - 0.79).abs() < 1e-9);
+        assert!((w.load_cpu_s - 1.58).abs() < 1e-9);
+        assert!(!w.truncated);
+        assert_eq!(w.anchor, Anchor::Established);
+
+        // The generator exited at 600 ms, before the planned close.
+        let early = cpu_window(&samples[..61], at(205), at(1005), Anchor::Start, 100.0).unwrap();
+        assert!(early.truncated);
+        assert!((early.window_s - 0.39).abs() < 1e-9);
+        // It exited before the window opened, or the window holds a single sample.
+        assert!(cpu_window(&samples[..20], at(205), at(1005), Anchor::Start, 100.0).is_none());
+        assert!(cpu_window(&samples, at(205), at(212), Anchor::Start, 100.0).is_none());
     }
 
     #[test]

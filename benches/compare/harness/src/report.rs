@@ -56,13 +56,30 @@ pub struct LoadErrors {
     pub connect: u64,
     /// Echoes that did not come back in time.
     pub timeout: u64,
+    /// Messages the generator could not send (its send queue was full); not in every report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<u64>,
+    /// Counters this harness does not know about, kept for compare.json.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 impl LoadErrors {
     /// All failures together: a comparison is only meaningful where this is 0.
     pub fn total(&self) -> u64 {
-        self.mismatch + self.closed + self.connect + self.timeout
+        self.mismatch + self.closed + self.connect + self.timeout + self.dropped.unwrap_or(0)
     }
+}
+
+/// What the CPU window's timing starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anchor {
+    /// The generator's `{"phase":"established",...}` stderr line: every connection is resolved and
+    /// its warm-up starts, so the window matches its measured window.
+    Established,
+    /// The generator's start (it printed no such line): connection set-up may overlap the window.
+    Start,
 }
 
 /// CPU time used by the server and the load generator over the harness's measuring window.
@@ -74,9 +91,8 @@ pub struct CpuWindow {
     pub server_cpu_s: f64,
     /// Load generator CPU time in the window, seconds.
     pub load_cpu_s: f64,
-    /// Sockets the load generator held when the window opened; fewer than its connections means
-    /// connection set-up overlapped the window.
-    pub load_sockets_at_start: Option<usize>,
+    /// What the window was timed from.
+    pub anchor: Anchor,
     /// The load generator exited before the window's planned end, which was then cut short.
     pub truncated: bool,
 }
@@ -244,26 +260,26 @@ impl Run {
     ) -> Run {
         let metrics = Metrics::derive(load.as_ref(), cpu.as_ref());
         let mut notes = Vec::new();
-        if let Some(l) = &load {
-            if l.errors.total() > 0 || l.connections_failed > 0 {
-                notes.push(format!(
-                    "load errors: {} failed connects, {} mismatch, {} closed, {} connect, {} timeout",
-                    l.connections_failed,
-                    l.errors.mismatch,
-                    l.errors.closed,
-                    l.errors.connect,
-                    l.errors.timeout
-                ));
-            }
-            if let Some(held) = cpu.and_then(|c| c.load_sockets_at_start)
-                && (held as u64) < l.connections_established
-            {
-                notes.push(format!(
-                    "CPU window opened while the generator held {held} of {} connections: \
-                     set-up overlapped it (raise --warmup)",
-                    l.connections_established
-                ));
-            }
+        if let Some(l) = &load
+            && (l.errors.total() > 0 || l.connections_failed > 0)
+        {
+            notes.push(format!(
+                "load errors: {} failed connects, {} mismatch, {} closed, {} connect, {} timeout, \
+                 {} dropped",
+                l.connections_failed,
+                l.errors.mismatch,
+                l.errors.closed,
+                l.errors.connect,
+                l.errors.timeout,
+                l.errors.dropped.unwrap_or(0)
+            ));
+        }
+        if cpu.is_some_and(|c| c.anchor == Anchor::Start) {
+            notes.push(
+                "CPU window timed from the generator's start (no established line): connection \
+                 set-up may overlap it"
+                    .to_owned(),
+            );
         }
         if cpu.is_some_and(|c| c.truncated) {
             notes.push("load generator exited before the CPU window's end".to_owned());
@@ -575,7 +591,7 @@ pub(crate) mod tests {
             window_s,
             server_cpu_s,
             load_cpu_s,
-            load_sockets_at_start: Some(100),
+            anchor: Anchor::Established,
             truncated: false,
         }
     }
@@ -689,27 +705,38 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn notes_overlap_and_truncation() {
+    fn notes_start_anchor_truncation_and_errors() {
         let mut window = cpu(10.0, 1.0, 1.0);
-        window.load_sockets_at_start = Some(40);
+        window.anchor = Anchor::Start;
         window.truncated = true;
-        let run = Run::new(
+        let mut report = load(1.0, 1.0, 1.0);
+        report.errors.dropped = Some(3);
+        let run = Run::new("ringws", 100, 20, Some(report), Some(window), None);
+        let has = |text: &str| run.notes.iter().any(|n| n.contains(text));
+        assert!(has("set-up may overlap"), "{:?}", run.notes);
+        assert!(has("exited before"), "{:?}", run.notes);
+        assert!(has("3 dropped"), "{:?}", run.notes);
+        let clean = Run::new(
             "ringws",
             100,
             20,
             Some(load(1.0, 1.0, 1.0)),
-            Some(window),
+            Some(cpu(10.0, 1.0, 1.0)),
             None,
         );
-        assert!(
-            run.notes.iter().any(|n| n.contains("40 of 100")),
-            "{:?}",
-            run.notes
-        );
-        assert!(
-            run.notes.iter().any(|n| n.contains("exited before")),
-            "{:?}",
-            run.notes
+        assert!(clean.notes.is_empty(), "{:?}", clean.notes);
+    }
+
+    #[test]
+    fn reads_the_errors_ringws_load_adds() {
+        let text = SAMPLE.replace(r#""timeout":0}"#, r#""timeout":0,"dropped":2,"later":5}"#);
+        let l: LoadReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(l.errors.dropped, Some(2));
+        assert_eq!(l.errors.total(), 2);
+        assert_eq!(
+            serde_json::to_value(&l.errors).unwrap()["later"],
+            5,
+            "unknown counters kept"
         );
     }
 
