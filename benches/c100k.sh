@@ -36,6 +36,8 @@ TIMEOUT=900
 BINARY=$ROOT/target/release/ringws
 CLIENT=$ROOT/benches/c100k/target/release/c100k-client
 OUT=
+NETNS=1
+LOAD=0
 TUNE=0
 KEEP=0
 # Seconds a process gets to exit after SIGINT before it is killed.
@@ -61,7 +63,12 @@ message over each and back, closes them all, and reports the cost.
   --timeout S       bound on the whole run in seconds (default $TIMEOUT)
   --binary PATH     the ringws binary (default target/release/ringws, built if missing)
   --client PATH     the client (default benches/c100k/target/release/c100k-client, built if missing)
+  --load            use \`ringws load --hold --ping-once\` as the client instead: each client process
+                    sends its round-trip messages as soon as its own connections are up, and the
+                    percentiles are each process's (the report gives the worst of them)
   --tune            (root) apply tuning/sysctl.sh for N connections first, revert it at exit
+  --no-netns        run in this network namespace; by default (as root) the run gets a network
+                    namespace of its own, so /proc/net/sockstat and ss count only its sockets
   --out FILE        also write the numbers as one JSON object to FILE
   --keep            keep the work directory (process logs, latency samples) after the run
   -h, --help        this text
@@ -262,12 +269,30 @@ server_connections() {
     ss -Htn state established "( sport = :$PORT )" | wc -l
 }
 
-# json_field FILE PHASE KEY DEFAULT: the number KEY of the client's JSON line for PHASE, or DEFAULT
-# when the client printed no such line.
+# json_field FILE PHASE KEY DEFAULT: the number KEY on the last JSON line of FILE with "phase":"PHASE"
+# (PHASE empty: the last JSON line without a phase, `ringws load`'s final report), or DEFAULT.
 json_field() {
-    local v
-    v=$(sed -n "s/.*\"phase\":\"$2\".*\"$3\":\([0-9.]*\).*/\1/p" "$1" | tail -n 1)
+    local line v
+    if [[ -n $2 ]]; then
+        line=$(grep -F "\"phase\":\"$2\"" "$1" | tail -n 1)
+    else
+        line=$(grep '^{' "$1" | grep -vF '"phase":' | tail -n 1)
+    fi
+    v=$(sed -n "s/.*\"$3\":\([0-9.]*\).*/\1/p" <<<"$line")
     printf '%s' "${v:-$4}"
+}
+
+# start_client NAME CPU COUNT SOURCES LATENCY_FILE: starts a client of COUNT connections from the
+# SOURCES address block.
+start_client() {
+    local url="ws://127.0.0.1:$PORT/"
+    if ((LOAD)); then
+        start "$1" "$2" "$BINARY" load --url "$url" --connections "$3" --source-ips "$4" --workers 1 \
+            --hold --duration "$TIMEOUT" --ping-once "$MESSAGE_SIZE" --size "$MESSAGE_SIZE" --json
+    else
+        start "$1" "$2" "$CLIENT" --url "$url" --connections "$3" --source-ips "$4" --dial "$DIAL" \
+            --message-size "$MESSAGE_SIZE" --latencies "$5" --timeout "$TIMEOUT"
+    fi
 }
 
 # per SUM COUNT: SUM / COUNT with one decimal ("-" without a count).
@@ -313,6 +338,8 @@ parse_args() {
             shift
             ;;
         --tune) TUNE=1 ;;
+        --no-netns) NETNS=0 ;;
+        --load) LOAD=1 ;;
         --keep) KEEP=1 ;;
         -h | --help)
             usage
@@ -336,6 +363,14 @@ parse_args() {
 
 main() {
     parse_args "$@"
+    if ((NETNS && EUID == 0)) && [[ -z ${C100K_NETNS:-} ]]; then
+        # Again, inside a new network namespace (its own loopback, sockets, ports and per-namespace
+        # sysctls); nothing has been started yet.
+        exec env C100K_NETNS=1 unshare --net -- "$0" "$@"
+    fi
+    if [[ -n ${C100K_NETNS:-} ]]; then
+        ip link set lo up || die "cannot bring up the loopback interface of the new network namespace"
+    fi
     DEADLINE=$((SECONDS + TIMEOUT))
     trap cleanup EXIT
     trap 'exit 130' INT
@@ -362,13 +397,13 @@ main() {
         log "building $BINARY"
         cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin ringws >&2
     fi
-    if [[ ! -x $CLIENT ]]; then
+    if ((!LOAD)) && [[ ! -x $CLIENT ]]; then
         log "building $CLIENT"
         cargo build --release --manifest-path "$ROOT/benches/c100k/Cargo.toml" >&2
     fi
     WORK=$(mktemp -d /tmp/c100k.XXXXXX)
 
-    log "$CONNECTIONS connections: $servers servers and $clients clients of at most $PER_PROCESS each, nofile $nofile, $cpus CPUs, Linux $kernel"
+    log "$CONNECTIONS connections: $servers servers and $clients clients of at most $PER_PROCESS each, nofile $nofile, $cpus CPUs, Linux $kernel${C100K_NETNS:+, own network namespace}"
     if ((TUNE)); then
         ((EUID == 0)) || die "--tune needs root"
         TUNED_BACKUP=$WORK/sysctl-backup.conf
@@ -393,8 +428,7 @@ main() {
 
     # Warm-up: open and close some connections on every server, so allocator arenas and receive
     # buffers are in place before the per-connection numbers are taken.
-    start warmup 0 "$CLIENT" --url "ws://127.0.0.1:$PORT/" --connections $((servers * WARMUP_PER_SERVER)) \
-        --source-ips 127.0.0.1 --timeout 60
+    start_client warmup 0 $((servers * WARMUP_PER_SERVER)) 127.0.0.1 "$WORK/warmup-latencies.txt"
     wait_for_line "$WORK/warmup.log" '"phase":"established"' "$LAST_PID" 60 ||
         die "warm-up failed: $(tail -n 3 "$WORK/warmup.log")"
     kill -INT "$LAST_PID"
@@ -402,7 +436,13 @@ main() {
     [[ $EXIT_STATUS == 0 ]] || die "warm-up client exited with $EXIT_STATUS: $(tail -n 3 "$WORK/warmup.log")"
     forget "$LAST_PID"
     warm_rss=$(rss_kib "${server_pids[@]}")
-    # The kernel's baseline: after the warm-up, whose sockets are gone (TIME_WAIT ones aside).
+    # The kernel's baseline: after the warm-up's sockets are gone (no connection on the port, no
+    # orphan still closing; its server-side TIME_WAIT entries remain, at tw_sock_TCP's size each).
+    local settle
+    settle=$(deadline_in 15)
+    while (($(server_connections) > 0 || $(sockstat | cut -d' ' -f2) > 0)) && ((SECONDS < settle)); do
+        sleep 0.2
+    done
     local base_sock base_slab base_slab_kib base_unrecl_kib
     base_sock=$(sockstat)
     base_slab=$(slab_bytes)
@@ -418,9 +458,8 @@ main() {
     for ((i = 0; i < clients; i++)); do
         count=$((i == clients - 1 ? CONNECTIONS - per * (clients - 1) : per))
         # Pinned one CPU over from the server of the same index.
-        start "client$i" $(((i + 1) % cpus)) "$CLIENT" --url "ws://127.0.0.1:$PORT/" --connections "$count" \
-            --source-ips "127.0.0.$ip-127.0.0.$((ip + ips_per_client - 1))" \
-            --message-size "$MESSAGE_SIZE" --dial "$DIAL" --latencies "$WORK/latencies$i.txt" --timeout "$TIMEOUT"
+        start_client "client$i" $(((i + 1) % cpus)) "$count" \
+            "127.0.0.$ip-127.0.0.$((ip + ips_per_client - 1))" "$WORK/latencies$i.txt"
         ip=$((ip + ips_per_client))
         client_pids+=("$LAST_PID")
     done
@@ -429,11 +468,20 @@ main() {
             die "client $i did not establish its connections: $(tail -n 3 "$WORK/client$i.log")"
     done
     # Time to establish: the slowest client's, from its start to its last connection open or failed.
-    local opened=0 dial_errors=0 slowest=0 v
+    # (ringws load reports its connection rate instead: established / rate.)
+    local opened=0 dial_errors=0 slowest=0 v n log
     for i in "${!client_pids[@]}"; do
-        opened=$((opened + $(json_field "$WORK/client$i.log" established open 0)))
-        dial_errors=$((dial_errors + $(json_field "$WORK/client$i.log" established errors 0)))
-        v=$(json_field "$WORK/client$i.log" established total_seconds 0)
+        log=$WORK/client$i.log
+        if ((LOAD)); then
+            n=$(json_field "$log" established connections_established 0)
+            dial_errors=$((dial_errors + $(json_field "$log" established connections_failed 0)))
+            v=$(per "$n" "$(json_field "$log" established connect_rate_per_s 0)")
+        else
+            n=$(json_field "$log" established open 0)
+            dial_errors=$((dial_errors + $(json_field "$log" established errors 0)))
+            v=$(json_field "$log" established total_seconds 0)
+        fi
+        opened=$((opened + n))
         slowest=$(awk -v a="$slowest" -v b="$v" 'BEGIN { print (b > a ? b : a) }')
     done
     local up up_counters
@@ -450,18 +498,26 @@ main() {
     up_rss=$(rss_kib "${server_pids[@]}")
 
     # One message over every connection and back, all clients at once.
-    local ping_errors=0 ping_seconds=0 lat
-    kill -USR1 "${client_pids[@]}"
+    # (ringws load sends its own as soon as its connections are up.)
+    local ping_errors=0 ping_seconds=- lat
+    ((LOAD)) || { kill -USR1 "${client_pids[@]}" && ping_seconds=0; }
     for i in "${!client_pids[@]}"; do
-        wait_for_line "$WORK/client$i.log" '"phase":"ping"' "${client_pids[i]}" 120 ||
-            die "client $i reported no round trip: $(tail -n 3 "$WORK/client$i.log")"
-        # A client's error count is cumulative over its phases.
-        ping_errors=$((ping_errors + $(json_field "$WORK/client$i.log" ping errors 0) - $(json_field "$WORK/client$i.log" established errors 0)))
-        v=$(json_field "$WORK/client$i.log" ping seconds 0)
-        ping_seconds=$(awk -v a="$ping_seconds" -v b="$v" 'BEGIN { print (b > a ? b : a) }')
+        log=$WORK/client$i.log
+        wait_for_line "$log" '"phase":"ping"' "${client_pids[i]}" 120 ||
+            die "client $i reported no round trip: $(tail -n 3 "$log")"
+        if ((LOAD)); then
+            ping_errors=$((ping_errors + $(json_field "$log" ping mismatch 0) + $(json_field "$log" ping missing 0)))
+        else
+            # A client's error count is cumulative over its phases.
+            ping_errors=$((ping_errors + $(json_field "$log" ping errors 0) - $(json_field "$log" established errors 0)))
+            v=$(json_field "$log" ping seconds 0)
+            ping_seconds=$(awk -v a="$ping_seconds" -v b="$v" 'BEGIN { print (b > a ? b : a) }')
+        fi
     done
-    lat=$(percentiles "$WORK"/latencies*.txt)
-    log "round trip: $lat (count p50 p90 p99 p99.9 max, us)"
+    if ((!LOAD)); then
+        lat=$(percentiles "$WORK"/latencies*.txt)
+        log "round trip: $lat (count p50 p90 p99 p99.9 max, us)"
+    fi
 
     # Teardown: every client closes its connections (Close handshake, the server closes TCP first).
     local failed=0 close_errors=0 down_t0 t_down left
@@ -474,8 +530,26 @@ main() {
             failed=1
         fi
         # No closed line at all counts as one error.
-        close_errors=$((close_errors + $(json_field "$WORK/client$i.log" closed errors $((1 + $(json_field "$WORK/client$i.log" ping errors 0)))) - $(json_field "$WORK/client$i.log" ping errors 0)))
+        log=$WORK/client$i.log
+        if ((LOAD)); then
+            # Its final report; none at all counts as one error.
+            close_errors=$((close_errors + $(json_field "$log" "" closed 1) + $(json_field "$log" "" timeout 0) + $(json_field "$log" "" dropped 0)))
+        else
+            # No closed line at all counts as one error.
+            close_errors=$((close_errors + $(json_field "$log" closed errors $((1 + $(json_field "$log" ping errors 0)))) - $(json_field "$log" ping errors 0)))
+        fi
     done
+    if ((LOAD)); then
+        # The worst of each percentile over the clients (each reports its own), and all echoes.
+        lat=$(for i in "${!client_pids[@]}"; do
+            log=$WORK/client$i.log
+            printf '%s' "$(json_field "$log" "" echoes 0)"
+            for v in p50 p90 p99 p999 max; do printf ' %s' "$(json_field "$log" "" "$v" 0)"; done
+            printf '\n'
+        done | awk '{ n += $1; for (i = 2; i <= 6; i++) if ($i > m[i]) m[i] = $i }
+                    END { printf "%d %.1f %.1f %.1f %.1f %.1f\n", n, m[2], m[3], m[4], m[5], m[6] }')
+        log "round trip: $lat (count, then the worst client's p50 p90 p99 p99.9 max, us)"
+    fi
     forget "${client_pids[@]}"
     left=$(server_connections)
     while ((left > 0 && SECONDS < DEADLINE)); do
@@ -537,8 +611,10 @@ main() {
     printf '                 slab +%s KiB (unreclaimable +%s KiB): %s B per connection, %s B per socket\n' \
         $((slab_delta / 1024)) $((unrecl_delta / 1024)) "$(per "$slab_delta" "$up")" "$(per "$slab_delta" "$sock_inuse")"
     [[ -z $caches ]] || printf '                 per connection, bytes: %s\n' "${caches%, }"
-    printf '  round trip     %s messages of %s B, every client sending as fast as it can: p50 %s us, p90 %s, p99 %s, p99.9 %s, max %s; all back in %s s; %s errors\n' \
-        "${p[0]}" "$MESSAGE_SIZE" "${p[1]}" "${p[2]}" "${p[3]}" "${p[4]}" "${p[5]}" "$ping_seconds" "$ping_errors"
+    printf '  round trip     %s messages of %s B, %s: p50 %s us, p90 %s, p99 %s, p99.9 %s, max %s; all back in %s s; %s errors\n' \
+        "${p[0]}" "$MESSAGE_SIZE" \
+        "$( ((LOAD)) && printf 'ringws load, worst client' || printf 'every client sending as fast as it can')" \
+        "${p[1]}" "${p[2]}" "${p[3]}" "${p[4]}" "${p[5]}" "$ping_seconds" "$ping_errors"
     printf '  teardown       %s s until no server connection was left (%s left); %s close errors; %s\n' \
         "$t_down" "$left" "$close_errors" \
         "$( ((failed)) && printf 'FAILED (see above)' || printf 'every process exited 0, no server log lines')"
