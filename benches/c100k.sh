@@ -19,6 +19,7 @@
 # Everything is bounded: every wait has a deadline within --timeout, and an EXIT/INT/TERM trap stops
 # every process the script started (SIGINT, then SIGKILL after a grace period) and reverts the sysctls
 # it applied. Exit status: 0 every connection up and down with zero errors, 1 failure, 2 usage.
+# benches/c100k/README.md explains the choices and lists measured numbers.
 
 set -euo pipefail
 
