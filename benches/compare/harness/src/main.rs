@@ -13,7 +13,7 @@ mod report;
 
 use clap::{Parser, ValueEnum};
 use environment::Environment;
-use procs::{Child, ProcStat, WaitError};
+use procs::{Child, CoreTicks, ProcStat, WaitError};
 use report::{Anchor, Config, CpuWindow, LoadReport, Report, Run};
 use std::fmt;
 use std::fs;
@@ -397,12 +397,13 @@ struct Outcome {
     notes: Vec<String>,
 }
 
-/// Both processes' CPU time (ticks) at one moment.
+/// Both processes' CPU time and the pinned CPUs' totals (ticks) at one moment.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     at: Instant,
     server: u64,
     load: u64,
+    cores: CoreTicks,
 }
 
 /// What following a load generator to its exit recorded.
@@ -553,11 +554,14 @@ impl Bench<'_> {
             let g = ProcStat::read(generator.pid())
                 .map_err(|e| format!("reading load generator CPU: {e}"))?;
             let s = ProcStat::read(srv.pid()).map_err(|e| format!("reading server CPU: {e}"))?;
+            let cores = CoreTicks::read(&[self.args.server_cpu, self.args.load_cpu])
+                .map_err(|e| format!("reading /proc/stat: {e}"))?;
             let now = Instant::now();
             samples.push(Sample {
                 at: now,
                 server: s.cpu_ticks,
                 load: g.cpu_ticks,
+                cores,
             });
             if established.is_none() && generator.is_ready() {
                 established = Some(now);
@@ -606,6 +610,9 @@ fn cpu_window(
         window_s: last.at.duration_since(first.at).as_secs_f64(),
         server_cpu_s: seconds(last.server, first.server),
         load_cpu_s: seconds(last.load, first.load),
+        cores_busy_s: seconds(last.cores.busy, first.cores.busy),
+        cores_interrupt_s: seconds(last.cores.interrupts, first.cores.interrupts),
+        cores_steal_s: seconds(last.cores.steal, first.cores.steal),
         anchor,
         // The final sample is the generator's last: before `close`, it exited early.
         truncated: samples.last().is_some_and(|s| s.at < close),
@@ -658,12 +665,18 @@ mod tests {
     fn cpu_window_takes_the_samples_inside() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        // 10 ms polls for 1.5 s; the server burns 1 tick per poll, the generator 2.
+        // 10 ms polls for 1.5 s; the server burns 1 tick per poll, the generator 2, and the two
+        // cores 4 (one of it interrupts and steal).
         let samples: Vec<Sample> = (0..150u64)
             .map(|i| Sample {
                 at: at(i * 10),
                 server: i,
                 load: 2 * i,
+                cores: CoreTicks {
+                    busy: 4 * i,
+                    interrupts: i / 2,
+                    steal: i / 2,
+                },
             })
             .collect();
         let w = cpu_window(&samples, at(205), at(1005), Anchor::Established, 100.0).unwrap();
@@ -671,6 +684,10 @@ mod tests {
         assert!((w.window_s - 0.79).abs() < 1e-9, "{}", w.window_s);
         assert!((w.server_cpu_s - 0.79).abs() < 1e-9);
         assert!((w.load_cpu_s - 1.58).abs() < 1e-9);
+        assert!((w.cores_busy_s - 3.16).abs() < 1e-9);
+        // 21 / 2 = 10 and 100 / 2 = 50 ticks.
+        assert!((w.cores_interrupt_s - 0.40).abs() < 1e-9);
+        assert!((w.cores_steal_s - 0.40).abs() < 1e-9);
         assert!(!w.truncated);
         assert_eq!(w.anchor, Anchor::Established);
 

@@ -295,6 +295,62 @@ impl ProcStat {
     }
 }
 
+/// What some CPUs did, in clock ticks since boot, from their `cpuN` lines in `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CoreTicks {
+    /// Everything but idle and iowait: user + nice + system + irq + softirq + steal.
+    pub busy: u64,
+    /// irq + softirq: interrupt work, which no process is charged for.
+    pub interrupts: u64,
+    /// Time the hypervisor ran something else on these virtual CPUs.
+    pub steal: u64,
+}
+
+impl CoreTicks {
+    /// Reads the totals of `cpus` from `/proc/stat`.
+    pub fn read(cpus: &[usize]) -> io::Result<CoreTicks> {
+        let text = fs::read_to_string("/proc/stat")?;
+        CoreTicks::parse(&text, cpus).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/stat lacks a line for one of CPUs {cpus:?}"),
+            )
+        })
+    }
+
+    /// Sums the `cpuN` lines of `cpus` (proc(5): user nice system idle iowait irq softirq steal
+    /// ...); `None` if one is missing or malformed. Each CPU counts once, however often listed.
+    pub fn parse(stat: &str, cpus: &[usize]) -> Option<CoreTicks> {
+        let mut total = CoreTicks::default();
+        let mut found = Vec::new();
+        for line in stat.lines() {
+            let mut fields = line.split_ascii_whitespace();
+            let Some(cpu) = fields.next().and_then(|f| f.strip_prefix("cpu")) else {
+                continue;
+            };
+            let Ok(n) = cpu.parse::<usize>() else {
+                continue; // the aggregate "cpu" line
+            };
+            if !cpus.contains(&n) || found.contains(&n) {
+                continue;
+            }
+            let v: Vec<u64> = fields
+                .take(8)
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            let &[user, nice, system, _idle, _iowait, irq, softirq, steal] = v.as_slice() else {
+                return None;
+            };
+            total.busy += user + nice + system + irq + softirq + steal;
+            total.interrupts += irq + softirq;
+            total.steal += steal;
+            found.push(n);
+        }
+        cpus.iter().all(|c| found.contains(c)).then_some(total)
+    }
+}
+
 /// Clock ticks per second, the unit of `/proc/PID/stat` times.
 pub fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a configuration value; it has no memory-safety preconditions.
@@ -365,6 +421,35 @@ mod tests {
         assert_eq!(ProcStat::parse("1 (x) S 1 2 3"), None);
         assert_eq!(ProcStat::parse("no parenthesis"), None);
         assert_eq!(ProcStat::parse("1 (x) S 1 1 1 0 -1 0 0 0 0 0 ab 3"), None);
+    }
+
+    #[test]
+    fn sums_the_chosen_cpus() {
+        let stat = "cpu  30 0 30 100 0 0 0 0 0 0\n\
+                    cpu0 10 1 5 50 7 2 3 1 0 0\n\
+                    cpu1 20 0 25 50 0 0 4 0 0 0\n\
+                    intr 1 2 3\n";
+        let both = CoreTicks::parse(stat, &[0, 1]).unwrap();
+        assert_eq!(
+            both,
+            CoreTicks {
+                busy: 22 + 49,
+                interrupts: 9,
+                steal: 1
+            }
+        );
+        let one = CoreTicks::parse(stat, &[1, 1]).unwrap();
+        assert_eq!(
+            one,
+            CoreTicks {
+                busy: 49,
+                interrupts: 4,
+                steal: 0
+            }
+        );
+        assert_eq!(CoreTicks::parse(stat, &[2]), None, "missing CPU");
+        assert_eq!(CoreTicks::parse("cpu0 1 2 3\n", &[0]), None, "short line");
+        assert!(CoreTicks::read(&[0]).unwrap().busy > 0);
     }
 
     #[test]

@@ -12,6 +12,10 @@ pub const BASELINE: &str = "ringws";
 /// marks such runs.
 pub const SATURATED_CPU_PCT: f64 = 95.0;
 
+/// Other work on the two pinned CPUs at or above this share of one core disturbs a run; the table
+/// marks it.
+pub const DISTURBED_CPU_PCT: f64 = 10.0;
+
 /// The load generator's JSON report (`ringws load --json`). Fields the harness does not use are kept
 /// in `extra`, so compare.json holds every number the generator printed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,10 +95,31 @@ pub struct CpuWindow {
     pub server_cpu_s: f64,
     /// Load generator CPU time in the window, seconds.
     pub load_cpu_s: f64,
+    /// Busy time of the pinned CPUs together (everything but idle and iowait), seconds.
+    pub cores_busy_s: f64,
+    /// Of that, interrupt handling (irq + softirq, charged to no process), seconds.
+    pub cores_interrupt_s: f64,
+    /// Of that, hypervisor steal, seconds.
+    pub cores_steal_s: f64,
     /// What the window was timed from.
     pub anchor: Anchor,
     /// The load generator exited before the window's planned end, which was then cut short.
     pub truncated: bool,
+}
+
+impl CpuWindow {
+    /// CPU time of everything else on the pinned CPUs (other processes, and whatever /proc charged
+    /// to no one but is not interrupt or steal time), in % of one core; interrupts and steal are
+    /// not counted: interrupts mostly serve this run's own loopback traffic.
+    pub fn others_pct(&self) -> Option<f64> {
+        let others = self.cores_busy_s
+            - self.cores_interrupt_s
+            - self.cores_steal_s
+            - self.server_cpu_s
+            - self.load_cpu_s;
+        // Ticks are sampled at slightly different moments per file: clamp the rounding below 0.
+        (self.window_s > 0.0).then(|| 100.0 * others.max(0.0) / self.window_s)
+    }
 }
 
 /// Everything compared between servers. Each field is `None` where the run could not produce it;
@@ -284,6 +309,13 @@ impl Run {
         if cpu.is_some_and(|c| c.truncated) {
             notes.push("load generator exited before the CPU window's end".to_owned());
         }
+        if let Some(other) = cpu.and_then(|c| c.others_pct())
+            && other >= DISTURBED_CPU_PCT
+        {
+            notes.push(format!(
+                "other work used {other:.0}% of a core on the pinned CPUs: this run was disturbed"
+            ));
+        }
         if metrics.load_cpu_pct.is_some_and(|p| p >= SATURATED_CPU_PCT) {
             notes.push("load generator saturated: its CPU may be the limit".to_owned());
         }
@@ -421,7 +453,10 @@ impl Report {
         let _ = writeln!(
             md,
             "better for msg/s and msg per server CPU-s, worse for latency and CPU %. Load-gen CPU ≥ {SATURATED_CPU_PCT}% \
-             is marked ⚠: the generator, not the server, may set the pace there.\n"
+             is marked ⚠: the generator, not the server, may set the pace there. \"Others on pinned CPUs\" is \
+             the CPU time other processes took on the two pinned CPUs during the window (interrupt and steal \
+             time excluded), in % of one core; ≥ {DISTURBED_CPU_PCT}% is marked ⚠: that run competed for its \
+             cores.\n"
         );
         self.overview(&mut md);
         for (size, connections) in self.scenarios() {
@@ -435,8 +470,8 @@ impl Report {
             for metric in Metric::ALL {
                 let _ = write!(md, " {} |", metric.title());
             }
-            let _ = writeln!(md, " failures |");
-            let _ = writeln!(md, "|---|{}---:|", "---:|".repeat(Metric::ALL.len()));
+            let _ = writeln!(md, " failures | others on pinned CPUs % |");
+            let _ = writeln!(md, "|---|{}---:|---:|", "---:|".repeat(Metric::ALL.len()));
             let runs = self
                 .runs
                 .iter()
@@ -447,7 +482,16 @@ impl Report {
                 for metric in Metric::ALL {
                     let _ = write!(md, " {} |", cell(run, metric));
                 }
-                let _ = writeln!(md, " {} |", run.failures());
+                let others = run.cpu.as_ref().and_then(CpuWindow::others_pct);
+                let _ = writeln!(
+                    md,
+                    " {} | {} |",
+                    run.failures(),
+                    others.map_or("–".to_owned(), |p| {
+                        let mark = if p >= DISTURBED_CPU_PCT { " ⚠" } else { "" };
+                        format!("{p:.1}{mark}")
+                    })
+                );
                 if let Some(e) = &run.error {
                     notes.push(format!(
                         "{}: **failed**: {}",
@@ -591,6 +635,9 @@ pub(crate) mod tests {
             window_s,
             server_cpu_s,
             load_cpu_s,
+            cores_busy_s: server_cpu_s + load_cpu_s + 0.2,
+            cores_interrupt_s: 0.1,
+            cores_steal_s: 0.05,
             anchor: Anchor::Established,
             truncated: false,
         }
@@ -687,7 +734,7 @@ pub(crate) mod tests {
         let md = report.markdown();
         assert!(md.contains("## 20 B, 100 connections"), "{md}");
         assert!(
-            md.contains("| ringws | 200,000 | 10.0 | 20.0 | 50.0 | 400,000 | 96.0 ⚠ | 0 |"),
+            md.contains("| ringws | 200,000 | 10.0 | 20.0 | 50.0 | 400,000 | 96.0 ⚠ | 0 | 0.5 |"),
             "{md}"
         );
         assert!(
@@ -709,6 +756,9 @@ pub(crate) mod tests {
         let mut window = cpu(10.0, 1.0, 1.0);
         window.anchor = Anchor::Start;
         window.truncated = true;
+        // 1.5 s of the window went to someone else: 15% of a core.
+        window.cores_busy_s = 1.0 + 1.0 + 0.1 + 0.05 + 1.5;
+        assert!((window.others_pct().unwrap() - 15.0).abs() < 1e-9);
         let mut report = load(1.0, 1.0, 1.0);
         report.errors.dropped = Some(3);
         let run = Run::new("ringws", 100, 20, Some(report), Some(window), None);
@@ -716,6 +766,7 @@ pub(crate) mod tests {
         assert!(has("set-up may overlap"), "{:?}", run.notes);
         assert!(has("exited before"), "{:?}", run.notes);
         assert!(has("3 dropped"), "{:?}", run.notes);
+        assert!(has("other work used 15%"), "{:?}", run.notes);
         let clean = Run::new(
             "ringws",
             100,
