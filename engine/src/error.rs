@@ -18,8 +18,9 @@ pub enum EngineError {
     /// io_uring calls are refused with `EPERM` although the sysctl allows them: a seccomp filter
     /// (containers' default profiles block io_uring) or an LSM policy.
     IoUringBlocked,
-    /// Creating the ring failed with `ENOMEM`: on kernels before 5.12 ring memory counts against
-    /// `RLIMIT_MEMLOCK`.
+    /// Creating the ring failed with `ENOMEM`: ring and buffer-ring memory counts against
+    /// `RLIMIT_MEMLOCK` for users without `CAP_IPC_LOCK` on kernels before 5.12 and again from 6.14
+    /// (about 280 KiB per worker with the default sizes; `ringws check` computes it).
     IoUringNoMemory,
     /// The kernel lacks an io_uring feature the engine requires.
     MissingFeature {
@@ -111,8 +112,9 @@ impl fmt::Display for EngineError {
                  and io_uring_register syscalls, e.g. `docker run --security-opt seccomp=unconfined`",
             ),
             Self::IoUringNoMemory => f.write_str(
-                "creating the io_uring failed with ENOMEM: on kernels before 5.12 ring memory counts \
-                 against the locked-memory limit; raise it (`ulimit -l unlimited`) or use fewer workers",
+                "creating the io_uring failed with ENOMEM: ring memory counts against the locked-memory \
+                 limit (kernels before 5.12 and from 6.14, users without CAP_IPC_LOCK); raise it \
+                 (`ulimit -l unlimited`, see `ringws check` and tuning/ulimit.sh) or use fewer workers",
             ),
             Self::MissingFeature { feature, kernel } => write!(
                 f,
