@@ -13,6 +13,9 @@ const PANELS: [Metric; 3] = [Metric::MsgsPerS, Metric::P99, Metric::MsgsPerServe
 /// Chart size in pixels.
 const SIZE: (u32, u32) = (1400, 1200);
 
+/// Height of the legend strip under the title, in pixels.
+const LEGEND_HEIGHT: u32 = 30;
+
 /// Server colours, in the order servers were listed; ringws first when run with the defaults.
 const COLOURS: [RGBColor; 4] = [
     RGBColor(0xd6, 0x27, 0x28),
@@ -61,7 +64,9 @@ pub fn svg(report: &Report) -> Result<String, ChartError> {
             report.environment.date_utc,
         );
         let root = root.titled(&title, ("sans-serif", 22))?;
-        let panels = root.split_evenly((PANELS.len(), 1));
+        let (legend_area, body) = root.split_vertically(LEGEND_HEIGHT);
+        legend(&legend_area, &report.config.servers)?;
+        let panels = body.split_evenly((PANELS.len(), 1));
         for (area, metric) in panels.iter().zip(PANELS) {
             panel(area, report, metric)?;
         }
@@ -166,18 +171,32 @@ where
                 ));
             }
         }
-        chart
-            .draw_series(bars)?
-            .label(server.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled()));
+        chart.draw_series(bars)?;
         chart.draw_series(ratios)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    Ok(())
+}
+
+/// One legend for every panel, in a strip of its own so it never hides a bar.
+fn legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    servers: &[String],
+) -> Result<(), ChartError>
+where
+    DB::ErrorType: 'static,
+{
+    let style =
+        TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    let y = i32::try_from(LEGEND_HEIGHT / 2).unwrap_or(0);
+    for (s, server) in servers.iter().enumerate() {
+        let x = 110 + 190 * i32::try_from(s).unwrap_or(0);
+        let colour = COLOURS[s % COLOURS.len()];
+        area.draw(&Rectangle::new(
+            [(x, y - 7), (x + 14, y + 7)],
+            colour.filled(),
+        ))?;
+        area.draw(&Text::new(server.as_str(), (x + 22, y), style.clone()))?;
+    }
     Ok(())
 }
 
@@ -272,12 +291,12 @@ mod tests {
         ] {
             assert!(svg.contains(text), "missing {text}");
         }
-        // 3 panels × 2 scenarios × 2 servers with data = 12 bars, plus 3 legend swatches per server.
+        // 3 panels × 2 scenarios of ringws bars, plus its one legend swatch.
         let ringws_fill = "fill=\"#D62728\"";
         assert_eq!(
             svg.matches(ringws_fill).count(),
-            3 * 2 + 3,
-            "ringws bars and legend swatches"
+            3 * 2 + 1,
+            "ringws bars and legend swatch"
         );
     }
 }
