@@ -273,23 +273,17 @@ mod tests {
 
     /// The RFC's 101 with `line` replacing (or, if new, added to) its headers.
     fn response_with(replace: &str, line: Option<&str>) -> String {
-        let mut head = String::from("HTTP/1.1 101 Switching Protocols\r\n");
-        for h in [
+        let headers = [
             "Upgrade: websocket",
             "Connection: Upgrade",
             "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
-        ] {
-            if !h.starts_with(replace) {
-                head.push_str(h);
-                head.push_str("\r\n");
-            }
-        }
-        if let Some(line) = line {
-            head.push_str(line);
-            head.push_str("\r\n");
-        }
-        head.push_str("\r\n");
-        head
+        ];
+        super::super::test_heads::head_with(
+            "HTTP/1.1 101 Switching Protocols",
+            &headers,
+            replace,
+            line,
+        )
     }
 
     fn parse<'a>(

@@ -62,3 +62,28 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 8192;
 /// Browsers send 10 to 20; the bound keeps a peer from making the parser do unbounded work per call
 /// (10,000 one-byte headers fit in a large header limit).
 pub const MAX_HEADERS: usize = 100;
+
+/// Test support shared by the request and response tests.
+#[cfg(test)]
+mod test_heads {
+    /// An HTTP head: `start` line, then `headers` except the one starting with `replace`, then
+    /// `line` (a replacement or an extra header) if given.
+    pub(super) fn head_with(
+        start: &str,
+        headers: &[&str],
+        replace: &str,
+        line: Option<&str>,
+    ) -> String {
+        let mut head = format!("{start}\r\n");
+        for h in headers.iter().filter(|h| !h.starts_with(replace)) {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        if let Some(line) = line {
+            head.push_str(line);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        head
+    }
+}

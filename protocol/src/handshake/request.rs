@@ -336,25 +336,14 @@ mod tests {
 
     /// A valid upgrade request with `line` replacing (or, if new, added to) the headers.
     fn upgrade_with(replace: &str, line: Option<&str>) -> String {
-        let mut head = String::from("GET /chat HTTP/1.1\r\n");
-        for h in [
+        let headers = [
             "Host: server.example.com",
             "Upgrade: websocket",
             "Connection: Upgrade",
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
             "Sec-WebSocket-Version: 13",
-        ] {
-            if !h.starts_with(replace) {
-                head.push_str(h);
-                head.push_str("\r\n");
-            }
-        }
-        if let Some(line) = line {
-            head.push_str(line);
-            head.push_str("\r\n");
-        }
-        head.push_str("\r\n");
-        head
+        ];
+        super::super::test_heads::head_with("GET /chat HTTP/1.1", &headers, replace, line)
     }
 
     fn validate(head: &str) -> Result<&str, Error> {
