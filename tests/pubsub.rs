@@ -9,18 +9,20 @@ mod common;
 
 use common::{Frame, RawClient, ReadError, op};
 use ringws::{
-    Handler, Message, Publisher, Server, ServerBuilder, ServerHandle, SlowConsumer, Socket,
+    ConnId, Handler, Message, Publisher, Server, ServerBuilder, ServerHandle, SlowConsumer, Socket,
     TopicStats,
 };
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Commands: `sub T`, `last T` (subscribe with the last publication), `unsub T`, `pub T PAYLOAD`.
-/// Answers `sub`/`last`/`unsub` with `<command> <worker> <result>` so tests know where a subscriber
-/// lives and that its subscription is in place.
+/// Commands: `sub T`, `last T` (subscribe with the last publication), `unsub T`, `pub T PAYLOAD`,
+/// `pause` (this connection stops reading), `resume` (the last paused connection of this worker
+/// reads again). Answers `sub`/`last`/`unsub`/`pause`/`resume` with `<command> <worker> <result>` so
+/// tests know where a subscriber lives and that its subscription is in place.
 struct Bus {
     worker: usize,
+    paused: Option<ConnId>,
 }
 
 impl Handler for Bus {
@@ -44,6 +46,17 @@ impl Handler for Bus {
             "unsub" => {
                 let r = ws.unsubscribe(arg);
                 let _ = ws.send_text(&format!("unsub {w} {r}"));
+            }
+            "pause" => {
+                ws.pause_reading();
+                self.paused = Some(ws.id());
+                let _ = ws.send_text(&format!("pause {w}"));
+            }
+            "resume" => {
+                let resumed = self.paused.take().and_then(|id| ws.get(id)).map(|mut p| {
+                    p.resume_reading();
+                });
+                let _ = ws.send_text(&format!("resume {w} {}", resumed.is_some()));
             }
             "pub" => {
                 let (topic, payload) = arg.split_once(' ').unwrap_or((arg, ""));
@@ -81,7 +94,13 @@ impl TestServer {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             server
-                .run_with_ready(|worker| Bus { worker }, move || tx.send(()).unwrap())
+                .run_with_ready(
+                    |worker| Bus {
+                        worker,
+                        paused: None,
+                    },
+                    move || tx.send(()).unwrap(),
+                )
                 .expect("server runs");
         });
         rx.recv_timeout(Duration::from_secs(10))
@@ -173,6 +192,25 @@ fn fast_subscribers_get_every_publication_in_order() {
         (stats.published, stats.dropped, stats.conflated),
         (2000, 0, 0)
     );
+}
+
+#[test]
+fn a_paused_connection_receives_nothing_until_resumed() {
+    let server = TestServer::start(1, |b| b, |_| {});
+    let (mut slow, _) = subscriber(server.addr, "p");
+    command(&mut slow, "pause");
+    // A command sent now waits in the kernel: no answer while paused.
+    slow.send(&Frame::text("sub q"));
+    let topic = server.publisher.topic("p").unwrap();
+    topic.publish(Message::Text("while paused"));
+    // Publications still leave: pausing stops reading, not sending.
+    assert_eq!(text(&mut slow), "while paused");
+    slow.expect_silence(Duration::from_millis(300));
+    let mut other = RawClient::connect(server.addr);
+    command(&mut other, "resume");
+    assert_eq!(text(&mut slow), "sub 0 Ok(true)");
+    topic.publish(Message::Text("after"));
+    assert_eq!(text(&mut slow), "after");
 }
 
 #[test]

@@ -50,7 +50,8 @@ pub(crate) mod flag {
     pub const PEER_EOF: u8 = 32;
     /// The receive must be re-armed after this turn (it ended for lack of buffers).
     pub const STARVED: u8 = 64;
-    /// Reading is paused until the output queue drains (`BackpressurePolicy::Pause`).
+    /// Reading is paused: until the output queue drains (`BackpressurePolicy::Pause`), or until
+    /// [`Socket::resume_reading`](crate::Socket::resume_reading).
     pub const PAUSED: u8 = 128;
 }
 
@@ -310,6 +311,17 @@ impl<S: Default> Core<S> {
         debug_assert!(opcode.is_control() && payload.len() <= 125);
         let mask = self.conns[slot as usize].client.then(mask_key);
         self.out(slot).push_frame_masked(opcode, payload, mask);
+    }
+
+    /// Stops (`paused`) or restarts reading from an open connection; the receive is cancelled or
+    /// re-armed at the end of this turn.
+    pub fn set_reading_paused(&mut self, slot: u32, paused: bool) {
+        let c = &mut self.conns[slot as usize];
+        if c.phase != Phase::Open || c.has(flag::PAUSED) == paused {
+            return;
+        }
+        c.flags ^= flag::PAUSED;
+        self.recv_review.push(slot);
     }
 
     /// Starts the closing handshake from this side: queues a Close frame with `code` and `reason`,

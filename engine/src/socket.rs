@@ -94,6 +94,23 @@ impl<'a, S: Default> Socket<'a, S> {
         self.core.close(self.slot, code, reason);
     }
 
+    /// Stops reading from this connection until [`resume_reading`](Self::resume_reading): nothing
+    /// more is received (pings included), what the peer sends waits in the kernel and then TCP
+    /// flow control holds the peer back. Sends still leave. For a consumer that is slow on purpose,
+    /// such as a load generator simulating stalled clients. Under
+    /// [`BackpressurePolicy::Pause`](crate::BackpressurePolicy::Pause) reading also resumes when
+    /// the send queue drains; it always resumes when the connection starts closing. No-op unless
+    /// the connection is open.
+    pub fn pause_reading(&mut self) {
+        self.core.set_reading_paused(self.slot, true);
+    }
+
+    /// Resumes reading after [`pause_reading`](Self::pause_reading). No-op unless the connection is
+    /// open and paused.
+    pub fn resume_reading(&mut self) {
+        self.core.set_reading_paused(self.slot, false);
+    }
+
     /// Bytes queued on this connection and not yet written to the socket.
     pub fn buffered_amount(&self) -> usize {
         self.core.conns[self.slot as usize].buffered()

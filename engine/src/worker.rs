@@ -10,7 +10,7 @@
 //! in the user data is checked anyway.
 
 use crate::bufring::BufRing;
-use crate::config::Config;
+use crate::config::{BackpressurePolicy, Config};
 use crate::conn::{Closed, Core, Limits, NO_TIMER, Phase, flag};
 use crate::error::EngineError;
 use crate::handler::{Decision, Handler, HttpResponse, Message};
@@ -616,6 +616,7 @@ impl<'r, H: Handler> Engine<'r, H> {
 
     fn on_send(&mut self, slot: u32, res: i32) {
         let max = self.app.core.limits.max_backpressure;
+        let pause_policy = self.app.core.limits.policy == BackpressurePolicy::Pause;
         let c = &mut self.app.core.conns[slot as usize];
         let Some(q) = c.out.as_mut().filter(|q| q.in_flight()) else {
             error!(slot, "send completion without a send in flight");
@@ -643,7 +644,8 @@ impl<'r, H: Handler> Engine<'r, H> {
         match c.phase {
             Phase::Open if c.has(flag::OVER_LIMIT) && c.buffered() <= max => {
                 c.flags &= !flag::OVER_LIMIT;
-                if c.has(flag::PAUSED) {
+                // Only a pause under backpressure ends here, not one asked for by the handler.
+                if c.has(flag::PAUSED) && pause_policy {
                     c.flags &= !flag::PAUSED;
                     if !c.has(flag::RECV_ARMED) {
                         self.arm_recv(slot);
