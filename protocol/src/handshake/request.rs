@@ -2,7 +2,7 @@
 
 use super::MAX_HEADERS;
 use super::accept::is_valid_key;
-use super::fields::{Fields, Head, has_token, locate, start_line};
+use super::fields::{Fields, Head, has_token, locate, start_line, trim_ows};
 use super::tokens::{ExtensionOffer, is_token, offers};
 use crate::error::Error;
 use std::mem::MaybeUninit;
@@ -225,6 +225,33 @@ impl<'a> Request<'a> {
         self.upgrade.origin
     }
 
+    /// The value of the cookie `name` from the `Cookie` header(s) (RFC 6265 §5.4: `name=value` pairs
+    /// separated by `;`), for authenticating a browser's upgrade (browsers cannot set other headers on
+    /// a WebSocket request). Names compare case-sensitively; the first match wins; a value in double
+    /// quotes is returned without them; a pair without `=` is skipped.
+    ///
+    /// ```
+    /// use ringws_protocol::handshake::{DEFAULT_MAX_HEADER_BYTES, Parse, parse_request};
+    /// let head = b"GET / HTTP/1.1\r\nHost: h\r\nCookie: theme=dark; session=\"abc\"\r\n\r\n";
+    /// let Parse::Complete(req) = parse_request(head, DEFAULT_MAX_HEADER_BYTES)? else { unreachable!() };
+    /// assert_eq!(req.cookie("session"), Some("abc"));
+    /// assert_eq!(req.cookie("Session"), None);
+    /// # Ok::<(), ringws_protocol::Error>(())
+    /// ```
+    pub fn cookie(&self, name: &str) -> Option<&'a str> {
+        self.fields
+            .all("Cookie")
+            .flat_map(|line| line.split(';'))
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(n, _)| trim_ows(n) == name)
+            .map(|(_, v)| {
+                let v = trim_ows(v);
+                v.strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v)
+            })
+    }
+
     /// The length of the head in bytes, final `\r\n\r\n` included: WebSocket data starts there.
     pub fn head_len(&self) -> usize {
         self.head_len
@@ -348,6 +375,25 @@ mod tests {
 
     fn validate(head: &str) -> Result<&str, Error> {
         complete(head.as_bytes()).validate_upgrade()
+    }
+
+    #[test]
+    fn cookies_from_every_cookie_header() {
+        let head = upgrade_with(
+            "Cookie",
+            Some("Cookie: a=1;b = 2 ; token=\"x.y\"\r\nCookie: flag; c=3=4; a=other"),
+        );
+        let req = complete(head.as_bytes());
+        assert_eq!(req.cookie("a"), Some("1"), "first match wins");
+        assert_eq!(req.cookie("b"), Some("2"));
+        assert_eq!(req.cookie("token"), Some("x.y"), "quotes removed");
+        assert_eq!(req.cookie("c"), Some("3=4"), "value holds the rest");
+        assert_eq!(req.cookie("flag"), None, "a pair without '=' has no value");
+        assert_eq!(req.cookie("A"), None, "names are case-sensitive");
+        assert_eq!(
+            complete(upgrade_with("Cookie", None).as_bytes()).cookie("a"),
+            None
+        );
     }
 
     // ---- RFC 6455 §1.2 example and real browsers ----
