@@ -16,3 +16,5 @@ pub use ringws_engine::{
 };
 // The client side: connections opened by the workers, with the same callbacks.
 pub use ringws_engine::{Connect, ConnectError, Context};
+// permessage-deflate (RFC 7692): the policy for `ServerBuilder::deflate` and `Connect::deflate`.
+pub use ringws_engine::DeflateConfig;

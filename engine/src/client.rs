@@ -37,6 +37,7 @@
 
 use crate::conn::Core;
 use crate::socket::{ConnId, Socket};
+use ringws_protocol::deflate::DeflateConfig;
 use ringws_protocol::handshake::is_token;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -79,6 +80,8 @@ struct Target {
     path: String,
     protocols: Vec<String>,
     headers: Vec<(String, String)>,
+    /// The permessage-deflate policy to offer, if any.
+    deflate: Option<DeflateConfig>,
 }
 
 impl Connect {
@@ -111,6 +114,7 @@ impl Connect {
                 path,
                 protocols: Vec::new(),
                 headers: Vec::new(),
+                deflate: None,
             }),
             source: None,
         })
@@ -155,6 +159,31 @@ impl Connect {
         Ok(self)
     }
 
+    /// Offers permessage-deflate (RFC 7692) with `policy` ([`DeflateConfig::offer`]). The server's
+    /// answer is checked against the offer ([`Params::from_response`]; anything the offer did not
+    /// allow fails the connection with [`ConnectError::Handshake`]); if it agrees, messages of at
+    /// least [`min_compress_size`](DeflateConfig::min_compress_size) bytes are sent compressed
+    /// and compressed messages are received, both ways under the agreed parameters. A server
+    /// that declines leaves the connection uncompressed.
+    ///
+    /// ```
+    /// use ringws_engine::{Connect, DeflateConfig};
+    /// let c = Connect::new("ws://127.0.0.1:9001/")?.deflate(DeflateConfig::default());
+    /// assert!(c.deflate_policy().is_some());
+    /// # Ok::<(), ringws_engine::ConnectError>(())
+    /// ```
+    ///
+    /// [`Params::from_response`]: ringws_protocol::deflate::Params::from_response
+    pub fn deflate(mut self, policy: DeflateConfig) -> Self {
+        Arc::make_mut(&mut self.target).deflate = Some(policy);
+        self
+    }
+
+    /// The permessage-deflate policy offered, if any.
+    pub fn deflate_policy(&self) -> Option<&DeflateConfig> {
+        self.target.deflate.as_ref()
+    }
+
     /// Connects from this local address (the port is picked by the kernel). Spreading connections
     /// over several source addresses passes the ~28k ephemeral ports of one address to one server.
     pub fn source(mut self, ip: IpAddr) -> Self {
@@ -190,7 +219,15 @@ impl Connect {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        handshake.write_request(out, &t.host, &t.path, &protocols, None, &headers);
+        let offer = t.deflate.map(|d| d.offer());
+        handshake.write_request(
+            out,
+            &t.host,
+            &t.path,
+            &protocols,
+            offer.as_deref(),
+            &headers,
+        );
     }
 
     /// The offered subprotocols, to check the server's choice against.

@@ -22,6 +22,8 @@
 //! | `share_port` | false | a port other processes listen on is refused as in use, unless asked to join it |
 //! | `slow_consumer` | `DropNewest` | pub/sub: what a topic without its own policy does for a subscriber over `max_backpressure` |
 //! | `max_topics` | 65 536 | pub/sub: topics are never removed; this bounds what subscriptions to new names can claim |
+//! | `deflate` | off | permessage-deflate (RFC 7692) policy; see [`DeflateConfig`] |
+//! | `deflate_budget` | 256 MiB | compression contexts kept per connection (context takeover), all workers together; beyond it new connections get no context takeover |
 //!
 //! Receive buffers, measured with the echo server on one pinned worker over loopback, as server CPU
 //! time per message (on a shared 2-core machine, so ranges over repeated runs): for 32-byte messages
@@ -35,6 +37,7 @@
 
 use crate::error::EngineError;
 use crate::pubsub::SlowConsumer;
+use ringws_protocol::deflate::DeflateConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -104,6 +107,13 @@ pub struct Config {
     pub slow_consumer: SlowConsumer,
     /// Most topics the server holds (topics are never removed).
     pub max_topics: usize,
+    /// permessage-deflate (RFC 7692): the policy answering clients' offers; `None` (the default)
+    /// declines every offer.
+    pub deflate: Option<DeflateConfig>,
+    /// Bytes of compression contexts that connections may keep between messages (context
+    /// takeover), over all workers; once spent, new connections are answered without context
+    /// takeover, which costs them nothing between messages.
+    pub deflate_budget: usize,
 }
 
 impl Default for Config {
@@ -131,6 +141,8 @@ impl Default for Config {
             share_port: false,
             slow_consumer: SlowConsumer::DropNewest,
             max_topics: 1 << 16,
+            deflate: None,
+            deflate_budget: 256 << 20,
         }
     }
 }
@@ -185,6 +197,29 @@ impl Config {
         }
         if !(1..=1 << 24).contains(&self.max_topics) {
             return Err(invalid("max_topics", "between 1 and 16777216"));
+        }
+        if let Some(d) = &self.deflate {
+            if !(8..=15).contains(&d.server_max_window_bits) {
+                return Err(invalid(
+                    "deflate.server_max_window_bits",
+                    "between 8 and 15",
+                ));
+            }
+            if !(8..=15).contains(&d.client_max_window_bits) {
+                return Err(invalid(
+                    "deflate.client_max_window_bits",
+                    "between 8 and 15",
+                ));
+            }
+            if d.level > 9 {
+                return Err(invalid("deflate.level", "between 0 and 9"));
+            }
+            if d.max_inflate_ratio == Some(0) {
+                return Err(invalid(
+                    "deflate.max_inflate_ratio",
+                    "at least 1 (None disables)",
+                ));
+            }
         }
         let timers = [
             ("handshake_timeout", self.handshake_timeout, false),
@@ -259,6 +294,25 @@ mod tests {
             }),
             "close_timeout"
         );
+        let deflate = |level| {
+            Some(DeflateConfig {
+                level,
+                ..DeflateConfig::default()
+            })
+        };
+        assert_eq!(
+            setting_of(Config {
+                deflate: deflate(10),
+                ..d()
+            }),
+            "deflate.level"
+        );
+        Config {
+            deflate: deflate(9),
+            ..d()
+        }
+        .validate()
+        .unwrap();
         assert_eq!(
             setting_of(Config {
                 idle_timeout: Duration::from_secs(8 * 24 * 3600),

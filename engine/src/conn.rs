@@ -8,6 +8,7 @@
 
 use crate::client::{Outbound, mask_key};
 use crate::config::{BackpressurePolicy, Config};
+use crate::deflate::Deflate;
 use crate::handler::SendResult;
 use crate::outq::{OutQueue, Pool};
 use crate::pubsub::local::Local;
@@ -169,6 +170,8 @@ pub(crate) struct Core<S> {
     pub pubsub: Local,
     /// Client connections and the wake-up asked for by callbacks, for the end of the turn.
     pub outbound: Outbound<S>,
+    /// permessage-deflate state, from the first connection that negotiates it.
+    pub deflate: Option<Box<Deflate>>,
 }
 
 impl<S: Default> Core<S> {
@@ -189,6 +192,7 @@ impl<S: Default> Core<S> {
             limits,
             pubsub,
             outbound: Outbound::default(),
+            deflate: None,
         }
     }
 
@@ -290,9 +294,18 @@ impl<S: Default> Core<S> {
         }
         let max = self.limits.max_backpressure;
         let mask = c.client.then(mask_key);
+        // Taken out for the call (a pointer move) so that it and the queue can be borrowed together.
+        let mut deflate = self.deflate.take();
         let q = self.out(slot);
-        q.push_frame_masked(opcode, payload, mask);
-        if q.buffered() > max {
+        let compressed = deflate
+            .as_deref_mut()
+            .is_some_and(|d| d.push_frame(slot, opcode, payload, mask, q));
+        if !compressed {
+            q.push_frame_masked(opcode, payload, mask);
+        }
+        let over = q.buffered() > max;
+        self.deflate = deflate;
+        if over {
             let c = &mut self.conns[slot as usize];
             c.flags |= flag::OVER_LIMIT;
             if self.limits.policy == BackpressurePolicy::Pause && !c.has(flag::PAUSED) {

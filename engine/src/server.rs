@@ -5,6 +5,7 @@ use crate::error::EngineError;
 use crate::handler::Handler;
 use crate::pubsub::{Hub, Publisher, SlowConsumer};
 use crate::worker;
+use ringws_protocol::deflate::{ContextBudget, DeflateConfig};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -27,6 +28,8 @@ pub(crate) struct Shared {
     exited: AtomicUsize,
     /// Topics, their subscribers per worker, and the workers' inboxes.
     pub hub: Arc<Hub>,
+    /// permessage-deflate contexts kept per connection, over all workers.
+    pub deflate_budget: ContextBudget,
 }
 
 fn eventfd() -> Result<OwnedFd, EngineError> {
@@ -180,6 +183,18 @@ impl ServerBuilder {
         slow_consumer: SlowConsumer;
         /// Pub/sub: most topics the server holds; topics are never removed (default 65 536).
         max_topics: usize;
+        /// permessage-deflate: bytes of compression contexts connections may keep between
+        /// messages, over all workers (default 256 MiB); beyond it new connections are answered
+        /// without context takeover.
+        deflate_budget: usize;
+    }
+
+    /// Accepts permessage-deflate (RFC 7692) offers under `policy` (default: declined). With the
+    /// default [`DeflateConfig`] the server compresses without context takeover (one compressor
+    /// per worker, none per connection) and lets clients keep theirs.
+    pub fn deflate(mut self, policy: DeflateConfig) -> Self {
+        self.cfg.deflate = Some(policy);
+        self
     }
 
     /// Validates the settings, probes io_uring and binds one `SO_REUSEPORT` listener per worker.
@@ -223,6 +238,7 @@ impl ServerBuilder {
             main_wake: eventfd()?,
             exited: AtomicUsize::new(0),
             hub,
+            deflate_budget: ContextBudget::new(cfg.deflate_budget),
         });
         Ok(Server {
             cfg,

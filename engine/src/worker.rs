@@ -461,11 +461,18 @@ impl<'r, H: Handler> Engine<'r, H> {
                     );
                 }
                 let protocol = protocol.filter(offered);
-                self.app
-                    .core
-                    .out(slot)
-                    .push_raw(|out| write_accept_response(out, key, protocol, None));
-                self.rx[slot as usize] = Receiver::new(Role::Server, self.rx_limits);
+                let (rx, extensions) = crate::deflate::accept(
+                    &mut self.app.core.deflate,
+                    slot,
+                    req,
+                    self.cfg.deflate.as_ref(),
+                    &self.shared.deflate_budget,
+                    self.rx_limits,
+                );
+                self.app.core.out(slot).push_raw(|out| {
+                    write_accept_response(out, key, protocol, extensions.as_deref())
+                });
+                self.rx[slot as usize] = rx;
                 let now = self.app.core.now;
                 let c = &mut self.app.core.conns[slot as usize];
                 c.state = state;
@@ -608,7 +615,12 @@ impl<'r, H: Handler> Engine<'r, H> {
         }
         // SAFETY: the slot owns the descriptor and no operation uses it any more.
         unsafe { libc::close(c.fd) };
-        if self.rx[slot as usize].buffered() != 0 || self.rx[slot as usize].in_progress() {
+        // A decoder with a decompressor is replaced too: it must not be reused, nor keep memory.
+        let deflated = crate::deflate::forget(&mut self.app.core.deflate, slot);
+        if deflated
+            || self.rx[slot as usize].buffered() != 0
+            || self.rx[slot as usize].in_progress()
+        {
             self.rx[slot as usize] = Receiver::new(Role::Server, self.rx_limits);
         }
         self.app.core.release(slot);

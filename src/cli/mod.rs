@@ -1,6 +1,7 @@
 //! Subcommands of the `ringws` binary, one module each.
 
 pub mod check;
+pub mod deflate;
 pub mod load;
 pub mod serve;
 

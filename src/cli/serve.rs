@@ -1,5 +1,6 @@
 //! `ringws serve`: the benchmark echo server, or the market-data feed (`--mode feed`).
 
+use super::deflate::DeflateArgs;
 use clap::{Args, ValueEnum};
 use ringws::feed::{Feed, FeedConfig};
 use ringws::{BackpressurePolicy, EngineError, Handler, Message, Server, Socket};
@@ -58,6 +59,12 @@ pub struct ServeArgs {
     /// Feed mode: publish quotes as binary frames instead of JSON text (layout in the README).
     #[arg(long)]
     binary: bool,
+    #[command(flatten)]
+    deflate: DeflateArgs,
+    /// With --deflate: MiB of compression contexts kept between messages over all connections
+    /// (default 256); beyond it new connections get no context takeover.
+    #[arg(long)]
+    deflate_budget: Option<usize>,
 }
 
 /// Echoes every message.
@@ -103,6 +110,12 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     }
     if args.share_port {
         b = b.share_port(true);
+    }
+    if let Some(policy) = args.deflate.policy() {
+        b = b.deflate(policy);
+    }
+    if let Some(mib) = args.deflate_budget {
+        b = b.deflate_budget(mib.saturating_mul(1 << 20));
     }
     let ready = |addr, workers| eprintln!("listening on {addr} ({workers} workers)");
     match args.mode {

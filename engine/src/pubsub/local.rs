@@ -246,18 +246,21 @@ impl<S: Default> Core<S> {
                     return Offer::Disconnected;
                 }
                 SlowConsumer::Conflate { .. } => {
+                    let compressed = self.compressed_publication(slot, item, true);
+                    let frame = compressed.as_ref().unwrap_or(&item.frame);
                     let q = self.out(slot);
                     let key = (item.topic, item.key);
-                    if q.replace_keyed(key, &item.frame) {
+                    if q.replace_keyed(key, frame) {
                         return Offer::Conflated;
                     }
-                    q.push_keyed(key, &item.frame);
+                    q.push_keyed(key, frame);
                     return Offer::Queued;
                 }
             }
         }
+        let compressed = self.compressed_publication(slot, item, false);
         let q = self.out(slot);
-        q.push_shared(&item.frame);
+        q.push_shared(compressed.as_ref().unwrap_or(&item.frame));
         if q.buffered() > max {
             self.conns[slot as usize].flags |= flag::OVER_LIMIT;
         }

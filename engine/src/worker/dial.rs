@@ -12,6 +12,7 @@ use crate::client::{Connect, ConnectError, Context, MAX_DIALING};
 use crate::conn::{NO_TIMER, Phase};
 use crate::handler::Handler;
 use io_uring::{opcode, types};
+use ringws_protocol::deflate::Params;
 use ringws_protocol::handshake::{ClientHandshake, ResponseParse};
 use ringws_protocol::{Receiver, Role};
 use socket2::{Domain, Protocol, SockAddr, Type};
@@ -227,16 +228,27 @@ impl<H: Handler> Engine<'_, H> {
             return Handshake::Done;
         };
         let offered: Vec<&str> = p.target.protocols().collect();
+        let policy = p.target.deflate_policy();
+        let offer = policy.map(|d| d.offer());
         let parsed = p
             .handshake
-            .parse_response(input, &offered, None, self.cfg.max_header_bytes)
-            .map(|r| match r {
-                ResponseParse::Partial => None,
-                ResponseParse::Complete(resp) => Some(resp.head_len),
+            .parse_response(input, &offered, offer.as_deref(), self.cfg.max_header_bytes)
+            .and_then(|r| match r {
+                ResponseParse::Partial => Ok(None),
+                ResponseParse::Complete(resp) => {
+                    // The extension the server agreed to, checked against our offer (RFC 7692 §7.1).
+                    let agreed = match (policy, resp.extensions) {
+                        (Some(policy), Some(selected)) => {
+                            Params::from_response(selected, policy)?.map(|params| (params, *policy))
+                        }
+                        _ => None,
+                    };
+                    Ok(Some((resp.head_len, agreed)))
+                }
             });
-        let head_len = match parsed {
+        let (head_len, agreed) = match parsed {
             Ok(None) => return Handshake::Partial,
-            Ok(Some(head_len)) => head_len,
+            Ok(Some(done)) => done,
             Err(e) => {
                 self.log_violation(slot, &e, "invalid handshake response");
                 self.dial.pending.remove(&slot);
@@ -245,7 +257,16 @@ impl<H: Handler> Engine<'_, H> {
             }
         };
         self.dial.pending.remove(&slot);
-        self.rx[slot as usize] = Receiver::new(Role::Client, self.rx_limits);
+        self.rx[slot as usize] = match agreed {
+            Some((params, policy)) => crate::deflate::connect(
+                &mut self.app.core.deflate,
+                slot,
+                params,
+                &policy,
+                self.rx_limits,
+            ),
+            None => Receiver::new(Role::Client, self.rx_limits),
+        };
         let now = self.app.core.now;
         let c = &mut self.app.core.conns[slot as usize];
         c.phase = Phase::Open;
