@@ -98,9 +98,13 @@ impl Assembler {
             Some(d) if d.is_allocated() => INFLATE_CONTEXT_BYTES,
             _ => 0,
         };
-        self.data.capacity()
-            + self.control.as_ref().map_or(0, |_| size_of::<ControlBuf>())
-            + inflate
+        self.assembly_bytes() + inflate
+    }
+
+    /// Bytes currently held in assembly buffers (data and control), without the inflate context:
+    /// what a message in progress costs, 0 between messages.
+    pub fn assembly_bytes(&self) -> usize {
+        self.data.capacity() + self.control.as_ref().map_or(0, |_| size_of::<ControlBuf>())
     }
 
     /// Whether a fragmented data message is in progress.

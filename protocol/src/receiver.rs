@@ -132,6 +132,12 @@ impl Receiver {
         self.asm.buffered()
     }
 
+    /// Bytes held in assembly buffers for the message or control frame in progress, without the
+    /// inflate context (for a global cap on assembly memory); 0 between messages.
+    pub fn assembly_bytes(&self) -> usize {
+        self.asm.assembly_bytes()
+    }
+
     /// Whether a frame or a fragmented message is partly received (the connection is not idle).
     pub fn in_progress(&self) -> bool {
         self.partial_len != 0 || self.current.is_some() || self.asm.in_message()
@@ -546,6 +552,20 @@ mod tests {
         rx.read(&mut []).unwrap();
         assert_eq!(rx.buffered(), 0);
         assert!(!rx.in_progress());
+    }
+
+    #[test]
+    fn assembly_bytes_count_a_message_in_progress_only() {
+        let mut rx = server();
+        let mut first = frame(false, 0, OpCode::Binary, &[7; 3000], KEY);
+        let len = first.len();
+        assert_eq!(rx.read(&mut first).unwrap(), (len, None));
+        assert!(rx.in_progress());
+        assert!(rx.assembly_bytes() >= 3000, "{}", rx.assembly_bytes());
+        let mut last = frame(true, 0, OpCode::Continuation, &[8; 10], KEY);
+        assert!(rx.read(&mut last).unwrap().1.is_some());
+        rx.read(&mut []).unwrap();
+        assert_eq!(rx.assembly_bytes(), 0);
     }
 
     #[test]
