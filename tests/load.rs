@@ -343,6 +343,113 @@ fn connection_refused_is_reported_quickly() {
     );
 }
 
+/// The latency percentiles of `l`, checked to be in order and plausible for a run on one host: over
+/// zero, and far below the clock's epoch value (a `ts` read wrongly would give ~1.7e9 s).
+fn assert_latencies(l: &Value, max_us: f64) {
+    let p = |k: &str| l[k].as_f64().unwrap_or_else(|| panic!("{k} in {l}"));
+    assert!(p("p50") > 0.0, "{l}");
+    assert!(
+        p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("p999"),
+        "{l}"
+    );
+    assert!(p("p999") <= p("max") && p("max") < max_us, "{l}");
+}
+
+#[test]
+fn subscribers_of_a_json_feed_measure_publish_to_receive_latency() {
+    // 20 symbols at 2000 quotes/s: 100/s per symbol. 8 connections x 5 symbols = 2 subscribers per
+    // symbol, 40 subscriptions: 4000 deliveries/s.
+    let server = Server::start(&["--mode", "feed", "--symbols", "20", "--rate", "2000"]);
+    let url = format!("ws://{}/", server.addr);
+    let (status, v, out) = load(
+        &url,
+        &[
+            "--subscribe",
+            "all",
+            "--symbols-per-conn",
+            "5",
+            "--connections",
+            "8",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+        ],
+    );
+    assert!(status.success(), "exit {status}:\n{out}");
+    assert_eq!(v["mode"], "subscribe");
+    assert_eq!(u(&v, "connections_established"), 8, "{v}");
+    assert_eq!(u(&v, "sent"), 8, "one subscribe message each: {v}");
+    let s = &v["subscribe"];
+    assert_eq!((u(s, "symbols"), u(s, "symbols_per_conn")), (20, 5), "{v}");
+    assert_eq!(f(s, "subscribers_per_symbol"), 2.0, "{v}");
+    // One snapshot quote per subscription, none of them timed.
+    assert_eq!(u(s, "snapshots"), 40, "{v}");
+    assert_eq!((u(s, "feed_errors"), s["stall"].clone()), (0, Value::Null));
+    let rate = f(&v, "msgs_per_s");
+    assert!((2000.0..6000.0).contains(&rate), "{rate} deliveries/s: {v}");
+    assert!(f(&v, "mb_per_s") > 0.0, "{v}");
+    for kind in ["mismatch", "closed", "connect", "timeout", "dropped"] {
+        assert_eq!(v["errors"][kind], 0, "errors.{kind} in {v}");
+    }
+    assert_latencies(&v["latency_us"], 2e6);
+}
+
+#[test]
+fn stalled_subscribers_of_a_binary_feed_resume_and_catch_up() {
+    let server = Server::start(&[
+        "--mode",
+        "feed",
+        "--binary",
+        "--symbols",
+        "4",
+        "--rate",
+        "4000",
+    ]);
+    let url = format!("ws://{}/", server.addr);
+    let (status, v, out) = load(
+        &url,
+        &[
+            "--subscribe",
+            "BTC-USD,ETH-USD",
+            "--connections",
+            "6",
+            "--stall",
+            "2",
+            "--stall-at",
+            "0.3",
+            "--stall-for",
+            "1",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.3",
+        ],
+    );
+    assert!(status.success(), "exit {status}:\n{out}");
+    let st = &v["subscribe"]["stall"];
+    assert_eq!(u(st, "connections"), 2, "{v}");
+    assert_eq!(
+        (u(st, "paused"), u(st, "resumed"), u(st, "caught_up")),
+        (2, 2, 2),
+        "{v}"
+    );
+    // The first quote after resuming waited in the socket buffers since the stall began.
+    let age = f(&st["first_age_ms"], "p50");
+    assert!(
+        (500.0..1500.0).contains(&age),
+        "first quote {age} ms old: {v}"
+    );
+    // Both stalled connections were still receiving after the stall; a live one got about
+    // 2 symbols x 1000/s x 1 s while they were stalled.
+    assert!(u(st, "messages") > 0, "{v}");
+    let live = f(st, "live_messages_during_stall_per_conn");
+    assert!((1000.0..3000.0).contains(&live), "{v}");
+    assert!(f(st, "backlog_per_conn") > 0.0, "{v}");
+    assert!(f(&st["catch_up_ms"], "max") < 1000.0, "{v}");
+    assert_latencies(&v["latency_us"], 1e6);
+}
+
 #[test]
 fn bad_options_are_refused() {
     for args in [
@@ -355,6 +462,29 @@ fn bad_options_are_refused() {
             "127.0.0.9-127.0.0.1",
         ],
         &["--url", "ws://127.0.0.1:1/", "--size", "99999999"],
+        &["--url", "ws://127.0.0.1:1/", "--subscribe", "A,,B"],
+        &[
+            "--url",
+            "ws://127.0.0.1:1/",
+            "--subscribe",
+            "A",
+            "--connections",
+            "1",
+            "--stall",
+            "2",
+        ],
+        &[
+            "--url",
+            "ws://127.0.0.1:1/",
+            "--subscribe",
+            "A",
+            "--stall",
+            "1",
+            "--stall-for",
+            "20",
+        ],
+        // `all` asks the server for its symbols: nothing listens on port 1.
+        &["--url", "ws://127.0.0.1:1/", "--subscribe", "all"],
     ] {
         let (status, output) = run_bounded(
             Command::new(binary()).arg("load").args(args),

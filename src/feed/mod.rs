@@ -192,8 +192,10 @@ fn symbols_json(names: &[String]) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// Nanoseconds since the UNIX epoch (0 if the clock is before it).
-fn now_ns() -> u64 {
+/// The clock quotes are stamped with: nanoseconds since the UNIX epoch (`CLOCK_REALTIME`, 0 if the
+/// clock is before it). A client on the same host subtracts a quote's `ts` ([`timestamp`]) from this
+/// clock's reading at receipt to get the publish-to-receive latency.
+pub fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)

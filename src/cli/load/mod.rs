@@ -26,9 +26,16 @@
 //! phases are also reported as JSON lines on stderr
 //! (`{"phase":"established",...}`, `{"phase":"ping",...}`) for scripts such as `benches/c100k.sh`.
 //!
+//! `--subscribe SYMBOLS` loads a market feed (`ringws serve --mode feed`) instead of an echo
+//! server: every connection subscribes and then only receives; deliveries and publish-to-receive
+//! latencies come from the quotes' timestamps, and `--stall N` makes N subscribers stop reading for
+//! a while ([`subscribe`]).
+//!
 //! Exit status: 0 when every connection was established and nothing went wrong; 1 when the run
 //! completed with failures (connect errors, mismatches, unexpected closes, timeouts, dropped sends;
 //! the report says which) or could not run (2 for invalid options, from the argument parser).
+
+mod subscribe;
 
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -97,6 +104,26 @@ pub struct LoadArgs {
     /// Print one JSON object on stdout at the end instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Subscribe to a market feed (`ringws serve --mode feed`) and only receive: SYMBOLS is a
+    /// comma-separated list, or `all` for every symbol the server lists at `GET /symbols`. Reports
+    /// deliveries/s and publish-to-receive latency from the quotes' timestamps.
+    #[arg(long, conflicts_with_all = ["hold", "rate", "in_flight", "text", "binary"])]
+    subscribe: Option<String>,
+    /// With --subscribe: symbols per connection, dealt out in turn (connection i gets symbols i*K
+    /// to i*K+K-1 of the list, wrapping), so N symbols over C connections get C*K/N subscribers
+    /// each (default: the whole list for every connection).
+    #[arg(long, requires = "subscribe")]
+    symbols_per_conn: Option<usize>,
+    /// With --subscribe: this many connections (the first ones) stop reading during the
+    /// measurement, then resume; reported apart from the others.
+    #[arg(long, requires = "subscribe", default_value_t = 0)]
+    stall: usize,
+    /// Seconds into the measurement when the stall starts.
+    #[arg(long, requires = "stall", default_value_t = 2.0)]
+    stall_at: f64,
+    /// Seconds the stalled connections do not read.
+    #[arg(long, requires = "stall", default_value_t = 3.0)]
+    stall_for: f64,
 }
 
 /// Largest payload accepted (the engine's default message limit).
@@ -199,6 +226,8 @@ struct Plan {
     interval_ns: Option<u64>,
     hold: bool,
     ping_once: bool,
+    /// `--subscribe`: the subscribers' plan.
+    subscribe: Option<subscribe::Plan>,
 }
 
 /// One worker's counters, read by the controller thread. Aligned so workers never share a line.
@@ -211,9 +240,9 @@ struct Stats {
     /// Closed by the server (or the network) before we closed them.
     closed: AtomicU64,
     sent: AtomicU64,
-    /// Echoes verified, at any time.
+    /// Echoes verified (with --subscribe: quotes received, snapshots aside), at any time.
     echoes: AtomicU64,
-    /// Echoes verified during the measurement window.
+    /// Echoes verified (with --subscribe: quotes received) during the measurement window.
     messages: AtomicU64,
     mismatch: AtomicU64,
     timeout: AtomicU64,
@@ -225,6 +254,8 @@ struct Stats {
     hist: Mutex<Histogram<u64>>,
     /// Connect failures by kind: count and one example.
     connect_errors: Mutex<BTreeMap<&'static str, (u64, String)>>,
+    /// `--subscribe` counters.
+    sub: subscribe::Stats,
 }
 
 impl Stats {
@@ -244,6 +275,7 @@ impl Stats {
             last_open_ns: AtomicU64::new(0),
             hist: Mutex::new(histogram()),
             connect_errors: Mutex::new(BTreeMap::new()),
+            sub: subscribe::Stats::new(),
         }
     }
 }
@@ -309,6 +341,8 @@ struct Conn {
     blocked: bool,
     /// We started the close.
     closing: bool,
+    /// `--subscribe`: the subscriber's state.
+    sub: subscribe::Sub,
 }
 
 /// One worker's generator.
@@ -328,6 +362,8 @@ struct Gen {
     drain_until: u64,
     drained: bool,
     pinged: bool,
+    /// `--subscribe --stall`: where the stall is.
+    stall: subscribe::Stage,
 }
 
 impl Gen {
@@ -483,6 +519,9 @@ impl Handler for Gen {
         if self.should_stop(now) {
             return Self::close(ws);
         }
+        if self.plan.subscribe.is_some() {
+            return self.subscribe(ws);
+        }
         match self.plan.interval_ns {
             None => {
                 for _ in 0..self.plan.in_flight {
@@ -503,7 +542,11 @@ impl Handler for Gen {
 
     fn on_message(&mut self, ws: &mut Socket<'_, Conn>, msg: Message<'_>) {
         let now = self.shared.ns();
-        self.verify(ws, &msg, now);
+        if self.plan.subscribe.is_some() {
+            self.receive(ws, msg, now);
+        } else {
+            self.verify(ws, &msg, now);
+        }
         if self.plan.hold {
             return;
         }
@@ -511,6 +554,9 @@ impl Handler for Gen {
             if ws.state().inflight.is_empty() && !ws.state().closing {
                 Self::close(ws);
             }
+            return;
+        }
+        if self.plan.subscribe.is_some() {
             return;
         }
         match self.plan.interval_ns {
@@ -587,6 +633,9 @@ impl Handler for Gen {
             self.paced_sends(ctx, now);
         }
         let mut next = now + HOUSEKEEPING.as_nanos() as u64;
+        if let Some(due) = self.stall_tick(ctx, now) {
+            next = next.min(due);
+        }
         if !self.stopping
             && let Some(&Reverse((due, _))) = self.schedule.peek()
         {
@@ -775,6 +824,7 @@ fn control(
             };
             let p99 = shared.merged().value_at_quantile(0.99) as f64 / 1e3;
             let errors = failed
+                + subscribe::feed_errors(shared)
                 + shared.sum(|s| &s.mismatch)
                 + shared.sum(|s| &s.closed)
                 + shared.sum(|s| &s.timeout)
@@ -838,6 +888,10 @@ fn plan(args: &LoadArgs) -> Result<Plan, String> {
         Some(_) => return Err("--rate must be a positive number of messages per second".into()),
     };
     let target = Connect::new(&args.url).map_err(|e| format!("--url {}: {e}", args.url))?;
+    let subscribe = match &args.subscribe {
+        Some(spec) => Some(subscribe::Plan::new(spec, args, &target)?),
+        None => None,
+    };
     let targets = match &args.source_ips {
         None => vec![target],
         Some(spec) => parse_sources(spec)
@@ -858,6 +912,7 @@ fn plan(args: &LoadArgs) -> Result<Plan, String> {
         interval_ns,
         hold: args.hold,
         ping_once: args.ping_once.is_some(),
+        subscribe,
     })
 }
 
@@ -918,6 +973,7 @@ pub fn run(args: LoadArgs) -> ExitCode {
             drain_until: u64::MAX,
             drained: false,
             pinged: false,
+            stall: subscribe::Stage::default(),
         },
         || {
             let (shared, plan, timeline) = (shared.clone(), plan.clone(), timeline.clone());
@@ -996,15 +1052,29 @@ fn report(
         }
         _ => 0.0,
     };
-    let mode = if plan.payload.text { "text" } else { "binary" };
+    let mode = match (&plan.subscribe, plan.payload.text) {
+        (Some(_), _) => "subscribe",
+        (None, true) => "text",
+        (None, false) => "binary",
+    };
+    let feed_errors = subscribe::feed_errors(shared);
     let ok = established == plan.connections as u64
-        && failed + mismatch + closed + timeout + dropped == 0;
+        && failed + mismatch + closed + timeout + dropped + feed_errors == 0;
+    let sub = plan
+        .subscribe
+        .as_ref()
+        .map(|p| subscribe::report(p, shared, plan.connections));
+    let bytes = match plan.subscribe {
+        Some(_) => subscribe::bytes(shared),
+        None => messages * plan.payload.size as u64,
+    };
+    let mb_per_s = per_s(bytes) / 1e6;
     if args.json {
         let connect_errors: serde_json::Map<String, serde_json::Value> = by_kind
             .iter()
             .map(|(k, (n, _))| ((*k).to_owned(), json!(n)))
             .collect();
-        let object = json!({
+        let mut object = json!({
             "url": args.url,
             "connections": plan.connections,
             "size": args.size,
@@ -1015,7 +1085,7 @@ fn report(
             "connect_rate_per_s": round(connect_rate(shared), 1),
             "messages": messages,
             "msgs_per_s": round(per_s(messages), 1),
-            "mb_per_s": round(per_s(messages) * plan.payload.size as f64 / 1e6, 2),
+            "mb_per_s": round(mb_per_s, 2),
             "latency_us": {
                 "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": max,
             },
@@ -1033,25 +1103,34 @@ fn report(
             "echoes": shared.sum(|s| &s.echoes),
             "load_cpu_percent": cpu,
         });
+        if let Some((value, _)) = sub {
+            object["subscribe"] = value;
+        }
         println!("{object}");
     } else {
         let loop_kind = match args.rate {
             Some(r) => format!("open loop at {r} msg/s (cap {} in flight)", plan.in_flight),
             None => format!("in-flight {}", plan.in_flight),
         };
-        println!(
-            "ringws load {}: {} connections x {} B {mode}, {loop_kind}, {} workers",
-            args.url, plan.connections, plan.payload.size, plan.workers
-        );
+        if plan.subscribe.is_some() {
+            println!(
+                "ringws load {}: {} subscribers, {} workers",
+                args.url, plan.connections, plan.workers
+            );
+        } else {
+            println!(
+                "ringws load {}: {} connections x {} B {mode}, {loop_kind}, {} workers",
+                args.url, plan.connections, plan.payload.size, plan.workers
+            );
+        }
         println!(
             "connections  {established} established, {failed} failed, {:.1}/s",
             connect_rate(shared)
         );
         if !plan.hold {
             println!(
-                "messages     {messages} in {duration_s:.2} s = {:.1} msg/s, {:.2} MB/s (load CPU {cpu}%)",
+                "messages     {messages} in {duration_s:.2} s = {:.1} msg/s, {mb_per_s:.2} MB/s (load CPU {cpu}%)",
                 per_s(messages),
-                per_s(messages) * plan.payload.size as f64 / 1e6
             );
             println!(
                 "latency us   p50 {}  p90 {}  p99 {}  p99.9 {}  max {max}",
@@ -1066,6 +1145,9 @@ fn report(
         );
         for (kind, (n, example)) in &by_kind {
             println!("  connect {kind}: {n} (e.g. {example})");
+        }
+        for line in sub.iter().flat_map(|(_, lines)| lines) {
+            println!("{line}");
         }
     }
     if ok {
