@@ -14,7 +14,13 @@ fuzz_target!(|data: &[u8]| {
     match parse_request(data, DEFAULT_MAX_HEADER_BYTES) {
         Ok(Parse::Complete(req)) => {
             assert!(req.head_len() <= data.len());
-            let _ = (req.method(), req.path(), req.query(), req.host(), req.origin());
+            let _ = (
+                req.method(),
+                req.path(),
+                req.query(),
+                req.host(),
+                req.origin(),
+            );
             for (name, value) in req.headers() {
                 let _ = (name.len(), value.len());
             }
@@ -29,7 +35,9 @@ fuzz_target!(|data: &[u8]| {
                 Err(e) => write_error_response(&mut out, &e),
             }
             // The head is complete: every longer input parses to the same head length.
-            if let Ok(Parse::Complete(again)) = parse_request(&data[..req.head_len()], DEFAULT_MAX_HEADER_BYTES) {
+            if let Ok(Parse::Complete(again)) =
+                parse_request(&data[..req.head_len()], DEFAULT_MAX_HEADER_BYTES)
+            {
                 assert_eq!(again.head_len(), req.head_len());
             }
         }
@@ -37,5 +45,10 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => write_error_response(&mut out, &e),
     }
     let client = ClientHandshake::with_key(*b"fuzzfuzzfuzzfuzz");
-    let _ = client.parse_response(data, &["chat"], Some("permessage-deflate"), DEFAULT_MAX_HEADER_BYTES);
+    let _ = client.parse_response(
+        data,
+        &["chat"],
+        Some("permessage-deflate"),
+        DEFAULT_MAX_HEADER_BYTES,
+    );
 });
