@@ -18,7 +18,7 @@ pub enum Takeover {
 }
 
 /// permessage-deflate (RFC 7692) options.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct DeflateArgs {
     /// Negotiate permessage-deflate (serve: accept clients' offers; load: offer it).
     #[arg(long)]

@@ -153,6 +153,11 @@ impl Server {
         wait_bounded(&mut self.child, timeout)
     }
 
+    /// The server's process id (for reading `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
@@ -423,6 +428,8 @@ pub struct RawClient {
     key_state: u32,
     /// The largest frame payload the client accepts from the server.
     pub max_frame: u64,
+    /// RSV bits the client accepts from the server (RSV1 once permessage-deflate is agreed).
+    pub allowed_rsv: u8,
     /// How long one `read_frame` may wait.
     timeout: Duration,
 }
@@ -483,6 +490,7 @@ impl RawClient {
             pending: Vec::new(),
             key_state: 0x9e37_79b9 ^ port,
             max_frame: 64 << 20,
+            allowed_rsv: 0,
             timeout: READ_TIMEOUT,
         }
     }
@@ -643,7 +651,7 @@ impl RawClient {
         let rules = DecodeRules {
             role: Role::Client,
             max_frame_size: self.max_frame,
-            allowed_rsv: 0,
+            allowed_rsv: self.allowed_rsv,
         };
         let deadline = Instant::now() + self.timeout;
         loop {

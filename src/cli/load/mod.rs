@@ -37,6 +37,7 @@
 
 mod subscribe;
 
+use super::deflate::DeflateArgs;
 use clap::Args;
 use hdrhistogram::Histogram;
 use ringws::{
@@ -124,6 +125,8 @@ pub struct LoadArgs {
     /// Seconds the stalled connections do not read.
     #[arg(long, requires = "stall", default_value_t = 3.0)]
     stall_for: f64,
+    #[command(flatten)]
+    deflate: DeflateArgs,
 }
 
 /// Largest payload accepted (the engine's default message limit).
@@ -887,7 +890,10 @@ fn plan(args: &LoadArgs) -> Result<Plan, String> {
         }
         Some(_) => return Err("--rate must be a positive number of messages per second".into()),
     };
-    let target = Connect::new(&args.url).map_err(|e| format!("--url {}: {e}", args.url))?;
+    let mut target = Connect::new(&args.url).map_err(|e| format!("--url {}: {e}", args.url))?;
+    if let Some(policy) = args.deflate.policy() {
+        target = target.deflate(policy);
+    }
     let subscribe = match &args.subscribe {
         Some(spec) => Some(subscribe::Plan::new(spec, args, &target)?),
         None => None,
