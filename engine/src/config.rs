@@ -22,6 +22,16 @@
 //! | `share_port` | false | a port other processes listen on is refused as in use, unless asked to join it |
 //! | `slow_consumer` | `DropNewest` | pub/sub: what a topic without its own policy does for a subscriber over `max_backpressure` |
 //! | `max_topics` | 65 536 | pub/sub: topics are never removed; this bounds what subscriptions to new names can claim |
+//! | `max_total_connections` | 0 (none) | over all workers; above it new connections get 503 before their request is read |
+//! | `max_connections_per_ip` | 0 (none) | per client address over all workers; above it new connections get 429 |
+//! | `allowed_origins` | empty (any) | an upgrade whose `Origin` matches none is answered 403 before `on_upgrade` |
+//! | `allow_missing_origin` | true | with an allowlist: accept upgrades without `Origin` (non-browser clients) |
+//! | `subprotocols` | empty | the engine selects the first of these the client offers when `on_upgrade` selects none |
+//! | `require_subprotocol` | false | refuse (400) upgrades that offer none of `subprotocols` |
+//! | `message_rate` / `message_burst` | 0 (none) / 100 | messages per second per connection; over it: Close 1008 |
+//! | `ping_rate` / `ping_burst` | 20 / 100 | client pings per second answered; more are ignored, another burst more closes 1008 |
+//! | `max_assembly_memory` | 256 MiB | bytes in partial-message buffers over all workers; the connection that passes it gets 1009 |
+//! | `message_timeout` | 30 s | a frame or message begun must be complete within it, else Close 1008 (0 disables) |
 //! | `deflate` | off | permessage-deflate (RFC 7692) policy; see [`DeflateConfig`] |
 //! | `deflate_budget` | 256 MiB | compression contexts kept per connection (context takeover), all workers together; beyond it new connections get no context takeover |
 //!
@@ -36,8 +46,10 @@
 //! recovered from without losing data.
 
 use crate::error::EngineError;
+use crate::guard;
 use crate::pubsub::SlowConsumer;
 use ringws_protocol::deflate::DeflateConfig;
+use ringws_protocol::handshake::is_token;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -107,6 +119,46 @@ pub struct Config {
     pub slow_consumer: SlowConsumer,
     /// Most topics the server holds (topics are never removed).
     pub max_topics: usize,
+    /// Accepted connections over all workers (0: no limit beyond `max_connections` per worker);
+    /// above it new connections are answered 503 before their request is read.
+    pub max_total_connections: usize,
+    /// Connections per client IP address over all workers (0: no limit); above it new connections
+    /// are answered 429 before their request is read. Off by default: behind a proxy or NAT many
+    /// clients share one address.
+    pub max_connections_per_ip: usize,
+    /// Origins allowed to open a WebSocket, each `scheme://host[:port]` (exact) or
+    /// `scheme://*.domain[:port]` (any subdomain of `domain`, not `domain` itself); an upgrade whose
+    /// `Origin` matches none is answered 403 before `on_upgrade` runs. Empty (the default): any.
+    /// Browsers always send `Origin`; this is the defence against cross-site WebSocket hijacking.
+    pub allowed_origins: Vec<String>,
+    /// With `allowed_origins` set, whether an upgrade without an `Origin` header is accepted (it
+    /// cannot come from a browser page). Default true.
+    pub allow_missing_origin: bool,
+    /// Subprotocols this server speaks, most preferred first: when `on_upgrade` selects none, the
+    /// engine selects the first of these that the client offered.
+    pub subprotocols: Vec<String>,
+    /// Refuse (400) an upgrade that offers none of `subprotocols`, instead of accepting it without a
+    /// subprotocol. Default false.
+    pub require_subprotocol: bool,
+    /// Messages per second per connection (0, the default: no limit); a connection over the rate
+    /// (after a burst of `message_burst`) is closed with 1008.
+    pub message_rate: u32,
+    /// Messages a connection may send back to back under `message_rate`.
+    pub message_burst: u32,
+    /// Client pings per second per connection that are answered (0: no limit); pings beyond it
+    /// (after a burst of `ping_burst`) are ignored, and once another `ping_burst` of them has
+    /// piled up the connection is closed with 1008.
+    pub ping_rate: u32,
+    /// Pings a connection may send back to back under `ping_rate`.
+    pub ping_burst: u32,
+    /// Bytes held in the assembly buffers of partly received messages, over all connections of all
+    /// workers (0: no limit beyond `max_message_size` per connection); the connection whose
+    /// receive takes the total over it is closed with 1009. Checked after each receive, so the
+    /// total can pass it by one receive's growth per worker.
+    pub max_assembly_memory: usize,
+    /// Time allowed to receive a frame or message once its first byte has arrived (0 disables);
+    /// past it the connection is closed with 1008 (slow-dribbled fragments).
+    pub message_timeout: Duration,
     /// permessage-deflate (RFC 7692): the policy answering clients' offers; `None` (the default)
     /// declines every offer.
     pub deflate: Option<DeflateConfig>,
@@ -141,6 +193,18 @@ impl Default for Config {
             share_port: false,
             slow_consumer: SlowConsumer::DropNewest,
             max_topics: 1 << 16,
+            max_total_connections: 0,
+            max_connections_per_ip: 0,
+            allowed_origins: Vec::new(),
+            allow_missing_origin: true,
+            subprotocols: Vec::new(),
+            require_subprotocol: false,
+            message_rate: 0,
+            message_burst: 100,
+            ping_rate: 20,
+            ping_burst: 100,
+            max_assembly_memory: 256 << 20,
+            message_timeout: Duration::from_secs(30),
             deflate: None,
             deflate_budget: 256 << 20,
         }
@@ -221,7 +285,9 @@ impl Config {
                 ));
             }
         }
+        self.validate_guard()?;
         let timers = [
+            ("message_timeout", self.message_timeout, true),
             ("handshake_timeout", self.handshake_timeout, false),
             ("idle_timeout", self.idle_timeout, true),
             ("ping_interval", self.ping_interval, true),
@@ -240,6 +306,58 @@ impl Config {
                     },
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks the admission and abuse limits (see [`crate::guard`]).
+    fn validate_guard(&self) -> Result<(), EngineError> {
+        if self.max_total_connections > 1 << 30 {
+            return Err(invalid("max_total_connections", "at most 2^30 (0: none)"));
+        }
+        if self.max_connections_per_ip > 1 << 24 {
+            return Err(invalid("max_connections_per_ip", "at most 16777216 (0: none)"));
+        }
+        if !self.allowed_origins.iter().all(|p| guard::is_origin_pattern(p)) {
+            return Err(invalid(
+                "allowed_origins",
+                "a list of scheme://host[:port] or scheme://*.domain[:port]",
+            ));
+        }
+        if !self.subprotocols.iter().all(|p| is_token(p)) {
+            return Err(invalid("subprotocols", "a list of tokens (RFC 6455 §4.1)"));
+        }
+        if self.require_subprotocol && self.subprotocols.is_empty() {
+            return Err(invalid(
+                "require_subprotocol",
+                "set only with at least one subprotocol",
+            ));
+        }
+        if self.message_burst == 0 {
+            return Err(invalid("message_burst", "at least 1"));
+        }
+        if self.ping_burst == 0 {
+            return Err(invalid("ping_burst", "at least 1"));
+        }
+        if self.message_rate > 1_000_000 || self.ping_rate > 1_000_000 {
+            return Err(invalid(
+                if self.message_rate > 1_000_000 {
+                    "message_rate"
+                } else {
+                    "ping_rate"
+                },
+                "at most 1000000 per second (0: none)",
+            ));
+        }
+        if self.max_assembly_memory != 0
+            && (self.max_assembly_memory as u64) < self.max_message_size
+        {
+            return Err(invalid(
+                "max_assembly_memory",
+                "at least max_message_size (0: none)",
+            ));
         }
         Ok(())
     }

@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     exited: AtomicUsize,
     /// Topics, their subscribers per worker, and the workers' inboxes.
     pub hub: Arc<Hub>,
+    /// Connection and assembly-memory counts over all workers, for their limits.
+    pub guard: crate::guard::Counters,
     /// permessage-deflate contexts kept per connection, over all workers.
     pub deflate_budget: ContextBudget,
 }
@@ -183,6 +185,33 @@ impl ServerBuilder {
         slow_consumer: SlowConsumer;
         /// Pub/sub: most topics the server holds; topics are never removed (default 65 536).
         max_topics: usize;
+        /// Accepted connections over all workers before new ones are answered 503; 0 (the
+        /// default): no limit beyond `max_connections` per worker.
+        max_total_connections: usize;
+        /// Connections per client IP address before new ones are answered 429; 0 (the default): no
+        /// limit.
+        max_connections_per_ip: usize;
+        /// With [`allowed_origins`](Self::allowed_origins) set, accept upgrades that carry no
+        /// `Origin` (default true: non-browser clients send none).
+        allow_missing_origin: bool;
+        /// Refuse (400) upgrades offering none of [`subprotocols`](Self::subprotocols) (default
+        /// false).
+        require_subprotocol: bool;
+        /// Messages per second per connection, over it Close 1008; 0 (the default): no limit.
+        message_rate: u32;
+        /// Messages back to back under `message_rate` (default 100).
+        message_burst: u32;
+        /// Client pings answered per second per connection (default 20); more are ignored, and a
+        /// further `ping_burst` of them closes with 1008. 0: no limit.
+        ping_rate: u32;
+        /// Pings back to back under `ping_rate` (default 100).
+        ping_burst: u32;
+        /// Bytes of partly received messages held over all workers before the connection that
+        /// passes it is closed with 1009 (default 256 MiB; 0: no limit).
+        max_assembly_memory: usize;
+        /// Time to receive a frame or message once begun, else Close 1008 (default 30 s; zero
+        /// disables).
+        message_timeout: Duration;
         /// permessage-deflate: bytes of compression contexts connections may keep between
         /// messages, over all workers (default 256 MiB); beyond it new connections are answered
         /// without context takeover.
@@ -194,6 +223,26 @@ impl ServerBuilder {
     /// per worker, none per connection) and lets clients keep theirs.
     pub fn deflate(mut self, policy: DeflateConfig) -> Self {
         self.cfg.deflate = Some(policy);
+        self
+    }
+
+    /// Origins allowed to open a WebSocket: `scheme://host[:port]` exactly, or
+    /// `scheme://*.domain[:port]` for any subdomain of `domain`; others are answered 403 before
+    /// `on_upgrade` runs. Default: none listed, any origin accepted.
+    ///
+    /// ```
+    /// let b = ringws_engine::Server::builder()
+    ///     .allowed_origins(["https://example.com", "https://*.example.com"]);
+    /// ```
+    pub fn allowed_origins<T: Into<String>>(mut self, origins: impl IntoIterator<Item = T>) -> Self {
+        self.cfg.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Subprotocols this server speaks, most preferred first: when `on_upgrade` selects none, the
+    /// engine answers with the first of these the client offered (default: none).
+    pub fn subprotocols<T: Into<String>>(mut self, protocols: impl IntoIterator<Item = T>) -> Self {
+        self.cfg.subprotocols = protocols.into_iter().map(Into::into).collect();
         self
     }
 
@@ -238,6 +287,7 @@ impl ServerBuilder {
             main_wake: eventfd()?,
             exited: AtomicUsize::new(0),
             hub,
+            guard: crate::guard::Counters::new(),
             deflate_budget: ContextBudget::new(cfg.deflate_budget),
         });
         Ok(Server {

@@ -13,9 +13,11 @@ use crate::bufring::BufRing;
 use crate::config::{BackpressurePolicy, Config};
 use crate::conn::{Closed, Core, Limits, NO_TIMER, Phase, flag};
 use crate::error::EngineError;
+use crate::guard::{Assembly, Guard};
 use crate::handler::{Decision, Handler, HttpResponse, Message};
 use crate::outq::SendOp;
 use crate::pubsub::local::Local;
+use crate::ratelimit::LogLimit;
 use crate::server::Shared;
 use crate::socket::Socket;
 use crate::timer::{self, Tick};
@@ -82,28 +84,6 @@ pub(crate) fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
     // is in use; the borrow does not outlive this call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
-}
-
-/// Rate limit for per-connection log lines (violations, refusals): a burst of 20, then one a second.
-struct LogLimit {
-    tokens: u32,
-    refilled: Tick,
-}
-
-impl LogLimit {
-    fn allow(&mut self, now: Tick) -> bool {
-        let per_second = timer::ticks(Duration::from_secs(1));
-        if now >= self.refilled + per_second {
-            self.tokens = (self.tokens + (now - self.refilled) / per_second).min(20);
-            self.refilled = now;
-        }
-        if self.tokens > 0 {
-            self.tokens -= 1;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// The handler and the state callbacks may touch: everything a callback invocation needs, and nothing
@@ -257,6 +237,8 @@ struct Engine<'r, H: Handler> {
     shutdown_deadline: Option<Tick>,
     forced: bool,
     log: LogLimit,
+    /// Admission and abuse limits, and their per-connection state.
+    guard: Guard,
     fatal: Option<io::Error>,
     /// Client connections before their `101`, and the wake-up timer.
     dial: dial::Dialer,
@@ -337,6 +319,7 @@ impl<'r, H: Handler> Engine<'r, H> {
         if slot as usize == self.rx.len() {
             self.rx.push(Receiver::new(Role::Server, self.rx_limits));
         }
+        self.guard.on_alloc(slot);
         slot
     }
 
@@ -357,14 +340,21 @@ impl<'r, H: Handler> Engine<'r, H> {
                 }
             } else {
                 let slot = self.alloc(fd);
-                if self.app.core.live > self.cfg.max_connections {
-                    if self.log.allow(self.app.core.now) {
-                        info!(worker = self.index, "over max_connections; answering 503");
-                    }
+                let over_worker = self.app.core.live > self.cfg.max_connections;
+                let now = self.app.core.now;
+                let refused = self.guard.admit(
+                    &self.shared.guard,
+                    &mut self.log,
+                    now,
+                    slot,
+                    fd,
+                    over_worker,
+                );
+                if let Some(status) = refused {
                     self.app
                         .core
                         .out(slot)
-                        .push_raw(|out| write_response(out, 503, &[("Retry-After", "1")], b""));
+                        .push_raw(|out| write_response(out, status, &[("Retry-After", "1")], b""));
                     self.app.core.begin_closing(slot);
                 }
                 self.arm_recv(slot);
@@ -450,6 +440,22 @@ impl<'r, H: Handler> Engine<'r, H> {
                 return false;
             }
         };
+        let now = self.app.core.now;
+        let fd = self.app.core.conns[slot as usize].fd;
+        let preferred = match self
+            .guard
+            .check_upgrade(self.cfg, &mut self.log, now, fd, req)
+        {
+            Ok(preferred) => preferred,
+            Err(resp) => {
+                self.app
+                    .core
+                    .out(slot)
+                    .push_raw(|out| write_http(out, &resp));
+                self.app.core.begin_closing(slot);
+                return false;
+            }
+        };
         match self.app.answer(|h| h.on_upgrade(req)) {
             Some(Decision::Accept { protocol, state }) => {
                 // RFC 6455 §4.2.2: the server may only select a subprotocol the client offered.
@@ -460,7 +466,7 @@ impl<'r, H: Handler> Engine<'r, H> {
                         "on_upgrade selected a subprotocol the client did not offer; selecting none"
                     );
                 }
-                let protocol = protocol.filter(offered);
+                let protocol = protocol.filter(offered).or(preferred);
                 let (rx, extensions) = crate::deflate::accept(
                     &mut self.app.core.deflate,
                     slot,
@@ -509,7 +515,14 @@ impl<'r, H: Handler> Engine<'r, H> {
                 Ok((used, event)) => {
                     pos += used;
                     match event {
-                        Some(event) => self.app.dispatch(slot, event),
+                        Some(event) => {
+                            let core = &mut self.app.core;
+                            if self.guard.admit_event(core, &mut self.log, slot, &event) {
+                                self.app.dispatch(slot, event);
+                            } else {
+                                self.app.deliver_closes();
+                            }
+                        }
                         None if used == 0 => break,
                         None => {}
                     }
@@ -524,6 +537,16 @@ impl<'r, H: Handler> Engine<'r, H> {
                     break;
                 }
             }
+        }
+        let rx = &mut self.rx[slot as usize];
+        rx.release();
+        let (bytes, busy) = (rx.assembly_bytes(), rx.in_progress());
+        let (guard, core) = (&mut self.guard, &mut self.app.core);
+        if guard.after_receive(&self.shared.guard, core, &mut self.log, slot, bytes, busy)
+            == Assembly::OverMemory
+        {
+            self.rx[slot as usize] = Receiver::new(Role::Server, self.rx_limits);
+            self.app.deliver_closes();
         }
     }
 
@@ -623,6 +646,8 @@ impl<'r, H: Handler> Engine<'r, H> {
         {
             self.rx[slot as usize] = Receiver::new(Role::Server, self.rx_limits);
         }
+        let client = self.app.core.conns[slot as usize].client;
+        self.guard.release(&self.shared.guard, slot, client);
         self.app.core.release(slot);
     }
 
@@ -687,6 +712,13 @@ impl<'r, H: Handler> Engine<'r, H> {
                 }
             }
             Phase::Open => {
+                let (guard, core) = (&mut self.guard, &mut self.app.core);
+                if guard.message_overdue(&self.shared.guard, core, &mut self.log, slot) {
+                    self.rx[slot as usize] = Receiver::new(Role::Server, self.rx_limits);
+                    self.app.deliver_closes();
+                    return;
+                }
+                let c = &mut self.app.core.conns[slot as usize];
                 if l.idle > 0 && now >= c.stamp + l.idle {
                     self.app
                         .core
@@ -720,7 +752,8 @@ impl<'r, H: Handler> Engine<'r, H> {
                 } else {
                     NO_TIMER
                 };
-                let next = idle_at.min(ping_at);
+                let message_at = self.guard.message_due(slot).unwrap_or(NO_TIMER);
+                let next = idle_at.min(ping_at).min(message_at);
                 if next != NO_TIMER {
                     self.app.core.schedule(slot, next);
                 }
@@ -740,6 +773,7 @@ impl<'r, H: Handler> Engine<'r, H> {
 
     /// Moves the clock and fires due timers.
     fn tick(&mut self) {
+        self.guard.new_turn();
         let now = (self.start.elapsed().as_nanos() / timer::TICK.as_nanos()) as Tick;
         if now <= self.app.core.now && now <= self.app.core.wheel.current() {
             return;
@@ -1171,10 +1205,8 @@ pub(crate) fn run<H: Handler>(
             starved: Vec::new(),
             shutdown_deadline: None,
             forced: false,
-            log: LogLimit {
-                tokens: 20,
-                refilled: 0,
-            },
+            log: LogLimit::new(),
+            guard: Guard::new(cfg, index),
             fatal: None,
             dial: dial::Dialer::new(),
         },
@@ -1195,17 +1227,5 @@ mod tests {
         assert_eq!(parse_user_data(ud), Some((Op::Recv, u32::MAX, 0xff_ffff)));
         assert_eq!(parse_user_data(0), None);
         assert_eq!(parse_user_data(9 << 56), None);
-    }
-
-    #[test]
-    fn log_limit_allows_a_burst_then_one_a_second() {
-        let mut l = LogLimit {
-            tokens: 20,
-            refilled: 0,
-        };
-        assert_eq!((0..30).filter(|_| l.allow(0)).count(), 20);
-        assert!(!l.allow(5));
-        assert!(l.allow(10));
-        assert!(!l.allow(10));
     }
 }

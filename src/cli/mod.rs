@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod deflate;
+pub mod limits;
 pub mod load;
 pub mod serve;
 

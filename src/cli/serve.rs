@@ -1,6 +1,7 @@
 //! `ringws serve`: the benchmark echo server, or the market-data feed (`--mode feed`).
 
 use super::deflate::DeflateArgs;
+use super::limits::LimitArgs;
 use clap::{Args, ValueEnum};
 use ringws::feed::{Feed, FeedConfig};
 use ringws::{BackpressurePolicy, EngineError, Handler, Message, Server, Socket};
@@ -65,6 +66,8 @@ pub struct ServeArgs {
     /// (default 256); beyond it new connections get no context takeover.
     #[arg(long)]
     deflate_budget: Option<usize>,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// Echoes every message.
@@ -117,6 +120,7 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     if let Some(mib) = args.deflate_budget {
         b = b.deflate_budget(mib.saturating_mul(1 << 20));
     }
+    b = args.limits.apply(b);
     let ready = |addr, workers| eprintln!("listening on {addr} ({workers} workers)");
     match args.mode {
         Mode::Echo => {
