@@ -9,233 +9,45 @@
 mod common;
 
 use common::Server;
-use futures_util::{SinkExt, StreamExt};
-use ringws::feed::control::push_json_str;
-use simd_json::OwnedValue;
+use common::browser::{Chromium, connect_page, evaluate, require_chromium};
 use simd_json::prelude::*;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::Message;
-
-/// Headless Chromium with a fresh profile; killed and cleaned up when dropped.
-struct Chromium {
-    child: Child,
-    profile: PathBuf,
-}
-
-impl Chromium {
-    /// Starts Chromium on `url` with a DevTools port of its choosing.
-    fn start(url: &str) -> Chromium {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let profile =
-            std::env::temp_dir().join(format!("ringws-chromium-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&profile).unwrap();
-        let log = std::fs::File::create(profile.join("stderr.log")).unwrap();
-        let child = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(url)
-            // Its own process group, so that Drop can kill the renderer and helper processes too.
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start chromium ({e}); install it: apt-get install chromium")
-            });
-        Chromium { child, profile }
-    }
-
-    /// The DevTools port, from the `DevToolsActivePort` file Chromium writes once it listens.
-    fn devtools_port(&mut self) -> u16 {
-        let file = self.profile.join("DevToolsActivePort");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&file)
-                && let Some(port) = text.lines().next().and_then(|l| l.parse().ok())
-            {
-                return port;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("chromium exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromium wrote no DevTools port within 30 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.profile.join("stderr.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        if let Ok(pgid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) takes plain integers; the group is the one this test created for the
-            // Chromium it started (the leader is not reaped yet, so the id cannot have been reused).
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        }
-        let _ = self.child.wait();
-        // Helpers may still be exiting and writing: retry the removal for up to a second.
-        for _ in 0..20 {
-            if std::fs::remove_dir_all(&self.profile).is_ok() || !self.profile.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// `GET path` from the DevTools HTTP server (HTTP/1.1 only); the body, parsed as JSON.
-fn get_json(port: u16, path: &str) -> OwnedValue {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let (mut resp, mut buf) = (Vec::new(), [0u8; 16 << 10]);
-    for _ in 0..1000 {
-        if let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&resp[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
-            if resp.len() >= end + 4 + len {
-                let mut body = resp[end + 4..end + 4 + len].to_vec();
-                return simd_json::to_owned_value(&mut body).expect("a JSON body");
-            }
-        }
-        let n = s.read(&mut buf).expect("reading the DevTools answer");
-        assert!(n > 0, "DevTools closed before answering: {resp:?}");
-        resp.extend_from_slice(&buf[..n]);
-    }
-    panic!("DevTools answer too large");
-}
+use std::time::{Duration, Instant};
 
 /// What the page shows: (status, [(symbol, bid text, update count)]).
 type Table = (String, Vec<(String, String, u64)>);
 
-/// Reads the page's table through `Runtime.evaluate`.
+/// Reads the page's table.
 async fn read_table(ws: &mut common::Ws, id: &mut u64) -> Table {
     // Before the page has loaded there is no #status: reported as "loading".
     const EXPR: &str = "JSON.stringify({status: document.getElementById('status')?.textContent \
         ?? 'loading', rows: [...document.querySelectorAll('#rows tr')].map(r => [r.dataset.symbol, \
         r.querySelector('.bid').textContent, Number(r.querySelector('.count').textContent)])})";
-    *id += 1;
-    let mut expr = String::new();
-    push_json_str(&mut expr, EXPR);
-    let call = format!(
-        r#"{{"id":{id},"method":"Runtime.evaluate","params":{{"expression":{expr},"returnByValue":true}}}}"#
-    );
-    timeout(Duration::from_secs(10), ws.send(Message::text(call)))
-        .await
-        .expect("DevTools send timed out")
-        .expect("DevTools send");
-    for _ in 0..1000 {
-        let msg = timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("no DevTools answer within 10 s")
-            .expect("DevTools closed")
-            .expect("DevTools read");
-        let Message::Text(text) = msg else { continue };
-        let v = simd_json::to_owned_value(&mut text.as_bytes().to_vec()).unwrap();
-        if v.get_u64("id") != Some(*id) {
-            continue; // an event
-        }
-        let value = v
-            .get("result")
-            .and_then(|r| r.get("result"))
-            .and_then(|r| r.get_str("value"))
-            .unwrap_or_else(|| panic!("evaluate failed: {text}"));
-        let page = simd_json::to_owned_value(&mut value.as_bytes().to_vec()).unwrap();
-        let rows = page
-            .get_array("rows")
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let r = r.as_array().unwrap();
-                (
-                    r[0].as_str().unwrap().to_owned(),
-                    r[1].as_str().unwrap().to_owned(),
-                    r[2].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        return (page.get_str("status").unwrap().to_owned(), rows);
-    }
-    panic!("no answer to DevTools call {id}");
+    let value = evaluate(ws, id, EXPR, Duration::from_secs(10)).await;
+    let page = simd_json::to_owned_value(&mut value.into_bytes()).unwrap();
+    let rows = page
+        .get_array("rows")
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let r = r.as_array().unwrap();
+            (
+                r[0].as_str().unwrap().to_owned(),
+                r[1].as_str().unwrap().to_owned(),
+                r[2].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    (page.get_str("status").unwrap().to_owned(), rows)
 }
 
 #[tokio::test]
 async fn the_live_page_shows_prices_updating_in_chromium() {
-    assert!(
-        Command::new("chromium")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success()),
-        "chromium not found: apt-get install chromium (scripts/test.sh installs it)"
-    );
+    require_chromium();
     let server = Server::start(&["--mode", "feed", "--symbols", "20", "--rate", "2000"]);
     let symbols = ["BTC-USD", "ETH-USD", "SOL-USD"];
     let url = format!("http://{}/?symbols={}", server.addr, symbols.join(","));
     let mut chromium = Chromium::start(&url);
-    let port = chromium.devtools_port();
-
-    // The page's DevTools target (it may take a moment to appear).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let target = loop {
-        let list = get_json(port, "/json/list");
-        let found = list.as_array().unwrap().iter().find_map(|t| {
-            (t.get_str("type") == Some("page") && t.get_str("url") == Some(url.as_str()))
-                .then(|| t.get_str("webSocketDebuggerUrl").map(str::to_owned))
-                .flatten()
-        });
-        if let Some(ws_url) = found {
-            break ws_url;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no page target for {url}: {list:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let (mut ws, _) = timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(target.as_str()),
-    )
-    .await
-    .expect("DevTools connect timed out")
-    .expect("DevTools connect");
+    let mut ws = connect_page(&mut chromium, &url).await;
 
     // Wait until the page is connected and every row has a quote (the last quote comes first).
     let mut id = 0;
@@ -276,5 +88,73 @@ async fn the_live_page_shows_prices_updating_in_chromium() {
         "no price moved: {first:?} -> {second:?}"
     );
     drop(ws);
+    drop(chromium);
+}
+
+/// Opens a WebSocket from the page to `ws://{addr}/`, echoes text and binary messages from 0 B to
+/// 16 MiB through it (each compared in the page), closes, and returns `ws.extensions`, the
+/// extension the browser agreed to.
+const ECHO_SCRIPT: &str = r#"(async () => {
+  const ws = new WebSocket("ws://ADDR/");
+  ws.binaryType = "arraybuffer";
+  await new Promise((ok, fail) => { ws.onopen = ok; ws.onerror = () => fail(new Error("ws error")); });
+  const queue = []; let waiting = null;
+  ws.onmessage = e => { if (waiting) { const w = waiting; waiting = null; w(e.data); } else queue.push(e.data); };
+  ws.onclose = e => { if (waiting) waiting("closed " + e.code); };
+  const next = () => queue.length ? Promise.resolve(queue.shift()) : new Promise(r => waiting = r);
+  // Pseudo-random bytes of 16 values: they compress ~2x, far from any ratio guard.
+  const bytes = (n, seed) => {
+    let x = seed | 1; const a = new Uint8Array(n);
+    for (let i = 0; i < n; i++) { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; a[i] = 97 + (x & 15); }
+    return a;
+  };
+  const sizes = [0, 1, 125, 126, 255, 256, 1000, 65535, 65536, 1 << 20, 16 << 20];
+  let echoed = 0;
+  for (const [i, n] of sizes.entries()) {
+    const text = new TextDecoder().decode(bytes(n, i + 1));
+    ws.send(text);
+    if (await next() !== text) throw new Error("text echo of " + n + " bytes differs");
+    const bin = bytes(n, i + 100);
+    ws.send(bin);
+    const back = await next();
+    if (!(back instanceof ArrayBuffer) || back.byteLength !== n
+        || !new Uint8Array(back).every((b, j) => b === bin[j])) {
+      throw new Error("binary echo of " + n + " bytes differs");
+    }
+    echoed += 2;
+  }
+  const extensions = ws.extensions;
+  ws.close(1000);
+  return JSON.stringify({ extensions, echoed });
+})()"#;
+
+#[tokio::test]
+async fn chromium_echoes_through_permessage_deflate() {
+    require_chromium();
+    let url = "about:blank";
+    let mut chromium = Chromium::start(url);
+    let mut page = connect_page(&mut chromium, url).await;
+    let mut id = 0;
+    // Chromium offers `permessage-deflate; client_max_window_bits`.
+    for (flags, agreed) in [
+        (&[][..], "permessage-deflate; server_no_context_takeover"),
+        (&["--deflate-takeover", "both"][..], "permessage-deflate"),
+        (
+            &["--deflate-takeover", "none", "--deflate-window-bits", "10"][..],
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+             server_max_window_bits=10; client_max_window_bits=10",
+        ),
+    ] {
+        let mut args = vec!["--deflate"];
+        args.extend_from_slice(flags);
+        let server = Server::start(&args);
+        let script = ECHO_SCRIPT.replace("ADDR", &server.addr.to_string());
+        let result = evaluate(&mut page, &mut id, &script, Duration::from_secs(90)).await;
+        let mut result = result.into_bytes();
+        let v = simd_json::to_owned_value(&mut result).unwrap();
+        assert_eq!(v.get_str("extensions"), Some(agreed), "{flags:?}: {v:?}");
+        assert_eq!(v.get_u64("echoed"), Some(22), "{flags:?}: {v:?}");
+    }
+    drop(page);
     drop(chromium);
 }

@@ -8,6 +8,8 @@
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use ringws_protocol::frame::{DecodeRules, Decoded, MAX_HEADER_LEN, decode_header, encode_header};
 use ringws_protocol::mask::unmask;
 use ringws_protocol::{OpCode, Role};
