@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Connections per worker before new ones get 503 (default 100000).
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Bytes queued per connection before its backpressure (and, for a feed subscriber,
+    /// conflation) applies (default 1 MiB).
+    #[arg(long)]
+    max_backpressure: Option<usize>,
     /// Join other `ringws serve` processes (same user) already listening on the port: the kernel
     /// spreads connections over all of them (SO_REUSEPORT). Without it a taken port is an error.
     #[arg(long)]
@@ -110,6 +114,9 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     }
     if let Some(n) = args.max_connections {
         b = b.max_connections(n);
+    }
+    if let Some(n) = args.max_backpressure {
+        b = b.max_backpressure(n);
     }
     if args.share_port {
         b = b.share_port(true);
