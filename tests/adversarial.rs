@@ -548,3 +548,174 @@ fn churn(addr: SocketAddr, client: u8, cycles: usize, request: &[u8]) -> Duratio
     }
     slowest
 }
+
+/// An unfinished fragmented message is closed with 1008 once `--message-timeout` passes, even
+/// though the client keeps the connection busy with pings (so it is not the idle timer).
+#[test]
+fn an_unfinished_message_is_timed_out() {
+    let _serial = serial();
+    let server = Server::start(&["--message-timeout", "1"]);
+    let mut c = RawClient::connect(server.addr);
+    c.send(&Frame::new(
+        false,
+        op::TEXT,
+        "the start of a message that never ends",
+    ));
+    let started = Instant::now();
+    let mut pongs = 0;
+    let close = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no Close within 5 s"
+        );
+        c.send(&Frame::ping(format!("{pongs}")));
+        let frame = c.expect_frame();
+        if frame.opcode == op::CLOSE {
+            break frame;
+        }
+        assert_eq!(frame.opcode, op::PONG, "{frame:?}");
+        pongs += 1;
+        thread::sleep(Duration::from_millis(100));
+    };
+    let waited = started.elapsed();
+    assert_eq!(close.close_code(), Some(1008), "{close:?}");
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&waited),
+        "closed after {waited:?}, want about 1 s"
+    );
+    assert!(pongs >= 5, "only {pongs} pings answered before the Close");
+    c.expect_closed();
+}
+
+/// With `--max-assembly-memory 1 MiB` (and messages up to 1 MiB, which the cap must allow), 16 connections each holding an unfinished 128 KiB message:
+/// the connections that take the total over the cap get 1009, the others keep their messages,
+/// finish them and get them echoed exactly, and the memory is reusable afterwards.
+#[test]
+fn assembly_memory_is_capped_over_all_connections() {
+    const CONNS: usize = 16;
+    const PART: usize = 100_000;
+    let _serial = serial();
+    let server = Server::start(&[
+        "--max-assembly-memory",
+        "1048576",
+        "--max-message-size",
+        "1048576",
+    ]);
+    let mut clients: Vec<RawClient> = (0..CONNS)
+        .map(|_| RawClient::connect(server.addr))
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(&Frame::new(false, op::BINARY, bytes(PART, i as u8)));
+        // Let the server take it in before the next one, so the order of arrival is this order.
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut survivors = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        c.set_timeout(Duration::from_millis(300));
+        match c.read_frame() {
+            Err(common::ReadError::Timeout) => survivors.push((i, c)),
+            Ok(frame) => {
+                assert_eq!(frame.opcode, op::CLOSE, "connection {i}: {frame:?}");
+                assert_eq!(frame.close_code(), Some(1009), "connection {i}: {frame:?}");
+            }
+            Err(e) => panic!("connection {i}: {e:?}"),
+        }
+    }
+    let kept: Vec<usize> = survivors.iter().map(|(i, _)| *i).collect();
+    eprintln!(
+        "{} of {CONNS} connections kept their message under the 1 MiB cap",
+        kept.len()
+    );
+    // 1 MiB holds 10 parts at most, and at least 5 even if each part is counted at twice its size
+    // (buffer capacity).
+    assert!(
+        (5..=10).contains(&kept.len()),
+        "connections keeping their message: {kept:?}"
+    );
+    assert_eq!(
+        kept,
+        (0..kept.len()).collect::<Vec<_>>(),
+        "the first ones stay"
+    );
+    for (i, c) in &mut survivors {
+        c.set_timeout(common::READ_TIMEOUT);
+        c.send(&Frame::new(true, op::CONT, "end"));
+        let mut want = bytes(PART, *i as u8);
+        want.extend_from_slice(b"end");
+        c.expect_binary(&want);
+    }
+    // Their buffers are released: a new message as large as the cap's remainder fits again.
+    let mut c = RawClient::connect(server.addr);
+    let frames = [
+        Frame::new(false, op::BINARY, bytes(PART * 3, 1)),
+        Frame::new(true, op::CONT, bytes(PART, 2)),
+    ];
+    c.send_all(&frames);
+    let mut want = bytes(PART * 3, 1);
+    want.extend_from_slice(&bytes(PART, 2));
+    c.expect_binary(&want);
+    c.close_normally();
+    for (_, mut c) in survivors {
+        c.close_normally();
+    }
+}
+
+/// Ping floods: pongs are bounded by the ping rate (default 20/s after a burst of 100), a flooder
+/// is closed with 1008 once another burst of unanswered pings piles up, a client pinging within
+/// the rate gets every pong, and other clients are served throughout.
+#[test]
+fn ping_floods_are_bounded() {
+    const FLOOD: usize = 5000;
+    let _serial = serial();
+    let server = Server::start(&[]);
+    let echoer = BackgroundEchoer::start(server.addr);
+
+    let flooders: Vec<_> = (0..4)
+        .map(|f| {
+            let addr = server.addr;
+            thread::spawn(move || {
+                let mut c = RawClient::connect(addr);
+                let pings: Vec<Frame> = (0..FLOOD)
+                    .map(|i| Frame::ping(format!("{f}:{i}")))
+                    .collect();
+                let wire = c.masked_all(&pings);
+                let started = Instant::now();
+                // The server may close before taking everything: a failed write is fine.
+                let _ = c.try_write(&wire);
+                let mut pongs = 0;
+                let close = loop {
+                    let frame = c.expect_frame();
+                    if frame.opcode != op::PONG {
+                        break frame;
+                    }
+                    assert_eq!(
+                        frame.payload,
+                        format!("{f}:{pongs}").into_bytes(),
+                        "pongs in order"
+                    );
+                    pongs += 1;
+                };
+                assert_eq!(close.opcode, op::CLOSE, "{close:?}");
+                assert_eq!(close.close_code(), Some(1008), "{close:?}");
+                (pongs, started.elapsed())
+            })
+        })
+        .collect();
+    // A well-behaved client pinging 10 times a second gets every pong meanwhile.
+    let mut polite = RawClient::connect(server.addr);
+    for i in 0..10 {
+        polite.send(&Frame::ping(format!("polite {i}")));
+        polite.expect_pong(format!("polite {i}").as_bytes());
+        thread::sleep(Duration::from_millis(100));
+    }
+    for flooder in flooders {
+        let (pongs, took) = flooder.join().expect("flooder");
+        let allowed = 100 + (20.0 * took.as_secs_f64()).ceil() as usize + 1;
+        assert!(
+            (100..=allowed).contains(&pongs),
+            "{pongs} pongs for {FLOOD} pings in {took:?}, want 100..={allowed}"
+        );
+    }
+    echoer.finish();
+    polite.close_normally();
+}
