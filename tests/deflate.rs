@@ -26,8 +26,8 @@ use tokio_tungstenite::tungstenite::Message;
 /// The bound on one script or load run.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Runs `deflate.py client` against `server` with `sizes` and (offer, expected answer) pairs.
-fn python_client(server: &Server, sizes: &str, cases: &[(&str, &str)]) {
+/// Runs `deflate.py MODE ADDR ARGS...` against `server`; returns its output once it succeeded.
+fn python(mode: &str, server: &Server, args: &[&str]) -> String {
     let root = repo_root();
     let python = root.join("tests/interop/.venv/bin/python");
     assert!(
@@ -36,18 +36,25 @@ fn python_client(server: &Server, sizes: &str, cases: &[(&str, &str)]) {
     );
     let mut cmd = Command::new(python);
     cmd.arg(root.join("tests/interop/python/deflate.py"))
-        .arg("client")
+        .arg(mode)
         .arg(server.addr.to_string())
-        .arg(sizes);
-    for (offer, expected) in cases {
-        cmd.arg(offer).arg(expected);
-    }
+        .args(args);
     let (status, output) = run_bounded(&mut cmd, RUN_TIMEOUT);
     assert!(
         status.is_some_and(|s| s.success()),
         "{cmd:?} failed ({status:?}):\n{output}\n--- server ---\n{}",
         server.log()
     );
+    output
+}
+
+/// Runs `deflate.py client` against `server` with `sizes` and (offer, expected answer) pairs.
+fn python_client(server: &Server, sizes: &str, cases: &[(&str, &str)]) {
+    let mut args = vec![sizes];
+    for (offer, expected) in cases {
+        args.extend([*offer, *expected]);
+    }
+    let output = python("client", server, &args);
     assert_eq!(
         output.matches("ok: ").count(),
         cases.len(),
@@ -148,6 +155,33 @@ fn python_echoes_under_every_parameter_combination() {
             .collect();
         cases.push(("off", "-"));
         python_client(&server, "small", &cases);
+    }
+}
+
+#[test]
+fn feed_publications_arrive_compressed_and_valid() {
+    // Quotes are ~100 bytes: a 16-byte threshold makes every publication compressed. Without
+    // server context takeover one compressed frame serves every subscriber of the worker; with it,
+    // each subscriber's own compressor compresses it.
+    for (takeover, agreed) in [
+        ("client", "permessage-deflate; server_no_context_takeover"),
+        ("both", "permessage-deflate"),
+    ] {
+        let server = Server::start(&[
+            "--mode",
+            "feed",
+            "--rate",
+            "2000",
+            "--symbols",
+            "4",
+            "--deflate",
+            "--deflate-min-size",
+            "16",
+            "--deflate-takeover",
+            takeover,
+        ]);
+        let output = python("feed", &server, &["default", agreed]);
+        assert!(output.contains("ok: feed"), "{output}");
     }
 }
 

@@ -8,6 +8,10 @@ Usage:
       16 MiB) and fragmented messages. OFFER is `off` (no offer) or comma-separated parameters of one
       offer: `snct`, `cnct` (server/client_no_context_takeover), `smwb=N`, `cmwb` (bare, the
       default), `cmwb=N`, `nocmwb` (no client_max_window_bits).
+  deflate.py feed HOST:PORT OFFER EXPECTED
+      Subscribes to BTC-USD and ETH-USD on a `ringws serve --mode feed --deflate` server with OFFER,
+      checks the agreed extension as above, and checks that 50 quotes arrive as valid JSON, every
+      one in a compressed frame (RSV1).
   deflate.py server
       An echo server with websockets' default permessage-deflate on 127.0.0.1 and a free port, which
       it prints when ready. A text message `?extensions` is answered with the negotiated
@@ -16,12 +20,16 @@ Exits 0 when every check passes; prints `ok: ...` per case.
 """
 
 import asyncio
+import json
 import random
 import sys
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
-from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    PerMessageDeflate,
+)
 
 TIMEOUT = 30  # seconds for any single step
 MIB = 1 << 20
@@ -102,6 +110,42 @@ async def client(addr, sizes, pairs):
         await client_case(f"ws://{addr}/", offer, expected, sizes)
 
 
+def record_rsv1():
+    """Records, in order, whether each data frame received had RSV1 (was compressed)."""
+    flags = []
+    decode = PerMessageDeflate.decode
+
+    def recording(self, frame, *, max_size=None):
+        flags.append(frame.rsv1)
+        return decode(self, frame, max_size=max_size)
+
+    PerMessageDeflate.decode = recording
+    return flags
+
+
+async def feed(addr, offer, expected):
+    rsv1 = record_rsv1()
+    f = factory(offer)
+    async with connect(f"ws://{addr}/", extensions=[f] if f else None, compression=None,
+                       ping_interval=None, open_timeout=TIMEOUT) as ws:
+        answer = ws.response.headers.get("Sec-WebSocket-Extensions") or "-"
+        assert answer == expected, f"offer {offer!r}: answered {answer!r}, want {expected!r}"
+        await ws.send(json.dumps({"op": "subscribe", "symbols": ["BTC-USD", "ETH-USD"]}))
+        seen, received = {}, 0
+        while sum(seen.values()) < 50:
+            msg = json.loads(await step("a quote", ws.recv()))
+            received += 1
+            if msg["type"] == "quote":
+                seen[msg["symbol"]] = seen.get(msg["symbol"], 0) + 1
+            else:
+                assert msg["type"] == "subscribed", f"unexpected {msg}"
+        assert set(seen) == {"BTC-USD", "ETH-USD"}, f"quotes of {seen}"
+        # Frames are decoded ahead of recv(); the first `received` ones are the messages read.
+        assert len(rsv1) >= received and all(rsv1[:received]), f"uncompressed frames: {rsv1}"
+        await step("close", ws.close(1000, "bye"))
+    print(f"ok: feed with offer {offer} -> {expected}: {seen}")
+
+
 async def server():
     async def handler(ws):
         async for message in ws:
@@ -118,6 +162,8 @@ async def server():
 def main():
     if len(sys.argv) >= 4 and sys.argv[1] == "client":
         asyncio.run(client(sys.argv[2], sys.argv[3], sys.argv[4:]))
+    elif len(sys.argv) == 5 and sys.argv[1] == "feed":
+        asyncio.run(feed(*sys.argv[2:]))
     elif sys.argv[1:] == ["server"]:
         asyncio.run(server())
     else:
