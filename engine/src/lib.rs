@@ -11,6 +11,8 @@
 //!   subscribers on every worker, and per-topic slow-consumer policies.
 //! - [`Connect`] / [`Context`]: client connections opened by the workers (masked frames, the same
 //!   callbacks); [`ServerBuilder::client_only`] for an engine without a listener.
+//! - [`DeflateConfig`]: permessage-deflate (RFC 7692) for both ([`ServerBuilder::deflate`],
+//!   [`Connect::deflate`]), with bounded memory per connection and a global context budget.
 //! - [`Config`]: every limit and timer with its default; [`EngineError`]: start-up errors that name
 //!   the cause and the fix.
 //! - [`ProbeReport`]: which io_uring features this kernel has, probed; [`MemlockNeed`]: the locked
