@@ -318,9 +318,16 @@ impl Config {
             return Err(invalid("max_total_connections", "at most 2^30 (0: none)"));
         }
         if self.max_connections_per_ip > 1 << 24 {
-            return Err(invalid("max_connections_per_ip", "at most 16777216 (0: none)"));
+            return Err(invalid(
+                "max_connections_per_ip",
+                "at most 16777216 (0: none)",
+            ));
         }
-        if !self.allowed_origins.iter().all(|p| guard::is_origin_pattern(p)) {
+        if !self
+            .allowed_origins
+            .iter()
+            .all(|p| guard::is_origin_pattern(p))
+        {
             return Err(invalid(
                 "allowed_origins",
                 "a list of scheme://host[:port] or scheme://*.domain[:port]",
@@ -438,6 +445,57 @@ mod tests {
             }),
             "idle_timeout"
         );
+    }
+
+    #[test]
+    fn admission_limits_are_checked() {
+        let d = Config::default;
+        let origins = |o: &[&str]| o.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            setting_of(Config {
+                allowed_origins: origins(&["https://ok.example", "example.com"]),
+                ..d()
+            }),
+            "allowed_origins"
+        );
+        assert_eq!(
+            setting_of(Config {
+                subprotocols: origins(&["two words"]),
+                ..d()
+            }),
+            "subprotocols"
+        );
+        assert_eq!(
+            setting_of(Config {
+                require_subprotocol: true,
+                ..d()
+            }),
+            "require_subprotocol"
+        );
+        assert_eq!(
+            setting_of(Config {
+                max_assembly_memory: 1 << 20,
+                ..d()
+            }),
+            "max_assembly_memory"
+        );
+        assert_eq!(
+            setting_of(Config {
+                ping_burst: 0,
+                ..d()
+            }),
+            "ping_burst"
+        );
+        Config {
+            allowed_origins: origins(&["https://*.example.com", "http://localhost:3000"]),
+            subprotocols: origins(&["v1.feed"]),
+            require_subprotocol: true,
+            max_assembly_memory: 0,
+            message_timeout: Duration::ZERO,
+            ..d()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

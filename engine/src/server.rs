@@ -234,7 +234,10 @@ impl ServerBuilder {
     /// let b = ringws_engine::Server::builder()
     ///     .allowed_origins(["https://example.com", "https://*.example.com"]);
     /// ```
-    pub fn allowed_origins<T: Into<String>>(mut self, origins: impl IntoIterator<Item = T>) -> Self {
+    pub fn allowed_origins<T: Into<String>>(
+        mut self,
+        origins: impl IntoIterator<Item = T>,
+    ) -> Self {
         self.cfg.allowed_origins = origins.into_iter().map(Into::into).collect();
         self
     }
