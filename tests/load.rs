@@ -447,6 +447,12 @@ fn stalled_subscribers_of_a_binary_feed_resume_and_catch_up() {
     assert!((1000.0..3000.0).contains(&live), "{v}");
     assert!(f(st, "backlog_per_conn") > 0.0, "{v}");
     assert!(f(&st["catch_up_ms"], "max") < 1000.0, "{v}");
+    // The live connections' latencies while the others were stalled, reported apart.
+    let during = &st["live_latency_during_stall_us"];
+    assert!(
+        f(during, "p50") > 0.0 && f(during, "p50") <= f(during, "p99"),
+        "{v}"
+    );
     assert_latencies(&v["latency_us"], 1e6);
 }
 

@@ -116,15 +116,16 @@ pub struct LoadArgs {
     #[arg(long, requires = "subscribe")]
     symbols_per_conn: Option<usize>,
     /// With --subscribe: this many connections (the first ones) stop reading during the
-    /// measurement, then resume; reported apart from the others.
+    /// measurement, then resume; reported apart from the others. `--stall 0` with --stall-at /
+    /// --stall-for reports the same window without stalling anyone (the baseline).
     #[arg(long, requires = "subscribe", default_value_t = 0)]
     stall: usize,
-    /// Seconds into the measurement when the stall starts.
-    #[arg(long, requires = "stall", default_value_t = 2.0)]
-    stall_at: f64,
-    /// Seconds the stalled connections do not read.
-    #[arg(long, requires = "stall", default_value_t = 3.0)]
-    stall_for: f64,
+    /// Seconds into the measurement when the stall starts (default 2).
+    #[arg(long, requires = "stall")]
+    stall_at: Option<f64>,
+    /// Seconds the stalled connections do not read (default 3).
+    #[arg(long, requires = "stall")]
+    stall_for: Option<f64>,
     #[command(flatten)]
     deflate: DeflateArgs,
 }
@@ -366,7 +367,7 @@ struct Gen {
     drained: bool,
     pinged: bool,
     /// `--subscribe --stall`: where the stall is.
-    stall: subscribe::Stage,
+    stall: subscribe::Window,
 }
 
 impl Gen {
@@ -462,6 +463,7 @@ impl Gen {
 
     /// Adds the unpublished latencies to the shared histogram.
     fn publish(&mut self) {
+        self.publish_window();
         if self.hist.is_empty() {
             return;
         }
@@ -979,7 +981,7 @@ pub fn run(args: LoadArgs) -> ExitCode {
             drain_until: u64::MAX,
             drained: false,
             pinged: false,
-            stall: subscribe::Stage::default(),
+            stall: subscribe::Window::default(),
         },
         || {
             let (shared, plan, timeline) = (shared.clone(), plan.clone(), timeline.clone());

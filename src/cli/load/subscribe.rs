@@ -44,6 +44,8 @@ pub(super) struct Plan {
     per_conn: usize,
     /// Connections (the first ones) that stall.
     pub stall: usize,
+    /// A stall window was asked for (`--stall` over 0, or `--stall-at`/`--stall-for`).
+    window: bool,
     /// The stall, in ns from the start of the measurement.
     stall_from: u64,
     stall_until: u64,
@@ -53,7 +55,9 @@ impl Plan {
     /// Resolves `spec` (a comma-separated list, or `all` for the server's `GET /symbols`) and checks
     /// the options.
     pub fn new(spec: &str, args: &super::LoadArgs, target: &Connect) -> Result<Self, String> {
-        let (stall, stall_at, stall_for) = (args.stall, args.stall_at, args.stall_for);
+        let stall = args.stall;
+        let window = stall > 0 || args.stall_at.is_some() || args.stall_for.is_some();
+        let (stall_at, stall_for) = (args.stall_at.unwrap_or(2.0), args.stall_for.unwrap_or(3.0));
         let symbols: Vec<String> = if spec.trim() == "all" {
             fetch_symbols(target)?
         } else {
@@ -73,16 +77,17 @@ impl Plan {
             return Err("--stall cannot exceed --connections".into());
         }
         let ok = |x: f64| x.is_finite() && x >= 0.0;
-        if stall > 0 && !(ok(stall_at) && ok(stall_for) && stall_for > 0.0) {
+        if window && !(ok(stall_at) && ok(stall_for) && stall_for > 0.0) {
             return Err("--stall-at and --stall-for must be seconds, --stall-for over 0".into());
         }
-        if stall > 0 && stall_at + stall_for >= args.duration {
+        if window && stall_at + stall_for >= args.duration {
             return Err("the stall must end before the measurement does (--duration)".into());
         }
         Ok(Self {
             symbols,
             per_conn,
             stall,
+            window,
             stall_from: (stall_at * 1e9) as u64,
             stall_until: ((stall_at + stall_for) * 1e9) as u64,
         })
@@ -162,11 +167,19 @@ pub(super) struct Sub {
 
 /// Where the stall is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) enum Stage {
+enum Stage {
     #[default]
     Before,
     Stalled,
     Over,
+}
+
+/// One worker's view of the stall window.
+#[derive(Debug, Default)]
+pub(super) struct Window {
+    stage: Stage,
+    /// The live connections' latencies during the stall, not yet published.
+    live: Option<Histogram<u64>>,
 }
 
 /// One worker's subscriber counters, read by the controller thread and the report.
@@ -179,6 +192,8 @@ pub(super) struct Stats {
     stalled_messages: AtomicU64,
     /// Deliveries to live connections while the others were stalled.
     live_during_stall: AtomicU64,
+    /// Their latencies (ns).
+    live_stall_latency: Mutex<Histogram<u64>>,
     /// Feed error replies (`{"type":"error",...}`).
     feed_errors: AtomicU64,
     /// Stalled connections that paused, and that resumed.
@@ -199,6 +214,7 @@ impl Stats {
             bytes: AtomicU64::new(0),
             stalled_messages: AtomicU64::new(0),
             live_during_stall: AtomicU64::new(0),
+            live_stall_latency: Mutex::new(histogram()),
             feed_errors: AtomicU64::new(0),
             paused: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
@@ -279,8 +295,12 @@ impl Gen {
             }
         } else if in_window {
             self.hist.saturating_record(age.max(1));
-            if self.stall == Stage::Stalled {
+            if self.stall.stage == Stage::Stalled {
                 stats.sub.live_during_stall.fetch_add(1, Relaxed);
+                self.stall
+                    .live
+                    .get_or_insert_with(histogram)
+                    .saturating_record(age.max(1));
             }
         }
     }
@@ -313,18 +333,19 @@ impl Gen {
     ) -> Option<u64> {
         let plan = self.plan.subscribe.as_ref()?;
         let start = self.shared.start_ns.load(Relaxed);
-        if plan.stall == 0 || start == u64::MAX {
+        if !plan.window || start == u64::MAX {
             return None;
         }
         let (from, until) = (start + plan.stall_from, start + plan.stall_until);
-        let next = match self.stall {
+        let next = match self.stall.stage {
             Stage::Before if now >= from => {
-                self.stall = Stage::Stalled;
+                self.stall.stage = Stage::Stalled;
                 until
             }
             Stage::Before => return Some(from),
             Stage::Stalled if now >= until => {
-                self.stall = Stage::Over;
+                self.stall.stage = Stage::Over;
+                self.publish_window();
                 u64::MAX
             }
             Stage::Stalled => return Some(until),
@@ -339,7 +360,7 @@ impl Gen {
             if !ws.state().sub.stalled || !ws.is_open() {
                 continue;
             }
-            if self.stall == Stage::Stalled {
+            if self.stall.stage == Stage::Stalled {
                 ws.pause_reading();
                 stats.sub.paused.fetch_add(1, Relaxed);
             } else {
@@ -349,6 +370,15 @@ impl Gen {
             }
         }
         (next != u64::MAX).then_some(next)
+    }
+
+    /// Adds the live connections' latencies during the stall to the shared histogram.
+    pub(super) fn publish_window(&mut self) {
+        if let Some(h) = self.stall.live.take() {
+            let stats = &self.shared.workers[self.index];
+            let mut shared = stats.sub.live_stall_latency.lock().expect("histogram lock");
+            shared.add(&h).expect("histograms share their bounds");
+        }
     }
 }
 
@@ -395,6 +425,14 @@ pub(super) fn report(
         }
     };
     let (first_age, catch_up) = (merged(|s| &s.first_age), merged(|s| &s.catch_up));
+    let live_stall = merged(|s| &s.live_stall_latency);
+    let us = |q: f64| {
+        if live_stall.is_empty() {
+            0.0
+        } else {
+            round(live_stall.value_at_quantile(q) as f64 / 1e3, 1)
+        }
+    };
     let stalled_messages = sum(|s| &s.stalled_messages);
     let live = connections - plan.stall;
     let caught_up = sum(|s| &s.caught_up);
@@ -407,7 +445,7 @@ pub(super) fn report(
     };
     let backlog = per(sum(|s| &s.backlog), caught_up);
     let live_during = per(sum(|s| &s.live_during_stall), live as u64);
-    let stall = (plan.stall > 0).then(|| {
+    let stall = plan.window.then(|| {
         json!({
             "connections": plan.stall,
             "at_s": plan.stall_from as f64 / 1e9,
@@ -422,6 +460,7 @@ pub(super) fn report(
             },
             "backlog_per_conn": backlog,
             "live_messages_during_stall_per_conn": live_during,
+            "live_latency_during_stall_us": { "p50": us(0.5), "p99": us(0.99), "p999": us(0.999) },
         })
     });
     let value = json!({
@@ -440,6 +479,14 @@ pub(super) fn report(
         value["snapshots"],
         value["feed_errors"],
     )];
+    if plan.window {
+        lines.push(format!(
+            "  live connections during the stall: p50 {} us, p99 {} us, p99.9 {} us",
+            us(0.5),
+            us(0.99),
+            us(0.999)
+        ));
+    }
     if plan.stall > 0 {
         lines.push(format!(
             "stall        {} connections stopped reading {:.1}-{:.1} s into the measurement; {} resumed, {} caught up",
@@ -470,6 +517,7 @@ mod tests {
             symbols: symbols.iter().map(|s| (*s).to_owned()).collect(),
             per_conn,
             stall: 0,
+            window: false,
             stall_from: 0,
             stall_until: 0,
         }
