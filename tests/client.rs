@@ -68,6 +68,8 @@ struct Log {
     closes: Vec<(u16, String)>,
     /// `ConnectError::kind` and its text.
     errors: Vec<(&'static str, String)>,
+    /// The permessage-deflate parameters the client's connection agreed to, seen in `on_open`.
+    deflate: Option<String>,
 }
 
 /// The scripted client: sends `first` (if any) then each of `msgs` after the previous echo, then a
@@ -101,7 +103,10 @@ impl Handler for Script {
     }
 
     fn on_open(&mut self, ws: &mut Socket<'_, usize>) {
-        self.log.lock().unwrap().opened += 1;
+        let mut log = self.log.lock().unwrap();
+        log.opened += 1;
+        log.deflate = ws.permessage_deflate().map(|p| p.to_string());
+        drop(log);
         if self.first.is_none() {
             self.next(ws);
         }
@@ -208,7 +213,8 @@ fn assert_full_run(log: &Log, took: Duration, expected: &[Owned]) {
 // ---- servers ----------------------------------------------------------------------------------------
 
 /// The ringws server: echoes; `/forbidden` is refused with 403; `/welcome` sends a message right
-/// after the 101 (so both arrive in one read); `close-me` closes with 4000. Peers are recorded.
+/// after the 101 (so both arrive in one read); `close-me` closes with 4000; `?extensions` is
+/// answered with the agreed permessage-deflate parameters (or `-`). Peers are recorded.
 struct EchoServer {
     peers: Arc<Mutex<Vec<SocketAddr>>>,
 }
@@ -237,6 +243,13 @@ impl Handler for EchoServer {
         if msg == Message::Text("close-me") {
             return ws.close(CloseCode(4000), "as asked");
         }
+        if msg == Message::Text("?extensions") {
+            let agreed = ws
+                .permessage_deflate()
+                .map_or("-".into(), |p| p.to_string());
+            let _ = ws.send_text(&agreed);
+            return;
+        }
         let _ = ws.send(msg);
     }
 }
@@ -251,7 +264,12 @@ struct RingwsServer {
 
 impl RingwsServer {
     fn start() -> Self {
-        let server = Server::builder()
+        Self::start_with(Server::builder())
+    }
+
+    /// Starts with the settings of `builder` (bind, workers, pinning and signals are set here).
+    fn start_with(builder: ringws::ServerBuilder) -> Self {
+        let server = builder
             .bind("127.0.0.1:0")
             .workers(1)
             .pin_workers(false)
@@ -516,7 +534,40 @@ fn deflate_against_python_websockets() {
         let mut expected = vec![Owned::Text(agreed.into())];
         expected.extend(messages());
         assert_full_run(&log, took, &expected);
+        assert_eq!(log.deflate.as_deref(), Some(agreed), "the client's view");
     }
+}
+
+#[test]
+fn deflate_against_ringws() {
+    // Both ends ours, each checking the other's frames: the server's policy keeps both windows
+    // (takeover both ways), the client's offer asks for a 10-bit server window.
+    let server = RingwsServer::start_with(Server::builder().deflate(DeflateConfig {
+        server_no_context_takeover: false,
+        ..DeflateConfig::default()
+    }));
+    let policy = DeflateConfig {
+        server_no_context_takeover: false,
+        server_max_window_bits: 10,
+        ..DeflateConfig::default()
+    };
+    let target = Connect::new(&server.url("/")).unwrap().deflate(policy);
+    let mut msgs = vec![Owned::Text("?extensions".into())];
+    msgs.extend(messages());
+    let (log, took) = script_to(target, None, msgs);
+    let agreed = "permessage-deflate; server_max_window_bits=10";
+    let mut expected = vec![Owned::Text(agreed.into())];
+    expected.extend(messages());
+    assert_full_run(&log, took, &expected);
+    assert_eq!(log.deflate.as_deref(), Some(agreed));
+    // Without the client's offer the same server sends plain frames.
+    let (log, _) = script(
+        &server.url("/"),
+        None,
+        vec![Owned::Text("?extensions".into())],
+    );
+    assert_eq!(log.received, [Owned::Text("-".into())]);
+    assert_eq!(log.deflate, None);
 }
 
 #[test]

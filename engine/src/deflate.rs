@@ -184,6 +184,11 @@ impl Deflate {
         Some(frame)
     }
 
+    /// What `slot` agreed on, if it negotiated the extension.
+    pub fn params(&self, slot: u32) -> Option<Params> {
+        self.conns.get(&slot).map(|c| c.params)
+    }
+
     /// Forgets `slot` (it is being freed), returning its budget reservation; `true` if it had
     /// negotiated the extension (its decoder then holds a decompressor to drop too).
     pub fn forget(&mut self, slot: u32) -> bool {

@@ -4,6 +4,7 @@ use crate::conn::{Core, Phase};
 use crate::handler::{Message, SendResult};
 use crate::pubsub::{PubSubError, Publisher};
 use ringws_protocol::CloseCode;
+use ringws_protocol::deflate::Params;
 use ringws_protocol::frame::{MAX_CONTROL_PAYLOAD, OpCode};
 use std::net::SocketAddr;
 
@@ -109,6 +110,13 @@ impl<'a, S: Default> Socket<'a, S> {
     /// open and paused.
     pub fn resume_reading(&mut self) {
         self.core.set_reading_paused(self.slot, false);
+    }
+
+    /// The permessage-deflate parameters agreed for this connection (RFC 7692), or `None` if it
+    /// sends and receives uncompressed. `Display` writes them as the `Sec-WebSocket-Extensions`
+    /// value of the handshake.
+    pub fn permessage_deflate(&self) -> Option<Params> {
+        self.core.deflate.as_ref()?.params(self.slot)
     }
 
     /// Bytes queued on this connection and not yet written to the socket.
