@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{Frame, RawClient, ReadError, op};
+use common::{Frame, InProcess, RawClient, ReadError, op};
 use ringws::{
-    ConnId, Handler, Message, Publisher, Server, ServerBuilder, ServerHandle, SlowConsumer, Socket,
+    ConnId, Handler, Message, Publisher, ServerBuilder, ServerHandle, SlowConsumer, Socket,
     TopicStats,
 };
 use std::net::SocketAddr;
@@ -73,7 +73,7 @@ struct TestServer {
     handle: ServerHandle,
     /// Taken before `run`.
     publisher: Publisher,
-    thread: Option<JoinHandle<()>>,
+    _server: InProcess,
 }
 
 impl TestServer {
@@ -82,50 +82,20 @@ impl TestServer {
         tune: impl FnOnce(ServerBuilder) -> ServerBuilder,
         setup: impl FnOnce(&Publisher),
     ) -> Self {
-        let builder = Server::builder()
-            .bind("127.0.0.1:0")
-            .workers(workers)
-            .pin_workers(false)
-            .handle_signals(false)
-            .shutdown_timeout(Duration::from_millis(500));
-        let server = tune(builder).build().expect("server builds");
-        let (addr, handle, publisher) = (server.local_addr(), server.handle(), server.publisher());
+        let server = tune(InProcess::builder(workers))
+            .build()
+            .expect("server builds");
+        let publisher = server.publisher();
         setup(&publisher);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            server
-                .run_with_ready(
-                    |worker| Bus {
-                        worker,
-                        paused: None,
-                    },
-                    move || tx.send(()).unwrap(),
-                )
-                .expect("server runs");
+        let server = InProcess::run(server, |worker| Bus {
+            worker,
+            paused: None,
         });
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("server ready");
         Self {
-            addr,
-            handle,
+            addr: server.addr,
+            handle: server.handle.clone(),
             publisher,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-        self.handle.shutdown();
-        if let Some(t) = self.thread.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if t.is_finished() && !std::thread::panicking() {
-                t.join().expect("server thread");
-            }
+            _server: server,
         }
     }
 }

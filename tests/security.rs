@@ -9,12 +9,9 @@ mod common;
 #[path = "../examples/auth_jwt.rs"]
 mod auth_jwt;
 
-use common::{Frame, HttpResponse, RawClient, Server, http_request};
+use common::{Frame, HttpResponse, InProcess, RawClient, Server, http_request};
 use futures_util::{SinkExt, StreamExt};
-use ringws::ServerHandle;
 use std::net::SocketAddr;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -165,53 +162,9 @@ async fn require_subprotocol_answers_400_when_none_matches() {
 const KEY: &[u8] = b"test-secret-for-ringws";
 
 /// The example's handler on an in-process server; shut down when dropped.
-struct AuthServer {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl AuthServer {
-    fn start() -> Self {
-        let server = ringws::Server::builder()
-            .bind("127.0.0.1:0")
-            .workers(1)
-            .pin_workers(false)
-            .handle_signals(false)
-            .shutdown_timeout(Duration::from_millis(500))
-            .build()
-            .expect("server builds");
-        let (addr, handle) = (server.local_addr(), server.handle());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            server
-                .run_with_ready(|_| auth_jwt::Auth::new(KEY), move || tx.send(()).unwrap())
-                .expect("server runs");
-        });
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("server ready");
-        Self {
-            addr,
-            handle,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for AuthServer {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-        self.handle.shutdown();
-        if let Some(t) = self.thread.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if t.is_finished() && !std::thread::panicking() {
-                t.join().expect("server thread");
-            }
-        }
-    }
+fn auth_server() -> InProcess {
+    let server = InProcess::builder(1).build().expect("server builds");
+    InProcess::run(server, |_| auth_jwt::Auth::new(KEY))
 }
 
 /// Expects the upgrade accepted, the greeting for `subject`, and messages answered as `subject`.
@@ -237,7 +190,7 @@ fn expect_401(addr: SocketAddr, request: &str, error: Option<&str>) {
 
 #[test]
 fn valid_tokens_open_a_session_with_their_subject() {
-    let server = AuthServer::start();
+    let server = auth_server();
     let addr = server.addr;
     let token = auth_jwt::issue("alice", auth_jwt::now_secs() + 60, KEY);
     expect_session(
@@ -252,7 +205,7 @@ fn valid_tokens_open_a_session_with_their_subject() {
 
 #[test]
 fn missing_expired_forged_and_tampered_tokens_get_401() {
-    let server = AuthServer::start();
+    let server = auth_server();
     let addr = server.addr;
     let now = auth_jwt::now_secs();
     let with = |token: &str| upgrade(addr, &format!("/?token={token}"), "");

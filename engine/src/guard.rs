@@ -16,11 +16,11 @@ use crate::handler::HttpResponse;
 use crate::ratelimit::{LogLimit, Rate};
 use crate::timer::{Tick, ticks};
 use crate::worker::peer_addr;
-use ringws_protocol::handshake::Request;
+use ringws_protocol::handshake::{Request, is_uri_scheme};
 use ringws_protocol::{CloseCode, Event};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,14 +52,10 @@ struct OriginParts<'a> {
 /// user info, an empty host or a non-numeric port).
 fn split_origin(origin: &str) -> Option<OriginParts<'_>> {
     let (scheme, authority) = origin.split_once("://")?;
-    let scheme_ok = scheme
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic())
-        && scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
-    if !scheme_ok || authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+    if !is_uri_scheme(scheme)
+        || authority.is_empty()
+        || authority.contains(['/', '?', '#', '@', ' '])
+    {
         return None;
     }
     let (host, port) = match authority.strip_prefix('[') {
@@ -149,6 +145,12 @@ impl OriginRule {
 /// Whether `pattern` is a valid `allowed_origins` entry (for [`Config::validate`]).
 pub(crate) fn is_origin_pattern(pattern: &str) -> bool {
     OriginRule::parse(pattern).is_some()
+}
+
+/// `Some((peer, suppressed))` if a security event may be logged now (see [`LogLimit::admit`]), with
+/// the peer of socket `fd`.
+fn logged(log: &mut LogLimit, now: Tick, fd: RawFd) -> Option<(Option<SocketAddr>, u64)> {
+    log.admit(now).map(|suppressed| (peer_addr(fd), suppressed))
 }
 
 /// Counters shared by every worker of a server.
@@ -325,14 +327,12 @@ impl Guard {
             0
         };
         let mut per_ip = 0;
-        let mut ip = None;
         if self.max_per_ip > 0
             && let Some(addr) = peer_addr(fd)
         {
             let canonical = addr.ip().to_canonical();
             self.ips.insert(slot, canonical);
             per_ip = counters.add_ip(canonical) as usize;
-            ip = Some(canonical);
         }
         let (status, what) = if over_worker {
             (503, "max_connections (per worker)")
@@ -343,8 +343,7 @@ impl Guard {
         } else {
             return None;
         };
-        if let Some(suppressed) = log.admit(now) {
-            let peer = ip.or_else(|| peer_addr(fd).map(|a| a.ip()));
+        if let Some((peer, suppressed)) = logged(log, now, fd) {
             warn!(
                 worker = self.worker,
                 ?peer,
@@ -374,8 +373,7 @@ impl Guard {
                 None => self.allow_missing_origin,
             };
             if !allowed {
-                if let Some(suppressed) = log.admit(now) {
-                    let peer = peer_addr(fd);
+                if let Some((peer, suppressed)) = logged(log, now, fd) {
                     warn!(
                         worker = self.worker,
                         ?peer,
@@ -393,8 +391,7 @@ impl Guard {
             .find(|p| req.subprotocols().any(|o| o == p.as_str()))
             .map(String::as_str);
         if chosen.is_none() && cfg.require_subprotocol {
-            if let Some(suppressed) = log.admit(now) {
-                let peer = peer_addr(fd);
+            if let Some((peer, suppressed)) = logged(log, now, fd) {
                 warn!(
                     worker = self.worker,
                     ?peer,
@@ -448,8 +445,7 @@ impl Guard {
         } else {
             1
         };
-        if let Some(suppressed) = log.admit(core.now) {
-            let peer = peer_addr(core.conns[slot as usize].fd);
+        if let Some((peer, suppressed)) = logged(log, core.now, core.conns[slot as usize].fd) {
             warn!(
                 worker = self.worker,
                 ?peer,
@@ -513,8 +509,7 @@ impl Guard {
         if total <= self.max_assembly {
             return Assembly::Ok;
         }
-        if let Some(suppressed) = log.admit(now) {
-            let peer = peer_addr(core.conns[slot as usize].fd);
+        if let Some((peer, suppressed)) = logged(log, now, core.conns[slot as usize].fd) {
             warn!(
                 worker = self.worker,
                 ?peer,
@@ -556,8 +551,7 @@ impl Guard {
         if self.message_due(slot).is_none_or(|at| now < at) {
             return false;
         }
-        if let Some(suppressed) = log.admit(now) {
-            let peer = peer_addr(core.conns[slot as usize].fd);
+        if let Some((peer, suppressed)) = logged(log, now, core.conns[slot as usize].fd) {
             warn!(
                 worker = self.worker,
                 ?peer,

@@ -413,6 +413,15 @@ impl<'r, H: Handler> Engine<'r, H> {
         Handshake::Done
     }
 
+    /// Queues `resp` as the connection's last output and starts closing it.
+    fn respond(&mut self, slot: u32, resp: &HttpResponse) {
+        self.app
+            .core
+            .out(slot)
+            .push_raw(|out| write_http(out, resp));
+        self.app.core.begin_closing(slot);
+    }
+
     /// Answers a complete request: plain HTTP, invalid upgrade, refused or accepted upgrade. Returns
     /// whether the connection is now open.
     fn upgrade(&mut self, slot: u32, req: &Request<'_>) -> bool {
@@ -421,11 +430,7 @@ impl<'r, H: Handler> Engine<'r, H> {
                 .app
                 .answer(|h| h.on_http(req))
                 .unwrap_or_else(|| HttpResponse::new(500));
-            self.app
-                .core
-                .out(slot)
-                .push_raw(|out| write_http(out, &resp));
-            self.app.core.begin_closing(slot);
+            self.respond(slot, &resp);
             return false;
         }
         let key = match req.validate_upgrade() {
@@ -448,11 +453,7 @@ impl<'r, H: Handler> Engine<'r, H> {
         {
             Ok(preferred) => preferred,
             Err(resp) => {
-                self.app
-                    .core
-                    .out(slot)
-                    .push_raw(|out| write_http(out, &resp));
-                self.app.core.begin_closing(slot);
+                self.respond(slot, &resp);
                 return false;
             }
         };
@@ -489,11 +490,7 @@ impl<'r, H: Handler> Engine<'r, H> {
                 true
             }
             Some(Decision::Reject(resp)) => {
-                self.app
-                    .core
-                    .out(slot)
-                    .push_raw(|out| write_http(out, &resp));
-                self.app.core.begin_closing(slot);
+                self.respond(slot, &resp);
                 false
             }
             None => {

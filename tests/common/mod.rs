@@ -988,6 +988,69 @@ pub fn http_request(addr: SocketAddr, request: &[u8]) -> (HttpResponse, String) 
 }
 
 // ---------------------------------------------------------------------------------------------------
+// In-process servers
+
+/// A server of this process (for tests with a `Handler` of their own) running on its own thread;
+/// dropping it shuts the server down (forced at once) and joins the thread within 10 s.
+pub struct InProcess {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its handle (shutdown, publisher).
+    pub handle: ringws::ServerHandle,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl InProcess {
+    /// A builder for 127.0.0.1 on a free port, without signal handling or pinning, and a short
+    /// shutdown drain.
+    pub fn builder(workers: usize) -> ringws::ServerBuilder {
+        ringws::Server::builder()
+            .bind("127.0.0.1:0")
+            .workers(workers)
+            .pin_workers(false)
+            .handle_signals(false)
+            .shutdown_timeout(Duration::from_millis(500))
+    }
+
+    /// Runs `server` with handlers from `factory` on a thread; returns once every worker accepts.
+    pub fn run<H, F>(server: ringws::Server, factory: F) -> InProcess
+    where
+        H: ringws::Handler,
+        F: Fn(usize) -> H + Sync + Send + 'static,
+    {
+        let (addr, handle) = (server.local_addr(), server.handle());
+        let (tx, rx) = mpsc::channel();
+        let thread = thread::spawn(move || {
+            server
+                .run_with_ready(factory, move || tx.send(()).unwrap())
+                .expect("server runs");
+        });
+        rx.recv_timeout(READY_TIMEOUT).expect("server ready");
+        InProcess {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !t.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() && !thread::panicking() {
+                t.join().expect("server thread");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // tokio-tungstenite
 
 /// A tokio-tungstenite client stream.

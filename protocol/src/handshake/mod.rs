@@ -50,7 +50,7 @@ mod tokens;
 
 pub use accept::accept_key;
 pub use client::{ClientHandshake, Response, ResponseParse};
-pub use request::{Parse, Request, parse_request};
+pub use request::{Parse, Request, is_uri_scheme, parse_request};
 pub use response::{reason_phrase, write_accept_response, write_error_response, write_response};
 pub use tokens::{ExtensionOffer, is_token};
 

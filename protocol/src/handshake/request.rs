@@ -329,16 +329,22 @@ impl<'a> Request<'a> {
 /// origin-form or asterisk-form target.
 fn split_authority(target: &str) -> Option<(&str, &str)> {
     let (scheme, rest) = target.split_once("://")?;
-    // scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) (RFC 3986 §3.1)
-    let is_scheme = scheme
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic())
-        && scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    is_scheme.then(|| rest.split_at(end))
+    is_uri_scheme(scheme).then(|| rest.split_at(end))
+}
+
+/// Whether `s` is a URI scheme: `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )` (RFC 3986 §3.1), as in
+/// absolute-form targets and `Origin` values.
+///
+/// ```
+/// use ringws_protocol::handshake::is_uri_scheme;
+/// assert!(is_uri_scheme("https") && is_uri_scheme("coap+ws"));
+/// assert!(!is_uri_scheme("1ws") && !is_uri_scheme(""));
+/// ```
+pub fn is_uri_scheme(s: &str) -> bool {
+    s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
 }
 
 #[cfg(test)]
