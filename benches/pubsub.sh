@@ -111,21 +111,13 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/pubsub.XXXXXX")
 readonly WORK
 PIDS=()
 
-# stop_run PID...: a failed run's processes are stopped (SIGINT, SIGKILL after GRACE seconds)
-# before the next run takes the port.
+# alive PID and stop_pids PID... (SIGINT, SIGKILL after GRACE seconds).
+# shellcheck source-path=SCRIPTDIR source=lib/procs.sh
+. "$ROOT/benches/lib/procs.sh"
+
+# stop_run PID...: a run's processes are stopped and reaped before the next run takes the port.
 stop_run() {
-    local pid t alive
-    (($#)) || return 0
-    kill -INT "$@" 2>/dev/null || true
-    for ((t = 0; t < GRACE * 10; t++)); do
-        alive=0
-        for pid in "$@"; do
-            kill -0 "$pid" 2>/dev/null && alive=1
-        done
-        ((alive)) || break
-        sleep 0.1
-    done
-    kill -KILL "$@" 2>/dev/null || true
+    stop_pids "$@"
     wait "$@" 2>/dev/null || true
     PIDS=()
 }
@@ -148,7 +140,7 @@ log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 wait_for() {
     local file=$1 pattern=$2 pid=$3 limit=$((SECONDS + $4))
     until grep -Eq -- "$pattern" "$file" 2>/dev/null; do
-        kill -0 "$pid" 2>/dev/null || return 1
+        alive "$pid" || return 1
         ((SECONDS < limit)) || return 1
         sleep 0.1
     done
@@ -198,7 +190,7 @@ run() {
     sleep "$DURATION"
     s1=$(ticks "$sp") d0=$(cpu_busy 0) d1=$(cpu_busy 1)
     local limit=$((SECONDS + 30)) status=0
-    while kill -0 "$lp" 2>/dev/null && ((SECONDS < limit)); do sleep 0.2; done
+    while alive "$lp" && ((SECONDS < limit)); do sleep 0.2; done
     wait "$lp" || status=$?
     kill -INT "$sp" 2>/dev/null || true
     wait "$sp" || true
