@@ -1,6 +1,7 @@
 //! permessage-deflate inflation: arbitrary payloads, as a sequence of messages cut into arbitrary
 //! chunks, must never panic, never grow the message buffer past the limit (+1 byte), give the same
-//! result whatever the cut points, and whatever `Compressor` produces must inflate back exactly.
+//! outputs and fail at the same message whatever the cut points (not always with the same error),
+//! and whatever `Compressor` produces must inflate back exactly.
 //!
 //! Input (see `src/lib.rs`): settings = window bits (`9 + s % 7`), bit 3 no context takeover, bit 4
 //! the ratio guard on (ratio `1 + s >> 5`), high nibble the compression level of the round trip;
@@ -55,10 +56,17 @@ fuzz_target!(|raw: &[u8]| {
         cuts,
         data,
     } = Input::parse(raw);
+    // Which error a broken message shows first may depend on the cuts (a bomb that is also invalid
+    // DEFLATE trips the ratio guard before zlib reaches the bad bytes with one cut, after it with
+    // another); whether and at which message inflation fails, and every output, may not.
+    let outputs = |r: &[Result<Vec<u8>, Error>]| -> Vec<Option<Vec<u8>>> {
+        r.iter().map(|m| m.as_ref().ok().cloned()).collect()
+    };
     let whole = run(settings, data, &[]);
     let split = run(settings, data, cuts);
     assert_eq!(
-        whole, split,
+        outputs(&whole),
+        outputs(&split),
         "inflation must not depend on how the payload was cut"
     );
 
