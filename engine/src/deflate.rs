@@ -19,8 +19,8 @@
 //! compressed into one frame with RSV1; control frames and shorter messages go as they are.
 //!
 //! **Publishing.** A publication is compressed once per worker for every subscriber whose sending
-//! direction has no context takeover and the same window and level (the result is kept next to the
-//! plain frame until the next publication), and queued by reference like the plain frame. A
+//! direction has no context takeover and the same window and level (the worker keeps the result
+//! until it compresses the next publication), and queued by reference like the plain frame. A
 //! subscriber with server context takeover gets it compressed by its own compressor (its window must
 //! follow exactly what it is sent); when such a subscriber is behind on a conflating topic it gets
 //! the plain frame instead, since a queued compressed frame could not be replaced without breaking
