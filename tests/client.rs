@@ -637,6 +637,64 @@ fn connect_and_handshake_failures_reach_on_connect_error() {
     );
 }
 
+/// A one-connection server that answers the upgrade with `extensions` as its
+/// `Sec-WebSocket-Extensions` value, whatever was offered; it keeps the socket open for a second.
+fn answering_server(extensions: &'static str) -> SocketAddr {
+    use ringws::protocol::handshake::{Parse, parse_request, write_accept_response};
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+        while buf.len() < 8192 {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if let Ok(Parse::Complete(req)) = parse_request(&buf, 8192) {
+                let mut out = Vec::new();
+                let key = req.validate_upgrade().expect("a valid upgrade request");
+                write_accept_response(&mut out, key, None, Some(extensions));
+                let _ = s.write_all(&out);
+                thread::sleep(Duration::from_secs(1));
+                return;
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_deflate_answer_the_offer_did_not_allow_fails_the_connection() {
+    // The default offer asks for server_no_context_takeover (RFC 7692 §7.1.1.1: an answer without
+    // it fails the connection); a window over 15 is malformed; a second element is not allowed.
+    for answer in [
+        "permessage-deflate",
+        "permessage-deflate; server_no_context_takeover; client_max_window_bits=16",
+        "permessage-deflate; server_no_context_takeover, permessage-deflate",
+    ] {
+        let addr = answering_server(answer);
+        let target = Connect::new(&format!("ws://{addr}/"))
+            .unwrap()
+            .deflate(DeflateConfig::default());
+        let (log, _) = script_to(target, None, vec![]);
+        assert_eq!(log.errors.len(), 1, "{answer:?}: {log:?}");
+        assert_eq!(log.errors[0].0, "handshake", "{answer:?}: {log:?}");
+        assert!(log.opened == 0, "{answer:?}: {log:?}");
+    }
+    // The same server's acceptable answer opens the connection with it.
+    let answer = "permessage-deflate; server_no_context_takeover";
+    let target = Connect::new(&format!("ws://{}/", answering_server(answer)))
+        .unwrap()
+        .deflate(DeflateConfig::default());
+    let (log, _) = script_to(target, None, vec![]);
+    assert_eq!((log.opened, log.deflate.as_deref()), (1, Some(answer)));
+}
+
 #[test]
 fn the_source_address_is_used_and_subprotocols_are_offered() {
     let server = RingwsServer::start();
