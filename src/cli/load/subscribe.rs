@@ -10,13 +10,15 @@
 //! one), so nothing is parsed on the hot path.
 //!
 //! Stall (`--stall N`): the first N connections stop reading (`Socket::pause_reading`) from
-//! `--stall-at` seconds into the measurement for `--stall-for` seconds, then resume. The others' latencies
-//! are the report's `latency_us`; the stalled ones are reported apart: the age of the first quote
-//! each receives after resuming (it sat in the kernel's socket buffers), how long until it receives
-//! a quote published after it resumed (it has caught up with current prices), and how many quotes
-//! it received in between (its backlog: with a conflating feed at most what the socket buffers and
-//! the server's queue hold, one per symbol in the queue, rather than everything published while it
-//! was stalled, which the live connections' deliveries during the stall show).
+//! `--stall-at` seconds into the measurement for `--stall-for` seconds, then resume. The others'
+//! latencies are the report's `latency_us`, and those inside the stall window are also kept apart;
+//! the stalled ones are reported apart: the age of the first quote each receives after resuming (it
+//! sat in the kernel's socket buffers), how long until it receives a quote published after it
+//! resumed (it has caught up with current prices), and how many quotes it received in between (its
+//! backlog: with a conflating feed at most what the socket buffers and the server's queue hold, one
+//! per symbol in the queue, rather than everything published while it was stalled, which the live
+//! connections' deliveries during the stall show). `--stall 0` with `--stall-at`/`--stall-for`
+//! keeps the same window with nobody stalled, the baseline to compare with.
 
 use super::{Gen, Shared, histogram, round};
 use hdrhistogram::Histogram;
