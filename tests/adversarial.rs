@@ -719,3 +719,74 @@ fn ping_floods_are_bounded() {
     echoer.finish();
     polite.close_normally();
 }
+
+/// Keep-alive pings every second with a 1 s pong deadline (idle timer off): peers that vanished
+/// (`TCP_REPAIR` close) are found when the ping goes out, peers that are there at the TCP level but
+/// never answer are dropped at the pong deadline, and a client that answers pings stays.
+#[test]
+fn keepalive_pings_reap_vanished_and_silent_peers() {
+    const PEERS: usize = 20;
+    let _serial = serial();
+    let server = Server::start(&[
+        "--idle-timeout",
+        "0",
+        "--ping-interval",
+        "1",
+        "--pong-timeout",
+        "1",
+    ]);
+    let request = upgrade_request(server.addr).into_bytes();
+    let fds_before = fd_count(&server);
+    let mut responsive = RawClient::connect(server.addr);
+    let mut silent: Vec<RawClient> = (0..PEERS)
+        .map(|_| RawClient::connect(server.addr))
+        .collect();
+    let source = Ipv4Addr::new(127, 0, 66, 2);
+    for i in 0..PEERS {
+        let mut s = connect_from(source, server.addr);
+        upgrade(&mut s, &request);
+        if let Err(e) = vanish(s) {
+            assert_eq!(i, 0, "TCP_REPAIR worked for {i} sockets, then: {e}");
+            eprintln!("vanished peers skipped: TCP_REPAIR not permitted ({e})");
+            break;
+        }
+    }
+    let vanished = fd_count(&server) - fds_before - 1 - PEERS;
+    let start = Instant::now();
+
+    // The responsive client answers every ping for 4 s (four ping intervals).
+    let mut pings = 0;
+    responsive.set_timeout(Duration::from_millis(500));
+    while start.elapsed() < Duration::from_secs(4) {
+        match responsive.read_frame() {
+            Ok(frame) => {
+                assert_eq!(frame.opcode, op::PING, "{frame:?}");
+                responsive.send(&Frame::new(true, op::PONG, frame.payload));
+                pings += 1;
+            }
+            Err(common::ReadError::Timeout) => {}
+            Err(e) => panic!("the responsive client lost its connection: {e:?}"),
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 4 s at a 1 s interval");
+    assert!(
+        eventually(Duration::from_secs(4), || fd_count(&server)
+            <= fds_before + 1),
+        "{} descriptors, want {fds_before} + the responsive client ({vanished} vanished, {PEERS} silent peers)",
+        fd_count(&server)
+    );
+    // Each silent peer got its ping, then lost the connection.
+    for (i, c) in silent.iter_mut().enumerate() {
+        let ping = c.expect_frame();
+        assert_eq!(ping.opcode, op::PING, "silent peer {i}: {ping:?}");
+        match c.read_frame() {
+            Err(common::ReadError::Eof | common::ReadError::Reset) => {}
+            Ok(f) if f.opcode == op::CLOSE => c.expect_closed(),
+            other => panic!("silent peer {i} after the ping: {other:?}"),
+        }
+    }
+    responsive.set_timeout(common::READ_TIMEOUT);
+    responsive.echo(Frame::text("still here"));
+    responsive.close_normally();
+    eprintln!("{vanished} vanished and {PEERS} silent peers reaped; {pings} pings answered");
+}

@@ -35,6 +35,12 @@ pub struct ServeArgs {
     /// Close connections that receive nothing for this many seconds; 0 disables (default 120).
     #[arg(long)]
     idle_timeout: Option<u64>,
+    /// Ping a connection that sent nothing for this many seconds; 0 disables (default 30).
+    #[arg(long)]
+    ping_interval: Option<u64>,
+    /// Drop a connection that still sent nothing this many seconds after a ping (default 30).
+    #[arg(long)]
+    pong_timeout: Option<u64>,
     /// Size of each provided receive buffer, in bytes (default 32768).
     #[arg(long)]
     buffer_size: Option<u32>,
@@ -102,6 +108,12 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     }
     if let Some(s) = args.idle_timeout {
         b = b.idle_timeout(Duration::from_secs(s));
+    }
+    if let Some(s) = args.ping_interval {
+        b = b.ping_interval(Duration::from_secs(s));
+    }
+    if let Some(s) = args.pong_timeout {
+        b = b.pong_timeout(Duration::from_secs(s));
     }
     if let Some(n) = args.buffer_size {
         b = b.buffer_size(n);
