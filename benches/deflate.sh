@@ -3,6 +3,7 @@
 # memory per idle connection in each context-takeover mode.
 #
 #   benches/deflate.sh [--connections N] [--idle N] [--duration S] [--sizes "1024 16384"]
+#                      [--subs N] [--rate QUOTES_PER_S]
 #
 # Throughput: `ringws serve --workers 1` pinned to CPU 0 and `ringws load --workers 1` pinned to
 # CPU 1 (ping-pong, --text, N connections), the same command back to back for each mode; the
@@ -15,6 +16,11 @@
 # Modes (--deflate-takeover on both sides): off (no extension), none (no context takeover either
 # way), client (the default policy: the client keeps its window, the server does not), both.
 #
+# Feed: `ringws serve --mode feed --symbols 100 --rate RATE --deflate-min-size 16` (quotes are ~100
+# bytes) and `ringws load --subscribe all --connections SUBS`: every quote goes to every subscriber.
+# Reported: deliveries/s, p99 publish-to-receive latency, and the server's CPU over the run (from
+# /proc/PID/stat). Mode none compresses each quote once per worker; both, once per subscriber.
+#
 # Note: `ringws load`'s text payload is a 26-letter cycle, which compresses far better (and
 # cheaper) than real data; protocol/src/deflate/mod.rs has sans-IO numbers on JSON-like messages.
 # Every run is bounded (timeout); servers are stopped on exit.
@@ -24,12 +30,16 @@ CONNECTIONS=100
 IDLE=1000
 DURATION=5
 SIZES="1024 16384"
+SUBS=200
+RATE=500
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --idle) IDLE="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --sizes) SIZES="$2"; shift 2 ;;
+        --subs) SUBS="$2"; shift 2 ;;
+        --rate) RATE="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -51,9 +61,11 @@ mode_flags() {
 }
 
 start_server() {
+    local mode=$1
+    shift
     # shellcheck disable=SC2046
     taskset -c 0 "$BIN" serve --addr "127.0.0.1:$PORT" --workers 1 --deflate-budget 4096 \
-        $(mode_flags "$1") 2>"$LOG" &
+        $(mode_flags "$mode") "$@" 2>"$LOG" &
     SERVER_PID=$!
     for _ in $(seq 100); do
         grep -q "listening on" "$LOG" && return 0
@@ -70,6 +82,8 @@ stop_server() {
 }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# CPU time (user + system) of process $1, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 echo "== echo throughput: $CONNECTIONS connections, ping-pong, text, ${DURATION}s per run =="
 printf "%-8s %-7s %12s %10s %10s\n" size mode "msg/s" "p99 us" "vs off"
@@ -116,4 +130,25 @@ for mode in off none client both; do
     stop_server
     printf "%-8s %9s KiB %9s KiB %11s B\n" "$mode" "$before" "$after" \
         "$(( (after - before) * 1024 / IDLE ))"
+done
+
+echo
+echo "== feed: $SUBS subscribers of 100 symbols, $RATE quotes/s, quotes compressed from 16 bytes =="
+printf "%-8s %14s %10s %12s\n" mode "deliveries/s" "p99 us" "server CPU"
+for mode in off none both; do
+    start_server "$mode" --mode feed --symbols 100 --rate "$RATE" --deflate-min-size 16
+    ticks=$(cpu_ticks "$SERVER_PID")
+    start=$(date +%s.%N)
+    # shellcheck disable=SC2046
+    json=$(timeout $((DURATION + 30)) taskset -c 1 "$BIN" load --url "$URL" --workers 1 \
+        --connections "$SUBS" --subscribe all --warmup 1 --duration "$DURATION" --json \
+        $(mode_flags "$mode") 2>/dev/null)
+    cpu=$(python3 -c "print(f'{($(cpu_ticks "$SERVER_PID") - $ticks) / $(getconf CLK_TCK) \
+        / ($(date +%s.%N) - $start) * 100:.0f}%')")
+    stop_server
+    read -r rate p99 < <(python3 -c '
+import json, sys
+r = json.loads(sys.argv[1])
+print(round(r["msgs_per_s"]), r["latency_us"]["p99"])' "$json")
+    printf "%-8s %14s %10s %12s\n" "$mode" "$rate" "$p99" "$cpu"
 done
