@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Frame, InProcess, RawClient, ReadError, op};
+use common::{Frame, InProcess, RawClient, ReadError, eventually, op};
 use ringws::{
     ConnId, Handler, Message, Publisher, ServerBuilder, ServerHandle, SlowConsumer, Socket,
     TopicStats,
@@ -128,20 +128,6 @@ fn subscriber(addr: SocketAddr, topic: &str) -> (RawClient, usize) {
 fn expect_sequence(c: &mut RawClient, prefix: &str, n: usize) {
     for i in 0..n {
         assert_eq!(text(c), format!("{prefix}{i}"), "message {i} of {n}");
-    }
-}
-
-/// Polls `f` every 10 ms until it holds or `within` passes.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
