@@ -7,7 +7,8 @@
 #
 # Throughput: `ringws serve --workers 1` pinned to CPU 0 and `ringws load --workers 1` pinned to
 # CPU 1 (ping-pong, --text, N connections), the same command back to back for each mode; the
-# ratio is msg/s with compression over msg/s without, from the same run.
+# ratio is msg/s with compression over msg/s without, from the same run; server us/msg is the
+# server's CPU time (/proc/PID/stat) over the run divided by the messages it echoed.
 # Memory: a fresh server per mode; `ringws load --hold --ping-once 1000` opens IDLE connections
 # that each echo one 1000-byte message (compressed both ways where negotiated) and then stay idle;
 # the server's VmRSS growth from before the connections to after the echoes, divided by IDLE.
@@ -63,6 +64,7 @@ mode_flags() {
 start_server() {
     local mode=$1
     shift
+    : >"$LOG" # truncated here, not in the background job: the last server's ready line must go
     # shellcheck disable=SC2046
     taskset -c 0 "$BIN" serve --addr "127.0.0.1:$PORT" --workers 1 --deflate-budget 4096 \
         $(mode_flags "$mode") "$@" 2>"$LOG" &
@@ -86,24 +88,34 @@ rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 echo "== echo throughput: $CONNECTIONS connections, ping-pong, text, ${DURATION}s per run =="
-printf "%-8s %-7s %12s %10s %10s\n" size mode "msg/s" "p99 us" "vs off"
+printf "%-8s %-7s %12s %10s %10s %14s\n" size mode "msg/s" "p99 us" "vs off" "server us/msg"
 for size in $SIZES; do
     base=""
     for mode in off none client both; do
         start_server "$mode"
+        ticks=$(cpu_ticks "$SERVER_PID")
         # shellcheck disable=SC2046
         json=$(timeout $((DURATION + 30)) taskset -c 1 "$BIN" load --url "$URL" --workers 1 \
             --connections "$CONNECTIONS" --size "$size" --text --warmup 1 --duration "$DURATION" \
-            --json $(mode_flags "$mode") 2>/dev/null)
+            --json $(mode_flags "$mode") 2>/dev/null) || true  # errors are counted in the JSON
+        ticks=$(( $(cpu_ticks "$SERVER_PID") - ticks ))
         stop_server
-        read -r rate p99 errors < <(python3 -c '
+        if [[ "$json" != "{"* ]]; then
+            printf "%-8s %-7s run failed (no report)\n" "$size" "$mode"
+            continue
+        fi
+        # Server CPU per echoed message (warm-up included): less sensitive to a busy machine
+        # than msg/s.
+        read -r rate p99 errors cost < <(python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])
-print(round(r["msgs_per_s"]), r["latency_us"]["p99"], sum(r["errors"].values()))' "$json")
+cost = int(sys.argv[2]) / int(sys.argv[3]) / max(r["echoes"], 1) * 1e6
+print(round(r["msgs_per_s"]), r["latency_us"]["p99"], sum(r["errors"].values()), f"{cost:.2f}")
+' "$json" "$ticks" "$(getconf CLK_TCK)")
         [[ -z "$base" ]] && base=$rate
         ratio=$(python3 -c "print(f'{$rate / $base:.2f}')")
-        printf "%-8s %-7s %12s %10s %10s%s\n" "$size" "$mode" "$rate" "$p99" "$ratio" \
-            "$([[ "$errors" != 0 ]] && echo "  ($errors errors)")"
+        printf "%-8s %-7s %12s %10s %10s %14s%s\n" "$size" "$mode" "$rate" "$p99" "$ratio" \
+            "$cost" "$([[ "$errors" != 0 ]] && echo "  ($errors errors)")"
     done
 done
 
@@ -142,10 +154,14 @@ for mode in off none both; do
     # shellcheck disable=SC2046
     json=$(timeout $((DURATION + 30)) taskset -c 1 "$BIN" load --url "$URL" --workers 1 \
         --connections "$SUBS" --subscribe all --warmup 1 --duration "$DURATION" --json \
-        $(mode_flags "$mode") 2>/dev/null)
+        $(mode_flags "$mode") 2>/dev/null) || true
     cpu=$(python3 -c "print(f'{($(cpu_ticks "$SERVER_PID") - $ticks) / $(getconf CLK_TCK) \
         / ($(date +%s.%N) - $start) * 100:.0f}%')")
     stop_server
+    if [[ "$json" != "{"* ]]; then
+        printf "%-8s run failed (no report)\n" "$mode"
+        continue
+    fi
     read -r rate p99 < <(python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])
