@@ -57,6 +57,11 @@ pub struct ServeArgs {
     /// conflation) applies (default 1 MiB).
     #[arg(long)]
     max_backpressure: Option<usize>,
+    /// Submission queue entries per worker ring, 8 to 32768 (default 2048); the completion queue
+    /// is 4x. A fan-out to more subscribers than the completion queue holds can overflow it (the
+    /// kernel then keeps the extra completions aside, at a cost).
+    #[arg(long)]
+    ring_entries: Option<u32>,
     /// Join other `ringws serve` processes (same user) already listening on the port: the kernel
     /// spreads connections over all of them (SO_REUSEPORT). Without it a taken port is an error.
     #[arg(long)]
@@ -129,6 +134,9 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     }
     if let Some(n) = args.max_backpressure {
         b = b.max_backpressure(n);
+    }
+    if let Some(n) = args.ring_entries {
+        b = b.ring_entries(n);
     }
     if args.share_port {
         b = b.share_port(true);
