@@ -2,15 +2,15 @@
 //! - Python `websockets` (an independent implementation) echoes text and binary messages from 0 B to
 //!   16 MiB, plain and fragmented, over every combination of server policy and client offer
 //!   parameters, and checks the agreed `Sec-WebSocket-Extensions` value exactly
-//!   (`tests/interop/python/deflate.py`);
+//!   (`tests/interop/python/deflate.py`), and receives the market feed's publications compressed;
 //! - a raw client checks the frames themselves: RSV1 on compressed messages only, none on control
 //!   frames or on messages under the size threshold, malformed offers declined, the budget fallback;
 //! - limits: a decompression bomb and an over-size compressed message close with 1009 while the
 //!   server's memory stays bounded;
 //! - tokio-tungstenite (no extension offered) is unaffected; `ringws load --deflate` echoes through it.
 //!
-//! Our own client with `Connect::deflate` against Python's server is in `tests/client.rs`, Chromium
-//! in `tests/browser.rs`.
+//! Our own client with `Connect::deflate` against Python's server and ours, and its refusal of
+//! answers the offer did not allow, are in `tests/client.rs`; Chromium in `tests/browser.rs`.
 
 mod common;
 
