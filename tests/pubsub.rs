@@ -356,9 +356,17 @@ fn publish_until(publisher: &Publisher, topic: &str, done: impl Fn(&TopicStats) 
 
 /// Starts a server whose topic `s` has `policy`, three fast readers and one slow subscriber.
 fn slow_setup(policy: SlowConsumer) -> (TestServer, Vec<Reader>, RawClient) {
+    slow_setup_with(policy, |b| b)
+}
+
+/// [`slow_setup`] with more server settings.
+fn slow_setup_with(
+    policy: SlowConsumer,
+    tune: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (TestServer, Vec<Reader>, RawClient) {
     let server = TestServer::start(
         1,
-        |b| b.max_backpressure(LIMIT),
+        |b| tune(b.max_backpressure(LIMIT)),
         |p| {
             p.create_topic("s", policy).unwrap();
         },
@@ -401,7 +409,12 @@ fn conflation_keeps_the_latest_per_key_for_a_slow_subscriber() {
     // Each conflation replaced exactly one queued publication.
     assert_eq!(got.len() as u64 + stats.conflated, published, "{stats:?}");
     assert!(stats.conflated >= 2000 && stats.dropped == 0);
-    // On resuming, the slow subscriber catches up with the current value of every key.
+    assert_latest_per_key(&got, published);
+}
+
+/// On resuming, a conflated subscriber catches up with the current value of every key, and per key
+/// values only move forward.
+fn assert_latest_per_key(got: &[(u8, u64)], published: u64) {
     for (i, &k) in KEYS.iter().enumerate() {
         let last = got.iter().rev().find(|&&(key, _)| key == k).unwrap();
         assert_eq!(
@@ -420,6 +433,29 @@ fn conflation_keeps_the_latest_per_key_for_a_slow_subscriber() {
             k as char
         );
     }
+}
+
+#[test]
+fn with_a_small_send_buffer_a_stalled_subscriber_resumes_near_the_latest_values() {
+    // 4 KiB asked (8 KiB for Linux) on the server's socket and on the subscriber's receive side:
+    // what the subscriber has not read waits in the server's queue, where conflation applies.
+    let (server, fast, slow) = slow_setup_with(SlowConsumer::Conflate { key: first_byte }, |b| {
+        b.socket_send_buffer(4096)
+    });
+    let published = publish_until(&server.publisher, "s", |s| s.conflated >= 2000);
+    let _fast = assert_fast_complete(fast, published);
+    let got = drain_slow(slow);
+    // Everything it read before the latest values: the queue (LIMIT, one frame over it, one per
+    // key) and the two small kernel buffers. With the kernel's autotuned send buffer (MBs on
+    // loopback) it would read thousands of stale messages first.
+    let frame = payload(b'A', 0).len() + 4;
+    let bound = (LIMIT + (64 << 10)) / frame;
+    assert!(
+        got.len() <= bound,
+        "{} messages before catching up (at most {bound} expected) of {published}",
+        got.len()
+    );
+    assert_latest_per_key(&got, published);
 }
 
 #[test]

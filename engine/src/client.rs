@@ -82,6 +82,8 @@ struct Target {
     headers: Vec<(String, String)>,
     /// The permessage-deflate policy to offer, if any.
     deflate: Option<DeflateConfig>,
+    /// `SO_RCVBUF` set before connecting, if any.
+    recv_buffer: Option<usize>,
 }
 
 impl Connect {
@@ -115,6 +117,7 @@ impl Connect {
                 protocols: Vec::new(),
                 headers: Vec::new(),
                 deflate: None,
+                recv_buffer: None,
             }),
             source: None,
         })
@@ -189,6 +192,20 @@ impl Connect {
     pub fn source(mut self, ip: IpAddr) -> Self {
         self.source = Some(ip);
         self
+    }
+
+    /// Sets `SO_RCVBUF` (bytes; Linux doubles it) on the socket before connecting, so the window
+    /// scale fits it and the kernel's receive autotuning is off: a client that stops reading then
+    /// leaves at most this much in its own kernel buffer, the rest waiting at the server. Default:
+    /// autotuning (up to `net.ipv4.tcp_rmem`'s maximum, several MB).
+    pub fn recv_buffer(mut self, bytes: usize) -> Self {
+        Arc::make_mut(&mut self.target).recv_buffer = Some(bytes);
+        self
+    }
+
+    /// The `SO_RCVBUF` set before connecting, if any.
+    pub fn recv_buffer_size(&self) -> Option<usize> {
+        self.target.recv_buffer
     }
 
     /// The resolved server address.

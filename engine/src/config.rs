@@ -34,6 +34,7 @@
 //! | `message_timeout` | 30 s | a frame or message begun must be complete within it, else Close 1008 (0 disables) |
 //! | `deflate` | off | permessage-deflate (RFC 7692) policy; see [`DeflateConfig`] |
 //! | `deflate_budget` | 256 MiB | compression contexts kept per connection (context takeover), all workers together; beyond it new connections get no context takeover |
+//! | `socket_send_buffer` | `None` (kernel autotuning) | `SO_SNDBUF` of accepted sockets; small keeps a stalled subscriber's backlog in the server's queue, where conflation applies, instead of the kernel's |
 //!
 //! Receive buffers, measured with the echo server on one pinned worker over loopback, as server CPU
 //! time per message (on a shared 2-core machine, so ranges over repeated runs): for 32-byte messages
@@ -166,6 +167,13 @@ pub struct Config {
     /// takeover), over all workers; once spent, new connections are answered without context
     /// takeover, which costs them nothing between messages.
     pub deflate_budget: usize,
+    /// `SO_SNDBUF` of accepted sockets, in bytes (set on each worker's listener, which accepted
+    /// sockets inherit on Linux; the kernel doubles it for its bookkeeping and caps it at
+    /// `net.core.wmem_max`). `None` (the default) leaves the kernel's autotuning, which lets a
+    /// loopback connection buffer several MB. A small buffer keeps what a stalled subscriber has
+    /// not read in the server's output queue, where [`SlowConsumer::Conflate`] can replace stale
+    /// messages, rather than in the kernel's, where nothing can.
+    pub socket_send_buffer: Option<usize>,
 }
 
 impl Default for Config {
@@ -207,6 +215,7 @@ impl Default for Config {
             message_timeout: Duration::from_secs(30),
             deflate: None,
             deflate_budget: 256 << 20,
+            socket_send_buffer: None,
         }
     }
 }
@@ -258,6 +267,15 @@ impl Config {
         }
         if !(8..=1 << 15).contains(&self.ring_entries) {
             return Err(invalid("ring_entries", "between 8 and 32768"));
+        }
+        if self
+            .socket_send_buffer
+            .is_some_and(|b| !(1024..=1 << 30).contains(&b))
+        {
+            return Err(invalid(
+                "socket_send_buffer",
+                "between 1 KiB and 1 GiB (None: kernel autotuning)",
+            ));
         }
         if !(1..=1 << 24).contains(&self.max_topics) {
             return Err(invalid("max_topics", "between 1 and 16777216"));
@@ -411,6 +429,13 @@ mod tests {
                 ..d()
             }),
             "max_message_size"
+        );
+        assert_eq!(
+            setting_of(Config {
+                socket_send_buffer: Some(100),
+                ..d()
+            }),
+            "socket_send_buffer"
         );
         assert_eq!(
             setting_of(Config {

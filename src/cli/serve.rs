@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// kernel then keeps the extra completions aside, at a cost).
     #[arg(long)]
     ring_entries: Option<u32>,
+    /// SO_SNDBUF of accepted connections in bytes, 1024 to 1 GiB (default: kernel autotuning; Linux
+    /// doubles the value and caps it at net.core.wmem_max). Small keeps a stalled feed subscriber's
+    /// backlog in the server's conflating queue instead of the kernel's socket buffer.
+    #[arg(long, value_name = "BYTES")]
+    send_buffer: Option<usize>,
     /// Join other `ringws serve` processes (same user) already listening on the port: the kernel
     /// spreads connections over all of them (SO_REUSEPORT). Without it a taken port is an error.
     #[arg(long)]
@@ -137,6 +142,9 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     }
     if let Some(n) = args.ring_entries {
         b = b.ring_entries(n);
+    }
+    if let Some(n) = args.send_buffer {
+        b = b.socket_send_buffer(n);
     }
     if args.share_port {
         b = b.share_port(true);

@@ -82,6 +82,10 @@ fn dial_socket(target: &Connect) -> Result<socket2::Socket, ConnectError> {
     )
     .map_err(io("creating a socket"))?;
     s.set_tcp_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
+    if let Some(bytes) = target.recv_buffer_size() {
+        s.set_recv_buffer_size(bytes)
+            .map_err(io("setting SO_RCVBUF"))?;
+    }
     if let Some(ip) = target.source_ip() {
         // Defer the port choice to connect time: the kernel then picks a port free for this
         // destination, instead of one free for every destination, so each source address offers

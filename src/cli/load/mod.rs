@@ -126,6 +126,11 @@ pub struct LoadArgs {
     /// Seconds the stalled connections do not read (default 3).
     #[arg(long, requires = "stall")]
     stall_for: Option<f64>,
+    /// SO_RCVBUF of every connection in bytes, set before connecting (Linux doubles it; default:
+    /// receive autotuning, up to several MB per loopback connection). Small makes a stalled
+    /// subscriber leave its backlog at the server, where the feed conflates it.
+    #[arg(long, value_name = "BYTES")]
+    recv_buffer: Option<usize>,
     #[command(flatten)]
     deflate: DeflateArgs,
 }
@@ -895,6 +900,12 @@ fn plan(args: &LoadArgs) -> Result<Plan, String> {
     let mut target = Connect::new(&args.url).map_err(|e| format!("--url {}: {e}", args.url))?;
     if let Some(policy) = args.deflate.policy() {
         target = target.deflate(policy);
+    }
+    if let Some(bytes) = args.recv_buffer {
+        if !(1024..=1 << 30).contains(&bytes) {
+            return Err("--recv-buffer must be between 1024 and 1 GiB".into());
+        }
+        target = target.recv_buffer(bytes);
     }
     let subscribe = match &args.subscribe {
         Some(spec) => Some(subscribe::Plan::new(spec, args, &target)?),
