@@ -58,6 +58,7 @@ STALL_FOR=5
 PORT=19301
 NICE=0
 OUT=
+SERVER_EXTRA=
 readonly CONNECTIONS=10000
 readonly CONNECTIONS_C=100
 readonly SOURCES=127.0.0.1-127.0.0.4
@@ -87,6 +88,8 @@ consumers) against \`ringws serve --mode feed\` with \`ringws load --subscribe\`
   --port P          server port on 127.0.0.1 (default $PORT)
   --nice N          run the server and the generator at this niceness (default $NICE; e.g. -10 as
                     root on a box shared with builds, so they are not starved by nice-0 work)
+  --server-args A  more \`ringws serve\` arguments for every run (e.g. "--ring-entries 8192", for
+                    an A/B against the defaults)
   --binary PATH     the ringws binary (default target/release/ringws, built if missing)
   --out FILE        also write every run's numbers as JSON lines to FILE
   -h, --help        this text
@@ -117,6 +120,7 @@ while (($#)); do
         --port) PORT=${2:?} ; shift ;;
         --nice) NICE=${2:?} ; shift ;;
         --binary) BINARY=${2:?} ; shift ;;
+        --server-args) SERVER_EXTRA=${2:?} ; shift ;;
         --out) OUT=${2:?} ; shift ;;
         -h | --help) usage; exit 0 ;;
         *) die_usage "unknown option $1" ;;
@@ -195,7 +199,7 @@ run() {
     local slog=$WORK/server.$RUNS.log llog=$WORK/load.$RUNS.log ljson=$WORK/load.$RUNS.json
     local olog=$WORK/other.$RUNS.log ojson=$WORK/other.$RUNS.json
     [[ $server_args == *"--workers 2"* ]] && cpus=0,1
-    local server_cmd="nice -n $NICE taskset -c $cpus $BINARY serve --mode feed --addr 127.0.0.1:$PORT $server_args"
+    local server_cmd="nice -n $NICE taskset -c $cpus $BINARY serve --mode feed --addr 127.0.0.1:$PORT $server_args $SERVER_EXTRA"
     local common="nice -n $NICE taskset -c 1 $BINARY load --url ws://127.0.0.1:$PORT/ --workers 1 --source-ips $SOURCES --warmup $WARMUP --duration $DURATION --json"
     local load_cmd="$common --connections $connections $load_args"
     local other_cmd="$common $other_args"
