@@ -20,7 +20,9 @@
 //! the receive time minus that stamp, one HDR histogram (ns, 3 significant digits), exactly what
 //! `ringws load --subscribe` does with a quote's `ts`. After `--warmup` seconds, `--duration` seconds
 //! are measured: deliveries received in the window, their latency, each publication's fan-out time
-//! (first write to last write returning), and both processes' CPU time in the window. Then the sender
+//! (first write to last write returning; a sender behind its schedule sends every publication due
+//! in one write per socket, as a server flushing a subscriber's queued publications in one send
+//! does), and both processes' CPU time in the window. Then the sender
 //! stops, leaves one second for the last messages, and prints one JSON object on stdout with the
 //! field names of `ringws load --json` (`msgs_per_s`, `latency_us`, `load_cpu_percent`) plus
 //! `server_cpu` (the sender's CPU share), `fanout_us` and `late` (publications started more than one
@@ -286,7 +288,7 @@ fn publish(
     let mut control = child.stdin.take().ok_or("no receiver stdin")?;
     writeln!(control, "{start} {end}").map_err(|e| format!("control pipe: {e}"))?;
     let period = 1_000_000_000 / a.rate;
-    let mut msg = vec![b'.'; a.size];
+    let mut batch = Vec::new();
     let mut ring = if a.uring {
         let mut b = io_uring::IoUring::builder();
         b.setup_cqsize(RING_ENTRIES * 4)
@@ -301,33 +303,42 @@ fn publish(
     };
     let (mut fanout, mut late, mut publications) = (histogram(), 0u64, 0u64);
     let mut cpu = (None, 0u64);
-    for k in 0.. {
-        let sched = t0 + k * period;
-        if sched >= end {
-            break;
-        }
+    let mut next = 0u64;
+    while t0 + next * period < end {
+        let sched = t0 + next * period;
         let now = now_ns();
         if now < sched {
             std::thread::sleep(Duration::from_nanos(sched - now));
-        } else if now - sched > period {
-            late += u64::from(sched >= start);
+            continue;
         }
         if sched >= start && cpu.0.is_none() {
             cpu.0 = Some(cpu_ns());
         }
-        msg[..8].copy_from_slice(&sched.to_le_bytes());
+        // Every publication due by now leaves in this fan-out, one write per socket: a sender that
+        // fell behind batches, as a server flushing a subscriber's queue in one send does.
+        let last = (now.min(end - 1) - t0) / period;
+        batch.clear();
+        for k in next..=last {
+            let at = t0 + k * period;
+            batch.extend_from_slice(&at.to_le_bytes());
+            batch.resize(batch.len() + a.size - 8, b'.');
+            if at >= start {
+                publications += 1;
+                late += u64::from(now - at > period);
+            }
+        }
+        next = last + 1;
         let began = Instant::now();
         match &mut ring {
-            Some(ring) => send_all(ring, &socks, &msg)?,
+            Some(ring) => send_all(ring, &mut socks, &batch)?,
             None => {
                 for s in &mut socks {
-                    s.write_all(&msg).map_err(|e| format!("writing: {e}"))?;
+                    s.write_all(&batch).map_err(|e| format!("writing: {e}"))?;
                 }
             }
         }
         if sched >= start {
             fanout.saturating_record(began.elapsed().as_nanos() as u64);
-            publications += 1;
         }
     }
     cpu.1 = cpu_ns();
@@ -339,15 +350,24 @@ fn publish(
 }
 
 /// One `IORING_OP_SEND` of `msg` per socket, submitted as the submission queue fills, and waits
-/// until all have completed. A send that fails or sends part of `msg` ends the run (with the
-/// default socket buffers and ~100-byte messages a loopback send completes whole or waits).
-fn send_all(ring: &mut io_uring::IoUring, socks: &[TcpStream], msg: &[u8]) -> Result<(), String> {
+/// until all have completed. A send that fails ends the run; the rest of a partial one is written
+/// with a blocking write.
+fn send_all(
+    ring: &mut io_uring::IoUring,
+    socks: &mut [TcpStream],
+    msg: &[u8],
+) -> Result<(), String> {
     let (mut queued, mut done) = (0usize, 0usize);
-    let reap = |ring: &mut io_uring::IoUring, done: &mut usize| -> Result<(), String> {
+    let reap = |ring: &mut io_uring::IoUring,
+                socks: &mut [TcpStream],
+                done: &mut usize|
+     -> Result<(), String> {
         for cqe in ring.completion() {
-            if cqe.result() != msg.len() as i32 {
-                return Err(format!("send: {}", cqe.result()));
-            }
+            let sent = usize::try_from(cqe.result())
+                .map_err(|_| format!("send: error {}", -cqe.result()))?;
+            socks[cqe.user_data() as usize]
+                .write_all(&msg[sent..])
+                .map_err(|e| format!("writing: {e}"))?;
             *done += 1;
         }
         Ok(())
@@ -359,7 +379,8 @@ fn send_all(ring: &mut io_uring::IoUring, socks: &[TcpStream], msg: &[u8]) -> Re
                 msg.as_ptr(),
                 msg.len() as u32,
             )
-            .build();
+            .build()
+            .user_data(queued as u64);
             // SAFETY: `msg` outlives the sends: this function returns only after every send it
             // queued has completed (or the run ends with an error and the ring is dropped).
             if unsafe { ring.submission().push(&send) }.is_err() {
@@ -372,7 +393,7 @@ fn send_all(ring: &mut io_uring::IoUring, socks: &[TcpStream], msg: &[u8]) -> Re
         let in_flight = queued - done;
         ring.submit_and_wait(in_flight.min(RING_ENTRIES as usize))
             .map_err(|e| format!("io_uring_enter: {e}"))?;
-        reap(ring, &mut done)?;
+        reap(ring, socks, &mut done)?;
     }
     Ok(())
 }
