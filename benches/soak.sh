@@ -2,7 +2,12 @@
 # soak.sh: churn and traffic against two release `ringws serve` processes for a bounded time, watching
 # their memory and descriptors (issue 6; not part of CI).
 #
-#   benches/soak.sh [MINUTES]        (default 30; RINGWS_BIN=path uses that binary instead of building)
+#   benches/soak.sh [MINUTES [SERVE_ARGS...]]   (default 30 minutes; RINGWS_BIN=path uses that
+#                                              binary instead of building)
+#
+# SERVE_ARGS go to both servers, e.g. `--buffer-count 64`: the default receive pool (16 MiB per
+# worker) is faulted in as buffers are first used, which can show as RSS growth during a run; a small
+# pool keeps that out of the figures.
 #
 # Servers on 127.0.0.1, one worker each: an echo server and the market feed (`--mode feed`, 100
 # symbols, 1000 quotes/s). Until MINUTES have passed, three `ringws load` loops run back to back:
@@ -32,6 +37,8 @@ die() { say "error: $*"; exit 1; }
 
 minutes=${1:-30}
 [[ $minutes =~ ^[1-9][0-9]*$ ]] || die "MINUTES must be a positive integer, got '$minutes'"
+shift || true
+serve_args=("$@")
 command -v python3 >/dev/null || die "python3 is needed to read ringws load's JSON reports"
 
 if [[ -n ${RINGWS_BIN:-} ]]; then
@@ -71,7 +78,7 @@ start_server() {
     local name=$1 i
     shift
     port=$(free_port)
-    "$bin" serve --addr "127.0.0.1:$port" --workers 1 "$@" >"$out/$name.log" 2>&1 &
+    "$bin" serve --addr "127.0.0.1:$port" --workers 1 "$@" "${serve_args[@]}" >"$out/$name.log" 2>&1 &
     pid=$!
     servers+=("$pid")
     for ((i = 0; i < 200; i++)); do
@@ -135,7 +142,7 @@ runs() { awk '{ n++; e += $2 } END { printf "%d %d\n", n, e }' "$out/$1.runs" 2>
 
 samples=$out/samples.tsv
 printf 't_s\techo_rss_kib\techo_fds\techo_conns\tfeed_rss_kib\tfeed_fds\tfeed_conns\tchurn_runs\tchurn_errors\techo_runs\techo_errors\tpubsub_runs\tpubsub_errors\n' >"$samples"
-say "soaking for $minutes min: echo server :$echo_port (pid $echo_pid), feed :$feed_port (pid $feed_pid); logs in $out"
+say "soaking for $minutes min (serve ${serve_args[*]:-with defaults}): echo server :$echo_port (pid $echo_pid), feed :$feed_port (pid $feed_pid); logs in $out"
 printf '%6s  %-24s  %-24s  %-11s %-11s %-11s\n' t "echo rss/fds/conns" "feed rss/fds/conns" churn echo pubsub
 died=""
 next=$((start + 10))

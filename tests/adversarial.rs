@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 /// Serializes the tests of this file.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Holds [`SERIAL`] for the rest of a test (a poisoned lock, left by a failed test, is taken too).
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
@@ -72,8 +73,12 @@ fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> TcpStream {
     socket.into()
 }
 
-/// Writes the upgrade request on `stream` and reads the response head (bounded), asserting `101`.
+/// Writes the upgrade request on `stream` and reads the response head (each read bounded by
+/// [`common::READ_TIMEOUT`]), asserting `101`.
 fn upgrade(stream: &mut TcpStream, request: &[u8]) {
+    stream
+        .set_read_timeout(Some(common::READ_TIMEOUT))
+        .expect("read timeout");
     stream
         .write_all(request)
         .expect("write the upgrade request");
@@ -517,7 +522,6 @@ fn churn(addr: SocketAddr, client: u8, cycles: usize, request: &[u8]) -> Duratio
     for i in 0..cycles {
         let t = Instant::now();
         let mut s = connect_from(Ipv4Addr::new(127, 67, client, 1 + (i % 8) as u8), addr);
-        s.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
         upgrade(&mut s, request);
         match i % 4 {
             0 => {
