@@ -458,6 +458,67 @@ fn stalled_subscribers_of_a_binary_feed_resume_and_catch_up() {
 }
 
 #[test]
+fn with_small_socket_buffers_stalled_subscribers_skip_most_of_the_backlog() {
+    // 4 KiB asked for (8 KiB for Linux) on the server's sockets (`serve --send-buffer`) and on
+    // the subscribers' (`load --recv-buffer`): what a stalled one has not read waits in the
+    // server's queue (8 KiB), where each symbol's topic conflates it to its latest quote.
+    let server = Server::start(&[
+        "--mode",
+        "feed",
+        "--binary",
+        "--symbols",
+        "2",
+        "--rate",
+        "20000",
+        "--send-buffer",
+        "4096",
+        "--max-backpressure",
+        "8192",
+    ]);
+    let url = format!("ws://{}/", server.addr);
+    let (status, v, out) = load(
+        &url,
+        &[
+            "--subscribe",
+            "all",
+            "--connections",
+            "4",
+            "--recv-buffer",
+            "4096",
+            "--stall",
+            "2",
+            "--stall-at",
+            "0.3",
+            "--stall-for",
+            "1",
+            "--duration",
+            "3",
+            "--warmup",
+            "0.3",
+        ],
+    );
+    assert!(
+        status.success(),
+        "exit {status}:
+{out}"
+    );
+    let st = &v["subscribe"]["stall"];
+    assert_eq!(u(st, "caught_up"), 2, "{v}");
+    // A live connection received ~20,000 quotes during the stall; a stalled one read only what
+    // three 8 KiB buffers of ~42-byte frames hold (~600) before a current quote. With the
+    // kernel's autotuned buffers it would read them all.
+    let (owed, backlog) = (
+        f(st, "live_messages_during_stall_per_conn"),
+        f(st, "backlog_per_conn"),
+    );
+    assert!(owed > 5000.0, "{v}");
+    assert!(
+        backlog < 1500.0,
+        "{backlog} stale quotes before a current one: {v}"
+    );
+}
+
+#[test]
 fn bad_options_are_refused() {
     for args in [
         &["--url", "wss://127.0.0.1:1/", "--connections", "1"][..],
