@@ -2,8 +2,8 @@
 //! across workers, publishing from a callback and from foreign threads (with a publisher taken before
 //! and after `run`), the last publication for late subscribers, unsubscribe (explicit and on close),
 //! and each slow-consumer policy with a subscriber that stops reading next to ones that keep up
-//! (with a small `socket_send_buffer`, also how little a stalled conflated subscriber reads before the
-//! latest values).
+//! (with a small `socket_send_buffer`, also how little a stalled conflated subscriber reads
+//! before the latest values).
 //!
 //! Every wait is bounded: reads have a timeout, loops a deadline and a count.
 
