@@ -88,7 +88,7 @@ consumers) against \`ringws serve --mode feed\` with \`ringws load --subscribe\`
   --port P          server port on 127.0.0.1 (default $PORT)
   --nice N          run the server and the generator at this niceness (default $NICE; e.g. -10 as
                     root on a box shared with builds, so they are not starved by nice-0 work)
-  --server-args A  more \`ringws serve\` arguments for every run (e.g. "--ring-entries 8192", for
+  --server-args A   more \`ringws serve\` arguments for every run (e.g. "--ring-entries 8192", for
                     an A/B against the defaults)
   --binary PATH     the ringws binary (default target/release/ringws, built if missing)
   --out FILE        also write every run's numbers as JSON lines to FILE
