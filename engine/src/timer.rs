@@ -17,6 +17,9 @@ pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// until their round comes.
 const SLOTS: usize = 512;
 
+/// Entries a bucket keeps room for after draining (768 bytes); more capacity is given back.
+const KEEP_CAPACITY: usize = 64;
+
 /// A wheel tick: time since the worker started, in [`TICK`]s.
 pub(crate) type Tick = u32;
 
@@ -83,6 +86,12 @@ impl Wheel {
                     i += 1;
                 }
             }
+            // A burst (thousands of connections closing within a tick) leaves its bucket's
+            // capacity behind; give it back once the bucket has drained, so the wheel's memory
+            // follows the entries it holds rather than its high-water mark.
+            if bucket.capacity() > KEEP_CAPACITY && bucket.len() < bucket.capacity() / 4 {
+                bucket.shrink_to(KEEP_CAPACITY.max(bucket.len() * 2));
+            }
         }
         self.current = now;
     }
@@ -146,6 +155,21 @@ mod tests {
             "same tick: nothing new"
         );
         assert_eq!(fire(&mut w, 11), vec![7]);
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_capacity_back() {
+        let mut w = Wheel::new();
+        for slot in 0..10_000 {
+            w.schedule(entry(slot, 3));
+        }
+        w.schedule(entry(10_000, 3 + SLOTS as Tick));
+        let bucket = 3 % SLOTS;
+        assert!(w.buckets[bucket].capacity() >= 10_001);
+        assert_eq!(fire(&mut w, 3).len(), 10_000);
+        assert_eq!(w.buckets[bucket].len(), 1, "the next round's entry stays");
+        assert_eq!(w.buckets[bucket].capacity(), KEEP_CAPACITY);
+        assert_eq!(fire(&mut w, 3 + SLOTS as Tick), vec![10_000]);
     }
 
     #[test]
