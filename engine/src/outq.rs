@@ -202,6 +202,14 @@ impl OutQueue {
         true
     }
 
+    /// Forgets the frame remembered under `key`: a frame for that key is about to be queued behind
+    /// it, so replacing the remembered one would put a newer value ahead of an older one.
+    pub fn forget_keyed(&mut self, key: ConflationKey) {
+        if !self.keyed.is_empty() {
+            self.keyed.remove(&key);
+        }
+    }
+
     /// Appends raw bytes (an HTTP response) written by `write`.
     pub fn push_raw(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         let tail = self.tail();

@@ -260,6 +260,11 @@ impl<S: Default> Core<S> {
         }
         let compressed = self.compressed_publication(slot, item, false);
         let q = self.out(slot);
+        if let SlowConsumer::Conflate { .. } = policy {
+            // Queued in order behind any frame kept for this key from an earlier time behind, which
+            // therefore must no longer take newer values.
+            q.forget_keyed((item.topic, item.key));
+        }
         q.push_shared(compressed.as_ref().unwrap_or(&item.frame));
         if q.buffered() > max {
             self.conns[slot as usize].flags |= flag::OVER_LIMIT;
@@ -424,6 +429,24 @@ mod tests {
                 "the fast subscriber got all: {policy:?}"
             );
         }
+    }
+
+    #[test]
+    fn conflation_never_puts_a_newer_value_before_an_older_one() {
+        let (mut core, hub) = core(SlowConsumer::CONFLATE_PER_TOPIC, 10, 1);
+        core.subscribe(0, "t", false).unwrap();
+        let frame = |i: u8| [0x82, 8, i, i, i, i, i, i, i, i];
+        for i in 0..3u8 {
+            core.publish("t", Message::Binary(&[i; 8])).unwrap();
+        }
+        // 0 and 1 queued in order; 2 found the subscriber behind and was kept for conflation.
+        let q = core.conns[0].out.as_mut().unwrap();
+        let _ = q.start_send();
+        q.complete(20); // 0 and 1 sent: 2 waits at the front, below the limit again
+        core.publish("t", Message::Binary(&[3; 8])).unwrap(); // queued in order, behind 2
+        core.publish("t", Message::Binary(&[4; 8])).unwrap(); // behind again: must follow 3
+        assert_eq!(unsent(&core, 0), [frame(2), frame(3), frame(4)].concat());
+        assert_eq!(hub.topic("t").unwrap().stats().conflated, 0);
     }
 
     #[test]
