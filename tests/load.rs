@@ -395,38 +395,37 @@ fn subscribers_of_a_json_feed_measure_publish_to_receive_latency() {
     assert_latencies(&v["latency_us"], 2e6);
 }
 
+/// Runs a binary feed with `feed_args` and a generator subscribed with `load_args` whose first two
+/// connections stall from 0.3 s to 1.3 s of a 3 s run; returns its JSON report.
+fn stalled_run(feed_args: &[&str], load_args: &[&str]) -> Value {
+    let mut serve = vec!["--mode", "feed", "--binary"];
+    serve.extend_from_slice(feed_args);
+    let server = Server::start(&serve);
+    let url = format!("ws://{}/", server.addr);
+    let mut args = load_args.to_vec();
+    args.extend_from_slice(&[
+        "--stall",
+        "2",
+        "--stall-at",
+        "0.3",
+        "--stall-for",
+        "1",
+        "--duration",
+        "3",
+        "--warmup",
+        "0.3",
+    ]);
+    let (status, v, out) = load(&url, &args);
+    assert!(status.success(), "exit {status}:\n{out}");
+    v
+}
+
 #[test]
 fn stalled_subscribers_of_a_binary_feed_resume_and_catch_up() {
-    let server = Server::start(&[
-        "--mode",
-        "feed",
-        "--binary",
-        "--symbols",
-        "4",
-        "--rate",
-        "4000",
-    ]);
-    let url = format!("ws://{}/", server.addr);
-    let (status, v, out) = load(
-        &url,
-        &[
-            "--subscribe",
-            "BTC-USD,ETH-USD",
-            "--connections",
-            "6",
-            "--stall",
-            "2",
-            "--stall-at",
-            "0.3",
-            "--stall-for",
-            "1",
-            "--duration",
-            "3",
-            "--warmup",
-            "0.3",
-        ],
+    let v = stalled_run(
+        &["--symbols", "4", "--rate", "4000"],
+        &["--subscribe", "BTC-USD,ETH-USD", "--connections", "6"],
     );
-    assert!(status.success(), "exit {status}:\n{out}");
     let st = &v["subscribe"]["stall"];
     assert_eq!(u(st, "connections"), 2, "{v}");
     assert_eq!(
@@ -462,22 +461,17 @@ fn with_small_socket_buffers_stalled_subscribers_skip_most_of_the_backlog() {
     // 4 KiB asked for (8 KiB for Linux) on the server's sockets (`serve --send-buffer`) and on
     // the subscribers' (`load --recv-buffer`): what a stalled one has not read waits in the
     // server's queue (8 KiB), where each symbol's topic conflates it to its latest quote.
-    let server = Server::start(&[
-        "--mode",
-        "feed",
-        "--binary",
-        "--symbols",
-        "2",
-        "--rate",
-        "20000",
-        "--send-buffer",
-        "4096",
-        "--max-backpressure",
-        "8192",
-    ]);
-    let url = format!("ws://{}/", server.addr);
-    let (status, v, out) = load(
-        &url,
+    let v = stalled_run(
+        &[
+            "--symbols",
+            "2",
+            "--rate",
+            "20000",
+            "--send-buffer",
+            "4096",
+            "--max-backpressure",
+            "8192",
+        ],
         &[
             "--subscribe",
             "all",
@@ -485,22 +479,7 @@ fn with_small_socket_buffers_stalled_subscribers_skip_most_of_the_backlog() {
             "4",
             "--recv-buffer",
             "4096",
-            "--stall",
-            "2",
-            "--stall-at",
-            "0.3",
-            "--stall-for",
-            "1",
-            "--duration",
-            "3",
-            "--warmup",
-            "0.3",
         ],
-    );
-    assert!(
-        status.success(),
-        "exit {status}:
-{out}"
     );
     let st = &v["subscribe"]["stall"];
     assert_eq!(u(st, "caught_up"), 2, "{v}");
