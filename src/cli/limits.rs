@@ -2,6 +2,7 @@
 //! connection counts, message and ping rates, assembly memory, message timeout). Unset options keep
 //! the engine's defaults (see the README's limits table).
 
+use super::given;
 use clap::Args;
 use ringws::ServerBuilder;
 use std::time::Duration;
@@ -56,12 +57,16 @@ pub struct LimitArgs {
 impl LimitArgs {
     /// Applies the options that were given to `b`.
     pub fn apply(self, mut b: ServerBuilder) -> ServerBuilder {
-        if let Some(n) = self.max_total_connections {
-            b = b.max_total_connections(n);
-        }
-        if let Some(n) = self.max_connections_per_ip {
-            b = b.max_connections_per_ip(n);
-        }
+        b = given(
+            b,
+            self.max_total_connections,
+            ServerBuilder::max_total_connections,
+        );
+        b = given(
+            b,
+            self.max_connections_per_ip,
+            ServerBuilder::max_connections_per_ip,
+        );
         if !self.allowed_origins.is_empty() {
             b = b.allowed_origins(self.allowed_origins);
         }
@@ -74,24 +79,20 @@ impl LimitArgs {
         if self.require_subprotocol {
             b = b.require_subprotocol(true);
         }
-        if let Some(n) = self.message_rate {
-            b = b.message_rate(n);
-        }
-        if let Some(n) = self.message_burst {
-            b = b.message_burst(n);
-        }
-        if let Some(n) = self.ping_rate {
-            b = b.ping_rate(n);
-        }
-        if let Some(n) = self.ping_burst {
-            b = b.ping_burst(n);
-        }
-        if let Some(n) = self.max_assembly_memory {
-            b = b.max_assembly_memory(n);
-        }
-        if let Some(s) = self.message_timeout {
-            b = b.message_timeout(Duration::from_secs(s));
-        }
+        b = given(b, self.message_rate, ServerBuilder::message_rate);
+        b = given(b, self.message_burst, ServerBuilder::message_burst);
+        b = given(b, self.ping_rate, ServerBuilder::ping_rate);
+        b = given(b, self.ping_burst, ServerBuilder::ping_burst);
+        b = given(
+            b,
+            self.max_assembly_memory,
+            ServerBuilder::max_assembly_memory,
+        );
+        b = given(
+            b,
+            self.message_timeout.map(Duration::from_secs),
+            ServerBuilder::message_timeout,
+        );
         b
     }
 }

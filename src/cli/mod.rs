@@ -16,3 +16,16 @@ pub fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
+
+/// Applies the builder setting `set` when its command-line option was given, so each option is
+/// one line instead of an `if let` per option.
+pub fn given<T>(
+    b: ringws::ServerBuilder,
+    value: Option<T>,
+    set: fn(ringws::ServerBuilder, T) -> ringws::ServerBuilder,
+) -> ringws::ServerBuilder {
+    match value {
+        Some(v) => set(b, v),
+        None => b,
+    }
+}

@@ -1,10 +1,11 @@
 //! `ringws serve`: the benchmark echo server, or the market-data feed (`--mode feed`).
 
 use super::deflate::DeflateArgs;
+use super::given;
 use super::limits::LimitArgs;
 use clap::{Args, ValueEnum};
 use ringws::feed::{Feed, FeedConfig};
-use ringws::{BackpressurePolicy, EngineError, Handler, Message, Server, Socket};
+use ringws::{BackpressurePolicy, EngineError, Handler, Message, Server, ServerBuilder, Socket};
 use std::time::Duration;
 
 /// What the server does with messages.
@@ -110,42 +111,30 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
         // Every message is answered: pause reading under backpressure instead of dropping echoes.
         b = b.backpressure_policy(BackpressurePolicy::Pause);
     }
-    if let Some(n) = args.workers {
-        b = b.workers(n);
-    }
-    if let Some(n) = args.max_message_size {
-        b = b.max_message_size(n);
-    }
-    if let Some(s) = args.idle_timeout {
-        b = b.idle_timeout(Duration::from_secs(s));
-    }
-    if let Some(s) = args.ping_interval {
-        b = b.ping_interval(Duration::from_secs(s));
-    }
-    if let Some(s) = args.pong_timeout {
-        b = b.pong_timeout(Duration::from_secs(s));
-    }
-    if let Some(n) = args.buffer_size {
-        b = b.buffer_size(n);
-    }
-    if let Some(n) = args.buffer_count {
-        b = b.buffer_count(n);
-    }
-    if let Some(n) = args.backlog {
-        b = b.backlog(n);
-    }
-    if let Some(n) = args.max_connections {
-        b = b.max_connections(n);
-    }
-    if let Some(n) = args.max_backpressure {
-        b = b.max_backpressure(n);
-    }
-    if let Some(n) = args.ring_entries {
-        b = b.ring_entries(n);
-    }
-    if let Some(n) = args.send_buffer {
-        b = b.socket_send_buffer(n);
-    }
+    b = given(b, args.workers, ServerBuilder::workers);
+    b = given(b, args.max_message_size, ServerBuilder::max_message_size);
+    b = given(
+        b,
+        args.idle_timeout.map(Duration::from_secs),
+        ServerBuilder::idle_timeout,
+    );
+    b = given(
+        b,
+        args.ping_interval.map(Duration::from_secs),
+        ServerBuilder::ping_interval,
+    );
+    b = given(
+        b,
+        args.pong_timeout.map(Duration::from_secs),
+        ServerBuilder::pong_timeout,
+    );
+    b = given(b, args.buffer_size, ServerBuilder::buffer_size);
+    b = given(b, args.buffer_count, ServerBuilder::buffer_count);
+    b = given(b, args.backlog, ServerBuilder::backlog);
+    b = given(b, args.max_connections, ServerBuilder::max_connections);
+    b = given(b, args.max_backpressure, ServerBuilder::max_backpressure);
+    b = given(b, args.ring_entries, ServerBuilder::ring_entries);
+    b = given(b, args.send_buffer, ServerBuilder::socket_send_buffer);
     if args.share_port {
         b = b.share_port(true);
     }
