@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs ringws's whole test suite on a fresh machine:
-#   1. the Python venv for the interop client (tests/interop/.venv, from requirements.txt),
+#   1. the Python venv for the interop clients and kosoku, the Autobahn case-file runner
+#      (tests/interop/.venv, from requirements.txt),
 #   2. the Node packages for the other interop client (npm ci in tests/interop/node),
 #   2b. Debian's chromium for the browser test of the feed page (apt-get, as root, if missing),
 #   3. every Rust test of the workspace (unit, integration, interop, benches in test mode), then doc tests.
@@ -29,6 +30,8 @@ if [[ ! -x "$venv/bin/python" ]] || [[ "$(cat "$python_stamp" 2>/dev/null)" != "
         || die "pip install -r $requirements failed"
     echo "$want" >"$python_stamp"
 fi
+# kosoku's copy of Autobahn's case 12/13 file needs one Python 3 fix (idempotent; see the script).
+"$venv/bin/python" "$interop/python/patch_kosoku.py" || die "patching kosoku failed"
 
 # ---- Node interop client ---------------------------------------------------------------------------
 node_dir="$interop/node"

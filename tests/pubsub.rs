@@ -528,10 +528,10 @@ fn disconnect_closes_the_slow_subscriber_with_1008() {
 /// are read by two client threads with poll(2). Client, publisher and server share the machine, so
 /// this bounds the engine from below.
 ///
-/// `SUBS=1000 RATE=2000 cargo test --release --test pubsub fanout -- --ignored --nocapture`
+/// `SUBS=1000 RATE=2000 cargo test --release --test pubsub measurement_fanout -- --ignored --nocapture`
 #[test]
 #[ignore = "a measurement, not a check: run with --ignored --nocapture in release mode"]
-fn fanout_measurement() {
+fn measurement_fanout() {
     use std::io::Read;
     use std::os::fd::AsRawFd;
     use std::sync::Arc;

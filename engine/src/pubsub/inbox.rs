@@ -3,7 +3,7 @@
 //!
 //! A `Mutex<Vec<_>>` that the worker swaps with an empty vector of its own, compared with a lock-free
 //! MPSC queue (`std::sync::mpsc`, the crossbeam-derived list of blocks) by the ignored test
-//! `inbox_vs_mpsc` below (`cargo test -p ringws-engine --release --lib inbox_vs_mpsc -- --ignored
+//! `measurement_inbox_vs_mpsc` below (`cargo test -p ringws-engine --release --lib measurement_inbox_vs_mpsc -- --ignored
 //! --nocapture`): 1 or 2 producers, one consumer that only drains or also spends ~100 ns per item, one
 //! million 40-byte publications per producer. On the shared 2-core development box, three runs:
 //!
@@ -188,7 +188,7 @@ mod tests {
     /// push) and one that spends ~100 ns delivering each item (closer to a worker).
     #[test]
     #[ignore = "a measurement, not a check: run with --ignored --nocapture in release mode"]
-    fn inbox_vs_mpsc() {
+    fn measurement_inbox_vs_mpsc() {
         const PER_PRODUCER: u64 = 1_000_000;
         for producers in [1, 2] {
             for work in [0, 50] {

@@ -1,0 +1,147 @@
+//! The industry yardstick: the original Autobahn|Testsuite case files, driven by `kosoku` (a runner
+//! in Rust that executes Autobahn's own Python case files), against a live `ringws serve`.
+//!
+//! - cases 1-10 (framing, pings, reserved bits, opcodes, fragmentation, UTF-8, close handling,
+//!   limits) against the plain echo server: 301 cases;
+//! - cases 12-13 (permessage-deflate, every parameter combination) against `serve --deflate`:
+//!   216 cases.
+//!
+//! Every case must end `OK`, `NON-STRICT` or `INFORMATIONAL`, both for its behaviour and its close
+//! behaviour; the test prints the summary and, on failure, each failing case with kosoku's reason.
+//! kosoku comes from `tests/interop/.venv` (installed by `scripts/test.sh`, which also patches a
+//! Python 3 quirk of its case 12 file: see `tests/interop/python/patch_kosoku.py`); without it the
+//! test fails and says so.
+
+mod common;
+
+use common::{Server, repo_root, run_bounded};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Bound on one kosoku run (12-13 take ~3 minutes on a loaded 2-core machine).
+const RUN_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Outcomes that pass: the case behaved as the RFC requires, or in a way the RFC allows.
+const PASSING: [&str; 3] = ["OK", "NON-STRICT", "INFORMATIONAL"];
+
+/// Runs kosoku with `selection` (its `-i`/`-x` arguments) against `server` and checks the report:
+/// exactly `expected` cases, each passing.
+fn run_cases(server: &Server, selection: &[&str], expected: usize) {
+    let root = repo_root();
+    let kosoku = root.join("tests/interop/.venv/bin/kosoku");
+    assert!(
+        kosoku.exists(),
+        "kosoku is missing ({}): run `./scripts/test.sh` once, it installs it",
+        kosoku.display()
+    );
+    let out = report_dir(selection);
+    let _ = std::fs::remove_dir_all(&out);
+    let mut cmd = Command::new(&kosoku);
+    cmd.arg(server.addr.to_string())
+        .args(selection)
+        .args(["-p", "8", "-o"])
+        .arg(&out);
+    let (status, output) = run_bounded(&mut cmd, RUN_TIMEOUT);
+    let Some(status) = status else {
+        panic!("kosoku did not finish within {RUN_TIMEOUT:?}:\n{output}");
+    };
+    let results = read_report(&out.join("index.json")).unwrap_or_else(|e| {
+        panic!(
+            "no report from kosoku ({status}): {e}\n{output}\n--- server ---\n{}",
+            server.log()
+        )
+    });
+    let mut by_outcome: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failing = Vec::new();
+    for (case, r) in &results {
+        *by_outcome
+            .entry(format!("{}/{}", r.behavior, r.close))
+            .or_default() += 1;
+        if !PASSING.contains(&r.behavior.as_str()) || !PASSING.contains(&r.close.as_str()) {
+            failing.push(format!(
+                "  {case}: {} / close {} ({})",
+                r.behavior, r.close, r.reportfile
+            ));
+        }
+    }
+    println!(
+        "autobahn {selection:?}: {} cases, by behaviour/close behaviour: {by_outcome:?}",
+        results.len()
+    );
+    assert!(
+        failing.is_empty(),
+        "{} of {} cases failed (reports in {}):\n{}\n--- kosoku ---\n{output}",
+        failing.len(),
+        results.len(),
+        out.display(),
+        failing.join("\n")
+    );
+    assert_eq!(
+        results.len(),
+        expected,
+        "kosoku ran another number of cases than the suite has:\n{output}"
+    );
+    assert!(
+        status.success(),
+        "kosoku failed ({status}) though every case passed:\n{output}"
+    );
+}
+
+/// Where a run's reports go: under the target directory, one folder per selection.
+fn report_dir(selection: &[&str]) -> PathBuf {
+    let name: String = selection
+        .concat()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("autobahn").join(name)
+}
+
+/// One case's outcome in kosoku's `index.json`.
+struct Outcome {
+    behavior: String,
+    close: String,
+    reportfile: String,
+}
+
+/// Reads `index.json` (`{ agent: { case id: { behavior, behaviorClose, reportfile, .. } } }`).
+fn read_report(path: &Path) -> Result<BTreeMap<String, Outcome>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let agents = json.as_object().ok_or("index.json is not an object")?;
+    let mut out = BTreeMap::new();
+    for cases in agents.values() {
+        for (case, r) in cases
+            .as_object()
+            .ok_or("an agent's cases are not an object")?
+        {
+            let field = |name: &str| r.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+            out.insert(
+                case.clone(),
+                Outcome {
+                    behavior: field("behavior").ok_or("a case without behavior")?,
+                    close: field("behaviorClose").ok_or("a case without behaviorClose")?,
+                    reportfile: field("reportfile").unwrap_or_default(),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn autobahn_cases_1_to_10() {
+    let server = Server::start(&[]);
+    run_cases(&server, &["-x", "12.*", "-x", "13.*"], 301);
+}
+
+#[test]
+fn autobahn_cases_12_and_13_permessage_deflate() {
+    let server = Server::start(&["--deflate"]);
+    run_cases(&server, &["-i", "12.*", "-i", "13.*"], 216);
+}
