@@ -202,7 +202,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let key = secret.into_bytes();
     let demo = issue("demo", now_secs() + 3600, &key);
-    let server = Server::builder().bind("127.0.0.1:9001").build()?;
+    let server = Server::builder()
+        .bind("127.0.0.1:9001")
+        .handle_signals(true)
+        .build()?;
     let addr = server.local_addr();
     server.run_with_ready(
         |_| Auth::new(&key),

@@ -72,7 +72,11 @@ fn main() -> ExitCode {
         }
     };
     let run = || -> Result<(), ringws::EngineError> {
-        let engine = Server::builder().client_only().workers(1).build()?;
+        let engine = Server::builder()
+            .client_only()
+            .workers(1)
+            .handle_signals(true)
+            .build()?;
         let handle = engine.handle();
         engine.run(move |_| Client {
             target: target.clone(),

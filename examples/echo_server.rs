@@ -14,6 +14,10 @@ impl Handler for Echo {
 }
 
 fn main() -> Result<(), EngineError> {
-    let server = Server::builder().bind("127.0.0.1:9001").build()?;
+    // Ctrl-C (SIGINT) and SIGTERM close every connection with 1001 before `run` returns.
+    let server = Server::builder()
+        .bind("127.0.0.1:9001")
+        .handle_signals(true)
+        .build()?;
     server.run_with_ready(|_| Echo, || eprintln!("echo server on ws://127.0.0.1:9001"))
 }

@@ -14,7 +14,9 @@ fn main() -> Result<(), EngineError> {
         rate: 1_000,
         binary: false,
     })?;
-    let builder = ringws::Server::builder().bind("127.0.0.1:9002");
+    let builder = ringws::Server::builder()
+        .bind("127.0.0.1:9002")
+        .handle_signals(true);
     feed.serve(builder, |addr, workers| {
         eprintln!("market feed on http://{addr}/ ({workers} workers); Ctrl-C stops it")
     })

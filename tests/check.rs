@@ -5,7 +5,7 @@
 
 mod common;
 
-use ringws::engine::{Config, MemlockNeed, ProbeReport};
+use ringws::engine::{MemlockNeed, ProbeReport, Server};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
@@ -359,11 +359,9 @@ fn ulimit_sh_memlock_covers_the_engines_rings() {
         .position(|w| w == "x")
         .expect("W workers x P KiB");
     let script_kib: u64 = words[i + 1].parse().unwrap();
-    let cfg = Config {
-        workers: 1,
-        ..Config::default()
-    };
-    let engine_kib = MemlockNeed::of(&cfg).per_worker.div_ceil(1024);
+    let engine_kib = MemlockNeed::of(Server::builder().workers(1).config())
+        .per_worker
+        .div_ceil(1024);
     assert!(
         script_kib >= engine_kib,
         "ulimit.sh recommends {script_kib} KiB per worker, the engine's rings need {engine_kib} KiB"
@@ -416,10 +414,7 @@ fn memlock_need_is_what_the_kernel_charges_an_unprivileged_user() {
         );
         return;
     }
-    let need = MemlockNeed::of(&Config {
-        workers: 1,
-        ..Config::default()
-    });
+    let need = MemlockNeed::of(Server::builder().workers(1).config());
     // The charge is per user and freed asynchronously after a process exits, so every run gets a
     // user of its own that owns no other io_uring memory.
     let base = 200_000 + (std::process::id() % 100_000) * 4;

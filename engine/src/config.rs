@@ -1,232 +1,377 @@
-//! Server settings: every limit and timer, its default and why, and validation.
+//! Server settings: each one declared once, in the [`settings!`] table below, with its type, its
+//! default, the range it must lie in and what it does. From that one declaration come the
+//! [`Config`] field and its doc, the default, the check in [`Config::validate`], the
+//! [`ServerBuilder`](crate::ServerBuilder) setter and its doc, and the row of [`Config::SETTINGS`]
+//! that `ringws serve --help` and the README's settings table are written from (a test checks the
+//! README against it).
 //!
-//! | setting | default | why |
-//! |---|---|---|
-//! | `bind` | 127.0.0.1:9001 | loopback unless asked otherwise |
-//! | `workers` | CPUs in the affinity mask | one pinned worker per core |
-//! | `backlog` | 4096 | absorbs connection bursts per worker listener |
-//! | `max_connections` | 100 000 per worker | above it new connections get 503 |
-//! | `max_message_size` | 16 MiB | 1009 above it; bounds assembly memory |
-//! | `max_header_bytes` | 8 KiB | 431 above it; bounds the handshake buffer |
-//! | `max_backpressure` | 1 MiB | per-connection queued output before the policy applies |
-//! | `backpressure_policy` | `Drop` | report with [`SendResult::Dropped`](crate::SendResult) |
-//! | `buffer_size` | 32 KiB | provided receive buffer size (measured, see below) |
-//! | `buffer_count` | 512 | buffers per worker ring (16 MiB per worker, faulted in as used) |
-//! | `handshake_timeout` | 10 s | a connection must finish its upgrade request in time |
-//! | `idle_timeout` | 120 s | nothing received for this long: Close 1001 (0 disables) |
-//! | `ping_interval` | 30 s | nothing received for this long: the server pings (0 disables) |
-//! | `pong_timeout` | 30 s | still nothing received this long after a ping: the connection is dropped |
-//! | `close_timeout` | 5 s | bound on the close handshake and on draining a rejected request |
-//! | `shutdown_timeout` | 5 s | bound on the graceful drain at shutdown |
-//! | `ring_entries` | 2048 | submission queue size; the completion queue is 4x |
-//! | `share_port` | false | a port other processes listen on is refused as in use, unless asked to join it |
-//! | `slow_consumer` | `DropNewest` | pub/sub: what a topic without its own policy does for a subscriber over `max_backpressure` |
-//! | `max_topics` | 65 536 | pub/sub: topics are never removed; this bounds what subscriptions to new names can claim |
-//! | `max_total_connections` | 0 (none) | over all workers; above it new connections get 503 before their request is read |
-//! | `max_connections_per_ip` | 0 (none) | per client address over all workers; above it new connections get 429 |
-//! | `allowed_origins` | empty (any) | an upgrade whose `Origin` matches none is answered 403 before `on_upgrade` |
-//! | `allow_missing_origin` | true | with an allowlist: accept upgrades without `Origin` (non-browser clients) |
-//! | `subprotocols` | empty | the engine selects the first of these the client offers when `on_upgrade` selects none |
-//! | `require_subprotocol` | false | refuse (400) upgrades that offer none of `subprotocols` |
-//! | `message_rate` / `message_burst` | 0 (none) / 100 | messages per second per connection; over it: Close 1008 |
-//! | `ping_rate` / `ping_burst` | 20 / 100 | client pings per second answered; more are ignored, another burst more closes 1008 |
-//! | `max_assembly_memory` | 256 MiB | bytes in partial-message buffers over all workers; the connection that passes it gets 1009 |
-//! | `message_timeout` | 30 s | a frame or message begun must be complete within it, else Close 1008 (0 disables) |
-//! | `deflate` | off | permessage-deflate (RFC 7692) policy; see [`DeflateConfig`] |
-//! | `deflate_budget` | 256 MiB | compression contexts kept per connection (context takeover), all workers together; beyond it new connections get no context takeover |
-//! | `socket_send_buffer` | `None` (kernel autotuning) | `SO_SNDBUF` of accepted sockets; small keeps a stalled subscriber's backlog in the server's queue, where conflation applies, instead of the kernel's |
+//! `Config` is plain data: the layers below it (connections, policy, pub/sub) never see it; they
+//! get their own settings from it ([`Config::slab_config`], [`Config::policy_config`]).
 //!
-//! Receive buffers, measured with the echo server on one pinned worker over loopback, as server CPU
-//! time per message (on a shared 2-core machine, so ranges over repeated runs): for 32-byte messages
-//! the buffer size makes no difference (~550-750 ns/message, 95% of it in the kernel's TCP stack); for
-//! 256 KiB messages, with 512 buffers, 4 KiB buffers cost ~180-300 us/message, 16 KiB ~150-230 us,
-//! 32 KiB ~135-170 us, 64 KiB ~130-140 us (fewer completions and decoder calls per message). 32 KiB x
-//! 512 (16 MiB per worker) keeps most of the large-message gain at a quarter of the memory of 64 KiB x
-//! 1024, with enough buffers for bursts over many connections: a completion holds its buffer only
-//! while its callbacks run, so running out takes more than 512 receives in one loop turn, and is
-//! recovered from without losing data.
+//! Receive buffers (`buffer_size`, `buffer_count`), measured with the echo server on one pinned
+//! worker over loopback, as server CPU time per message (on a shared 2-core machine, so ranges over
+//! repeated runs): for 32-byte messages the buffer size makes no difference (~550-750 ns/message, 95%
+//! of it in the kernel's TCP stack); for 256 KiB messages, with 512 buffers, 4 KiB buffers cost
+//! ~180-300 us/message, 16 KiB ~150-230 us, 32 KiB ~135-170 us, 64 KiB ~130-140 us (fewer
+//! completions and decoder calls per message). 32 KiB x 512 (16 MiB per worker) keeps most of the
+//! large-message gain at a quarter of the memory of 64 KiB x 1024, with enough buffers for bursts
+//! over many connections: a completion holds its buffer only while its callbacks run, so running
+//! out takes more than 512 receives in one loop turn, and is recovered from without losing data.
 
+use crate::conn::{Backpressure, BackpressurePolicy, SlabConfig, Timeouts};
 use crate::error::EngineError;
-use crate::guard;
+use crate::policy::{PolicyConfig, is_origin_pattern};
 use crate::pubsub::SlowConsumer;
+use crate::ring::probe::MemlockNeed;
 use ringws_protocol::deflate::DeflateConfig;
 use ringws_protocol::handshake::is_token;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-/// What happens when a send finds the connection's queued output already over `max_backpressure`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BackpressurePolicy {
-    /// Drop the message and report [`SendResult::Dropped`](crate::SendResult::Dropped).
-    #[default]
-    Drop,
-    /// Drop the message and close the connection with 1008 (policy violation): a slow consumer.
-    Close,
-    /// Never drop: queue the message, and stop reading from the connection while its queued output
-    /// is over the limit, so TCP flow control pushes back on the peer; reading resumes (and
-    /// `on_drain` runs) once the queue falls back under the limit. For request/response and echo
-    /// traffic, where every message must be answered. The queue can overshoot the limit by what the
-    /// kernel had already received when reading stopped (at most the worker's receive buffers).
-    Pause,
+/// One setting, as documentation and command lines show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The name: the [`Config`] field and the [`ServerBuilder`](crate::ServerBuilder) method.
+    pub name: &'static str,
+    /// The default, as written for people.
+    pub default: &'static str,
+    /// What a value must be.
+    pub requirement: &'static str,
+    /// What the setting does (the field's doc comment).
+    pub doc: &'static str,
 }
 
-/// The resolved, validated settings of a server.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The listening address (every worker binds it with `SO_REUSEPORT`).
-    pub bind: SocketAddr,
+/// The largest timer setting: keeps the clock arithmetic far from overflow.
+const MAX_TIMER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn timer(d: &Duration) -> bool {
+    *d <= MAX_TIMER
+}
+
+fn nonzero_timer(d: &Duration) -> bool {
+    !d.is_zero() && *d <= MAX_TIMER
+}
+
+/// The number of CPUs this process may run on (honours `taskset` and cgroup CPU sets).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Declares the settings. Each entry: doc comment, `name: Type = default`, `"default as text"`,
+/// `check |value| predicate`, `"requirement"`, and `setter` (a builder method taking the field's
+/// type is generated) or `custom` (the builder method is written by hand in `server.rs`).
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident: $ty:ty = $default:expr, $default_text:literal,
+        check $check:expr, $requirement:literal, $setter:ident;
+    )*) => {
+        /// The resolved settings of a server: every limit and timer. Build one with
+        /// [`Server::builder`](crate::Server::builder) (or start from `Config::default()` and set
+        /// fields); [`Config::validate`] checks it and the server refuses invalid settings.
+        #[derive(Debug, Clone)]
+        #[non_exhaustive]
+        pub struct Config {
+            $(
+                $(#[doc = $doc])*
+                pub $name: $ty,
+            )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self {
+                    $($name: $default,)*
+                }
+            }
+        }
+
+        impl Config {
+            /// Every setting: name, default, requirement and doc, in declaration order.
+            pub const SETTINGS: &'static [Setting] = &[
+                $(Setting {
+                    name: stringify!($name),
+                    default: $default_text,
+                    requirement: $requirement,
+                    doc: concat!($($doc, "\n"),*),
+                },)*
+            ];
+
+            /// Checks each setting against its own range (the checks across settings follow).
+            fn validate_each(&self) -> Result<(), EngineError> {
+                $(
+                    let check: fn(&$ty) -> bool = $check;
+                    if !check(&self.$name) {
+                        return Err(invalid(stringify!($name), $requirement));
+                    }
+                )*
+                Ok(())
+            }
+        }
+
+        impl ServerBuilder {
+            $(settings!(@setter $setter $name $ty, $default_text, $($doc)*);)*
+        }
+    };
+    (@setter setter $name:ident $ty:ty, $default_text:literal, $($doc:literal)*) => {
+        $(#[doc = $doc])*
+        #[doc = ""]
+        #[doc = concat!("Default: ", $default_text, ".")]
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.cfg.$name = value;
+            self
+        }
+    };
+    (@setter custom $name:ident $ty:ty, $default_text:literal, $($doc:literal)*) => {};
+}
+
+settings! {
+    /// The listening address; every worker binds it with `SO_REUSEPORT`.
+    bind: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9001)), "127.0.0.1:9001",
+        check |_| true, "an address of this host", custom;
     /// Worker threads, each with its own ring and listener.
-    pub workers: usize,
+    workers: usize = default_workers(), "the CPUs this process may run on",
+        check |v| (1..=1024).contains(v), "between 1 and 1024", setter;
     /// Pin each worker to one CPU of the process's affinity mask.
-    pub pin_workers: bool,
-    /// Listen backlog of each worker's listener.
-    pub backlog: u32,
-    /// Connections per worker; above it new connections are answered 503.
-    pub max_connections: usize,
-    /// Largest message (and frame) accepted; larger is closed with 1009.
-    pub max_message_size: u64,
-    /// Largest HTTP request head; larger is answered 431.
-    pub max_header_bytes: usize,
-    /// Queued output per connection above which the backpressure policy applies.
-    pub max_backpressure: usize,
-    /// What a send over `max_backpressure` does.
-    pub backpressure_policy: BackpressurePolicy,
-    /// Size of each provided receive buffer.
-    pub buffer_size: u32,
-    /// Number of provided receive buffers per worker (a power of two, at most 32768).
-    pub buffer_count: u16,
-    /// Time allowed from accept to a complete upgrade request.
-    pub handshake_timeout: Duration,
+    pin_workers: bool = true, "true",
+        check |_| true, "true or false", setter;
+    /// Listen backlog of each worker's listener: absorbs connection bursts.
+    backlog: u32 = 4096, "4096",
+        check |v| (1..=65535).contains(v), "between 1 and 65535", setter;
+    /// Connections per worker; above it new connections are answered 503 before their request
+    /// is read (and far above it closed without an answer).
+    max_connections: usize = 100_000, "100,000",
+        check |v| (1..=1 << 24).contains(v), "between 1 and 16777216", setter;
+    /// Largest message (and frame) accepted, in bytes; larger is closed with 1009, decided from the
+    /// frame header before anything is allocated.
+    max_message_size: u64 = 16 << 20, "16 MiB",
+        check |v| (1..=1 << 40).contains(v), "between 1 byte and 1 TiB", setter;
+    /// Largest HTTP request head, in bytes; larger is answered 431.
+    max_header_bytes: usize = ringws_protocol::handshake::DEFAULT_MAX_HEADER_BYTES, "8 KiB",
+        check |v| (256..=1 << 20).contains(v), "between 256 bytes and 1 MiB", setter;
+    /// Queued output per connection, in bytes, above which `backpressure_policy` applies (and a
+    /// pub/sub subscriber counts as behind).
+    max_backpressure: usize = 1 << 20, "1 MiB",
+        check |v| *v >= 1, "at least 1 byte", setter;
+    /// What a send over `max_backpressure` does: drop and report it, close the connection (1008),
+    /// or pause reading until the queue drains.
+    backpressure_policy: BackpressurePolicy = BackpressurePolicy::Drop, "Drop",
+        check |_| true, "Drop, Close or Pause", setter;
+    /// Size of each provided receive buffer, in bytes.
+    buffer_size: u32 = 32 << 10, "32 KiB",
+        check |v| (512..=1 << 20).contains(v), "between 512 bytes and 1 MiB", setter;
+    /// Provided receive buffers per worker; the ring empty, a receive waits for buffers to return
+    /// (no data is lost).
+    buffer_count: u16 = 512, "512",
+        check |v| v.is_power_of_two() && *v <= 1 << 15, "a power of two between 1 and 32768", setter;
+    /// Time allowed from accept to a complete upgrade request (for a client, from the start of the
+    /// connect to the `101`).
+    handshake_timeout: Duration = Duration::from_secs(10), "10 s",
+        check nonzero_timer, "between 1 ms and 7 days", setter;
     /// Close (1001) a connection after this long without receiving anything; zero disables.
-    pub idle_timeout: Duration,
+    idle_timeout: Duration = Duration::from_secs(120), "120 s",
+        check timer, "at most 7 days (0 disables)", setter;
     /// Ping a connection after this long without receiving anything; zero disables.
-    pub ping_interval: Duration,
-    /// Drop a pinged connection that still sends nothing for this long.
-    pub pong_timeout: Duration,
+    ping_interval: Duration = Duration::from_secs(30), "30 s",
+        check timer, "at most 7 days (0 disables)", setter;
+    /// Drop a pinged connection that still sends nothing for this long (half-open TCP).
+    pong_timeout: Duration = Duration::from_secs(30), "30 s",
+        check nonzero_timer, "between 1 ms and 7 days", setter;
     /// Bound on the close handshake (and on draining a refused request) before the TCP close.
-    pub close_timeout: Duration,
+    close_timeout: Duration = Duration::from_secs(5), "5 s",
+        check nonzero_timer, "between 1 ms and 7 days", setter;
     /// Bound on the graceful drain at shutdown.
-    pub shutdown_timeout: Duration,
+    shutdown_timeout: Duration = Duration::from_secs(5), "5 s",
+        check timer, "at most 7 days", setter;
     /// Submission queue entries per ring (the completion queue gets four times as many).
-    pub ring_entries: u32,
-    /// Whether [`Server::run`](crate::Server::run) turns SIGINT/SIGTERM into a graceful shutdown.
-    pub handle_signals: bool,
+    ring_entries: u32 = 2048, "2048",
+        check |v| (8..=1 << 15).contains(v), "between 8 and 32768", setter;
+    /// Whether [`Server::run`](crate::Server::run) turns SIGINT/SIGTERM into a graceful shutdown
+    /// (signals are then blocked on the calling thread and read from a signalfd). Off in a library
+    /// by default, so that embedding never takes the process's signals over unasked; `ringws
+    /// serve` turns it on.
+    handle_signals: bool = false, "false",
+        check |_| true, "true or false", setter;
     /// Join a port that other processes of the same user already listen on, instead of refusing it
     /// as in use: all their listeners and ours share it with `SO_REUSEPORT` and the kernel spreads
     /// new connections over them. Runs one server as several processes, e.g. when each process may
     /// only open a limited number of files.
-    pub share_port: bool,
-    /// The slow-consumer policy of topics created without one of their own.
-    pub slow_consumer: SlowConsumer,
-    /// Most topics the server holds (topics are never removed).
-    pub max_topics: usize,
+    share_port: bool = false, "false",
+        check |_| true, "true or false", setter;
+    /// Pub/sub: the slow-consumer policy of topics created without one of their own.
+    slow_consumer: SlowConsumer = SlowConsumer::DropNewest, "DropNewest",
+        check |_| true, "a SlowConsumer", setter;
+    /// Pub/sub: most topics the server holds; topics are never removed, so this bounds what
+    /// subscriptions to new names can claim.
+    max_topics: usize = 1 << 16, "65,536",
+        check |v| (1..=1 << 24).contains(v), "between 1 and 16777216", setter;
     /// Accepted connections over all workers (0: no limit beyond `max_connections` per worker);
     /// above it new connections are answered 503 before their request is read.
-    pub max_total_connections: usize,
+    max_total_connections: usize = 0, "0 (none)",
+        check |v| *v <= 1 << 30, "at most 2^30 (0: none)", setter;
     /// Connections per client IP address over all workers (0: no limit); above it new connections
     /// are answered 429 before their request is read. Off by default: behind a proxy or NAT many
     /// clients share one address.
-    pub max_connections_per_ip: usize,
+    max_connections_per_ip: usize = 0, "0 (none)",
+        check |v| *v <= 1 << 24, "at most 16777216 (0: none)", setter;
     /// Origins allowed to open a WebSocket, each `scheme://host[:port]` (exact) or
     /// `scheme://*.domain[:port]` (any subdomain of `domain`, not `domain` itself); an upgrade whose
-    /// `Origin` matches none is answered 403 before `on_upgrade` runs. Empty (the default): any.
-    /// Browsers always send `Origin`; this is the defence against cross-site WebSocket hijacking.
-    pub allowed_origins: Vec<String>,
+    /// `Origin` matches none is answered 403 before `on_upgrade` runs. Empty: any. Browsers always
+    /// send `Origin`; this is the defence against cross-site WebSocket hijacking.
+    allowed_origins: Vec<String> = Vec::new(), "empty (any origin)",
+        check |v| v.iter().all(|p| is_origin_pattern(p)),
+        "a list of scheme://host[:port] or scheme://*.domain[:port]", custom;
     /// With `allowed_origins` set, whether an upgrade without an `Origin` header is accepted (it
-    /// cannot come from a browser page). Default true.
-    pub allow_missing_origin: bool,
+    /// cannot come from a browser page).
+    allow_missing_origin: bool = true, "true",
+        check |_| true, "true or false", setter;
     /// Subprotocols this server speaks, most preferred first: when `on_upgrade` selects none, the
     /// engine selects the first of these that the client offered.
-    pub subprotocols: Vec<String>,
-    /// Refuse (400) an upgrade that offers none of `subprotocols`, instead of accepting it without a
-    /// subprotocol. Default false.
-    pub require_subprotocol: bool,
-    /// Messages per second per connection (0, the default: no limit); a connection over the rate
-    /// (after a burst of `message_burst`) is closed with 1008.
-    pub message_rate: u32,
+    subprotocols: Vec<String> = Vec::new(), "empty",
+        check |v| v.iter().all(|p| is_token(p)), "a list of tokens (RFC 6455 §4.1)", custom;
+    /// Refuse (400) an upgrade that offers none of `subprotocols`, instead of accepting it without
+    /// a subprotocol.
+    require_subprotocol: bool = false, "false",
+        check |_| true, "set only with at least one subprotocol", setter;
+    /// Messages per second per connection (0: no limit); a connection over the rate (after a burst
+    /// of `message_burst`) is closed with 1008.
+    message_rate: u32 = 0, "0 (none)",
+        check |v| *v <= 1_000_000, "at most 1000000 per second (0: none)", setter;
     /// Messages a connection may send back to back under `message_rate`.
-    pub message_burst: u32,
+    message_burst: u32 = 100, "100",
+        check |v| *v >= 1, "at least 1", setter;
     /// Client pings per second per connection that are answered (0: no limit); pings beyond it
-    /// (after a burst of `ping_burst`) are ignored, and once another `ping_burst` of them has
-    /// piled up the connection is closed with 1008.
-    pub ping_rate: u32,
+    /// (after a burst of `ping_burst`) are neither answered nor passed to `on_ping`, and once
+    /// another `ping_burst` of them has piled up the connection is closed with 1008.
+    ping_rate: u32 = 20, "20",
+        check |v| *v <= 1_000_000, "at most 1000000 per second (0: none)", setter;
     /// Pings a connection may send back to back under `ping_rate`.
-    pub ping_burst: u32,
+    ping_burst: u32 = 100, "100",
+        check |v| *v >= 1, "at least 1", setter;
     /// Bytes held in the assembly buffers of partly received messages, over all connections of all
     /// workers (0: no limit beyond `max_message_size` per connection); the connection whose
     /// receive takes the total over it is closed with 1009. Checked after each receive, so the
     /// total can pass it by one receive's growth per worker.
-    pub max_assembly_memory: usize,
+    max_assembly_memory: usize = 256 << 20, "256 MiB",
+        check |_| true, "at least max_message_size (0: none)", setter;
     /// Time allowed to receive a frame or message once its first byte has arrived (0 disables);
-    /// past it the connection is closed with 1008 (slow-dribbled fragments).
-    pub message_timeout: Duration,
-    /// permessage-deflate (RFC 7692): the policy answering clients' offers; `None` (the default)
-    /// declines every offer.
-    pub deflate: Option<DeflateConfig>,
+    /// past it the connection is closed with 1008 (slowly dribbled fragments).
+    message_timeout: Duration = Duration::from_secs(30), "30 s",
+        check timer, "at most 7 days (0 disables)", setter;
+    /// permessage-deflate (RFC 7692): the policy answering clients' offers; `None` declines every
+    /// offer.
+    deflate: Option<DeflateConfig> = None, "off",
+        check |d| d.as_ref().is_none_or(deflate_ok),
+        "window bits 8-15, level 0-9, max_inflate_ratio at least 1", custom;
     /// Bytes of compression contexts that connections may keep between messages (context
     /// takeover), over all workers; once spent, new connections are answered without context
     /// takeover, which costs them nothing between messages.
-    pub deflate_budget: usize,
+    deflate_budget: usize = 256 << 20, "256 MiB",
+        check |_| true, "any number of bytes", setter;
     /// `SO_SNDBUF` of accepted sockets, in bytes (set on each worker's listener, which accepted
     /// sockets inherit on Linux; the kernel doubles it for its bookkeeping and caps it at
-    /// `net.core.wmem_max`). `None` (the default) leaves the kernel's autotuning, which lets a
-    /// loopback connection buffer several MB. A small buffer keeps what a stalled subscriber has
-    /// not read in the server's output queue, where [`SlowConsumer::Conflate`] can replace stale
-    /// messages, rather than in the kernel's, where nothing can.
-    pub socket_send_buffer: Option<usize>,
+    /// `net.core.wmem_max`). `None` leaves the kernel's autotuning, which lets a loopback
+    /// connection buffer several MB. A small buffer keeps what a stalled subscriber has not read
+    /// in the server's output queue, where [`SlowConsumer::Conflate`] can replace stale messages,
+    /// rather than in the kernel's, where nothing can.
+    socket_send_buffer: Option<usize> = None, "None (kernel autotuning)",
+        check |b| b.is_none_or(|b| (1024..=1 << 30).contains(&b)),
+        "between 1 KiB and 1 GiB (None: kernel autotuning)", custom;
 }
 
-impl Default for Config {
-    fn default() -> Self {
+/// Builds a [`Server`](crate::Server): every setting of [`Config`] has a method of the same name,
+/// with the setting's default written in its doc; [`build`](Self::build) validates, probes the
+/// kernel and binds.
+#[derive(Debug)]
+#[must_use]
+pub struct ServerBuilder {
+    pub(crate) cfg: Config,
+    pub(crate) bind_error: Option<EngineError>,
+    pub(crate) client_only: bool,
+}
+
+impl ServerBuilder {
+    /// A builder with every default.
+    pub(crate) fn new() -> Self {
         Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 9001)),
-            workers: default_workers(),
-            pin_workers: true,
-            backlog: 4096,
-            max_connections: 100_000,
-            max_message_size: 16 << 20,
-            max_header_bytes: ringws_protocol::handshake::DEFAULT_MAX_HEADER_BYTES,
-            max_backpressure: 1 << 20,
-            backpressure_policy: BackpressurePolicy::Drop,
-            buffer_size: 32 << 10,
-            buffer_count: 512,
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(120),
-            ping_interval: Duration::from_secs(30),
-            pong_timeout: Duration::from_secs(30),
-            close_timeout: Duration::from_secs(5),
-            shutdown_timeout: Duration::from_secs(5),
-            ring_entries: 2048,
-            handle_signals: true,
-            share_port: false,
-            slow_consumer: SlowConsumer::DropNewest,
-            max_topics: 1 << 16,
-            max_total_connections: 0,
-            max_connections_per_ip: 0,
-            allowed_origins: Vec::new(),
-            allow_missing_origin: true,
-            subprotocols: Vec::new(),
-            require_subprotocol: false,
-            message_rate: 0,
-            message_burst: 100,
-            ping_rate: 20,
-            ping_burst: 100,
-            max_assembly_memory: 256 << 20,
-            message_timeout: Duration::from_secs(30),
-            deflate: None,
-            deflate_budget: 256 << 20,
-            socket_send_buffer: None,
+            cfg: Config::default(),
+            bind_error: None,
+            client_only: false,
         }
+    }
+
+    /// The settings so far (not yet validated).
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// [`Config::bind`]: the listening address; the first address `addr` resolves to is used.
+    pub fn bind(mut self, addr: impl ToSocketAddrs) -> Self {
+        match addr.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => self.cfg.bind = a,
+            Ok(None) => {
+                self.bind_error = Some(EngineError::InvalidConfig {
+                    setting: "bind",
+                    requirement: "an address that resolves",
+                })
+            }
+            Err(e) => self.bind_error = Some(EngineError::io("resolving the bind address", e)),
+        }
+        self
+    }
+
+    /// Workers without a listener: the engine only opens client connections
+    /// ([`Context::connect`](crate::Context::connect), typically from
+    /// [`Handler::on_start`](crate::Handler::on_start)); `bind` is ignored. It runs until
+    /// [`ServerHandle::shutdown`](crate::ServerHandle::shutdown) or a signal, like a server.
+    pub fn client_only(mut self) -> Self {
+        self.client_only = true;
+        self
+    }
+
+    /// [`Config::deflate`]: accepts permessage-deflate (RFC 7692) offers under `policy`. With the
+    /// default [`DeflateConfig`] the server compresses without context takeover (one compressor
+    /// per worker, none per connection) and lets clients keep theirs.
+    pub fn deflate(mut self, policy: DeflateConfig) -> Self {
+        self.cfg.deflate = Some(policy);
+        self
+    }
+
+    /// [`Config::socket_send_buffer`]: `SO_SNDBUF` of accepted sockets, in bytes.
+    pub fn socket_send_buffer(mut self, bytes: usize) -> Self {
+        self.cfg.socket_send_buffer = Some(bytes);
+        self
+    }
+
+    /// [`Config::allowed_origins`]: origins allowed to open a WebSocket, `scheme://host[:port]`
+    /// exactly or `scheme://*.domain[:port]` for any subdomain of `domain`.
+    ///
+    /// ```
+    /// let b = ringws_engine::Server::builder()
+    ///     .allowed_origins(["https://example.com", "https://*.example.com"]);
+    /// ```
+    pub fn allowed_origins<T: Into<String>>(
+        mut self,
+        origins: impl IntoIterator<Item = T>,
+    ) -> Self {
+        self.cfg.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// [`Config::subprotocols`]: the subprotocols this server speaks, most preferred first.
+    pub fn subprotocols<T: Into<String>>(mut self, protocols: impl IntoIterator<Item = T>) -> Self {
+        self.cfg.subprotocols = protocols.into_iter().map(Into::into).collect();
+        self
     }
 }
 
-/// The number of CPUs this process may run on (honours `taskset` and cgroup CPU sets).
-pub(crate) fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// Whether a permessage-deflate policy is within range.
+fn deflate_ok(d: &DeflateConfig) -> bool {
+    (8..=15).contains(&d.server_max_window_bits)
+        && (8..=15).contains(&d.client_max_window_bits)
+        && d.level <= 9
+        && d.max_inflate_ratio != Some(0)
 }
-
-/// Largest timer setting: keeps tick arithmetic far from `u32` overflow.
-const MAX_TIMER: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn invalid(setting: &'static str, requirement: &'static str) -> EngineError {
     EngineError::InvalidConfig {
@@ -236,144 +381,21 @@ fn invalid(setting: &'static str, requirement: &'static str) -> EngineError {
 }
 
 impl Config {
-    /// Checks every setting; the error names the first one out of range and its valid range.
-    pub fn validate(&self) -> Result<(), EngineError> {
-        if !(1..=1024).contains(&self.workers) {
-            return Err(invalid("workers", "between 1 and 1024"));
-        }
-        if !(1..=65535).contains(&self.backlog) {
-            return Err(invalid("backlog", "between 1 and 65535"));
-        }
-        if !(1..=1 << 24).contains(&self.max_connections) {
-            return Err(invalid("max_connections", "between 1 and 16777216"));
-        }
-        if !(1..=1 << 40).contains(&self.max_message_size) {
-            return Err(invalid("max_message_size", "between 1 byte and 1 TiB"));
-        }
-        if !(256..=1 << 20).contains(&self.max_header_bytes) {
-            return Err(invalid("max_header_bytes", "between 256 bytes and 1 MiB"));
-        }
-        if self.max_backpressure == 0 {
-            return Err(invalid("max_backpressure", "at least 1 byte"));
-        }
-        if !(512..=1 << 20).contains(&self.buffer_size) {
-            return Err(invalid("buffer_size", "between 512 bytes and 1 MiB"));
-        }
-        if !self.buffer_count.is_power_of_two() || self.buffer_count > 1 << 15 {
-            return Err(invalid(
-                "buffer_count",
-                "a power of two between 1 and 32768",
-            ));
-        }
-        if !(8..=1 << 15).contains(&self.ring_entries) {
-            return Err(invalid("ring_entries", "between 8 and 32768"));
-        }
-        if self
-            .socket_send_buffer
-            .is_some_and(|b| !(1024..=1 << 30).contains(&b))
-        {
-            return Err(invalid(
-                "socket_send_buffer",
-                "between 1 KiB and 1 GiB (None: kernel autotuning)",
-            ));
-        }
-        if !(1..=1 << 24).contains(&self.max_topics) {
-            return Err(invalid("max_topics", "between 1 and 16777216"));
-        }
-        if let Some(d) = &self.deflate {
-            if !(8..=15).contains(&d.server_max_window_bits) {
-                return Err(invalid(
-                    "deflate.server_max_window_bits",
-                    "between 8 and 15",
-                ));
-            }
-            if !(8..=15).contains(&d.client_max_window_bits) {
-                return Err(invalid(
-                    "deflate.client_max_window_bits",
-                    "between 8 and 15",
-                ));
-            }
-            if d.level > 9 {
-                return Err(invalid("deflate.level", "between 0 and 9"));
-            }
-            if d.max_inflate_ratio == Some(0) {
-                return Err(invalid(
-                    "deflate.max_inflate_ratio",
-                    "at least 1 (None disables)",
-                ));
-            }
-        }
-        self.validate_guard()?;
-        let timers = [
-            ("message_timeout", self.message_timeout, true),
-            ("handshake_timeout", self.handshake_timeout, false),
-            ("idle_timeout", self.idle_timeout, true),
-            ("ping_interval", self.ping_interval, true),
-            ("pong_timeout", self.pong_timeout, false),
-            ("close_timeout", self.close_timeout, false),
-            ("shutdown_timeout", self.shutdown_timeout, true),
-        ];
-        for (setting, value, zero_ok) in timers {
-            if value > MAX_TIMER || (!zero_ok && value.is_zero()) {
-                return Err(invalid(
-                    setting,
-                    if zero_ok {
-                        "at most 7 days (0 disables)"
-                    } else {
-                        "between 1 ms and 7 days"
-                    },
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Config {
-    /// Checks the admission and abuse limits (see [`crate::guard`]).
-    fn validate_guard(&self) -> Result<(), EngineError> {
-        if self.max_total_connections > 1 << 30 {
-            return Err(invalid("max_total_connections", "at most 2^30 (0: none)"));
-        }
-        if self.max_connections_per_ip > 1 << 24 {
-            return Err(invalid(
-                "max_connections_per_ip",
-                "at most 16777216 (0: none)",
-            ));
-        }
-        if !self
-            .allowed_origins
+    /// The requirement of setting `name` (from [`Config::SETTINGS`]).
+    fn requirement(name: &str) -> &'static str {
+        Self::SETTINGS
             .iter()
-            .all(|p| guard::is_origin_pattern(p))
-        {
-            return Err(invalid(
-                "allowed_origins",
-                "a list of scheme://host[:port] or scheme://*.domain[:port]",
-            ));
-        }
-        if !self.subprotocols.iter().all(|p| is_token(p)) {
-            return Err(invalid("subprotocols", "a list of tokens (RFC 6455 §4.1)"));
-        }
+            .find(|s| s.name == name)
+            .map_or("valid", |s| s.requirement)
+    }
+
+    /// Checks every setting; the error names the first one out of range and what it must be.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        self.validate_each()?;
         if self.require_subprotocol && self.subprotocols.is_empty() {
             return Err(invalid(
                 "require_subprotocol",
-                "set only with at least one subprotocol",
-            ));
-        }
-        if self.message_burst == 0 {
-            return Err(invalid("message_burst", "at least 1"));
-        }
-        if self.ping_burst == 0 {
-            return Err(invalid("ping_burst", "at least 1"));
-        }
-        if self.message_rate > 1_000_000 || self.ping_rate > 1_000_000 {
-            return Err(invalid(
-                if self.message_rate > 1_000_000 {
-                    "message_rate"
-                } else {
-                    "ping_rate"
-                },
-                "at most 1000000 per second (0: none)",
+                Self::requirement("require_subprotocol"),
             ));
         }
         if self.max_assembly_memory != 0
@@ -381,11 +403,76 @@ impl Config {
         {
             return Err(invalid(
                 "max_assembly_memory",
-                "at least max_message_size (0: none)",
+                Self::requirement("max_assembly_memory"),
             ));
         }
         Ok(())
     }
+
+    /// The settings of the worker's connections.
+    pub(crate) fn slab_config(&self) -> SlabConfig {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        SlabConfig {
+            limits: ringws_protocol::Limits {
+                max_frame_size: self.max_message_size,
+                max_message_size: self.max_message_size,
+            },
+            timeouts: Timeouts {
+                handshake: ms(self.handshake_timeout),
+                idle: ms(self.idle_timeout),
+                ping: ms(self.ping_interval),
+                pong: ms(self.pong_timeout),
+                close: ms(self.close_timeout),
+                message: ms(self.message_timeout),
+            },
+            backpressure: Backpressure {
+                max: self.max_backpressure,
+                policy: self.backpressure_policy,
+            },
+        }
+    }
+
+    /// The settings of the admission and abuse limits.
+    pub(crate) fn policy_config(&self) -> PolicyConfig {
+        PolicyConfig {
+            allowed_origins: self.allowed_origins.clone(),
+            allow_missing_origin: self.allow_missing_origin,
+            subprotocols: self.subprotocols.clone(),
+            require_subprotocol: self.require_subprotocol,
+            max_total_connections: self.max_total_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_assembly_memory: self.max_assembly_memory,
+            message_rate: self.message_rate,
+            message_burst: self.message_burst,
+            ping_rate: self.ping_rate,
+            ping_burst: self.ping_burst,
+        }
+    }
+}
+
+impl MemlockNeed {
+    /// The locked memory `cfg`'s workers' rings are charged: their submission queue entries, their
+    /// SQ/CQ rings and their provided-buffer rings.
+    ///
+    /// ```
+    /// let need = ringws_engine::MemlockNeed::of(&ringws_engine::Config::default());
+    /// assert!(need.total >= need.per_worker + need.probe);
+    /// ```
+    pub fn of(cfg: &Config) -> Self {
+        Self::new(cfg.workers, cfg.ring_entries, cfg.buffer_count)
+    }
+}
+
+/// The settings table as Markdown (name, default, requirement), as the README shows it.
+pub fn settings_table() -> String {
+    let mut out = String::from("| setting | default | valid values |\n| --- | --- | --- |\n");
+    for s in Config::SETTINGS {
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            s.name, s.default, s.requirement
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -455,7 +542,7 @@ mod tests {
                 deflate: deflate(10),
                 ..d()
             }),
-            "deflate.level"
+            "deflate"
         );
         Config {
             deflate: deflate(9),
@@ -546,5 +633,34 @@ mod tests {
             e.to_string(),
             "invalid setting buffer_count: it must be a power of two between 1 and 32768"
         );
+    }
+
+    #[test]
+    fn every_setting_is_in_the_table_once_with_a_doc() {
+        let mut names: Vec<&str> = Config::SETTINGS.iter().map(|s| s.name).collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "a setting declared twice");
+        for s in Config::SETTINGS {
+            assert!(!s.doc.trim().is_empty(), "{} has no doc", s.name);
+            assert!(!s.default.is_empty() && !s.requirement.is_empty());
+        }
+        assert!(settings_table().contains("| `buffer_count` | 512 | a power of two"));
+    }
+
+    #[test]
+    fn the_library_leaves_signals_alone_by_default() {
+        assert!(!Config::default().handle_signals);
+    }
+
+    #[test]
+    fn lower_layers_get_their_settings_in_their_units() {
+        let c = Config::default().slab_config();
+        assert_eq!(c.timeouts.handshake, 10_000);
+        assert_eq!(c.timeouts.idle, 120_000);
+        assert_eq!(c.backpressure.max, 1 << 20);
+        let p = Config::default().policy_config();
+        assert_eq!((p.ping_rate, p.ping_burst), (20, 100));
     }
 }

@@ -2,9 +2,13 @@
 //! negotiated it, and the send side (the receive side is the protocol crate's
 //! [`Receiver::with_deflate`]).
 //!
-//! Nothing here costs a connection without the extension anything: the worker's [`Deflate`] state
-//! is created on the first connection that negotiates it, and it holds per-connection entries in a
-//! side table keyed by slot, so the connection slot does not grow.
+//! Nothing here costs a connection without the extension anything: a connection that negotiated
+//! it keeps a boxed [`ConnDeflate`] in its slot's extras, and the worker's [`Shared`] compressors
+//! are built on first use.
+//!
+//! This module sits below the connection layer: compression is part of how a connection encodes
+//! its frames (like masking), so the connection's send path calls it. It knows nothing of slots,
+//! queues or topics: it writes frames into the buffers it is given.
 //!
 //! **Compressors.** A sending direction without context takeover (the server's by default) uses
 //! one of the worker's shared compressors, one per (window bits, level) in use, so such a connection
@@ -26,23 +30,19 @@
 //! the plain frame instead, since a queued compressed frame could not be replaced without breaking
 //! its window.
 
-use crate::conn::Core;
-use crate::outq::OutQueue;
-use crate::pubsub::Publication;
 use ringws_protocol::deflate::{
     Compressor, ContextBudget, DeflateConfig, Params, Reservation, negotiate,
 };
 use ringws_protocol::frame::OpCode;
 use ringws_protocol::handshake::Request;
 use ringws_protocol::{Limits, Receiver, Role};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Which shared compressor: (window bits, level).
 type SharedKey = (u8, u32);
 
 /// What one connection agreed on, and what it keeps for it.
-struct ConnDeflate {
+pub(crate) struct ConnDeflate {
     params: Params,
     role: Role,
     level: u32,
@@ -54,110 +54,84 @@ struct ConnDeflate {
 }
 
 impl ConnDeflate {
+    /// Records `params` for a connection in `role` and builds its decoder.
+    fn open(
+        role: Role,
+        params: Params,
+        config: &DeflateConfig,
+        reservation: Reservation,
+        limits: Limits,
+    ) -> (Self, Receiver) {
+        let own = if params.sending(role).no_context_takeover {
+            None
+        } else {
+            params.compressor(role, config)
+        };
+        let rx = Receiver::with_deflate(role, limits, params.decompressor(role, config));
+        let conn = Self {
+            params,
+            role,
+            level: config.level,
+            min_compress_size: config.min_compress_size,
+            own,
+            _reservation: reservation,
+        };
+        (conn, rx)
+    }
+
+    /// What the connection agreed on.
+    pub fn params(&self) -> Params {
+        self.params
+    }
+
     /// The shared compressor key (window bits, level) for our sending direction, or `None` if the
     /// direction keeps its own compressor or cannot compress.
     fn shared_key(&self) -> Option<SharedKey> {
         let d = self.params.sending(self.role);
         (d.no_context_takeover && d.can_compress()).then_some((d.window_bits, self.level))
     }
-}
 
-/// A worker's permessage-deflate state (part of its core; created on first use).
-#[derive(Default)]
-pub(crate) struct Deflate {
-    /// Connections that negotiated the extension, by slot.
-    conns: HashMap<u32, ConnDeflate>,
-    /// Compressors without context takeover, by (window bits, level); built on first use.
-    shared: Vec<(SharedKey, Compressor)>,
-    /// The publication compressed last.
-    published: Option<Published>,
-}
-
-/// A publication's compressed frames, kept while it is delivered to the worker's subscribers.
-struct Published {
-    /// (topic, seq) of the publication.
-    id: (u32, u64),
-    /// Its frames by shared compressor.
-    frames: Vec<(SharedKey, Arc<[u8]>)>,
-}
-
-impl Deflate {
-    /// Records `params` for `slot` and builds the decoder to use for it.
-    fn open(
-        &mut self,
-        slot: u32,
-        role: Role,
-        params: Params,
-        config: &DeflateConfig,
-        reservation: Reservation,
-        limits: Limits,
-    ) -> Receiver {
-        let own = if params.sending(role).no_context_takeover {
-            None
-        } else {
-            params.compressor(role, config)
-        };
-        self.conns.insert(
-            slot,
-            ConnDeflate {
-                params,
-                role,
-                level: config.level,
-                min_compress_size: config.min_compress_size,
-                own,
-                _reservation: reservation,
-            },
-        );
-        Receiver::with_deflate(role, limits, params.decompressor(role, config))
-    }
-
-    /// Queues a data message for `slot` compressed, if the connection negotiated the extension and
-    /// the message is long enough and its direction can compress; returns whether it did (if not,
-    /// the caller queues it plain).
-    pub fn push_frame(
-        &mut self,
-        slot: u32,
-        opcode: OpCode,
-        payload: &[u8],
-        mask: Option<[u8; 4]>,
-        q: &mut OutQueue,
-    ) -> bool {
-        let Some(c) = self.conns.get_mut(&slot) else {
-            return false;
-        };
-        if payload.len() < c.min_compress_size {
-            return false;
+    /// The compressor a data message of `len` bytes is sent through, or `None` to send it plain
+    /// (too short, or the direction cannot compress). Write the frame with
+    /// [`Compressor::write_frame`].
+    pub fn compressor<'a>(
+        &'a mut self,
+        shared: &'a mut Shared,
+        len: usize,
+    ) -> Option<&'a mut Compressor> {
+        if len < self.min_compress_size {
+            return None;
         }
-        let key = c.shared_key();
-        let compressor = match (c.own.as_mut(), key) {
-            (Some(own), _) => own,
-            (None, Some(key)) => shared(&mut self.shared, key),
-            (None, None) => return false,
-        };
-        q.push_raw(|out| compressor.write_frame(opcode, payload, mask, out));
-        true
+        let key = self.shared_key();
+        match (self.own.as_mut(), key) {
+            (Some(own), _) => Some(own),
+            (None, Some(key)) => Some(shared.compressor(key)),
+            (None, None) => None,
+        }
     }
 
-    /// The frame to queue for `slot` instead of the publication's plain frame, if any: compressed
-    /// once per worker for subscribers without context takeover, or by the subscriber's own
-    /// compressor. `behind`: the subscriber is over its backpressure limit on a conflating topic,
-    /// where a frame from its own compressor could later be replaced (so it gets the plain one).
+    /// The frame to queue instead of a publication's plain `frame` (an unmasked server frame),
+    /// if any: compressed once per worker for connections without context takeover, or by the
+    /// connection's own compressor. `id` names the publication (topic, number), so the worker's
+    /// compressed copy is made once. `behind`: the connection is over its backpressure limit on
+    /// a conflating topic, where a frame from its own compressor could later be replaced (so it
+    /// gets the plain one).
     pub fn publication(
         &mut self,
-        slot: u32,
-        item: &Publication,
+        shared: &mut Shared,
+        id: (u32, u64),
+        frame: &[u8],
         behind: bool,
     ) -> Option<Arc<[u8]>> {
-        let c = self.conns.get_mut(&slot)?;
         // Publications are encoded as server frames; a client connection sends them as they are.
-        if c.role != Role::Server {
+        if self.role != Role::Server {
             return None;
         }
-        let (opcode, payload) = split_frame(&item.frame)?;
-        if payload.len() < c.min_compress_size {
+        let (opcode, payload) = split_frame(frame)?;
+        if payload.len() < self.min_compress_size {
             return None;
         }
-        if let Some(own) = c.own.as_mut() {
+        if let Some(own) = self.own.as_mut() {
             if behind {
                 return None;
             }
@@ -165,9 +139,8 @@ impl Deflate {
             own.write_frame(opcode, payload, None, &mut frame);
             return Some(frame.into());
         }
-        let key = c.shared_key()?;
-        let id = (item.topic, item.seq);
-        let published = match &mut self.published {
+        let key = self.shared_key()?;
+        let published = match &mut shared.published {
             Some(p) if p.id == id => p,
             other => other.insert(Published {
                 id,
@@ -178,40 +151,43 @@ impl Deflate {
             return Some(Arc::clone(frame));
         }
         let mut frame = Vec::new();
-        shared(&mut self.shared, key).write_frame(opcode, payload, None, &mut frame);
+        compressor_in(&mut shared.compressors, key).write_frame(opcode, payload, None, &mut frame);
         let frame: Arc<[u8]> = frame.into();
         published.frames.push((key, Arc::clone(&frame)));
         Some(frame)
     }
+}
 
-    /// What `slot` agreed on, if it negotiated the extension.
-    pub fn params(&self, slot: u32) -> Option<Params> {
-        self.conns.get(&slot).map(|c| c.params)
-    }
+/// A worker's permessage-deflate state shared by its connections: compressors without context
+/// takeover, and the publication compressed last.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// Compressors without context takeover, by (window bits, level); built on first use.
+    compressors: Vec<(SharedKey, Compressor)>,
+    /// The publication compressed last.
+    published: Option<Published>,
+}
 
-    /// Forgets `slot` (it is being freed), returning its budget reservation; `true` if it had
-    /// negotiated the extension (its decoder then holds a decompressor to drop too).
-    pub fn forget(&mut self, slot: u32) -> bool {
-        self.conns.remove(&slot).is_some()
+impl Shared {
+    /// The shared compressor for `key`, built if needed.
+    fn compressor(&mut self, key: SharedKey) -> &mut Compressor {
+        compressor_in(&mut self.compressors, key)
     }
 }
 
-impl<S> Core<S> {
-    /// The frame to queue for subscriber `slot` instead of publication `item`'s plain frame, if
-    /// the connection negotiated permessage-deflate (see [`Deflate::publication`]). `behind`: it
-    /// is over its limit on a conflating topic.
-    pub(crate) fn compressed_publication(
-        &mut self,
-        slot: u32,
-        item: &Publication,
-        behind: bool,
-    ) -> Option<Arc<[u8]>> {
-        self.deflate.as_deref_mut()?.publication(slot, item, behind)
-    }
+/// A publication's compressed frames, kept while it is delivered to the worker's subscribers.
+struct Published {
+    /// (topic, number) of the publication.
+    id: (u32, u64),
+    /// Its frames by shared compressor.
+    frames: Vec<(SharedKey, Arc<[u8]>)>,
 }
 
-/// The shared compressor for (window bits, level) among `compressors`, built if needed.
-fn shared(compressors: &mut Vec<(SharedKey, Compressor)>, key: SharedKey) -> &mut Compressor {
+/// The compressor for (window bits, level) among `compressors`, built if needed.
+fn compressor_in(
+    compressors: &mut Vec<(SharedKey, Compressor)>,
+    key: SharedKey,
+) -> &mut Compressor {
     let i = match compressors.iter().position(|(k, _)| *k == key) {
         Some(i) => i,
         None => {
@@ -237,53 +213,31 @@ fn split_frame(frame: &[u8]) -> Option<(OpCode, &[u8])> {
     Some((opcode, frame.get(start..)?))
 }
 
-/// Server side of the handshake: negotiates permessage-deflate for `slot` from the request's offers
-/// under `config` (none: the extension is off), reserving what the agreement keeps per connection in
-/// `budget`. Returns the decoder for the connection and the `Sec-WebSocket-Extensions` value to
-/// answer with, if the extension was agreed.
+/// Server side of the handshake: negotiates permessage-deflate from the request's offers under
+/// `config`, reserving what the agreement keeps per connection in `budget`. Returns the
+/// connection's state, its decoder and the `Sec-WebSocket-Extensions` value to answer with; `None`
+/// if the extension is not agreed (no offer, an offer declined, or `config` is `None`).
 pub(crate) fn accept(
-    state: &mut Option<Box<Deflate>>,
-    slot: u32,
     req: &Request<'_>,
-    config: Option<&DeflateConfig>,
+    config: &DeflateConfig,
     budget: &ContextBudget,
     limits: Limits,
-) -> (Receiver, Option<String>) {
-    let Some((config, params)) = config.and_then(|c| Some((c, negotiate(req.extensions(), c)?)))
-    else {
-        return (Receiver::new(Role::Server, limits), None);
-    };
+) -> Option<(ConnDeflate, Receiver, String)> {
+    let params = negotiate(req.extensions(), config)?;
     let (params, reservation) = budget.admit(params);
-    let rx =
-        state
-            .get_or_insert_default()
-            .open(slot, Role::Server, params, config, reservation, limits);
-    (rx, Some(params.to_string()))
+    let (conn, rx) = ConnDeflate::open(Role::Server, params, config, reservation, limits);
+    Some((conn, rx, params.to_string()))
 }
 
-/// Client side: after the `101`, records what the server agreed to (`params`, checked against
-/// `config` by [`Params::from_response`]) for `slot` and returns the decoder to use. Client contexts
-/// are not charged to the server's budget: the client chose its offer.
+/// Client side: after the `101`, what the server agreed to (`params`, checked against `config` by
+/// [`Params::from_response`]): the connection's state and its decoder. Client contexts are not
+/// charged to the server's budget: the client chose its offer.
 pub(crate) fn connect(
-    state: &mut Option<Box<Deflate>>,
-    slot: u32,
     params: Params,
     config: &DeflateConfig,
     limits: Limits,
-) -> Receiver {
-    state.get_or_insert_default().open(
-        slot,
-        Role::Client,
-        params,
-        config,
-        Reservation::none(),
-        limits,
-    )
-}
-
-/// Forgets `slot` in the worker's state, if any (see [`Deflate::forget`]).
-pub(crate) fn forget(state: &mut Option<Box<Deflate>>, slot: u32) -> bool {
-    state.as_mut().is_some_and(|d| d.forget(slot))
+) -> (ConnDeflate, Receiver) {
+    ConnDeflate::open(Role::Client, params, config, Reservation::none(), limits)
 }
 
 #[cfg(test)]
@@ -300,15 +254,15 @@ mod tests {
         }
     }
 
-    fn open(d: &mut Deflate, slot: u32, p: Params) {
-        let _ = d.open(
-            slot,
+    fn open(p: Params) -> ConnDeflate {
+        ConnDeflate::open(
             Role::Server,
             p,
             &DeflateConfig::default(),
             Reservation::none(),
             Limits::default(),
-        );
+        )
+        .0
     }
 
     /// Inflates the payload of one unmasked frame with RSV1.
@@ -323,46 +277,52 @@ mod tests {
     }
 
     #[test]
-    fn short_messages_and_unknown_slots_go_plain() {
-        let mut d = Deflate::default();
-        open(&mut d, 1, params(true));
-        let mut q = OutQueue::default();
-        assert!(!d.push_frame(1, OpCode::Text, &[b'a'; 255], None, &mut q));
-        assert!(!d.push_frame(2, OpCode::Text, &[b'a'; 1000], None, &mut q));
-        assert!(d.push_frame(1, OpCode::Text, &[b'a'; 1000], None, &mut q));
-        let frame = q.unsent();
+    fn short_messages_go_plain() {
+        let mut shared = Shared::default();
+        let mut c = open(params(true));
+        assert!(c.compressor(&mut shared, 255).is_none());
+        let mut frame = Vec::new();
+        c.compressor(&mut shared, 1000).unwrap().write_frame(
+            OpCode::Text,
+            &[b'a'; 1000],
+            None,
+            &mut frame,
+        );
         assert_eq!(frame[0], 0xc1, "FIN + RSV1 + text");
         assert_eq!(inflate_frame(&frame), [b'a'; 1000]);
-        assert!(d.forget(1));
-        assert!(!d.forget(1));
     }
 
     #[test]
     fn a_publication_is_compressed_once_for_subscribers_without_takeover() {
-        let mut d = Deflate::default();
-        for slot in 0..3 {
-            open(&mut d, slot, params(true));
-        }
-        open(&mut d, 3, params(false));
+        let mut shared = Shared::default();
+        let mut subs: Vec<ConnDeflate> = (0..3).map(|_| open(params(true))).collect();
+        let mut takeover = open(params(false));
         let text = "quote ".repeat(100);
         let mut plain = vec![0x81, 126, 0, 0];
         plain[2..4].copy_from_slice(&(text.len() as u16).to_be_bytes());
         plain.extend_from_slice(text.as_bytes());
-        let item = Publication {
-            topic: 7,
-            seq: 1,
-            key: 0,
-            frame: plain.into(),
-        };
-        let a = d.publication(0, &item, false).unwrap();
-        let b = d.publication(1, &item, true).unwrap();
+        let id = (7, 1);
+        let a = subs[0].publication(&mut shared, id, &plain, false).unwrap();
+        let b = subs[1].publication(&mut shared, id, &plain, true).unwrap();
         assert!(Arc::ptr_eq(&a, &b), "one compressed frame shared");
         assert_eq!(inflate_frame(&a), text.as_bytes());
+        let c = subs[2]
+            .publication(&mut shared, (7, 2), &plain, false)
+            .unwrap();
+        assert!(
+            !Arc::ptr_eq(&a, &c),
+            "the next publication is compressed anew"
+        );
         // With takeover: its own frame, or the plain one when it may be conflated.
-        let own = d.publication(3, &item, false).unwrap();
+        let own = takeover
+            .publication(&mut shared, id, &plain, false)
+            .unwrap();
         assert!(!Arc::ptr_eq(&a, &own));
         assert_eq!(inflate_frame(&own), text.as_bytes());
-        assert!(d.publication(3, &item, true).is_none());
-        assert!(d.publication(9, &item, false).is_none(), "no extension");
+        assert!(
+            takeover
+                .publication(&mut shared, id, &plain, true)
+                .is_none()
+        );
     }
 }

@@ -1,44 +1,11 @@
 //! The callback API: what a server does with its connections.
 
-use crate::client::{ConnectError, Context};
+use crate::conn::Message;
+use crate::connect::ConnectError;
+use crate::context::Context;
 use crate::socket::Socket;
 use ringws_protocol::CloseCode;
 use ringws_protocol::handshake::Request;
-
-/// A complete message, borrowed from the receive buffer it arrived in (or from the connection's
-/// assembly buffer when it spanned several). The borrow ends when the callback returns, before the
-/// buffer goes back to the kernel: copy what must outlive it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Message<'a> {
-    /// A text message, UTF-8 validated.
-    Text(&'a str),
-    /// A binary message.
-    Binary(&'a [u8]),
-}
-
-impl<'a> Message<'a> {
-    /// The payload bytes, whatever the type.
-    pub fn as_bytes(&self) -> &'a [u8] {
-        match self {
-            Self::Text(s) => s.as_bytes(),
-            Self::Binary(b) => b,
-        }
-    }
-}
-
-/// The outcome of queueing a frame with [`Socket::send`] and friends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use = "a send can be dropped under backpressure"]
-pub enum SendResult {
-    /// Queued; the connection's buffered output is within `max_backpressure`.
-    Queued,
-    /// Queued, but the buffered output is now over `max_backpressure`: further sends are dropped (or
-    /// close the connection, per policy) until [`Handler::on_drain`] reports it has drained.
-    Backpressure,
-    /// Not queued: the buffered output was already over the limit, the connection is closing, or the
-    /// frame was invalid (a ping payload over 125 bytes).
-    Dropped,
-}
 
 /// An HTTP response to a plain (non-upgrade) request or a refused upgrade. The connection is closed
 /// after it (`Connection: close`; no keep-alive).
@@ -183,7 +150,7 @@ pub trait Handler {
     }
 
     /// The connection's buffered output fell back within `max_backpressure` after a send reported
-    /// [`SendResult::Backpressure`].
+    /// [`SendResult::Backpressure`](crate::SendResult::Backpressure).
     fn on_drain(&mut self, ws: &mut Socket<'_, Self::State>) {
         let _ = ws;
     }

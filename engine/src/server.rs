@@ -1,69 +1,20 @@
-//! The server: builder, listeners, worker threads, shutdown and signals.
+//! The server: start-up (validate, probe, bind), worker threads, shutdown and signals.
 
-use crate::config::{BackpressurePolicy, Config};
+use crate::config::{Config, ServerBuilder};
 use crate::error::EngineError;
 use crate::handler::Handler;
-use crate::pubsub::{Hub, Publisher, SlowConsumer};
-use crate::worker;
-use ringws_protocol::deflate::{ContextBudget, DeflateConfig};
+use crate::pubsub::Publisher;
+use crate::ring::probe::probe_here;
+use crate::ring::sys::{self, Signals};
+use crate::worker::{self, Shared};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::time::Duration;
 use tracing::{info, warn};
-
-/// State shared by the workers, the thread in [`Server::run`] and every [`ServerHandle`].
-pub(crate) struct Shared {
-    /// 0: running; 1: graceful shutdown requested; 2: forced.
-    pub level: AtomicU8,
-    /// One eventfd per worker, polled by its ring.
-    pub wakers: Vec<OwnedFd>,
-    /// Wakes the thread waiting in `run` (a worker exited, or shutdown was requested).
-    main_wake: OwnedFd,
-    /// Workers that have exited.
-    exited: AtomicUsize,
-    /// Topics, their subscribers per worker, and the workers' inboxes.
-    pub hub: Arc<Hub>,
-    /// Connection and assembly-memory counts over all workers, for their limits.
-    pub guard: crate::guard::Counters,
-    /// permessage-deflate contexts kept per connection, over all workers.
-    pub deflate_budget: ContextBudget,
-}
-
-fn eventfd() -> Result<OwnedFd, EngineError> {
-    // SAFETY: eventfd takes no pointers; the result is checked.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(EngineError::io(
-            "creating an eventfd",
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: `fd` was just created and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Adds one to an eventfd's counter, waking whoever polls it.
-pub(crate) fn poke(fd: RawFd) {
-    let one = 1u64;
-    // SAFETY: writes 8 bytes from a valid u64 to an eventfd; a full counter (EAGAIN) is harmless.
-    unsafe { libc::write(fd, (&raw const one).cast(), 8) };
-}
-
-impl Shared {
-    /// Raises the shutdown level (never lowers it) and wakes everyone.
-    fn request(&self, level: u8) {
-        self.level.fetch_max(level, Ordering::AcqRel);
-        for w in &self.wakers {
-            poke(w.as_raw_fd());
-        }
-        poke(self.main_wake.as_raw_fd());
-    }
-}
 
 /// A handle that can stop a running server from any thread.
 #[derive(Clone)]
@@ -96,167 +47,7 @@ impl ServerHandle {
     }
 }
 
-/// Builds a [`Server`]; every setting has a documented default (see [`Config`]).
-#[derive(Debug)]
-#[must_use]
-pub struct ServerBuilder {
-    cfg: Config,
-    bind_error: Option<EngineError>,
-    client_only: bool,
-}
-
-macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {$(
-        $(#[$doc])*
-        pub fn $name(mut self, value: $ty) -> Self {
-            self.cfg.$name = value;
-            self
-        }
-    )*};
-}
-
 impl ServerBuilder {
-    /// The listening address (default `127.0.0.1:9001`); the first address it resolves to is used.
-    pub fn bind(mut self, addr: impl ToSocketAddrs) -> Self {
-        match addr.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(a)) => self.cfg.bind = a,
-            Ok(None) => {
-                self.bind_error = Some(EngineError::InvalidConfig {
-                    setting: "bind",
-                    requirement: "an address that resolves",
-                })
-            }
-            Err(e) => self.bind_error = Some(EngineError::io("resolving the bind address", e)),
-        }
-        self
-    }
-
-    /// Workers without a listener: the engine only opens client connections
-    /// ([`Context::connect`](crate::Context::connect), typically from
-    /// [`Handler::on_start`](crate::Handler::on_start)); `bind` is ignored. It runs until
-    /// [`ServerHandle::shutdown`] or a signal, like a server.
-    pub fn client_only(mut self) -> Self {
-        self.client_only = true;
-        self
-    }
-
-    setters! {
-        /// Worker threads (default: the CPUs this process may run on).
-        workers: usize;
-        /// Pin each worker to one CPU (default true).
-        pin_workers: bool;
-        /// Listen backlog per worker (default 4096).
-        backlog: u32;
-        /// Connections per worker before new ones are answered 503 (default 100 000).
-        max_connections: usize;
-        /// Largest message accepted, in bytes; larger closes with 1009 (default 16 MiB).
-        max_message_size: u64;
-        /// Largest HTTP request head, in bytes; larger is answered 431 (default 8 KiB).
-        max_header_bytes: usize;
-        /// Queued output per connection before the backpressure policy applies (default 1 MiB).
-        max_backpressure: usize;
-        /// What a send over `max_backpressure` does (default: drop and report).
-        backpressure_policy: BackpressurePolicy;
-        /// Size of each provided receive buffer (default 32 KiB).
-        buffer_size: u32;
-        /// Provided receive buffers per worker, a power of two up to 32768 (default 512).
-        buffer_count: u16;
-        /// Time from accept to a complete upgrade request (default 10 s).
-        handshake_timeout: Duration;
-        /// Close (1001) after this long without receiving anything; zero disables (default 120 s).
-        idle_timeout: Duration;
-        /// Ping after this long without receiving anything; zero disables (default 30 s).
-        ping_interval: Duration;
-        /// Drop a pinged connection that sends nothing for this long (default 30 s).
-        pong_timeout: Duration;
-        /// Bound on the close handshake before the TCP close (default 5 s).
-        close_timeout: Duration;
-        /// Bound on the graceful drain at shutdown (default 5 s).
-        shutdown_timeout: Duration;
-        /// Submission queue entries per ring (default 2048).
-        ring_entries: u32;
-        /// Turn SIGINT/SIGTERM into a graceful shutdown while `run` blocks (default true).
-        handle_signals: bool;
-        /// Join a port other processes of this user already listen on (`SO_REUSEPORT`) instead of
-        /// reporting it in use (default false).
-        share_port: bool;
-        /// Pub/sub: the slow-consumer policy of topics created without their own (default
-        /// [`SlowConsumer::DropNewest`]).
-        slow_consumer: SlowConsumer;
-        /// Pub/sub: most topics the server holds; topics are never removed (default 65 536).
-        max_topics: usize;
-        /// Accepted connections over all workers before new ones are answered 503; 0 (the
-        /// default): no limit beyond `max_connections` per worker.
-        max_total_connections: usize;
-        /// Connections per client IP address before new ones are answered 429; 0 (the default): no
-        /// limit.
-        max_connections_per_ip: usize;
-        /// With [`allowed_origins`](Self::allowed_origins) set, accept upgrades that carry no
-        /// `Origin` (default true: non-browser clients send none).
-        allow_missing_origin: bool;
-        /// Refuse (400) upgrades offering none of [`subprotocols`](Self::subprotocols) (default
-        /// false).
-        require_subprotocol: bool;
-        /// Messages per second per connection, over it Close 1008; 0 (the default): no limit.
-        message_rate: u32;
-        /// Messages back to back under `message_rate` (default 100).
-        message_burst: u32;
-        /// Client pings answered per second per connection (default 20); more are ignored, and a
-        /// further `ping_burst` of them closes with 1008. 0: no limit.
-        ping_rate: u32;
-        /// Pings back to back under `ping_rate` (default 100).
-        ping_burst: u32;
-        /// Bytes of partly received messages held over all workers before the connection that
-        /// passes it is closed with 1009 (default 256 MiB; 0: no limit).
-        max_assembly_memory: usize;
-        /// Time to receive a frame or message once begun, else Close 1008 (default 30 s; zero
-        /// disables).
-        message_timeout: Duration;
-        /// permessage-deflate: bytes of compression contexts connections may keep between
-        /// messages, over all workers (default 256 MiB); beyond it new connections are answered
-        /// without context takeover.
-        deflate_budget: usize;
-    }
-
-    /// Accepts permessage-deflate (RFC 7692) offers under `policy` (default: declined). With the
-    /// default [`DeflateConfig`] the server compresses without context takeover (one compressor
-    /// per worker, none per connection) and lets clients keep theirs.
-    pub fn deflate(mut self, policy: DeflateConfig) -> Self {
-        self.cfg.deflate = Some(policy);
-        self
-    }
-
-    /// `SO_SNDBUF` of accepted sockets in bytes, 1 KiB to 1 GiB (default: the kernel's
-    /// autotuning). Small values keep a stalled subscriber's backlog in the server's queue, where
-    /// [`SlowConsumer::Conflate`] replaces stale messages, instead of in the kernel's socket buffer.
-    pub fn socket_send_buffer(mut self, bytes: usize) -> Self {
-        self.cfg.socket_send_buffer = Some(bytes);
-        self
-    }
-
-    /// Origins allowed to open a WebSocket: `scheme://host[:port]` exactly, or
-    /// `scheme://*.domain[:port]` for any subdomain of `domain`; others are answered 403 before
-    /// `on_upgrade` runs. Default: none listed, any origin accepted.
-    ///
-    /// ```
-    /// let b = ringws_engine::Server::builder()
-    ///     .allowed_origins(["https://example.com", "https://*.example.com"]);
-    /// ```
-    pub fn allowed_origins<T: Into<String>>(
-        mut self,
-        origins: impl IntoIterator<Item = T>,
-    ) -> Self {
-        self.cfg.allowed_origins = origins.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Subprotocols this server speaks, most preferred first: when `on_upgrade` selects none, the
-    /// engine answers with the first of these the client offered (default: none).
-    pub fn subprotocols<T: Into<String>>(mut self, protocols: impl IntoIterator<Item = T>) -> Self {
-        self.cfg.subprotocols = protocols.into_iter().map(Into::into).collect();
-        self
-    }
-
     /// Validates the settings, probes io_uring and binds one `SO_REUSEPORT` listener per worker.
     ///
     /// Errors name the cause and the fix: io_uring unavailable or blocked, a missing kernel feature,
@@ -269,7 +60,7 @@ impl ServerBuilder {
         cfg.validate()?;
         // On its own thread: tearing a ring down queues kernel task work to the thread that created
         // it, which would interrupt that thread's next blocking socket call with EINTR.
-        std::thread::scope(|s| s.spawn(crate::uring::probe).join()).map_err(|_| {
+        std::thread::scope(|s| s.spawn(|| probe_here().into_result()).join()).map_err(|_| {
             EngineError::io("probing io_uring", io::Error::other("probe panicked"))
         })??;
         let listeners = if self.client_only {
@@ -282,25 +73,7 @@ impl ServerBuilder {
             .and_then(|l| l.local_addr().ok())
             .and_then(|a| a.as_socket())
             .unwrap_or(cfg.bind);
-        let wakers: Vec<OwnedFd> = (0..cfg.workers)
-            .map(|_| eventfd())
-            .collect::<Result<_, _>>()?;
-        // The hub wakes workers through duplicates of the same eventfds.
-        let hub_wakers = wakers
-            .iter()
-            .map(OwnedFd::try_clone)
-            .collect::<io::Result<_>>()
-            .map_err(|e| EngineError::io("duplicating an eventfd", e))?;
-        let hub = Arc::new(Hub::new(hub_wakers, cfg.slow_consumer, cfg.max_topics));
-        let shared = Arc::new(Shared {
-            level: AtomicU8::new(0),
-            wakers,
-            main_wake: eventfd()?,
-            exited: AtomicUsize::new(0),
-            hub,
-            guard: crate::guard::Counters::new(),
-            deflate_budget: ContextBudget::new(cfg.deflate_budget),
-        });
+        let shared = Arc::new(Shared::new(&cfg)?);
         Ok(Server {
             cfg,
             listeners,
@@ -371,11 +144,7 @@ pub struct Server {
 impl Server {
     /// A builder with every default.
     pub fn builder() -> ServerBuilder {
-        ServerBuilder {
-            cfg: Config::default(),
-            bind_error: None,
-            client_only: false,
-        }
+        ServerBuilder::new()
     }
 
     /// The address the server listens on (the actual port if bound to port 0); for a
@@ -425,11 +194,11 @@ impl Server {
         F: Fn(usize) -> H + Sync,
     {
         let signals = if self.cfg.handle_signals {
-            Some(Signals::block()?)
+            Some(Signals::block().map_err(|e| EngineError::io("blocking signals", e))?)
         } else {
             None
         };
-        let cpus = allowed_cpus();
+        let cpus = sys::allowed_cpus();
         let Self {
             cfg,
             listeners,
@@ -454,8 +223,10 @@ impl Server {
                     .name(format!("ringws-w{index}"))
                     .spawn_scoped(scope, move || {
                         let _exit = ExitGuard(shared);
-                        if let Some(cpu) = cpu {
-                            pin_to(cpu, index);
+                        if let Some(cpu) = cpu
+                            && let Err(e) = sys::pin_to(cpu)
+                        {
+                            warn!(worker = index, cpu, error = %e, "could not pin the worker");
                         }
                         let handler = factory(index);
                         let ready_tx = tx.clone();
@@ -500,13 +271,8 @@ impl Server {
             ready();
             // Wait for signals and worker exits.
             while shared.exited.load(Ordering::Acquire) < n {
-                wait_readable(
-                    shared.main_wake.as_raw_fd(),
-                    signals.as_ref().map(|s| s.fd()),
-                );
-                let mut counter = 0u64;
-                // SAFETY: reads 8 bytes into a u64 from a non-blocking eventfd.
-                unsafe { libc::read(shared.main_wake.as_raw_fd(), (&raw mut counter).cast(), 8) };
+                sys::wait_readable(shared.main_wake.as_fd(), signals.as_ref().map(Signals::fd));
+                sys::drain_eventfd(shared.main_wake.as_fd());
                 if let Some(sig) = signals.as_ref().and_then(Signals::take) {
                     let level = if shared.level.load(Ordering::Acquire) == 0 {
                         1
@@ -553,114 +319,7 @@ struct ExitGuard<'a>(&'a Shared);
 impl Drop for ExitGuard<'_> {
     fn drop(&mut self) {
         self.0.exited.fetch_add(1, Ordering::AcqRel);
-        poke(self.0.main_wake.as_raw_fd());
-    }
-}
-
-/// Blocks until `fd` or `extra` is readable (or a signal interrupts).
-fn wait_readable(fd: RawFd, extra: Option<RawFd>) {
-    let mut fds = [
-        libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: extra.unwrap_or(-1),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: `fds` is a valid array of two pollfd structs (a negative fd is ignored by poll).
-    unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-}
-
-/// SIGINT and SIGTERM blocked on this thread and read from a signalfd; the old mask is restored on drop.
-struct Signals {
-    fd: OwnedFd,
-    old: libc::sigset_t,
-}
-
-impl Signals {
-    fn block() -> Result<Self, EngineError> {
-        // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it; pthread_sigmask and
-        // signalfd receive valid pointers; results are checked.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-            if rc != 0 {
-                return Err(EngineError::io(
-                    "blocking signals",
-                    io::Error::from_raw_os_error(rc),
-                ));
-            }
-            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-            if fd < 0 {
-                let e = io::Error::last_os_error();
-                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-                return Err(EngineError::io("creating a signalfd", e));
-            }
-            Ok(Self {
-                fd: OwnedFd::from_raw_fd(fd),
-                old,
-            })
-        }
-    }
-
-    fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    /// A pending signal's number, if any.
-    fn take(&self) -> Option<u32> {
-        // SAFETY: signalfd_siginfo is plain data; read fills at most its size.
-        unsafe {
-            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
-            let n = libc::read(
-                self.fd.as_raw_fd(),
-                (&raw mut info).cast(),
-                size_of::<libc::signalfd_siginfo>(),
-            );
-            (n == size_of::<libc::signalfd_siginfo>() as isize).then_some(info.ssi_signo)
-        }
-    }
-}
-
-impl Drop for Signals {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask saved in `block`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
-    }
-}
-
-/// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it; CPU_ISSET reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .collect()
-    }
-}
-
-/// Pins the calling thread to `cpu`; a failure is logged, not fatal.
-fn pin_to(cpu: usize, index: usize) {
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it; sched_setaffinity reads it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        warn!(worker = index, cpu, error = %io::Error::last_os_error(), "could not pin the worker");
+        sys::poke(self.0.main_wake.as_fd());
     }
 }
 

@@ -1,8 +1,8 @@
 //! The handle callbacks use to talk to a connection.
 
-use crate::conn::{Core, Phase};
-use crate::handler::{Message, SendResult};
+use crate::conn::{Message, Phase, SendResult};
 use crate::pubsub::{PubSubError, Publisher};
+use crate::state::Core;
 use ringws_protocol::CloseCode;
 use ringws_protocol::deflate::Params;
 use ringws_protocol::frame::{MAX_CONTROL_PAYLOAD, OpCode};
@@ -35,23 +35,23 @@ impl<'a, S: Default> Socket<'a, S> {
     pub fn id(&self) -> ConnId {
         ConnId {
             slot: self.slot,
-            generation: self.core.conns[self.slot as usize].generation,
+            generation: self.core.slab.get(self.slot).generation,
         }
     }
 
     /// The connection's state.
     pub fn state(&self) -> &S {
-        &self.core.conns[self.slot as usize].state
+        &self.core.slab.get(self.slot).state
     }
 
     /// The connection's state, mutably.
     pub fn state_mut(&mut self) -> &mut S {
-        &mut self.core.conns[self.slot as usize].state
+        &mut self.core.slab.get_mut(self.slot).state
     }
 
     /// Whether the WebSocket is open (sends are accepted).
     pub fn is_open(&self) -> bool {
-        self.core.conns[self.slot as usize].phase == Phase::Open
+        self.core.slab.get(self.slot).machine.is_open()
     }
 
     /// Queues a message.
@@ -65,12 +65,13 @@ impl<'a, S: Default> Socket<'a, S> {
     /// Queues a text message.
     pub fn send_text(&mut self, text: &str) -> SendResult {
         self.core
+            .slab
             .send_data(self.slot, OpCode::Text, text.as_bytes())
     }
 
     /// Queues a binary message.
     pub fn send_binary(&mut self, data: &[u8]) -> SendResult {
-        self.core.send_data(self.slot, OpCode::Binary, data)
+        self.core.slab.send_data(self.slot, OpCode::Binary, data)
     }
 
     /// Queues a ping; the peer's pong arrives at [`Handler::on_pong`](crate::Handler::on_pong).
@@ -79,7 +80,9 @@ impl<'a, S: Default> Socket<'a, S> {
         if payload.len() > MAX_CONTROL_PAYLOAD || !self.is_open() {
             return SendResult::Dropped;
         }
-        self.core.send_control(self.slot, OpCode::Ping, payload);
+        self.core
+            .slab
+            .send_control(self.slot, OpCode::Ping, payload);
         SendResult::Queued
     }
 
@@ -92,7 +95,7 @@ impl<'a, S: Default> Socket<'a, S> {
         } else {
             CloseCode::NORMAL
         };
-        self.core.close(self.slot, code, reason);
+        self.core.slab.close(self.slot, code, reason);
     }
 
     /// Stops reading from this connection until [`resume_reading`](Self::resume_reading): nothing
@@ -103,30 +106,31 @@ impl<'a, S: Default> Socket<'a, S> {
     /// the send queue drains; it always resumes when the connection starts closing. No-op unless
     /// the connection is open.
     pub fn pause_reading(&mut self) {
-        self.core.set_reading_paused(self.slot, true);
+        self.core.slab.set_paused(self.slot, true);
     }
 
     /// Resumes reading after [`pause_reading`](Self::pause_reading). No-op unless the connection is
     /// open and paused.
     pub fn resume_reading(&mut self) {
-        self.core.set_reading_paused(self.slot, false);
+        self.core.slab.set_paused(self.slot, false);
     }
 
     /// The permessage-deflate parameters agreed for this connection (RFC 7692), or `None` if it
     /// sends and receives uncompressed. `Display` writes them as the `Sec-WebSocket-Extensions`
     /// value of the handshake.
     pub fn permessage_deflate(&self) -> Option<Params> {
-        self.core.deflate.as_ref()?.params(self.slot)
+        let extra = self.core.slab.get(self.slot).extra.as_ref()?;
+        Some(extra.deflate.as_ref()?.params())
     }
 
     /// Bytes queued on this connection and not yet written to the socket.
     pub fn buffered_amount(&self) -> usize {
-        self.core.conns[self.slot as usize].buffered()
+        self.core.slab.get(self.slot).buffered()
     }
 
     /// The peer's address (one `getpeername` call), if the socket still has one.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        crate::worker::peer_addr(self.core.conns[self.slot as usize].fd)
+        crate::policy::peer_addr(self.core.slab.get(self.slot))
     }
 
     /// Subscribes this connection to `topic` (created with the server's default slow-consumer policy
@@ -143,24 +147,30 @@ impl<'a, S: Default> Socket<'a, S> {
     /// }
     /// ```
     pub fn subscribe(&mut self, topic: &str) -> Result<bool, PubSubError> {
-        self.core.subscribe(self.slot, topic, false)
+        let core = &mut *self.core;
+        core.pubsub
+            .subscribe(&mut core.slab, self.slot, topic, false)
     }
 
     /// Like [`subscribe`](Self::subscribe), and first queues the topic's last publication (if any),
     /// so a new subscriber starts from the current value. A publication is never queued twice.
     pub fn subscribe_with_last(&mut self, topic: &str) -> Result<bool, PubSubError> {
-        self.core.subscribe(self.slot, topic, true)
+        let core = &mut *self.core;
+        core.pubsub
+            .subscribe(&mut core.slab, self.slot, topic, true)
     }
 
     /// Ends this connection's subscription to `topic`; `false` if it had none.
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
-        self.core.unsubscribe(self.slot, topic)
+        let core = &mut *self.core;
+        core.pubsub.unsubscribe(&mut core.slab, self.slot, topic)
     }
 
     /// Publishes `msg` to `topic` (created if needed): encoded once, queued at once to this worker's
     /// subscribers and through their inboxes to the other workers' subscribers.
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> Result<(), PubSubError> {
-        self.core.publish(topic, msg)
+        let core = &mut *self.core;
+        core.pubsub.publish(&mut core.slab, topic, msg)
     }
 
     /// A handle to publish from elsewhere (another thread, a later callback).
@@ -184,8 +194,11 @@ impl<'a, S: Default> Socket<'a, S> {
 
     /// The socket of connection `id` of `core`, if it is open or closing.
     pub(crate) fn resolve(core: &mut Core<S>, id: ConnId) -> Option<Socket<'_, S>> {
-        let c = core.conns.get(id.slot as usize)?;
-        let usable = matches!(c.phase, Phase::Open | Phase::Closing);
+        if id.slot >= core.slab.capacity() {
+            return None;
+        }
+        let c = core.slab.get(id.slot);
+        let usable = matches!(c.machine.phase(), Phase::Open | Phase::Closing);
         (usable && c.generation == id.generation).then_some(Socket {
             core,
             slot: id.slot,

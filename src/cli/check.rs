@@ -679,10 +679,8 @@ mod tests {
 
     #[test]
     fn memlock_thresholds() {
-        let cfg = Config {
-            workers: 2,
-            ..Config::default()
-        };
+        let mut cfg = Config::default();
+        cfg.workers = 2;
         let need = MemlockNeed::of(&cfg);
         let new = Kernel {
             release: "6.18.0".into(),

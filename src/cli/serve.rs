@@ -106,7 +106,9 @@ impl Handler for Echo {
 
 /// Builds the server, prints the ready line once every worker accepts, serves until SIGINT/SIGTERM.
 pub fn run(args: ServeArgs) -> Result<(), EngineError> {
-    let mut b = Server::builder().bind(args.addr.as_str());
+    let mut b = Server::builder()
+        .bind(args.addr.as_str())
+        .handle_signals(true);
     if args.mode == Mode::Echo {
         // Every message is answered: pause reading under backpressure instead of dropping echoes.
         b = b.backpressure_policy(BackpressurePolicy::Pause);

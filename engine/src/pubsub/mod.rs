@@ -23,13 +23,13 @@
 mod inbox;
 pub(crate) mod local;
 
-use crate::handler::Message;
-use crate::server::poke;
+use crate::conn::Message;
+use crate::ring::sys::poke;
 use inbox::{Inbox, Pushed};
 use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 use std::collections::HashMap;
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -184,7 +184,7 @@ impl TopicInner {
         (l.seq, l.last.clone())
     }
 
-    fn stats(&self) -> TopicStats {
+    pub(crate) fn stats(&self) -> TopicStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         TopicStats {
             published: load(&self.published),
@@ -312,7 +312,7 @@ impl Hub {
                 continue;
             }
             match inbox.push(item.clone()) {
-                Pushed::First => poke(self.wakers[w].as_raw_fd()),
+                Pushed::First => poke(self.wakers[w].as_fd()),
                 Pushed::Queued => {}
                 Pushed::Full => {
                     topic.overflowed.fetch_add(1, Ordering::Relaxed);

@@ -955,6 +955,8 @@ pub fn run(args: LoadArgs) -> ExitCode {
     let engine = match Server::builder()
         .client_only()
         .workers(plan.workers)
+        // Ctrl-C ends the run early with a report of what was measured.
+        .handle_signals(true)
         .idle_timeout(Duration::ZERO)
         .close_timeout(Duration::from_secs(2))
         .shutdown_timeout(Duration::from_secs(2))

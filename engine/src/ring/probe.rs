@@ -15,10 +15,9 @@
 //! }
 //! ```
 
-use crate::bufring::BufRing;
-use crate::config::Config;
+use super::sys::page_size;
+use super::{Buffers, Ring, TaskRun};
 use crate::error::EngineError;
-use crate::uring::{self, TaskRun};
 use io_uring::types::{SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, types};
 use std::io;
@@ -209,10 +208,7 @@ fn no_if_einval(context: &'static str, e: io::Error) -> Support {
 /// of its own).
 pub(crate) fn probe_here() -> ProbeReport {
     let mut found = Found::default();
-    // Declared before the ring, so dropped after it: the kernel may use the buffers until the ring
-    // is gone.
-    let bufs: BufRing;
-    let (mut ring, mode) = match uring::new_ring(8) {
+    let mut ring = match Ring::new(8) {
         Ok(r) => r,
         Err(e) => {
             return ProbeReport {
@@ -221,6 +217,7 @@ pub(crate) fn probe_here() -> ProbeReport {
             };
         }
     };
+    let mode = ring.mode();
     let report = |found| ProbeReport {
         setup: Ok(mode),
         features: collect(found),
@@ -228,13 +225,13 @@ pub(crate) fn probe_here() -> ProbeReport {
     found.set(Id::DeferTaskrun, yes_if(mode == TaskRun::Deferred));
     found.set(
         Id::RingFd,
-        match ring.submitter().register_ring_fd() {
+        match ring.register_ring_fd() {
             Ok(()) => Support::Yes,
             Err(e) => no_if_einval("registering the ring fd", e),
         },
     );
     let mut probe = io_uring::Probe::new();
-    if let Err(e) = ring.submitter().register_probe(&mut probe) {
+    if let Err(e) = ring.uring.submitter().register_probe(&mut probe) {
         found.set(
             Id::RegisterProbe,
             no_if_einval("registering an opcode probe", e),
@@ -245,25 +242,20 @@ pub(crate) fn probe_here() -> ProbeReport {
     for (id, code) in OPS {
         found.set(id, yes_if(probe.is_supported(code)));
     }
-    bufs = match BufRing::new(&ring.submitter(), 0, 2, 512) {
-        Ok(b) => b,
-        Err(e) => {
-            found.set(
-                Id::PbufRing,
-                no_if_einval("registering a provided buffer ring", e),
-            );
-            return report(found);
-        }
-    };
+    let registered = Buffers::new(0, 2, 512).and_then(|b| ring.register_buffers(b));
+    if let Err(e) = registered {
+        found.set(
+            Id::PbufRing,
+            no_if_einval("registering a provided buffer ring", e),
+        );
+        return report(found);
+    }
     found.set(Id::PbufRing, Support::Yes);
     if probe.is_supported(opcode::AcceptMulti::CODE) {
-        found.set(Id::AcceptMultishot, probe_multishot_accept(&mut ring));
+        found.set(Id::AcceptMultishot, probe_multishot_accept(&mut ring.uring));
     }
     if probe.is_supported(opcode::RecvMulti::CODE) {
-        found.set(
-            Id::RecvMultishot,
-            probe_multishot_recv(&mut ring, bufs.group()),
-        );
+        found.set(Id::RecvMultishot, probe_multishot_recv(&mut ring.uring, 0));
     }
     report(found)
 }
@@ -388,21 +380,17 @@ pub struct MemlockNeed {
 }
 
 impl MemlockNeed {
-    /// The charge for `cfg`'s workers, ring size and buffer count, computed the way the kernel sizes
-    /// the memory (`IORING_SETUP_CLAMP`, power-of-two queues, 64-byte SQEs, 16-byte CQEs and buffer
-    /// ring entries, 4-byte SQ index).
-    ///
-    /// ```
-    /// let need = ringws_engine::MemlockNeed::of(&ringws_engine::Config::default());
-    /// assert!(need.total >= need.per_worker + need.probe);
-    /// ```
-    pub fn of(cfg: &Config) -> Self {
+    /// The charge for `workers` rings of `ring_entries` with `buffer_count` provided buffers each,
+    /// computed the way the kernel sizes the memory (`IORING_SETUP_CLAMP`, power-of-two queues,
+    /// 64-byte SQEs, 16-byte CQEs and buffer ring entries, 4-byte SQ index). `MemlockNeed::of`
+    /// computes it for a `Config`.
+    pub(crate) fn new(workers: usize, ring_entries: u32, buffer_count: u16) -> Self {
         let page = page_size();
         let per_worker =
-            ring_bytes(cfg.ring_entries, page) + round_up(u64::from(cfg.buffer_count) * 16, page);
+            ring_bytes(ring_entries, page) + round_up(u64::from(buffer_count) * 16, page);
         // The probe: an 8-entry ring and a 2-entry buffer ring.
         let probe = ring_bytes(8, page) + round_up(2 * 16, page);
-        let workers = u64::try_from(cfg.workers).unwrap_or(u64::MAX);
+        let workers = u64::try_from(workers).unwrap_or(u64::MAX);
         Self {
             per_worker,
             probe,
@@ -411,18 +399,11 @@ impl MemlockNeed {
     }
 }
 
-/// The system page size (4 KiB on x86_64; 16 or 64 KiB on some arm64 kernels).
-fn page_size() -> u64 {
-    // SAFETY: sysconf reads a constant of the running system and has no memory effects.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
-}
-
 fn round_up(bytes: u64, page: u64) -> u64 {
     bytes.div_ceil(page) * page
 }
 
-/// Bytes charged for a ring built by [`uring::new_ring`]`(entries)`: the SQE array, and the region
+/// Bytes charged for a ring built by [`Ring::new`]`(entries)`: the SQE array, and the region
 /// holding the ring header (one 64-byte cache line), the CQEs and the SQ index array.
 fn ring_bytes(entries: u32, page: u64) -> u64 {
     const MAX_ENTRIES: u32 = 32768; // IORING_MAX_ENTRIES
@@ -514,18 +495,11 @@ mod tests {
             return;
         }
         assert_eq!(ring_bytes(2048, 4096), 268 << 10);
-        let cfg = Config {
-            workers: 2,
-            ..Config::default()
-        };
-        let need = MemlockNeed::of(&cfg);
+        let need = MemlockNeed::new(2, 2048, 512);
         assert_eq!(need.per_worker, (268 + 8) << 10);
         assert_eq!(need.probe, 12 << 10);
         assert_eq!(need.total, 2 * need.per_worker + need.probe);
-        let bigger = MemlockNeed::of(&Config {
-            buffer_count: 1024,
-            ..cfg
-        });
+        let bigger = MemlockNeed::new(2, 2048, 1024);
         assert_eq!(bigger.per_worker, (268 + 16) << 10);
     }
 

@@ -1,25 +1,23 @@
 //! The provided-buffer ring (Linux 5.19): the pool multishot receives pick their buffers from.
 //!
 //! One per worker: `count` buffers of `size` bytes in one anonymous mapping, and a ring of `count`
-//! entries the kernel takes buffers from. A receive completion names the buffer it filled; the worker
-//! borrows it with [`BufRing::buffer`], decodes frames in place, and gives it back with
-//! [`BufRing::recycle`] as soon as the callbacks for it returned. Because `buffer` borrows the ring
+//! entries the kernel takes buffers from (registered and unregistered by [`Ring`](super::Ring)).
+//! A receive completion names the buffer it filled; the worker borrows it with [`Buffers::buffer`], decodes frames in place, and gives it back with
+//! [`Buffers::recycle`] as soon as the callbacks for it returned. Because `buffer` borrows the ring
 //! mutably, no slice of a buffer can outlive its return to the kernel: the borrow checker enforces the
 //! rule "a borrowed payload must never outlive its buffer's return to the ring".
 //!
 //! A bitmap records which buffers the kernel handed out; recycling a buffer that is not out (a stale or
 //! duplicated id) is refused, so the kernel never sees the same buffer twice.
 //!
-//! The mappings are released with `munmap`, never by an allocator: if the kernel were still to write to
-//! a buffer after the worker is gone, it would fault (`EFAULT`) instead of corrupting reused memory.
+//! The mappings are released with `munmap`, never by an allocator, and only after the ring that
+//! used them has unregistered the group (see [`Ring`](super::Ring)'s `Drop`).
 
-use io_uring::Submitter;
-use io_uring::types::BufRingEntry;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-/// Which buffers are handed out, and the ring's tail: the bookkeeping half of [`BufRing`], kept free
+/// Which buffers are handed out, and the ring's tail: the bookkeeping half of [`Buffers`], kept free
 /// of raw memory so it can be tested on its own.
 #[derive(Debug)]
 pub(crate) struct Accounting {
@@ -109,8 +107,21 @@ impl Drop for Mapping {
     }
 }
 
-/// A registered provided-buffer ring and its buffers.
-pub(crate) struct BufRing {
+/// The layout of one ring entry as the kernel reads it (`struct io_uring_buf`): the tail the
+/// kernel reads lives in the `resv` field of entry 0.
+#[repr(C)]
+struct RawEntry {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
+const _: () = assert!(size_of::<RawEntry>() == size_of::<io_uring::types::BufRingEntry>());
+
+/// A provided-buffer ring and its buffers: the memory side. [`Ring`](super::Ring) registers it with
+/// the kernel, and unregisters it before the mappings go away.
+pub(crate) struct Buffers {
     entries: Mapping,
     buffers: Mapping,
     size: u32,
@@ -119,14 +130,16 @@ pub(crate) struct BufRing {
     acct: Accounting,
 }
 
-impl BufRing {
-    /// Maps `count` buffers of `size` bytes and a ring of `count` entries, fills the ring with every
-    /// buffer and registers it with the kernel as group `bgid`.
+impl Buffers {
+    /// Maps `count` buffers of `size` bytes and a ring of `count` entries and fills the ring with
+    /// every buffer, for buffer group `bgid`. Not yet registered.
     ///
-    /// `count` must be a power of two of at most 32768 (validated by the config).
-    pub fn new(submitter: &Submitter<'_>, bgid: u16, count: u16, size: u32) -> io::Result<Self> {
-        debug_assert!(count.is_power_of_two() && count <= 1 << 15);
-        let entries = Mapping::new(count as usize * size_of::<BufRingEntry>())?;
+    /// `count` must be a power of two of at most 32768 (validated by the config; checked here too).
+    pub fn new(bgid: u16, count: u16, size: u32) -> io::Result<Self> {
+        if !count.is_power_of_two() || count > 1 << 15 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let entries = Mapping::new(count as usize * size_of::<RawEntry>())?;
         let buffers = Mapping::new(count as usize * size as usize)?;
         let mut ring = Self {
             entries,
@@ -140,19 +153,17 @@ impl BufRing {
             ring.write_entry(bid, bid);
         }
         ring.publish_tail();
-        // SAFETY: the entry mapping is page aligned (mmap) and holds `count` entries. It lives as long
-        // as the registration: owners drop the io_uring before this `BufRing` (`worker::run` declares
-        // the buffer ring first, `uring::probe` drops the ring explicitly), and the mappings are only
-        // ever unmapped, so a late kernel access would fault rather than touch reused memory.
-        unsafe {
-            submitter.register_buf_ring_with_flags(
-                ring.entries.ptr.as_ptr() as u64,
-                count,
-                bgid,
-                0,
-            )?;
-        }
         Ok(ring)
+    }
+
+    /// The address of the entry ring, to register it.
+    pub fn ring_addr(&self) -> u64 {
+        self.entries.ptr.as_ptr() as u64
+    }
+
+    /// Entries in the ring (= buffers).
+    pub fn count(&self) -> u16 {
+        self.mask + 1
     }
 
     /// The buffer group id receives name to pick from this ring.
@@ -160,33 +171,43 @@ impl BufRing {
         self.bgid
     }
 
-    /// Writes ring entry `pos` (modulo the ring size) to point at buffer `bid`.
-    fn write_entry(&mut self, pos: u16, bid: u16) {
-        let addr = self.buffers.ptr.as_ptr() as u64 + bid as u64 * self.size as u64;
-        // SAFETY: `pos & mask` < count, so the entry lies inside the entry mapping; the kernel only
-        // reads entries between its head and our published tail, and this position is past the tail
-        // (it is published afterwards), so nothing reads it concurrently.
-        let entry = unsafe {
-            &mut *self
-                .entries
+    /// The entry at ring position `pos` (modulo the ring size), as a raw pointer.
+    fn entry(&self, pos: u16) -> *mut RawEntry {
+        // SAFETY: `pos & mask` < count, so the offset stays inside the entry mapping.
+        unsafe {
+            self.entries
                 .ptr
                 .as_ptr()
-                .cast::<BufRingEntry>()
+                .cast::<RawEntry>()
                 .add((pos & self.mask) as usize)
-        };
-        entry.set_addr(addr);
-        entry.set_len(self.size);
-        entry.set_bid(bid);
+        }
+    }
+
+    /// Writes ring entry `pos` to point at buffer `bid`.
+    fn write_entry(&mut self, pos: u16, bid: u16) {
+        let addr = self.buffers.ptr.as_ptr() as u64 + bid as u64 * self.size as u64;
+        let e = self.entry(pos);
+        // SAFETY: `e` points inside the entry mapping (see `entry`). The kernel only reads entries
+        // between its head and our published tail, and this position is past the tail (published
+        // afterwards), so nothing reads these fields concurrently. The fields are written through
+        // the raw pointer, one by one: no reference to the entry is formed, because entry 0 also
+        // holds the tail (`resv`), which the kernel may read at any time.
+        unsafe {
+            std::ptr::addr_of_mut!((*e).addr).write(addr);
+            std::ptr::addr_of_mut!((*e).len).write(self.size);
+            std::ptr::addr_of_mut!((*e).bid).write(bid);
+        }
     }
 
     /// Makes every entry written so far visible to the kernel.
     fn publish_tail(&self) {
-        // SAFETY: the tail is the `resv` field of entry 0, inside the mapping, 2-byte aligned; the kernel
-        // reads it with acquire semantics, and the release store orders the entry writes before it.
-        unsafe {
-            let tail = BufRingEntry::tail(self.entries.ptr.as_ptr().cast()) as *const AtomicU16;
-            (*tail).store(self.acct.tail, Ordering::Release);
-        }
+        let e = self.entry(0);
+        // SAFETY: the tail is the `resv` field of entry 0, inside the mapping and 2-byte aligned
+        // (the mapping is page aligned); it is only ever accessed atomically, by us and by the
+        // kernel, and the atomic lives as long as the mapping (`self`). The release store orders
+        // the entry writes before it (the kernel reads it with acquire semantics).
+        let tail = unsafe { AtomicU16::from_ptr(std::ptr::addr_of_mut!((*e).resv)) };
+        tail.store(self.acct.tail, Ordering::Release);
     }
 
     /// Borrows buffer `bid`, which a receive completion reported filled with `len` bytes.
@@ -197,10 +218,11 @@ impl BufRing {
         if len > self.size as usize || bid > self.mask || !self.acct.take(bid) {
             return None;
         }
-        // SAFETY: `bid` < count and `len` <= size, so the range lies inside the buffer mapping. Callers
-        // pass only ids taken from receive completions, so the kernel has removed this buffer from the
-        // ring, and the bitmap shows we have not given it back: the kernel does not write to it. The
-        // `&mut self` borrow makes the slice exclusive and ends before `recycle` can return it.
+        // SAFETY: `bid` < count and `len` <= size, so the range lies inside the buffer mapping.
+        // Callers pass only ids taken from receive completions, so the kernel has removed this
+        // buffer from the ring, and the bitmap shows we have not given it back: the kernel does
+        // not write to it. The `&mut self` borrow makes the slice exclusive and ends before
+        // `recycle` can return it.
         Some(unsafe {
             std::slice::from_raw_parts_mut(
                 self.buffers
@@ -268,9 +290,9 @@ mod tests {
     }
 
     #[test]
-    fn registered_ring_hands_out_and_takes_back() {
-        let ring = io_uring::IoUring::new(8).unwrap();
-        let mut br = BufRing::new(&ring.submitter(), 7, 4, 1024).unwrap();
+    fn buffers_are_handed_out_and_taken_back() {
+        let mut br = Buffers::new(7, 4, 1024).unwrap();
+        assert!(Buffers::new(7, 3, 1024).is_err(), "a power of two");
         assert_eq!(br.group(), 7);
         assert!(br.buffer(4, 10).is_none(), "bid out of range");
         assert!(br.buffer(1, 2048).is_none(), "len over the buffer size");

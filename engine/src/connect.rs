@@ -18,12 +18,11 @@
 //! connection that fails before it opens gets [`Handler::on_connect_error`] with its state
 //! instead of `on_close`.
 //!
-//! Masking keys (RFC 6455 §5.3: a fresh key per frame, "derived from a strong source of entropy", so
-//! that script-chosen payloads cannot be made to look like other protocols on the wire) come from
-//! the kernel's CSPRNG, `getrandom(2)`, fetched 256 keys at a time into a per-thread buffer: one
-//! system call per 256 frames (a few nanoseconds per frame), unpredictable by construction, and no
-//! generator of our own to get wrong. Payloads are masked while they are copied into the output
-//! queue, so masking adds no copy.
+//! Masking keys come from the kernel's CSPRNG, a fresh one per frame (see `conn::keys`), applied
+//! while the payload is copied into the output queue.
+//!
+//! This module is plain data (where and how to connect, and why a connect failed): the worker's
+//! dialer (`worker::dial`) does the connecting.
 //!
 //! Closing: after its Close frame is written a client does not shut its write side down; it waits
 //! for the server to close the TCP connection first (§7.1.1), so the `TIME_WAIT` state, and the
@@ -35,17 +34,12 @@
 //! [`Handler::on_connect_error`]: crate::Handler::on_connect_error
 //! [`ServerBuilder::client_only`]: crate::ServerBuilder::client_only
 
-use crate::conn::Core;
-use crate::socket::{ConnId, Socket};
 use ringws_protocol::deflate::DeflateConfig;
 use ringws_protocol::handshake::is_token;
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Connects in progress per worker at most; further requests wait in a queue. Bounds the burst of
 /// SYNs one worker puts on a listener's backlog (the server's default backlog is 4096 per worker).
@@ -413,123 +407,6 @@ impl std::error::Error for ConnectError {
     }
 }
 
-/// Client requests made by callbacks, waiting for the end of the loop turn: connections to open and
-/// the earliest wake-up asked for.
-pub(crate) struct Outbound<S> {
-    /// Connections to open, with their states, in request order.
-    pub dials: VecDeque<(Connect, S)>,
-    /// When `on_wake` is due, if asked for.
-    pub wake: Option<Instant>,
-    /// The worker is shutting down (set before its connections are closed).
-    pub shutting_down: bool,
-}
-
-impl<S> Default for Outbound<S> {
-    fn default() -> Self {
-        Self {
-            dials: VecDeque::new(),
-            wake: None,
-            shutting_down: false,
-        }
-    }
-}
-
-/// The worker, lent to [`Handler::on_start`] and [`Handler::on_wake`] (or reached from a
-/// callback's socket with [`Socket::context`]): open client connections, reach any connection by
-/// id, and ask to be woken up.
-///
-/// [`Handler::on_start`]: crate::Handler::on_start
-/// [`Handler::on_wake`]: crate::Handler::on_wake
-pub struct Context<'a, S> {
-    core: &'a mut Core<S>,
-}
-
-impl<'a, S: Default> Context<'a, S> {
-    /// The context of `core`.
-    pub(crate) fn new(core: &'a mut Core<S>) -> Self {
-        Self { core }
-    }
-
-    /// Opens a client connection to `target` with `state` as its state, at the end of this loop turn
-    /// (or later, when [`MAX_DIALING`] connects are already in progress). Then either `on_open` runs
-    /// for it, or `on_connect_error` gets `state` back with the reason.
-    pub fn connect(&mut self, target: &Connect, state: S) {
-        self.core.outbound.dials.push_back((target.clone(), state));
-    }
-
-    /// An open (or closing) connection of this worker, by id; `None` once it has closed.
-    pub fn socket(&mut self, id: ConnId) -> Option<Socket<'_, S>> {
-        Socket::resolve(self.core, id)
-    }
-
-    /// Asks for `on_wake` at `at` (or as soon as possible if it has passed). Only the earliest
-    /// pending request is kept; `on_wake` can ask again. Resolution is the kernel's
-    /// high-resolution timer (an io_uring timeout), typically tens of microseconds.
-    pub fn wake_at(&mut self, at: Instant) {
-        let w = &mut self.core.outbound.wake;
-        *w = Some(w.map_or(at, |w| w.min(at)));
-    }
-
-    /// Whether the worker is shutting down ([`ServerHandle::shutdown`](crate::ServerHandle::shutdown)
-    /// or a signal): connections closing now are closed by it (1001), and new connects will fail
-    /// with [`ConnectError::Shutdown`]. A client that reconnects on close should check it first.
-    pub fn is_shutting_down(&self) -> bool {
-        self.core.outbound.shutting_down
-    }
-
-    /// Connection requests not yet started by the worker.
-    pub fn queued_connects(&self) -> usize {
-        self.core.outbound.dials.len()
-    }
-}
-
-impl<S: Default> Socket<'_, S> {
-    /// The worker's [`Context`], to open connections or ask for a wake-up from inside a callback.
-    /// The socket is usable again once the context is dropped.
-    pub fn context(&mut self) -> Context<'_, S> {
-        Context::new(self.core())
-    }
-}
-
-/// Keys fetched per `getrandom` call.
-const KEY_BATCH: usize = 256;
-
-/// A per-thread batch of masking keys from the kernel's CSPRNG.
-struct KeyPool {
-    keys: [u8; 4 * KEY_BATCH],
-    next: usize,
-}
-
-thread_local! {
-    static KEYS: RefCell<KeyPool> = const {
-        RefCell::new(KeyPool { keys: [0; 4 * KEY_BATCH], next: KEY_BATCH })
-    };
-}
-
-/// A fresh, unpredictable masking key (see the module documentation for why and how).
-///
-/// # Panics
-///
-/// If the kernel's random source fails, which Linux does not do once booted (the same contract as
-/// [`ClientHandshake::new`](ringws_protocol::handshake::ClientHandshake::new)).
-pub(crate) fn mask_key() -> [u8; 4] {
-    KEYS.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        if pool.next == KEY_BATCH {
-            getrandom::fill(&mut pool.keys).expect("the OS random source failed");
-            pool.next = 0;
-        }
-        let i = pool.next * 4;
-        pool.next += 1;
-        [
-            pool.keys[i],
-            pool.keys[i + 1],
-            pool.keys[i + 2],
-            pool.keys[i + 3],
-        ]
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,26 +478,6 @@ mod tests {
             "clones share the target until changed"
         );
         assert_eq!(other.protocols().collect::<Vec<_>>(), ["chat", "v2"]);
-    }
-
-    #[test]
-    fn mask_keys_vary_across_batches() {
-        let keys: Vec<[u8; 4]> = (0..3 * KEY_BATCH).map(|_| mask_key()).collect();
-        let mut distinct = keys.clone();
-        distinct.sort();
-        distinct.dedup();
-        // 768 draws from 2^32 values: a repeat has probability ~7e-5; allow a couple.
-        assert!(
-            distinct.len() >= keys.len() - 2,
-            "{} distinct of {}",
-            distinct.len(),
-            keys.len()
-        );
-        assert_ne!(
-            keys[..KEY_BATCH],
-            keys[KEY_BATCH..2 * KEY_BATCH],
-            "each batch is refilled"
-        );
     }
 
     #[test]

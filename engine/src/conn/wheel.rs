@@ -1,17 +1,20 @@
-//! A hashed timer wheel over coarse ticks, one per worker, driven by one ring timeout.
+//! A hashed timer wheel over coarse ticks, one per worker, driven by one ring timeout that fires at
+//! each tick boundary.
 //!
-//! Connections keep their deadlines as tick stamps in their slot (last activity, ping sent, drain
-//! start) and have at most one *live* wheel entry: the earliest tick at which something may be due.
-//! Activity only updates a stamp and never touches the wheel; when the entry fires, the worker
-//! re-evaluates the stamps and either acts or schedules the next check. An entry is `(slot, generation,
-//! tick)`; one whose connection slot has moved on (other generation, or a newer entry) is stale and
-//! ignored, so cancelling is free.
+//! Connections keep their time stamps in their [`Machine`](super::Machine) (last activity, ping
+//! sent, closing start) and have at most one *live* wheel entry: the tick by which the machine's
+//! earliest deadline has passed. Activity only updates a stamp and never touches the wheel; when the
+//! entry fires, the machine is checked and either acts or names its next deadline. An entry is
+//! `(slot, generation, tick)`; one whose slot has moved on (another generation, or a newer entry) is
+//! stale and ignored, so cancelling is free.
+//!
+//! A deadline at `d` ms is filed under tick `ceil(d / TICK_MS)`, which fires once the clock passes
+//! `tick * TICK_MS >= d`: never early, and at most one tick late when the worker wakes at each tick
+//! boundary (its ring timeout is absolute, at the next boundary).
 
-use std::time::Duration;
-
-/// Wheel resolution. Timeouts are seconds-scale; 100 ms keeps them accurate to a tenth of a second at
-/// the cost of ten idle wake-ups a second per worker.
-pub(crate) const TICK: Duration = Duration::from_millis(100);
+/// Wheel resolution, in milliseconds. Timeouts are seconds-scale; 100 ms keeps them accurate to a
+/// tenth of a second at the cost of ten idle wake-ups a second per worker.
+pub(crate) const TICK_MS: u64 = 100;
 
 /// Wheel size (a power of two): 51.2 s of ticks. Later deadlines sit in their slot and are skipped
 /// until their round comes.
@@ -20,13 +23,17 @@ const SLOTS: usize = 512;
 /// Entries a bucket keeps room for after draining (768 bytes); more capacity is given back.
 const KEEP_CAPACITY: usize = 64;
 
-/// A wheel tick: time since the worker started, in [`TICK`]s.
+/// A wheel tick: time since the worker started, in [`TICK_MS`] units (13 years fit).
 pub(crate) type Tick = u32;
 
-/// Converts a duration to whole ticks, rounding up so a timeout never fires early.
-pub(crate) fn ticks(d: Duration) -> Tick {
-    let t = d.as_nanos().div_ceil(TICK.as_nanos());
-    Tick::try_from(t).unwrap_or(Tick::MAX)
+/// The first tick at or after `ms` milliseconds: where a deadline at `ms` is filed.
+pub(crate) fn tick_at_or_after(ms: u64) -> Tick {
+    Tick::try_from(ms.div_ceil(TICK_MS)).unwrap_or(Tick::MAX)
+}
+
+/// The last tick at or before `ms`: how far the wheel may advance at time `ms`.
+pub(crate) fn tick_at_or_before(ms: u64) -> Tick {
+    Tick::try_from(ms / TICK_MS).unwrap_or(Tick::MAX)
 }
 
 /// One scheduled check of a connection slot.
@@ -54,11 +61,6 @@ impl Wheel {
             buckets: (0..SLOTS).map(|_| Vec::new()).collect(),
             current: 0,
         }
-    }
-
-    /// The last tick processed by [`advance`](Self::advance).
-    pub fn current(&self) -> Tick {
-        self.current
     }
 
     /// Schedules `entry`. An entry due at or before the current tick fires on the next advance.
@@ -124,12 +126,15 @@ mod tests {
     }
 
     #[test]
-    fn ticks_round_up() {
-        assert_eq!(ticks(Duration::ZERO), 0);
-        assert_eq!(ticks(Duration::from_millis(1)), 1);
-        assert_eq!(ticks(Duration::from_millis(100)), 1);
-        assert_eq!(ticks(Duration::from_millis(101)), 2);
-        assert_eq!(ticks(Duration::from_secs(10)), 100);
+    fn deadlines_round_up_and_the_clock_rounds_down() {
+        assert_eq!(tick_at_or_after(0), 0);
+        assert_eq!(tick_at_or_after(1), 1);
+        assert_eq!(tick_at_or_after(100), 1);
+        assert_eq!(tick_at_or_after(101), 2);
+        assert_eq!(tick_at_or_after(10_000), 100);
+        assert_eq!(tick_at_or_before(99), 0);
+        assert_eq!(tick_at_or_before(100), 1);
+        assert_eq!(tick_at_or_before(199), 1);
     }
 
     #[test]

@@ -5,8 +5,6 @@
 //! clock by no more than the burst allows. One `u64` per bucket (no token count, no refill stamp)
 //! keeps the per-connection side table small, and refilling is implicit in the clock.
 
-use crate::timer::{TICK, Tick};
-
 /// A rate: so many events per second, with a burst of so many back to back. Times are in the
 /// caller's clock units (microseconds for connections).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,19 +85,18 @@ impl LogLimit {
     }
 
     fn rate() -> Rate {
-        let ticks_per_second = (1_000_000_000 / TICK.as_nanos()) as u64;
-        Rate::new(Self::PER_SECOND, Self::BURST, ticks_per_second).expect("a non-zero rate")
+        Rate::new(Self::PER_SECOND, Self::BURST, 1000).expect("a non-zero rate")
     }
 
-    /// Whether a line may be written at tick `now`.
-    pub fn allow(&mut self, now: Tick) -> bool {
-        self.admit(now).is_some()
+    /// Whether a line may be written at `now_ms` (milliseconds on the worker's clock).
+    pub fn allow(&mut self, now_ms: u64) -> bool {
+        self.admit(now_ms).is_some()
     }
 
-    /// `Some(n)` if a line may be written at tick `now`, `n` being the lines suppressed since the
+    /// `Some(n)` if a line may be written at `now_ms`, `n` being the lines suppressed since the
     /// last one allowed (to be reported with it); `None` if this one is suppressed too.
-    pub fn admit(&mut self, now: Tick) -> Option<u64> {
-        if Self::rate().conforms(&mut self.tat, u64::from(now)) {
+    pub fn admit(&mut self, now_ms: u64) -> Option<u64> {
+        if Self::rate().conforms(&mut self.tat, now_ms) {
             Some(std::mem::take(&mut self.suppressed))
         } else {
             self.suppressed += 1;
@@ -147,13 +144,13 @@ mod tests {
     fn log_limit_allows_a_burst_then_one_a_second_and_counts_the_rest() {
         let mut l = LogLimit::new();
         assert_eq!((0..30).filter(|_| l.allow(0)).count(), 20);
-        assert!(!l.allow(5));
+        assert!(!l.allow(500));
         assert_eq!(
-            l.admit(10),
+            l.admit(1000),
             Some(11),
             "one second later, with the 11 suppressed"
         );
-        assert_eq!(l.admit(10), None);
-        assert_eq!(l.admit(20), Some(1));
+        assert_eq!(l.admit(1000), None);
+        assert_eq!(l.admit(2000), Some(1));
     }
 }

@@ -1,18 +1,19 @@
-//! Ring creation and the start-up feature probe.
+//! Ring creation.
 //!
 //! Each worker builds its ring on its own thread with `SINGLE_ISSUER | DEFER_TASKRUN` (6.1): completions
 //! are produced only when the worker waits for them, never as interrupts in the middle of a callback.
-//! Kernels without it fall back to `COOP_TASKRUN` (5.19), then to no flags. [`probe`] runs once before
-//! any worker starts and refuses to start, naming the feature and kernel version, if a required
-//! feature is missing; the probes themselves live in [`crate::probe`].
+//! Kernels without it fall back to `COOP_TASKRUN` (5.19), then to no flags.
+//!
+//! The environment variable `RINGWS_RING_MODE` (`deferred`, `cooperative` or `plain`) caps the mode
+//! tried first: a diagnostic and test knob that runs the fallbacks on a kernel that has everything.
 
 use crate::error::EngineError;
 use io_uring::IoUring;
 use std::io;
 
-/// How a ring was set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TaskRun {
+/// How a ring was set up, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TaskRun {
     /// `SINGLE_ISSUER | DEFER_TASKRUN` (Linux 6.1).
     Deferred,
     /// `COOP_TASKRUN` (Linux 5.19).
@@ -21,13 +22,25 @@ pub(crate) enum TaskRun {
     Plain,
 }
 
+impl TaskRun {
+    /// The best mode allowed by `RINGWS_RING_MODE` (unset or unknown: [`TaskRun::Deferred`]).
+    fn allowed() -> Self {
+        match std::env::var("RINGWS_RING_MODE").as_deref() {
+            Ok("cooperative") => Self::Cooperative,
+            Ok("plain") => Self::Plain,
+            _ => Self::Deferred,
+        }
+    }
+}
+
 /// Creates a ring with `entries` submission entries and four times as many completion entries, with
-/// the best task-run mode the kernel accepts.
+/// the best task-run mode the kernel accepts (and `RINGWS_RING_MODE` allows).
 pub(crate) fn new_ring(entries: u32) -> Result<(IoUring, TaskRun), EngineError> {
     let cq = entries.saturating_mul(4);
+    let allowed = TaskRun::allowed();
     let attempts = [TaskRun::Deferred, TaskRun::Cooperative, TaskRun::Plain];
     let mut last = None;
-    for mode in attempts {
+    for mode in attempts.into_iter().filter(|m| *m >= allowed) {
         let mut b = IoUring::builder();
         b.setup_cqsize(cq).setup_clamp();
         match mode {
@@ -49,10 +62,4 @@ pub(crate) fn new_ring(entries: u32) -> Result<(IoUring, TaskRun), EngineError> 
     Err(EngineError::from_setup(last.unwrap_or_else(|| {
         io::Error::from_raw_os_error(libc::EINVAL)
     })))
-}
-
-/// Checks, on a throwaway ring, everything the workers will need (see [`crate::probe`]): io_uring
-/// itself, the opcodes, provided buffer rings (5.19), multishot accept (5.19) and receive (6.0).
-pub(crate) fn probe() -> Result<TaskRun, EngineError> {
-    crate::probe::probe_here().into_result()
 }

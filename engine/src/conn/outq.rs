@@ -1,111 +1,77 @@
 //! Per-connection output queue, flushed with one send per connection per loop turn (corking).
 //!
-//! The queue is a list of byte segments. Small frames are appended to the last segment; a large
-//! payload (at least [`LARGE`] bytes) gets a segment of its own, allocated at its exact size, so it is
-//! copied exactly once and never moved again by a growing buffer. A flush hands every queued segment
-//! to the kernel in one operation: a plain send for one segment, a `sendmsg` with an iovec per segment
-//! otherwise. While that send is in flight its segments are frozen (nothing is appended to them, they
-//! are neither moved nor freed); frames queued meanwhile go to new segments and leave with the next
-//! send. A partial send resumes where it stopped.
+//! The queue is a list of byte chunks. Small frames are appended to the last chunk; a large payload
+//! (at least [`LARGE`] bytes) gets a chunk of its own, allocated at its exact size, so it is copied
+//! exactly once and never moved again by a growing buffer. A flush moves up to [`MAX_IOV`] chunks
+//! into the queue's [`Flight`] and hands them to the kernel in one operation (a plain send for one
+//! chunk, a `sendmsg` otherwise). While that send is in the air its chunks belong to the flight:
+//! nothing can append to, move or free them (see [`crate::ring`]); frames queued meanwhile go to
+//! new chunks and leave with the next send. When the send completes, fully sent chunks are
+//! recycled and the rest return to the front of the queue: a partial send resumes where it stopped.
 //!
 //! Queues are boxed and come from a per-worker [`Pool`]: a connection takes one when it first queues
 //! bytes and gives it back once everything is sent, so an idle connection owns no send memory, and a
-//! spare segment buffer kept in each queue means echo does not allocate per message.
+//! spare chunk buffer kept in each queue means echo does not allocate per message. A queue whose
+//! send is still in the air is never pooled or freed: the pool leaks it and logs (release builds
+//! included).
 //!
-//! Pub/sub adds shared segments: a frame encoded once by a publish (`Arc<[u8]>`, header and payload)
+//! Pub/sub adds shared chunks: a frame encoded once by a publish (`Arc<[u8]>`, header and payload)
 //! is queued by reference in every subscriber's queue, so fan-out never copies the payload in user
-//! space; the iovec path sends any mix of owned and shared segments in one operation. For slow
-//! subscribers of conflating topics a small map (conflation key -> queued segment) lets a newer frame
-//! replace a queued, not yet sent one in O(1); the map only holds entries queued while the subscriber
-//! was behind and is emptied with the queue.
+//! space; the iovec path sends any mix of owned and shared chunks in one operation. For slow
+//! subscribers of conflating topics a small map (conflation key -> queued chunk) lets a newer frame
+//! replace a queued, not yet sent one in O(1); the map only holds entries queued while the
+//! subscriber was behind and is emptied with the queue.
 
+#[cfg(test)]
+use crate::ring::MAX_IOV;
+use crate::ring::{Chunk, Flight, Token};
 use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 use ringws_protocol::mask::unmask;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use tracing::error;
 
-/// Payloads of at least this many bytes get a segment of their own instead of being appended.
+/// Payloads of at least this many bytes get a chunk of their own instead of being appended.
 pub(crate) const LARGE: usize = 16 << 10;
-
-/// Most segments handed to one send (well under the kernel's `UIO_MAXIOV` of 1024).
-const MAX_IOV: usize = 64;
-
-/// The largest plain send handed to the kernel (its length is 32 bits); the rest follows.
-const MAX_SEND: usize = 1 << 30;
-
-/// What [`OutQueue::start_send`] asks the worker to submit.
-#[derive(Debug)]
-pub(crate) enum SendOp {
-    /// A plain send of `len` bytes at `ptr`.
-    Single { ptr: *const u8, len: u32 },
-    /// A `sendmsg` of the message header (and the iovecs it points to), all inside the queue.
-    Vectored(*const libc::msghdr),
-}
-
-/// One run of queued bytes.
-enum Seg {
-    /// Frames encoded into the queue's own buffer: small frames appended together, or one large
-    /// payload at its exact size.
-    Owned(Vec<u8>),
-    /// Exactly one frame, encoded once by a publish and shared with every subscriber's queue.
-    Shared(Arc<[u8]>),
-}
-
-impl Seg {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Self::Owned(v) => v,
-            Self::Shared(f) => f,
-        }
-    }
-}
 
 /// What identifies a conflatable message: (topic id, key computed at publish).
 pub(crate) type ConflationKey = (u32, u64);
 
-/// Bytes waiting to be sent on one connection.
-pub(crate) struct OutQueue {
-    segs: VecDeque<Seg>,
-    /// Segments removed from the front so far: `segs[i]` has the absolute position `popped + i`.
-    popped: u64,
-    /// Conflation key -> absolute position of the shared segment queued for it while behind.
-    keyed: HashMap<ConflationKey, u64>,
-    /// Bytes of `segs[0]` already written.
-    sent: usize,
-    /// Segments (from the front) that the in-flight send covers; 0 when none is in flight.
-    in_flight: usize,
-    /// Unsent bytes over all segments.
-    buffered: usize,
-    /// The iovecs and message header of the in-flight `sendmsg`; rebuilt only when none is in flight.
-    iov: Vec<libc::iovec>,
-    msg: libc::msghdr,
-    /// An emptied segment buffer kept for the next small frames.
-    spare: Vec<u8>,
+/// Why a send did not land normally (see [`OutQueue::landed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// The send failed with this errno: the connection is going away; the queue is now empty.
+    Failed(i32),
+    /// The completion does not belong to the send in the air (logged); nothing changed.
+    Stale,
 }
 
-impl Default for OutQueue {
-    fn default() -> Self {
-        Self {
-            segs: VecDeque::new(),
-            popped: 0,
-            keyed: HashMap::new(),
-            sent: 0,
-            in_flight: 0,
-            buffered: 0,
-            iov: Vec::new(),
-            // SAFETY: msghdr is plain data for which all-zero is a valid (empty) value.
-            msg: unsafe { std::mem::zeroed() },
-            spare: Vec::new(),
-        }
-    }
+/// Bytes waiting to be sent on one connection.
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    /// Chunks not yet handed to a send.
+    pending: VecDeque<Chunk>,
+    /// Bytes of `pending[0]` already sent (the rest of a partial send).
+    offset: usize,
+    /// The chunks of the send in the air, if one is.
+    flight: Flight,
+    /// Chunks moved from `pending` into flights and not returned: `pending[i]` has the absolute
+    /// position `moved + i`.
+    moved: u64,
+    /// Conflation key -> absolute position of the shared chunk queued for it while behind.
+    keyed: HashMap<ConflationKey, u64>,
+    /// Unsent bytes, pending and in the air.
+    buffered: usize,
+    /// An emptied chunk buffer kept for the next small frames.
+    spare: Vec<u8>,
 }
 
 impl std::fmt::Debug for OutQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OutQueue")
-            .field("segments", &self.segs.len())
+            .field("pending", &self.pending.len())
             .field("buffered", &self.buffered)
-            .field("in_flight", &self.in_flight)
+            .field("in_flight", &self.flight.is_busy())
             .finish()
     }
 }
@@ -116,28 +82,27 @@ impl OutQueue {
         self.buffered
     }
 
-    /// Whether nothing is queued or in flight.
+    /// Whether nothing is queued or in the air.
     pub fn is_empty(&self) -> bool {
         self.buffered == 0
     }
 
-    /// Whether a send is in flight (the kernel may be reading the queue's memory).
+    /// Whether a send is in the air (the kernel may be reading the queue's memory).
     pub fn in_flight(&self) -> bool {
-        self.in_flight > 0
+        self.flight.is_busy()
     }
 
-    /// The segment small bytes are appended to: the last one if it is not in flight and holds small
-    /// frames, else a new one (reusing the spare buffer).
+    /// The chunk small bytes are appended to: the last one if it holds small frames, else a new
+    /// one (reusing the spare buffer).
     fn tail(&mut self) -> &mut Vec<u8> {
-        let appendable = self.segs.len() > self.in_flight
-            && matches!(self.segs.back(), Some(Seg::Owned(s)) if s.len() < LARGE);
+        let appendable = matches!(self.pending.back(), Some(Chunk::Owned(s)) if s.len() < LARGE);
         if !appendable {
-            self.segs
-                .push_back(Seg::Owned(std::mem::take(&mut self.spare)));
+            self.pending
+                .push_back(Chunk::Owned(std::mem::take(&mut self.spare)));
         }
-        match self.segs.back_mut() {
-            Some(Seg::Owned(v)) => v,
-            _ => unreachable!("an owned segment was just ensured"),
+        match self.pending.back_mut() {
+            Some(Chunk::Owned(v)) => v,
+            _ => unreachable!("an owned chunk was just ensured"),
         }
     }
 
@@ -155,9 +120,9 @@ impl OutQueue {
         let n = encode_header(&mut header, true, 0, opcode, mask, payload.len() as u64);
         if payload.len() >= LARGE {
             self.tail().extend_from_slice(&header[..n]);
-            let mut seg = Vec::with_capacity(payload.len());
-            extend_masked(&mut seg, payload, mask);
-            self.segs.push_back(Seg::Owned(seg));
+            let mut chunk = Vec::with_capacity(payload.len());
+            extend_masked(&mut chunk, payload, mask);
+            self.pending.push_back(Chunk::Owned(chunk));
         } else {
             let tail = self.tail();
             tail.reserve(n + payload.len());
@@ -170,31 +135,31 @@ impl OutQueue {
     /// Queues a shared, already encoded frame by reference (no copy).
     pub fn push_shared(&mut self, frame: &Arc<[u8]>) {
         self.buffered += frame.len();
-        self.segs.push_back(Seg::Shared(Arc::clone(frame)));
+        self.pending.push_back(Chunk::Shared(Arc::clone(frame)));
     }
 
     /// Queues a shared frame and remembers it under `key`, so that [`replace_keyed`](Self::replace_keyed)
     /// can swap in a newer frame for the same key while this one waits.
     pub fn push_keyed(&mut self, key: ConflationKey, frame: &Arc<[u8]>) {
         self.push_shared(frame);
-        let at = self.popped + self.segs.len() as u64 - 1;
+        let at = self.moved + self.pending.len() as u64 - 1;
         self.keyed.insert(key, at);
     }
 
     /// Replaces the queued frame remembered under `key` with `frame`, if it is still waiting (not in
-    /// flight, not partly sent). Returns whether it was replaced; if not, the caller queues `frame`.
+    /// the air, not partly sent). Returns whether it was replaced; if not, the caller queues `frame`.
     pub fn replace_keyed(&mut self, key: ConflationKey, frame: &Arc<[u8]>) -> bool {
         let Some(&at) = self.keyed.get(&key) else {
             return false;
         };
-        let Some(i) = at.checked_sub(self.popped).map(|i| i as usize) else {
-            self.keyed.remove(&key); // already sent
-            return false;
+        let Some(i) = at.checked_sub(self.moved).map(|i| i as usize) else {
+            return false; // in the air or sent: it stays, the newer frame follows it
         };
-        if i < self.in_flight || (i == 0 && self.sent > 0) {
-            return false; // being sent: it stays, the newer frame follows it
+        if i == 0 && self.offset > 0 {
+            return false; // partly sent
         }
-        let Some(Seg::Shared(old)) = self.segs.get_mut(i) else {
+        let Some(Chunk::Shared(old)) = self.pending.get_mut(i) else {
+            self.keyed.remove(&key);
             return false;
         };
         self.buffered = self.buffered - old.len() + frame.len();
@@ -210,7 +175,7 @@ impl OutQueue {
         }
     }
 
-    /// Appends raw bytes (an HTTP response) written by `write`.
+    /// Appends raw bytes (an HTTP response, a compressed frame) written by `write`.
     pub fn push_raw(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         let tail = self.tail();
         let before = tail.len();
@@ -218,87 +183,92 @@ impl OutQueue {
         self.buffered += tail.len() - before;
     }
 
-    /// Starts the next send if none is in flight and bytes are queued.
-    ///
-    /// The memory the returned operation points to (segments, iovecs, message header) stays valid and
-    /// unmodified until [`complete`](Self::complete) or [`abandon`](Self::abandon): while a send is in
-    /// flight nothing appends to, moves or frees the covered segments or rebuilds the iovecs, and the
-    /// owner keeps the boxed queue alive until then.
-    pub fn start_send(&mut self) -> Option<SendOp> {
-        if self.in_flight > 0 || self.buffered == 0 {
+    /// Loads the next send into the queue's flight, if bytes are waiting and no send is in the
+    /// air; the caller submits it ([`Submit::send`](crate::ring::Submit::send)) and reports its
+    /// completion to [`landed`](Self::landed).
+    pub fn next_send(&mut self) -> Option<&mut Flight> {
+        if self.flight.is_busy() || self.pending.is_empty() {
             return None;
         }
-        let count = self.segs.len().min(MAX_IOV);
-        if count == 1 {
-            self.in_flight = 1;
-            let rest = &self.segs[0].bytes()[self.sent..];
-            let len = rest.len().min(MAX_SEND);
-            return Some(SendOp::Single {
-                ptr: rest.as_ptr(),
-                len: len as u32,
-            });
+        let n = self.flight.load(&mut self.pending, self.offset);
+        if n == 0 {
+            return None;
         }
-        self.iov.clear();
-        for (i, seg) in self.segs.iter().take(count).enumerate() {
-            let bytes = &seg.bytes()[if i == 0 { self.sent } else { 0 }..];
-            self.iov.push(libc::iovec {
-                iov_base: bytes.as_ptr() as *mut libc::c_void,
-                iov_len: bytes.len(),
-            });
-        }
-        self.in_flight = self.iov.len();
-        self.msg.msg_iov = self.iov.as_mut_ptr();
-        self.msg.msg_iovlen = self.iov.len();
-        Some(SendOp::Vectored(&self.msg))
+        self.offset = 0;
+        self.moved += n as u64;
+        Some(&mut self.flight)
     }
 
-    /// Records a completed send of `n` bytes (possibly partial); the rest goes with the next send.
-    pub fn complete(&mut self, n: usize) {
-        debug_assert!(self.in_flight > 0);
-        self.in_flight = 0;
-        let mut left = n.min(self.buffered);
-        self.buffered -= left;
-        while left > 0 {
-            let Some(front) = self.segs.front() else {
-                break;
-            };
-            let rest = front.bytes().len() - self.sent;
-            if left < rest {
-                self.sent += left;
+    /// The send tagged `token` completed with `result` (bytes written, or a negative errno): sent
+    /// chunks are recycled, the rest go back to the front of the queue.
+    pub fn landed(&mut self, token: Token, result: i32) -> Result<(), SendError> {
+        let Some(landed) = self.flight.finish(token, result) else {
+            return Err(SendError::Stale);
+        };
+        let mut sent = match landed.result {
+            Ok(n) => n,
+            Err(errno) => {
+                landed.chunks.clear();
+                self.abandon();
+                return Err(SendError::Failed(errno));
+            }
+        };
+        let chunks = landed.chunks;
+        self.buffered -= sent.min(self.buffered);
+        // Bytes of each chunk already sent, from the start of the flight.
+        let mut done = 0;
+        let mut into_first = landed.offset;
+        for chunk in chunks.iter() {
+            let rest = chunk.bytes().len() - into_first;
+            if sent < rest {
+                into_first += sent;
                 break;
             }
-            left -= rest;
-            self.sent = 0;
-            self.popped += 1;
-            if let Some(Seg::Owned(done)) = self.segs.pop_front()
-                && done.len() < LARGE
-                && done.capacity() > self.spare.capacity()
+            sent -= rest;
+            into_first = 0;
+            done += 1;
+        }
+        let back = chunks.len() - done;
+        for chunk in chunks.drain(..done) {
+            if let Chunk::Owned(v) = chunk
+                && v.len() < LARGE
+                && v.capacity() > self.spare.capacity()
             {
-                self.spare = done;
+                self.spare = v;
                 self.spare.clear();
             }
         }
-        if self.segs.is_empty() {
+        // What was not sent returns to the front, in order, ahead of what was queued meanwhile.
+        for chunk in chunks.drain(..).rev() {
+            self.pending.push_front(chunk);
+        }
+        self.moved -= back as u64;
+        self.offset = if back > 0 { into_first } else { 0 };
+        if self.pending.is_empty() {
             self.keyed.clear();
         }
+        Ok(())
     }
 
-    /// Records a failed send: the connection is going away, nothing more will be sent.
-    pub fn abandon(&mut self) {
-        self.in_flight = 0;
-        self.segs.clear();
+    /// Drops everything waiting (not what is in the air): the connection is going away.
+    fn abandon(&mut self) {
+        self.pending.clear();
         self.keyed.clear();
-        self.popped = 0;
-        self.sent = 0;
-        self.buffered = 0;
+        self.moved = 0;
+        self.offset = 0;
+        self.buffered = if self.flight.is_busy() {
+            self.flight.len()
+        } else {
+            0
+        };
     }
 
     /// Every unsent byte, in order (for tests).
     #[cfg(test)]
     pub fn unsent(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for (i, seg) in self.segs.iter().enumerate() {
-            out.extend_from_slice(&seg.bytes()[if i == 0 { self.sent } else { 0 }..]);
+        for (i, c) in self.pending.iter().enumerate() {
+            out.extend_from_slice(&c.bytes()[if i == 0 { self.offset } else { 0 }..]);
         }
         out
     }
@@ -308,7 +278,7 @@ impl OutQueue {
         if self.spare.capacity() > max_capacity {
             self.spare = Vec::new();
         }
-        self.iov = Vec::new();
+        self.pending = VecDeque::new();
         self.keyed = HashMap::new();
     }
 }
@@ -355,9 +325,14 @@ impl Pool {
         self.free.pop().unwrap_or_default()
     }
 
-    /// Returns a queue that is no longer needed. It must not be in flight.
+    /// Returns a queue that is no longer needed. A queue with a send in the air is never reused or
+    /// freed: it is leaked, and the slip logged.
     pub fn give(&mut self, mut q: Box<OutQueue>) {
-        debug_assert!(!q.in_flight());
+        if q.in_flight() {
+            error!("an output queue with a send in the air was released; leaking it");
+            Box::leak(q);
+            return;
+        }
         if self.free.len() >= self.max_free {
             return;
         }
@@ -376,27 +351,25 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::Op;
 
-    /// The bytes an operation would send, copied out.
-    fn bytes_of(op: &SendOp) -> Vec<u8> {
-        match *op {
-            // SAFETY (test): the queue guarantees the range is valid while the send is in flight.
-            SendOp::Single { ptr, len } => unsafe {
-                std::slice::from_raw_parts(ptr, len as usize).to_vec()
-            },
-            SendOp::Vectored(msg) => unsafe {
-                let msg = &*msg;
-                std::slice::from_raw_parts(msg.msg_iov, msg.msg_iovlen)
-                    .iter()
-                    .flat_map(|v| std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len))
-                    .copied()
-                    .collect()
-            },
-        }
+    /// The token the test helpers send under (as `Flight::arm_for_test` does).
+    const SEND: Token = Token {
+        op: Op::Send,
+        slot: 0,
+        generation: 0,
+    };
+
+    /// Starts the next send as the worker would and returns the bytes it carries.
+    fn send(q: &mut OutQueue) -> Vec<u8> {
+        let f = q.next_send().expect("a send starts");
+        assert_eq!(f.arm_for_test(), Some(SEND));
+        f.loaded()
     }
 
-    fn send(q: &mut OutQueue) -> Vec<u8> {
-        bytes_of(&q.start_send().expect("a send starts"))
+    /// Completes the send in the air with `n` bytes written.
+    fn complete(q: &mut OutQueue, n: usize) {
+        q.landed(SEND, n as i32).expect("the send lands");
     }
 
     #[test]
@@ -416,20 +389,17 @@ mod tests {
         let mut q = OutQueue::default();
         q.push_frame(OpCode::Text, b"a");
         q.push_frame(OpCode::Text, b"b");
-        assert!(matches!(
-            q.start_send(),
-            Some(SendOp::Single { len: 6, .. })
-        ));
+        assert_eq!(send(&mut q), b"\x81\x01a\x81\x01b");
         assert!(q.in_flight());
-        assert!(q.start_send().is_none(), "one send in flight at a time");
+        assert!(q.next_send().is_none(), "one send in flight at a time");
         q.push_frame(OpCode::Text, b"c");
         assert_eq!(q.buffered(), 9);
-        q.complete(6);
+        complete(&mut q, 6);
         assert_eq!(q.buffered(), 3);
         assert_eq!(send(&mut q), b"\x81\x01c");
-        q.complete(3);
+        complete(&mut q, 3);
         assert!(q.is_empty());
-        assert!(q.start_send().is_none());
+        assert!(q.next_send().is_none());
     }
 
     #[test]
@@ -437,49 +407,81 @@ mod tests {
         let mut q = OutQueue::default();
         q.push_frame(OpCode::Binary, b"0123456789");
         assert_eq!(send(&mut q).len(), 12);
-        q.complete(5);
+        complete(&mut q, 5);
         q.push_frame(OpCode::Text, b"z");
-        // The rest of the first segment goes first, then what was queued meanwhile, in one send.
+        // The rest of the first chunk goes first, then what was queued meanwhile, in one send.
         assert_eq!(send(&mut q), b"3456789\x81\x01z");
-        q.complete(7);
+        complete(&mut q, 7);
         assert_eq!(send(&mut q), b"\x81\x01z");
-        q.complete(0);
+        complete(&mut q, 0);
         assert_eq!(send(&mut q), b"\x81\x01z", "a zero-byte send retries");
-        q.complete(3);
+        complete(&mut q, 3);
         assert!(q.is_empty());
     }
 
     #[test]
-    fn in_flight_bytes_are_never_moved() {
+    fn frames_queued_while_in_flight_never_touch_the_flight() {
         let mut q = OutQueue::default();
         q.push_frame(OpCode::Binary, &[1; 100]);
-        let Some(SendOp::Single { ptr, .. }) = q.start_send() else {
-            panic!("single send expected");
-        };
+        assert_eq!(send(&mut q).len(), 102);
         for _ in 0..100 {
-            q.push_frame(OpCode::Binary, &[2; 1000]); // a new segment, never the in-flight one
+            q.push_frame(OpCode::Binary, &[2; 1000]);
         }
-        q.complete(50);
-        let Some(SendOp::Vectored(msg)) = q.start_send() else {
-            panic!("vectored send expected");
-        };
-        // SAFETY (test): the message header and its iovecs live in the queue.
-        let first = unsafe { *(*msg).msg_iov };
-        assert_eq!(first.iov_base as *const u8, ptr.wrapping_add(50));
-        assert_eq!(first.iov_len, 52);
+        assert_eq!(q.pending.len(), 6, "new chunks, never the one in the air");
+        complete(&mut q, 50);
+        let next = send(&mut q);
+        assert_eq!(next.len(), 52 + 100 * 1004);
+        assert_eq!(&next[..52], &[1; 52][..]);
     }
 
     #[test]
-    fn large_payloads_get_their_own_exact_segment() {
+    fn a_failed_send_empties_the_queue() {
+        let mut q = OutQueue::default();
+        q.push_frame(OpCode::Text, b"a");
+        send(&mut q);
+        q.push_frame(OpCode::Text, b"b");
+        assert_eq!(
+            q.landed(SEND, -libc::EPIPE),
+            Err(SendError::Failed(libc::EPIPE))
+        );
+        assert!(q.is_empty() && !q.in_flight());
+    }
+
+    #[test]
+    fn a_stale_completion_changes_nothing() {
+        let mut q = OutQueue::default();
+        q.push_frame(OpCode::Text, b"a");
+        send(&mut q);
+        let other = Token::new(Op::Send, 0, 1);
+        assert_eq!(q.landed(other, 3), Err(SendError::Stale));
+        assert!(q.in_flight(), "still in the air");
+        complete(&mut q, 3);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn at_most_max_iov_chunks_per_send() {
+        let mut q = OutQueue::default();
+        let f: Arc<[u8]> = Arc::from(&b"x"[..]);
+        for _ in 0..MAX_IOV + 5 {
+            q.push_shared(&f);
+        }
+        assert_eq!(send(&mut q).len(), MAX_IOV);
+        complete(&mut q, MAX_IOV);
+        assert_eq!(send(&mut q).len(), 5);
+    }
+
+    #[test]
+    fn large_payloads_get_their_own_exact_chunk() {
         let mut q = OutQueue::default();
         let big = vec![9u8; LARGE * 4];
         q.push_frame(OpCode::Text, b"hi");
         q.push_frame(OpCode::Binary, &big);
         q.push_frame(OpCode::Text, b"yo");
         // [small frame + big header] [big payload] [small frame]
-        assert_eq!(q.segs.len(), 3);
-        let Seg::Owned(own) = &q.segs[1] else {
-            panic!("the large payload is an owned segment");
+        assert_eq!(q.pending.len(), 3);
+        let Chunk::Owned(own) = &q.pending[1] else {
+            panic!("the large payload is an owned chunk");
         };
         assert_eq!(own.capacity(), big.len(), "allocated once, at its size");
         let sent = send(&mut q);
@@ -487,12 +489,12 @@ mod tests {
         assert_eq!(&sent[..4], b"\x81\x02hi");
         assert_eq!(&sent[4..14], b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00");
         assert_eq!(&sent[sent.len() - 4..], b"\x81\x02yo");
-        // A partial send that ends inside the big segment.
-        q.complete(20);
-        assert_eq!(q.segs.len(), 2);
+        // A partial send that ends inside the big chunk.
+        complete(&mut q, 20);
+        assert_eq!(q.pending.len(), 2);
         assert_eq!(send(&mut q).len(), big.len() - 6 + 4);
-        q.complete(big.len() - 6 + 4);
-        assert!(q.is_empty() && q.segs.is_empty());
+        complete(&mut q, big.len() - 6 + 4);
+        assert!(q.is_empty() && q.pending.is_empty());
     }
 
     #[test]
@@ -505,8 +507,8 @@ mod tests {
             send(&mut q),
             b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"
         );
-        q.complete(11);
-        // A large payload (own segment, several mask chunks) unmasks back to the original.
+        complete(&mut q, 11);
+        // A large payload (own chunk, several mask chunks) unmasks back to the original.
         let big: Vec<u8> = (0..LARGE * 2 + 3).map(|i| (i * 7) as u8).collect();
         q.push_frame_masked(OpCode::Binary, &big, Some(key));
         let mut sent = send(&mut q);
@@ -519,13 +521,13 @@ mod tests {
     fn the_spare_buffer_is_reused() {
         let mut q = OutQueue::default();
         q.push_frame(OpCode::Text, &[b'a'; 100]);
-        let _ = q.start_send();
-        q.complete(102);
+        send(&mut q);
+        complete(&mut q, 102);
         let cap = q.spare.capacity();
         assert!(cap >= 102);
         q.push_frame(OpCode::Text, b"x");
-        let Seg::Owned(own) = &q.segs[0] else {
-            panic!("small frames go to an owned segment");
+        let Chunk::Owned(own) = &q.pending[0] else {
+            panic!("small frames go to an owned chunk");
         };
         assert_eq!(own.capacity(), cap, "no new allocation");
     }
@@ -535,12 +537,12 @@ mod tests {
         let mut pool = Pool::new(2, 1024);
         let mut a = pool.take();
         a.push_frame(OpCode::Binary, &[0; 100]);
-        let _ = a.start_send();
-        a.complete(102);
+        send(&mut a);
+        complete(&mut a, 102);
         let mut big = pool.take();
         big.push_frame(OpCode::Binary, &[0; 4096]);
-        let _ = big.start_send();
-        big.complete(4100);
+        send(&mut big);
+        complete(&mut big, 4100);
         pool.give(a);
         pool.give(big);
         pool.give(Box::default());
@@ -550,6 +552,23 @@ mod tests {
         assert_eq!(q.spare.capacity(), 0, "a big buffer is freed, not pooled");
         let q2 = pool.take();
         assert!(q2.spare.capacity() >= 102, "a small buffer is reused");
+    }
+
+    #[test]
+    fn a_queue_in_the_air_is_never_pooled_or_freed() {
+        let shared: Arc<[u8]> = Arc::from(&b"publication"[..]);
+        let mut pool = Pool::new(4, 1024);
+        let mut q = pool.take();
+        q.push_shared(&shared);
+        q.push_frame(OpCode::Text, b"x");
+        send(&mut q);
+        pool.give(q);
+        assert_eq!(pool.free_len(), 0, "not pooled");
+        assert_eq!(
+            Arc::strong_count(&shared),
+            2,
+            "its memory is leaked, not freed"
+        );
     }
 
     fn frame(bytes: &[u8]) -> Arc<[u8]> {
@@ -565,18 +584,9 @@ mod tests {
         q.push_frame(OpCode::Text, b"y");
         assert_eq!(q.buffered(), 3 + 5 + 3);
         assert_eq!(Arc::strong_count(&f), 2, "queued by reference");
-        let Some(SendOp::Vectored(msg)) = q.start_send() else {
-            panic!("vectored send expected");
-        };
-        // SAFETY (test): the message header and its iovecs live in the queue.
-        let second = unsafe { *(*msg).msg_iov.add(1) };
-        assert_eq!(
-            second.iov_base as *const u8,
-            f.as_ptr(),
-            "the iovec points at the shared frame"
-        );
         assert_eq!(q.unsent(), b"\x81\x01x\x81\x03abc\x81\x01y");
-        q.complete(11);
+        assert_eq!(send(&mut q), b"\x81\x01x\x81\x03abc\x81\x01y");
+        complete(&mut q, 11);
         assert!(q.is_empty());
         assert_eq!(Arc::strong_count(&f), 1, "released once sent");
     }
@@ -599,9 +609,9 @@ mod tests {
     fn frames_in_flight_or_partly_sent_are_never_replaced() {
         let mut q = OutQueue::default();
         q.push_keyed((1, 1), &frame(b"aaaa"));
-        let _ = q.start_send();
+        send(&mut q);
         assert!(!q.replace_keyed((1, 1), &frame(b"bbbb")), "in flight");
-        q.complete(2);
+        complete(&mut q, 2);
         assert!(!q.replace_keyed((1, 1), &frame(b"cccc")), "partly sent");
         q.push_keyed((1, 1), &frame(b"dddd"));
         assert!(
@@ -609,8 +619,8 @@ mod tests {
             "the newer entry is replaceable"
         );
         assert_eq!(q.unsent(), b"aaeeee");
-        let _ = q.start_send();
-        q.complete(6);
+        send(&mut q);
+        complete(&mut q, 6);
         assert!(
             q.is_empty() && q.keyed.is_empty(),
             "the map empties with the queue"
@@ -622,14 +632,12 @@ mod tests {
     }
 
     #[test]
-    fn positions_survive_pops() {
+    fn positions_survive_sends() {
         let mut q = OutQueue::default();
         q.push_shared(&frame(b"11"));
         q.push_keyed((3, 3), &frame(b"22"));
-        let Some(SendOp::Vectored(_)) = q.start_send() else {
-            panic!("vectored send expected");
-        };
-        q.complete(2); // the first segment is gone; the keyed one moved to the front
+        assert_eq!(send(&mut q), b"1122");
+        complete(&mut q, 2); // the first chunk is gone; the keyed one returns to the front
         q.push_shared(&frame(b"33"));
         assert!(q.replace_keyed((3, 3), &frame(b"44")));
         assert_eq!(q.unsent(), b"4433");

@@ -1,0 +1,389 @@
+//! The ring layer: the io_uring wrapper and the few raw system calls the engine makes. All of the
+//! engine's `unsafe` code lives in this module and its children, each block with its `// SAFETY:`
+//! reason; everything above it is safe Rust.
+//!
+//! - [`Ring`]: one io_uring instance and its provided-buffer ring, torn down in the safe order
+//!   (the buffer group is unregistered, then the ring is closed, then the buffers are unmapped).
+//! - [`Submit`]: builds and queues submissions. Every operation that points the kernel at memory
+//!   owns or pins that memory until its completion: sends carry a [`Flight`], connects keep their
+//!   address, timeouts keep their `timespec` until submitted. Nothing here can hand the kernel
+//!   memory that safe code could free early.
+//! - [`Cqe`]: a completion, with its [`Token`] decoded.
+//! - [`Buffers`]: the receive buffer pool; [`Flight`]/[`Chunk`]: the bytes of a send.
+//! - [`probe`]: what the running kernel supports; [`sys`]: eventfds, signals, CPU affinity, the
+//!   monotonic clock and a socket option.
+
+mod buffers;
+mod flight;
+pub mod probe;
+mod setup;
+pub(crate) mod sys;
+mod token;
+
+pub(crate) use buffers::Buffers;
+#[cfg(test)]
+pub(crate) use flight::MAX_IOV;
+pub(crate) use flight::{Chunk, Flight};
+pub use setup::TaskRun;
+pub(crate) use token::{GENERATION_BITS, Op, Token};
+
+use crate::error::EngineError;
+use flight::Armed;
+use io_uring::cqueue::{self, CompletionQueue};
+use io_uring::squeue::{self, SubmissionQueue};
+use io_uring::types::{self, TimeoutFlags, Timespec};
+use io_uring::{IoUring, Submitter, opcode};
+use socket2::SockAddr;
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+use tracing::error;
+
+/// One io_uring instance and its registered provided-buffer ring.
+pub(crate) struct Ring {
+    /// Declared before `bufs`: dropped (the ring closed) before the buffers are unmapped.
+    uring: IoUring,
+    mode: TaskRun,
+    /// The receive buffers, once registered.
+    bufs: Option<Buffers>,
+}
+
+impl Ring {
+    /// Creates a ring of `entries` submission entries (four times as many completion entries) in
+    /// the best task-run mode the kernel supports.
+    pub fn new(entries: u32) -> Result<Self, EngineError> {
+        let (uring, mode) = setup::new_ring(entries)?;
+        Ok(Self {
+            uring,
+            mode,
+            bufs: None,
+        })
+    }
+
+    /// How the ring was set up.
+    pub fn mode(&self) -> TaskRun {
+        self.mode
+    }
+
+    /// Registers the ring's own descriptor (Linux 5.18), so that `io_uring_enter` skips a file
+    /// lookup per call.
+    pub fn register_ring_fd(&mut self) -> io::Result<()> {
+        self.uring.submitter().register_ring_fd().map(drop)
+    }
+
+    /// Registers `bufs` as the ring's receive buffers (Linux 5.19).
+    pub fn register_buffers(&mut self, bufs: Buffers) -> io::Result<()> {
+        // SAFETY: the entry ring is a page-aligned mapping of `count` entries, owned by `bufs`,
+        // which the ring keeps until its `Drop` has unregistered the group (and the ring itself is
+        // closed before the mapping goes: field order).
+        unsafe {
+            self.uring.submitter().register_buf_ring_with_flags(
+                bufs.ring_addr(),
+                bufs.count(),
+                bufs.group(),
+                0,
+            )?;
+        }
+        self.bufs = Some(bufs);
+        Ok(())
+    }
+
+    /// The submission side, the receive buffers and the completion queue, to use together; `None`
+    /// if no buffers are registered.
+    pub fn split(&mut self) -> Option<(Submit<'_>, &mut Buffers, CompletionQueue<'_>)> {
+        let bufs = self.bufs.as_mut()?;
+        let group = bufs.group();
+        let (submitter, sq, cq) = self.uring.split();
+        Some((Submit::new(submitter, sq, group), bufs, cq))
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if let Some(bufs) = &self.bufs
+            && let Err(e) = self.uring.submitter().unregister_buf_ring(bufs.group())
+        {
+            error!(error = %e, "unregistering the receive buffers failed");
+        }
+    }
+}
+
+/// Which stored `timespec` a timeout reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Clock {
+    /// The worker's tick timer (absolute, `CLOCK_MONOTONIC`).
+    Tick = 0,
+    /// The handler's wake-up (relative).
+    Wakeup = 1,
+}
+
+/// The submission side of a ring: typed operations, each tagged with a [`Token`].
+///
+/// A submission that cannot be queued because the queue stays full, or a failed `io_uring_enter`,
+/// is recorded as fatal ([`take_fatal`](Self::take_fatal)): the worker then stops.
+pub(crate) struct Submit<'r> {
+    submitter: Submitter<'r>,
+    sq: SubmissionQueue<'r>,
+    group: u16,
+    /// The `timespec`s timeouts read, by [`Clock`]. The kernel reads one when the timeout is
+    /// submitted, so each is rewritten only after the previous timeout using it was submitted.
+    timespecs: [Box<Timespec>; 2],
+    /// Which `timespecs` are referenced by a queued, not yet submitted timeout.
+    unsubmitted: [bool; 2],
+    /// The addresses of connects in flight, by token, kept until their completion.
+    connects: HashMap<u64, Box<SockAddr>>,
+    fatal: Option<io::Error>,
+}
+
+impl<'r> Submit<'r> {
+    fn new(submitter: Submitter<'r>, sq: SubmissionQueue<'r>, group: u16) -> Self {
+        Self {
+            submitter,
+            sq,
+            group,
+            timespecs: [Box::new(Timespec::new()), Box::new(Timespec::new())],
+            unsubmitted: [false; 2],
+            connects: HashMap::new(),
+            fatal: None,
+        }
+    }
+
+    /// Queues `entry`, submitting first if the queue is full.
+    ///
+    /// # Safety
+    /// Memory the entry points to must stay valid (and, for sends, unmodified) until its
+    /// completion, or for a timeout's `timespec` until it is submitted.
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> bool {
+        for _ in 0..16 {
+            // SAFETY: forwarded from the caller.
+            if unsafe { self.sq.push(entry) }.is_ok() {
+                return true;
+            }
+            if let Err(e) = self.submit() {
+                self.fatal = Some(e);
+                return false;
+            }
+        }
+        self.fatal = Some(io::Error::other("the submission queue stays full"));
+        false
+    }
+
+    /// Submits what is queued. `EINTR`, `EAGAIN` and `EBUSY` (the kernel is short of resources or
+    /// has completions to hand back first) are not errors: what was not taken stays queued.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.sq.sync();
+        let r = self.submitter.submit();
+        self.after_submit(r)
+    }
+
+    /// Submits what is queued and waits for at least `want` completions (or a signal).
+    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
+        self.sq.sync();
+        let r = self.submitter.submit_and_wait(want);
+        self.after_submit(r)
+    }
+
+    fn after_submit(&mut self, r: io::Result<usize>) -> io::Result<()> {
+        self.sq.sync();
+        if self.sq.is_empty() {
+            self.unsubmitted = [false; 2];
+        }
+        match r {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The error that made a submission impossible, if one did.
+    pub fn take_fatal(&mut self) -> Option<io::Error> {
+        self.fatal.take()
+    }
+
+    /// A multishot accept on `listener` (Linux 5.19); accepted sockets are close-on-exec.
+    pub fn accept_multi(&mut self, listener: BorrowedFd<'_>) {
+        let e = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(Token::worker(Op::Accept).encode());
+        // SAFETY: an accept references no user memory.
+        unsafe { self.push(&e) };
+    }
+
+    /// A multishot receive on `fd` into the registered buffers (Linux 6.0).
+    pub fn recv_multi(&mut self, fd: BorrowedFd<'_>, token: Token) {
+        let e = opcode::RecvMulti::new(types::Fd(fd.as_raw_fd()), self.group)
+            .build()
+            .user_data(token.encode());
+        // SAFETY: the receive picks buffers from the registered ring, which the `Ring` keeps mapped
+        // until after it is closed; it references no other memory.
+        unsafe { self.push(&e) };
+    }
+
+    /// Sends what `flight` carries on `fd`; the flight is in the air until
+    /// [`Flight::finish`] with `token`. Returns false if nothing was submitted (the flight is
+    /// empty or already in the air, or the queue failed).
+    pub fn send(&mut self, fd: BorrowedFd<'_>, token: Token, flight: &mut Flight) -> bool {
+        let fd = types::Fd(fd.as_raw_fd());
+        let e = match flight.arm(token) {
+            None => return false,
+            Some(Armed::Single { ptr, len }) => opcode::Send::new(fd, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            Some(Armed::Vectored(msg)) => opcode::SendMsg::new(fd, msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build(),
+        };
+        // SAFETY: the entry points into `flight`: its chunks' heap bytes, its iovec array and its
+        // boxed message header. The flight is now in the air under `token`: it refuses to load or
+        // re-arm, hands its chunks back only to `finish` with this token (from this send's
+        // completion), and leaks them if dropped in the air, so the memory stays valid and
+        // unmodified until the kernel is done with it.
+        if unsafe { self.push(&e.user_data(token.encode())) } {
+            true
+        } else {
+            flight.disarm(token);
+            false
+        }
+    }
+
+    /// A multishot poll for input on `fd` (an eventfd).
+    pub fn poll_multi(&mut self, fd: BorrowedFd<'_>, token: Token) {
+        let e = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(token.encode());
+        // SAFETY: a poll references no user memory.
+        unsafe { self.push(&e) };
+    }
+
+    /// A timeout on `clock`: at `when` on `CLOCK_MONOTONIC` ([`Clock::Tick`], absolute, see
+    /// [`sys::monotonic`]) or after `when` ([`Clock::Wakeup`], relative).
+    pub fn timeout(&mut self, clock: Clock, when: Duration, token: Token) {
+        let i = clock as usize;
+        if self.unsubmitted[i] {
+            // The queued timeout still reads the stored value: submit it before rewriting it.
+            if let Err(e) = self.submit() {
+                self.fatal = Some(e);
+                return;
+            }
+            if self.unsubmitted[i] {
+                self.fatal = Some(io::Error::other("a timeout could not be submitted"));
+                return;
+            }
+        }
+        *self.timespecs[i] = Timespec::from(when);
+        let mut op = opcode::Timeout::new(&*self.timespecs[i]);
+        if matches!(clock, Clock::Tick) {
+            op = op.flags(TimeoutFlags::ABS);
+        }
+        self.unsubmitted[i] = true;
+        // SAFETY: the kernel copies the boxed timespec when the entry is submitted; it is rewritten
+        // only once no queued entry references it (`unsubmitted`), and the box lives as long as
+        // this `Submit`.
+        unsafe { self.push(&op.build().user_data(token.encode())) };
+    }
+
+    /// A no-op that completes at once (a wake-up that is already due).
+    pub fn nop(&mut self, token: Token) {
+        // SAFETY: a no-op references nothing.
+        unsafe { self.push(&opcode::Nop::new().build().user_data(token.encode())) };
+    }
+
+    /// Cancels the operation tagged `target`.
+    pub fn cancel(&mut self, target: Token) {
+        let e = opcode::AsyncCancel::new(target.encode())
+            .build()
+            .user_data(Token::new(Op::Cancel, target.slot, 0).encode());
+        // SAFETY: a cancel references no user memory.
+        unsafe { self.push(&e) };
+    }
+
+    /// Connects `fd` to `addr` (Linux 5.5). The address is kept until
+    /// [`connect_done`](Self::connect_done) with the same token.
+    pub fn connect(&mut self, fd: BorrowedFd<'_>, addr: SockAddr, token: Token) {
+        let addr = Box::new(addr);
+        let e = opcode::Connect::new(
+            types::Fd(fd.as_raw_fd()),
+            addr.as_ptr().cast::<libc::sockaddr>(),
+            addr.len(),
+        )
+        .build()
+        .user_data(token.encode());
+        // SAFETY: the boxed address is kept in `connects` until this connect's completion calls
+        // `connect_done` (or leaked if the ring side is dropped first), so it stays valid while
+        // the kernel may read it.
+        if unsafe { self.push(&e) } {
+            self.connects.insert(token.encode(), addr);
+        } else {
+            std::mem::forget(addr);
+        }
+    }
+
+    /// The connect tagged `token` completed: its address may go.
+    pub fn connect_done(&mut self, token: Token) {
+        self.connects.remove(&token.encode());
+    }
+}
+
+impl Drop for Submit<'_> {
+    fn drop(&mut self) {
+        // A worker that exits with connects in flight leaks their addresses rather than free
+        // memory the kernel may still read.
+        for (_, addr) in self.connects.drain() {
+            std::mem::forget(addr);
+        }
+    }
+}
+
+/// One completion. Not `Clone`: the socket of an accept completion is taken once.
+#[derive(Debug)]
+pub(crate) struct Cqe {
+    /// The operation, decoded from the user data (`None`: unknown user data).
+    pub token: Option<Token>,
+    /// The result: a count or descriptor, or a negative errno.
+    pub result: i32,
+    flags: u32,
+}
+
+impl Cqe {
+    /// Takes up to `max` completions from `cq` into `into`.
+    pub fn drain(cq: &mut CompletionQueue<'_>, into: &mut Vec<Cqe>, max: usize) {
+        cq.sync();
+        into.extend(cq.by_ref().take(max).map(|c| Cqe {
+            token: Token::decode(c.user_data()),
+            result: c.result(),
+            flags: c.flags(),
+        }));
+        cq.sync();
+    }
+
+    /// Whether the multishot operation stays armed (`IORING_CQE_F_MORE`).
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+
+    /// The provided buffer the completion filled (or consumed), if any.
+    pub fn buffer(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
+
+    /// The socket an accept completion delivered, owned by the caller from now on; `None` for
+    /// other completions and failed accepts.
+    pub fn accepted(self) -> Option<OwnedFd> {
+        let is_accept = self.token.is_some_and(|t| t.op == Op::Accept);
+        (is_accept && self.result >= 0).then(|| {
+            // SAFETY: a non-negative result of an accept is a new descriptor that nothing else in
+            // this process refers to; a `Cqe` is made once per completion and consumed here.
+            unsafe { OwnedFd::from_raw_fd(self.result) }
+        })
+    }
+}

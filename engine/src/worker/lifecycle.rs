@@ -1,0 +1,196 @@
+//! Connections arriving and the passing of time: accepting (and refusing at the door), the timer
+//! wheel's checks, and shutting down.
+
+use super::Engine;
+use super::close::Cause;
+use crate::conn::wheel::TICK_MS;
+use crate::conn::{Check, Expired, Phase};
+use crate::handler::Handler;
+use crate::ring::{Cqe, Op, Token};
+use ringws_protocol::CloseCode;
+use ringws_protocol::frame::OpCode;
+use ringws_protocol::handshake::write_response;
+use std::io;
+use std::os::fd::AsFd;
+use tracing::{debug, warn};
+
+impl<H: Handler> Engine<'_, H> {
+    /// Arms the listener's multishot accept (a client-only engine has none).
+    pub(super) fn arm_accept(&mut self) {
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
+        self.ring.accept_multi(listener.as_fd());
+        self.accept_armed = true;
+    }
+
+    /// An accept completion: a new connection (answered 503/429 at once if over a limit), or an
+    /// error (out of descriptors: accepting pauses for a tick).
+    pub(super) fn on_accept(&mut self, cqe: Cqe) {
+        if !cqe.more() {
+            self.accept_armed = false;
+        }
+        let result = cqe.result;
+        let now_ms = self.core.slab.now_ms();
+        if let Some(fd) = cqe.accepted() {
+            let live = self.core.slab.live();
+            if self.shutdown_deadline.is_some() || live >= self.hard_cap {
+                drop(fd);
+                if self.shutdown_deadline.is_none() && self.policy.log.allow(now_ms) {
+                    warn!(
+                        worker = self.index,
+                        "connection limit far exceeded; closing new connections"
+                    );
+                }
+            } else {
+                let slot = self.core.slab.alloc(fd, false);
+                let over_worker = live + 1 > self.cfg.max_connections;
+                let refused = self.policy.admit(
+                    &self.shared.counters,
+                    now_ms,
+                    self.core.slab.get_mut(slot),
+                    over_worker,
+                );
+                if let Some(status) = refused {
+                    self.core
+                        .slab
+                        .out(slot)
+                        .push_raw(|out| write_response(out, status, &[("Retry-After", "1")], b""));
+                    self.core.slab.begin_closing(slot);
+                }
+                self.arm_recv(slot);
+            }
+        } else if result < 0 {
+            match -result {
+                libc::ECANCELED => {}
+                e @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                    if self.policy.log.allow(now_ms) {
+                        warn!(
+                            worker = self.index,
+                            error = %io::Error::from_raw_os_error(e),
+                            "accept failed; pausing accepts for one tick"
+                        );
+                    }
+                    self.accept_paused = Some(now_ms);
+                }
+                e => {
+                    debug!(worker = self.index, error = %io::Error::from_raw_os_error(e), "accept failed")
+                }
+            }
+        }
+        if !self.accept_armed && self.accept_paused.is_none() && self.shutdown_deadline.is_none() {
+            self.arm_accept();
+        }
+    }
+
+    /// After the turn's completions: fires the wheel's due checks, resumes a paused accept, and
+    /// forces the shutdown once its drain has timed out.
+    pub(super) fn tick(&mut self) {
+        self.policy.new_turn();
+        let now_ms = self.core.slab.now_ms();
+        let mut due = std::mem::take(&mut self.due);
+        self.core.slab.advance(&mut due);
+        for entry in due.drain(..) {
+            if self.core.slab.take_due(&entry) {
+                self.check(entry.slot);
+            }
+        }
+        self.due = due;
+        if self.accept_paused.is_some_and(|at| now_ms >= at + TICK_MS) {
+            self.accept_paused = None;
+            if !self.accept_armed && self.shutdown_deadline.is_none() {
+                self.arm_accept();
+            }
+        }
+        if let Some(deadline) = self.shutdown_deadline
+            && now_ms >= deadline
+            && !self.forced
+        {
+            warn!(
+                worker = self.index,
+                live = self.core.slab.live(),
+                "shutdown drain timed out"
+            );
+            self.force_close();
+        }
+    }
+
+    /// Slot `slot`'s wheel entry fired: ask its machine what is due.
+    fn check(&mut self, slot: u32) {
+        let now = self.core.slab.time();
+        let timeouts = self.core.slab.config().timeouts;
+        match self.core.slab.get_mut(slot).machine.check(now, &timeouts) {
+            Check::Later(_) => self.core.slab.schedule(slot),
+            Check::Ping(_) => {
+                self.core.slab.send_control(slot, OpCode::Ping, b"");
+                self.core.slab.schedule(slot);
+            }
+            Check::Expired(expired) => self.expired(slot, expired),
+        }
+    }
+
+    /// A timer of `slot` expired.
+    fn expired(&mut self, slot: u32, expired: Expired) {
+        match expired {
+            Expired::Handshake | Expired::Close | Expired::Pong => {
+                debug!(
+                    worker = self.index,
+                    slot,
+                    ?expired,
+                    "timed out; dropping the connection"
+                );
+                self.abort(slot, Cause::Timeout);
+            }
+            Expired::Idle => {
+                self.core
+                    .slab
+                    .close(slot, CloseCode::GOING_AWAY, "idle timeout");
+                self.deliver_closes();
+            }
+            Expired::Message => {
+                let now_ms = self.core.slab.now_ms();
+                self.policy
+                    .message_overdue(now_ms, self.core.slab.get(slot));
+                self.core
+                    .slab
+                    .close(slot, CloseCode::POLICY_VIOLATION, "message timeout");
+                self.reset_decoder(slot);
+                self.deliver_closes();
+            }
+        }
+    }
+
+    /// Stops accepting and starts the closing handshake (1001) on every open connection.
+    pub(super) fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let now_ms = self.core.slab.now_ms();
+        self.shutdown_deadline = Some(now_ms + self.cfg.shutdown_timeout.as_millis() as u64);
+        self.core.outbound.shutting_down = true;
+        if self.accept_armed {
+            self.ring.cancel(Token::worker(Op::Accept));
+        }
+        self.listener = None; // the accept holds its own reference until cancelled
+        for slot in 0..self.core.slab.capacity() {
+            let m = &self.core.slab.get(slot).machine;
+            if m.is_open() {
+                self.core
+                    .slab
+                    .close(slot, CloseCode::GOING_AWAY, "server shutting down");
+            } else if m.phase() == Phase::Handshaking {
+                self.abort(slot, Cause::Shutdown);
+            }
+        }
+        self.deliver_closes();
+    }
+
+    /// Aborts every remaining connection (second signal, or the drain timed out).
+    pub(super) fn force_close(&mut self) {
+        self.begin_shutdown();
+        self.forced = true;
+        for slot in 0..self.core.slab.capacity() {
+            self.abort(slot, Cause::Shutdown);
+        }
+    }
+}

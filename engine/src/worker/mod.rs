@@ -1,0 +1,347 @@
+//! The event loop of one worker: one ring, one listener, one buffer pool, one slab of connections.
+//!
+//! A loop turn: submit and wait for at least one completion; read the clock; route every completion
+//! available to its handler (receive buffers are decoded in place and given back to the kernel right
+//! after their callbacks); fire the timer wheel's due checks; then flush: every connection that
+//! queued output during the turn gets one send (corking), receives that ran out of buffers or were
+//! paused or resumed are armed or cancelled.
+//!
+//! This module translates between completions and the layers below; the decisions live there: the
+//! connection machine (phases, timers, close handshake, backpressure), the policy (admission and
+//! abuse limits), pub/sub. The rest of the worker is split by what it handles: [`recv`] (bytes in:
+//! the handshake and the decode loop), [`upgrade`] (the server's HTTP side), [`dial`] (client
+//! connections), [`close`] (sends done, closing, aborting, freeing), [`callbacks`] (calling the
+//! handler, guarded against panics) and [`lifecycle`] (accept, timers, shutdown).
+//!
+//! Operations in flight per connection are at most one multishot receive, one send and, for a
+//! client, one connect. A slot is freed only when all have completed, so a completion can never
+//! reach a reused slot; the generation in its token is checked anyway.
+
+mod callbacks;
+mod close;
+mod dial;
+mod lifecycle;
+mod recv;
+mod upgrade;
+
+use crate::config::Config;
+use crate::conn::Slab;
+use crate::error::EngineError;
+use crate::handler::Handler;
+use crate::policy::{Counters, Policy};
+use crate::pubsub::Hub;
+use crate::pubsub::local::Local;
+use crate::ring::sys::{self, poke};
+use crate::ring::{Buffers, Clock, Cqe, Op, Ring, Submit, TaskRun, Token};
+use crate::state::Core;
+use io_uring::cqueue::CompletionQueue;
+use ringws_protocol::deflate::ContextBudget;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+/// State shared by the workers, the thread in `Server::run` and every `ServerHandle`.
+pub(crate) struct Shared {
+    /// 0: running; 1: graceful shutdown requested; 2: forced.
+    pub level: AtomicU8,
+    /// One eventfd per worker, polled by its ring.
+    pub wakers: Vec<OwnedFd>,
+    /// Wakes the thread waiting in `run` (a worker exited, or shutdown was requested).
+    pub main_wake: OwnedFd,
+    /// Workers that have exited.
+    pub exited: AtomicUsize,
+    /// Topics, their subscribers per worker, and the workers' inboxes.
+    pub hub: Arc<Hub>,
+    /// Connection and assembly-memory counts over all workers, for their limits.
+    pub counters: Counters,
+    /// permessage-deflate contexts kept per connection, over all workers.
+    pub deflate_budget: ContextBudget,
+}
+
+impl Shared {
+    /// The shared state of `cfg.workers` workers.
+    pub fn new(cfg: &Config) -> Result<Self, EngineError> {
+        let eventfd = || sys::eventfd().map_err(|e| EngineError::io("creating an eventfd", e));
+        let wakers: Vec<OwnedFd> = (0..cfg.workers)
+            .map(|_| eventfd())
+            .collect::<Result<_, _>>()?;
+        // The hub wakes workers through duplicates of the same eventfds.
+        let hub_wakers = wakers
+            .iter()
+            .map(OwnedFd::try_clone)
+            .collect::<io::Result<_>>()
+            .map_err(|e| EngineError::io("duplicating an eventfd", e))?;
+        Ok(Self {
+            level: AtomicU8::new(0),
+            wakers,
+            main_wake: eventfd()?,
+            exited: AtomicUsize::new(0),
+            hub: Arc::new(Hub::new(hub_wakers, cfg.slow_consumer, cfg.max_topics)),
+            counters: Counters::new(),
+            deflate_budget: ContextBudget::new(cfg.deflate_budget),
+        })
+    }
+
+    /// Raises the shutdown level (never lowers it) and wakes everyone.
+    pub fn request(&self, level: u8) {
+        self.level.fetch_max(level, Ordering::AcqRel);
+        for w in &self.wakers {
+            poke(w.as_fd());
+        }
+        poke(self.main_wake.as_fd());
+    }
+}
+
+/// The worker's clock: milliseconds since it started, on `CLOCK_MONOTONIC`.
+struct WorkerClock {
+    /// `CLOCK_MONOTONIC` when the worker started.
+    origin: Duration,
+}
+
+impl WorkerClock {
+    fn now_ms(&self) -> u64 {
+        sys::monotonic().saturating_sub(self.origin).as_millis() as u64
+    }
+
+    /// The `CLOCK_MONOTONIC` time of `ms` on this clock (for absolute ring timeouts).
+    fn absolute(&self, ms: u64) -> Duration {
+        self.origin + Duration::from_millis(ms)
+    }
+}
+
+/// Everything of a worker but its receive buffers (kept apart so that a borrowed buffer and
+/// `&mut Engine` can coexist).
+struct Engine<'r, H: Handler> {
+    ring: Submit<'r>,
+    handler: H,
+    core: Core<H::State>,
+    policy: Policy,
+    cfg: &'r Config,
+    shared: &'r Shared,
+    index: usize,
+    clock: WorkerClock,
+    listener: Option<OwnedFd>,
+    accept_armed: bool,
+    /// Accepting paused after running out of descriptors, since this time; resumed a tick later.
+    accept_paused: Option<u64>,
+    /// Connections beyond this are closed at once instead of being answered 503.
+    hard_cap: usize,
+    /// Wheel entries due this turn (kept for its capacity).
+    due: Vec<crate::conn::wheel::Entry>,
+    /// Slots whose receive ended for lack of buffers, to re-arm after this turn.
+    starved: Vec<u32>,
+    /// Set when shutting down: the time by which every connection must be gone.
+    shutdown_deadline: Option<u64>,
+    forced: bool,
+    fatal: Option<io::Error>,
+    /// Client connects in flight and the wake-up timer.
+    dial: dial::Dialer,
+}
+
+/// A worker: its engine and its receive buffers.
+struct Worker<'r, H: Handler> {
+    bufs: &'r mut Buffers,
+    eng: Engine<'r, H>,
+}
+
+impl<H: Handler> Worker<'_, H> {
+    /// Routes one completion.
+    fn handle(&mut self, cqe: Cqe) {
+        let Some(token) = cqe.token else {
+            error!(result = cqe.result, "completion with unknown user data");
+            return;
+        };
+        match token.op {
+            Op::Recv => self.on_recv(token, cqe),
+            Op::Send => self.eng.on_send(token, cqe.result),
+            Op::Accept => self.eng.on_accept(cqe),
+            Op::Tick => self.eng.arm_tick(),
+            Op::Wake => self.eng.on_wake(cqe.more()),
+            Op::Cancel => {}
+            Op::Connect => self.eng.on_connect(token, cqe.result),
+            Op::Wakeup => self.eng.on_wakeup(token.generation),
+        }
+    }
+
+    /// Whether the loop is done: shutting down and every connection (and the accept) is gone.
+    fn finished(&self) -> bool {
+        self.eng.shutdown_deadline.is_some()
+            && self.eng.core.slab.live() == 0
+            && !self.eng.accept_armed
+    }
+
+    /// Runs the loop until shutdown (or a fatal ring error).
+    fn run(
+        &mut self,
+        cq: &mut CompletionQueue<'_>,
+        ready: impl FnOnce(),
+    ) -> Result<(), EngineError> {
+        let result = self.serve(cq, ready);
+        // Subscribers of this worker stop counting, so publishers stop queueing for it. Output
+        // queues with sends in the air are leaked when the slab drops (see `ring::Flight`).
+        self.eng.core.pubsub.detach();
+        result
+    }
+
+    fn serve(
+        &mut self,
+        cq: &mut CompletionQueue<'_>,
+        ready: impl FnOnce(),
+    ) -> Result<(), EngineError> {
+        self.eng.arm_wake();
+        self.eng.arm_tick();
+        self.eng.arm_accept();
+        self.eng
+            .ring
+            .submit()
+            .map_err(|e| EngineError::io("arming the listener", e))?;
+        ready();
+        self.eng.start_client();
+        let mut batch: Vec<Cqe> = Vec::with_capacity(1024);
+        let mut forced_at: Option<Instant> = None;
+        loop {
+            self.eng
+                .ring
+                .submit_and_wait(1)
+                .map_err(|e| EngineError::io("waiting for completions", e))?;
+            // The turn's time: every completion handled below was produced before it (with
+            // DEFER_TASKRUN completions are produced only inside that wait).
+            let now = self.eng.clock.now_ms();
+            self.eng.core.slab.set_now(now);
+            loop {
+                Cqe::drain(cq, &mut batch, 1024);
+                if batch.is_empty() {
+                    break;
+                }
+                for cqe in batch.drain(..) {
+                    self.handle(cqe);
+                }
+            }
+            debug_assert_eq!(
+                self.bufs.out_count(),
+                0,
+                "every receive buffer is back in the ring"
+            );
+            self.eng.tick();
+            self.eng.flush();
+            if let Some(e) = self.eng.fatal.take().or_else(|| self.eng.ring.take_fatal()) {
+                return Err(EngineError::io("submitting to the ring", e));
+            }
+            if self.finished() {
+                break;
+            }
+            if self.eng.forced {
+                // Aborted connections complete their operations promptly; do not wait forever.
+                let at = *forced_at.get_or_insert_with(Instant::now);
+                if at.elapsed() > Duration::from_secs(1) {
+                    warn!(
+                        worker = self.eng.index,
+                        live = self.eng.core.slab.live(),
+                        "exiting with operations in flight"
+                    );
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<H: Handler> Engine<'_, H> {
+    /// Arms the multishot poll on the worker's wake-up eventfd.
+    fn arm_wake(&mut self) {
+        let fd = self.shared.wakers[self.index].as_fd();
+        self.ring.poll_multi(fd, Token::worker(Op::Wake));
+    }
+
+    /// Arms the tick timer for the next tick boundary (absolute, so the wheel is never more than
+    /// one tick late however long the turn took).
+    fn arm_tick(&mut self) {
+        use crate::conn::wheel::TICK_MS;
+        let next = (self.clock.now_ms() / TICK_MS + 1) * TICK_MS;
+        let at = self.clock.absolute(next);
+        self.ring.timeout(Clock::Tick, at, Token::worker(Op::Tick));
+    }
+
+    /// The worker was woken: publications arrived, or shutdown was requested.
+    fn on_wake(&mut self, more: bool) {
+        sys::drain_eventfd(self.shared.wakers[self.index].as_fd());
+        let core = &mut self.core;
+        core.pubsub.drain_inbox(&mut core.slab);
+        self.deliver_closes();
+        match self.shared.level.load(Ordering::Acquire) {
+            0 => {}
+            1 => self.begin_shutdown(),
+            _ => self.force_close(),
+        }
+        if !more {
+            self.arm_wake();
+        }
+    }
+}
+
+/// Runs worker `index` on the calling thread until shutdown. `ready` is called once the listener is
+/// armed; errors before that are returned without calling it.
+pub(crate) fn run<H: Handler>(
+    index: usize,
+    cfg: &Config,
+    listener: Option<OwnedFd>,
+    shared: &Shared,
+    handler: H,
+    ready: impl FnOnce(),
+) -> Result<(), EngineError> {
+    let mut ring = Ring::new(cfg.ring_entries)?;
+    if ring.mode() != TaskRun::Deferred {
+        info!(
+            worker = index,
+            mode = ?ring.mode(),
+            "DEFER_TASKRUN unavailable; using a fallback"
+        );
+    }
+    if let Err(e) = ring.register_ring_fd() {
+        debug!(worker = index, error = %e, "registering the ring fd failed; using the plain fd");
+    }
+    let bufs = Buffers::new(0, cfg.buffer_count, cfg.buffer_size)
+        .map_err(|e| EngineError::io("mapping the receive buffers", e))?;
+    ring.register_buffers(bufs)
+        .map_err(|e| EngineError::io("registering the provided buffer ring", e))?;
+    let Some((submit, bufs, mut cq)) = ring.split() else {
+        return Err(EngineError::io(
+            "splitting the ring",
+            io::Error::other("no receive buffers registered"),
+        ));
+    };
+    let core = Core::new(
+        Slab::new(cfg.slab_config()),
+        Local::new(shared.hub.clone(), index),
+    );
+    let mut worker = Worker {
+        bufs,
+        eng: Engine {
+            ring: submit,
+            handler,
+            core,
+            policy: Policy::new(&cfg.policy_config(), index),
+            cfg,
+            shared,
+            index,
+            clock: WorkerClock {
+                origin: sys::monotonic(),
+            },
+            listener,
+            accept_armed: false,
+            accept_paused: None,
+            hard_cap: cfg.max_connections + cfg.max_connections / 8 + 64,
+            due: Vec::new(),
+            starved: Vec::new(),
+            shutdown_deadline: None,
+            forced: false,
+            fatal: None,
+            dial: dial::Dialer::default(),
+        },
+    };
+    worker.run(&mut cq, ready)
+}

@@ -1,0 +1,273 @@
+//! Bytes in: receive completions, the handshake bytes, and the decode loop that unmasks frames in
+//! place in the receive buffer and delivers each event.
+
+use super::{Engine, Worker};
+use crate::conn::{Phase, io};
+use crate::handler::Handler;
+use crate::policy::{Verdict, peer_addr};
+use crate::ring::{Cqe, Op, Token};
+use ringws_protocol::{CloseCode, Event, Receiver, Reply, Role};
+use std::io as stdio;
+use std::os::fd::AsFd;
+use tracing::{debug, error};
+
+/// What a handshake step left to do.
+pub(super) enum Handshake {
+    /// The head is incomplete: keep the bytes for the next receive.
+    Partial,
+    /// Done (answered, refused or upgraded).
+    Done,
+}
+
+impl<H: Handler> Worker<'_, H> {
+    /// A receive completion: bytes (decoded in place in the buffer the kernel picked), the end of
+    /// the stream, or an error.
+    pub(super) fn on_recv(&mut self, token: Token, cqe: Cqe) {
+        let bid = cqe.buffer();
+        let more = cqe.more();
+        let res = cqe.result;
+        let eng = &mut self.eng;
+        let slot = token.slot;
+        let Some(s) = eng.core.slab.find(slot, |g| token.is_generation(g)) else {
+            error!(slot, "receive completion for a stale slot");
+            if let Some(b) = bid {
+                self.bufs.recycle_unused(b);
+            }
+            return;
+        };
+        if !more {
+            s.io &= !io::RECV_ARMED;
+        }
+        if res <= 0 {
+            if let Some(b) = bid {
+                self.bufs.recycle_unused(b);
+            }
+            match -res {
+                0 => eng.peer_gone(slot),
+                // ENOBUFS ends the multishot receive; the data waits in the socket until the re-arm.
+                libc::ENOBUFS => {
+                    if !more {
+                        if eng.policy.log.allow(eng.core.slab.now_ms()) {
+                            debug!(
+                                worker = eng.index,
+                                "receive buffers exhausted; re-arming after this turn"
+                            );
+                        }
+                        eng.core.slab.get_mut(slot).io |= io::STARVED;
+                        eng.starved.push(slot);
+                    }
+                }
+                // Cancelled on purpose: by a pause under backpressure (re-armed here if the queue
+                // drained before this completion arrived) or by the slot's shutdown.
+                libc::ECANCELED => {
+                    if !more && eng.core.slab.get(slot).machine.wants_recv() {
+                        eng.arm_recv(slot);
+                    }
+                }
+                e => {
+                    if eng.core.slab.get(slot).machine.phase() != Phase::Closed {
+                        debug!(slot, error = %stdio::Error::from_raw_os_error(e), "receive failed");
+                    }
+                    eng.peer_gone(slot);
+                }
+            }
+            eng.maybe_release(slot);
+            return;
+        }
+        let Some(buf) = bid.and_then(|b| self.bufs.buffer(b, res as usize)) else {
+            error!(
+                slot,
+                ?bid,
+                res,
+                "receive completion without a usable buffer"
+            );
+            if let Some(b) = bid {
+                self.bufs.recycle_unused(b);
+            }
+            eng.abort(slot, super::close::Cause::Error);
+            eng.maybe_release(slot);
+            return;
+        };
+        match s.machine.phase() {
+            Phase::Handshaking => eng.handshake_input(slot, buf),
+            Phase::Open => {
+                let now = eng.core.slab.time();
+                eng.core.slab.get_mut(slot).machine.received(now);
+                eng.frames(slot, buf);
+            }
+            // Closing: the last response or Close is queued; input is read only to reach the FIN.
+            Phase::Closing | Phase::Closed | Phase::Free => {}
+        }
+        if let Some(b) = bid {
+            self.bufs.recycle(b);
+        }
+        let eng = &mut self.eng;
+        if !more && eng.core.slab.get(slot).machine.wants_recv() {
+            eng.arm_recv(slot);
+        }
+        eng.maybe_release(slot);
+    }
+}
+
+impl<H: Handler> Engine<'_, H> {
+    /// Arms the multishot receive of `slot`.
+    pub(super) fn arm_recv(&mut self, slot: u32) {
+        let s = self.core.slab.get_mut(slot);
+        let Some(fd) = s.fd.as_ref() else {
+            return;
+        };
+        s.io |= io::RECV_ARMED;
+        s.io &= !io::STARVED;
+        let token = Token::new(Op::Recv, slot, s.generation);
+        self.ring.recv_multi(fd.as_fd(), token);
+    }
+
+    /// Bytes received while handshaking. `buf` is parsed in place when no earlier part of the head
+    /// is pending; otherwise it is appended to what is.
+    fn handshake_input(&mut self, slot: u32, buf: &mut [u8]) {
+        let pending = self
+            .core
+            .slab
+            .get_mut(slot)
+            .extra
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.handshake))
+            .filter(|h| !h.is_empty());
+        match pending {
+            None => {
+                if let Handshake::Partial = self.handshake(slot, buf) {
+                    self.core.slab.get_mut(slot).extra().handshake = buf.to_vec();
+                }
+            }
+            Some(mut acc) => {
+                acc.extend_from_slice(buf);
+                if let Handshake::Partial = self.handshake(slot, &mut acc) {
+                    self.core.slab.get_mut(slot).extra().handshake = acc;
+                } else {
+                    self.core.slab.get_mut(slot).trim_extra();
+                }
+            }
+        }
+    }
+
+    /// A request (server) or `101` (client) head, complete or not, with any frames behind it.
+    fn handshake(&mut self, slot: u32, input: &mut [u8]) -> Handshake {
+        if self.core.slab.get(slot).machine.is_client() {
+            self.client_handshake(slot, input)
+        } else {
+            self.server_handshake(slot, input)
+        }
+    }
+
+    /// Decodes frames from a receive buffer of an open connection, in place, delivering each event.
+    pub(super) fn frames(&mut self, slot: u32, buf: &mut [u8]) {
+        // The decoder is taken out of the slot while its events (which borrow it) are delivered
+        // with the slab lent to callbacks; the slot is not freed meanwhile (see `maybe_release`).
+        let Some(mut rx) = self.core.slab.get_mut(slot).rx.take() else {
+            error!(slot, "a connection without a decoder");
+            return;
+        };
+        let now_ms = self.core.slab.now_ms();
+        let before = rx.assembly_bytes();
+        let mut delivered = false;
+        let mut pos = 0;
+        while pos < buf.len() && self.core.slab.get(slot).machine.is_open() {
+            match rx.read(&mut buf[pos..]) {
+                Ok((used, event)) => {
+                    pos += used;
+                    match event {
+                        Some(event) => {
+                            delivered |= matches!(event, Event::Text(_) | Event::Binary(_));
+                            let s = self.core.slab.get_mut(slot);
+                            match self.policy.admit_event(now_ms, s, &event) {
+                                Verdict::Deliver => self.dispatch(slot, event),
+                                Verdict::Ignore => {}
+                                Verdict::Close(reason) => {
+                                    self.core
+                                        .slab
+                                        .close(slot, CloseCode::POLICY_VIOLATION, reason);
+                                    self.deliver_closes();
+                                }
+                            }
+                        }
+                        None if used == 0 => break,
+                        None => {}
+                    }
+                }
+                Err(e) => {
+                    self.log_violation(slot, &e, "protocol violation");
+                    match e.reply() {
+                        Reply::Close(code) => {
+                            self.core.slab.close(slot, code, &e.to_string());
+                        }
+                        Reply::Status(_) | Reply::Drop => {
+                            self.abort(slot, super::close::Cause::Error);
+                        }
+                    }
+                    self.deliver_closes();
+                    break;
+                }
+            }
+        }
+        rx.release();
+        let (after, busy) = (rx.assembly_bytes(), rx.in_progress());
+        let counters = &self.shared.counters;
+        if !self
+            .policy
+            .assembly(counters, now_ms, self.core.slab.get(slot), before, after)
+        {
+            self.core.slab.close(
+                slot,
+                CloseCode::MESSAGE_TOO_BIG,
+                "server assembly memory full",
+            );
+            self.policy
+                .assembly(counters, now_ms, self.core.slab.get(slot), after, 0);
+            rx = self.fresh_decoder(slot);
+            self.deliver_closes();
+        } else {
+            let now = self.core.slab.time();
+            let s = self.core.slab.get_mut(slot);
+            if s.machine.message_progress(now, busy, delivered) {
+                self.core.slab.schedule(slot);
+            }
+        }
+        self.core.slab.get_mut(slot).rx = Some(rx);
+    }
+
+    /// A new decoder for `slot`'s role (its old one is dropped with whatever it held).
+    pub(super) fn fresh_decoder(&self, slot: u32) -> Receiver {
+        let role = if self.core.slab.get(slot).machine.is_client() {
+            Role::Client
+        } else {
+            Role::Server
+        };
+        Receiver::new(role, self.core.slab.config().limits)
+    }
+
+    /// Drops what `slot`'s decoder holds (a message in progress), uncounting its memory.
+    pub(super) fn reset_decoder(&mut self, slot: u32) {
+        let fresh = self.fresh_decoder(slot);
+        let now_ms = self.core.slab.now_ms();
+        if let Some(old) = self.core.slab.get_mut(slot).rx.replace(fresh) {
+            let held = old.assembly_bytes();
+            self.policy.assembly(
+                &self.shared.counters,
+                now_ms,
+                self.core.slab.get(slot),
+                held,
+                0,
+            );
+        }
+    }
+
+    /// Logs a peer's protocol violation (rate-limited, at debug level).
+    pub(super) fn log_violation(&mut self, slot: u32, e: &ringws_protocol::Error, what: &str) {
+        if tracing::enabled!(tracing::Level::DEBUG)
+            && self.policy.log.allow(self.core.slab.now_ms())
+        {
+            let peer = peer_addr(self.core.slab.get(slot));
+            debug!(worker = self.index, ?peer, error = %e, "{what}");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The ring's fallback task-run modes: a kernel without `DEFER_TASKRUN` (6.1) gets `COOP_TASKRUN`
+//! (5.19), one without that a plain ring. This machine has everything, so the diagnostic knob
+//! `RINGWS_RING_MODE` caps the mode; each mode must serve exactly like the default one: upgrade,
+//! echo of small and buffer-spanning messages, ping/pong, close handshake, graceful exit on SIGTERM.
+
+mod common;
+
+use common::{binary, bytes, text};
+use futures_util::{SinkExt, StreamExt};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Starts `ringws serve` on a free port with `RINGWS_RING_MODE=mode`; returns the child, its
+/// address and the stderr lines printed up to the ready line.
+fn start(mode: &str) -> (Child, SocketAddr, Vec<String>) {
+    let mut child = Command::new(binary())
+        .args(["serve", "--addr", "127.0.0.1:0", "--workers", "1"])
+        .env("RINGWS_RING_MODE", mode)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringws serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no ready line; printed:\n{}", lines.join("\n"));
+        };
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            lines.push(line);
+            return (child, addr, lines);
+        }
+        lines.push(line);
+    }
+}
+
+async fn exercise(addr: SocketAddr) {
+    let mut ws = common::ws_connect(addr).await;
+    for i in 0..50u8 {
+        let small = text(1 + i as usize * 7, i);
+        ws.send(Message::text(small.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(small));
+    }
+    // Larger than a receive buffer (32 KiB): the frame spans several completions.
+    let big = bytes(300_000, 3);
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
+    ws.send(Message::Ping(b"mode".to_vec().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Pong(b"mode".to_vec().into())
+    );
+    ws.close(None).await.unwrap();
+    // The server answers the close and ends the stream.
+    while let Some(m) = ws.next().await {
+        match m {
+            Ok(Message::Close(_)) => {}
+            Ok(other) => panic!("unexpected after close: {other:?}"),
+            Err(_) => break,
+        }
+    }
+}
+
+fn serve_in(mode: &str, expect_line: &str) {
+    let (mut child, addr, lines) = start(mode);
+    assert!(
+        lines.iter().any(|l| l.contains(expect_line)),
+        "mode {mode}: expected a line with {expect_line:?}; printed:\n{}",
+        lines.join("\n")
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), exercise(addr)).await })
+        .unwrap_or_else(|_| panic!("mode {mode}: the exchange timed out"));
+    // SAFETY: signals the child we spawned and have not waited for.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let mut status = None;
+    let exited = common::eventually(Duration::from_secs(15), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(exited, "mode {mode}: no exit after SIGTERM");
+    let status = status.unwrap();
+    assert!(status.success(), "mode {mode}: exit {status}");
+}
+
+#[test]
+fn cooperative_task_run_serves() {
+    serve_in("cooperative", "mode=Cooperative");
+}
+
+#[test]
+fn plain_ring_serves() {
+    serve_in("plain", "mode=Plain");
+}
