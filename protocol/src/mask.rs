@@ -13,9 +13,18 @@
 //! so that the body's stores are vector-aligned (a payload follows a 2- to 14-byte header, so it
 //! is almost never aligned itself).
 //!
-//! On the 2-core Zen 4 development box (`cargo bench --bench protocol -- unmask`): AVX-512 unmasks
-//! 1 KiB at ~100 GB/s and 16 KiB at ~115 GB/s, about the one-store-per-cycle limit, roughly twice
-//! [`unmask_word`], which LLVM already vectorises with SSE2.
+//! The `unsafe` here (intrinsics and raw-pointer vector loads and stores) is what the SIMD costs;
+//! the safe alternative is [`unmask_word`], which LLVM already vectorises with SSE2. Measured
+//! against it:
+//! - On the 2-core Zen 4 development box (`cargo bench --bench protocol -- unmask`): AVX-512
+//!   unmasks 1 KiB at ~100 GB/s and 16 KiB at ~115 GB/s, about the one-store-per-cycle limit,
+//!   roughly twice [`unmask_word`].
+//! - On a shared 2-core AMD EPYC with AVX2 and no AVX-512, both in one run, interleaved
+//!   (`cargo run --release -p ringws-protocol --example unsafe_costs -- unmask`, fastest of 201
+//!   rounds): the AVX2 path takes 0.85x (16 B), 0.61x (125 B), 0.53x (1 KiB), 0.48x (16 KiB),
+//!   0.58x (64 KiB) and 0.76x (1 MiB, out of L2) the time of [`unmask_word`], and 0.85x to 0.39x
+//!   its instructions (`... -- callgrind unmask`). The criterion bench there, noisier: 1.4x to 2.5x
+//!   the throughput of [`unmask_word`] at every size from 16 B to 1 MiB.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -37,7 +46,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// ```
 #[inline]
 pub fn unmask(buf: &mut [u8], key: [u8; 4], phase: usize) {
-    // SAFETY: `simd_level` only returns a level whose CPU features were detected on this machine.
+    // SAFETY: `unmask_with` needs `level.is_supported()`. `simd_level` returns either `detect()`,
+    // the first level whose run-time feature detection succeeded, or the level at the index cached
+    // in `LEVEL`, which only `detect` stores, with that same level's index.
     unsafe { unmask_with(simd_level(), buf, key, phase) }
 }
 

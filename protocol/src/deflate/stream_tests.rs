@@ -478,8 +478,67 @@ fn messages() -> impl Strategy<Value = Vec<(bool, Vec<u8>, usize, bool)>> {
     )
 }
 
+/// Text of valid code points of every length, or the same with one sequence that is not UTF-8 (a
+/// stray continuation byte, a surrogate, a code point above U+10FFFF, an overlong or truncated
+/// sequence, an invalid byte) at a code point boundary.
+fn maybe_utf8() -> impl Strategy<Value = Vec<u8>> {
+    let valid = prop::collection::vec(
+        prop::sample::select(vec!["a", "~", "é", "€", "😀", "\u{10ffff}"]),
+        0..500,
+    );
+    let bad = prop::sample::select(vec![
+        &b"\x80"[..],
+        b"\xed\xa0\x80",
+        b"\xf4\x90\x80\x80",
+        b"\xc0\xaf",
+        b"\xe2\x82",
+        b"\xff",
+    ]);
+    (valid, prop::option::of((any::<prop::sample::Index>(), bad))).prop_map(|(pieces, bad)| {
+        let mut out = pieces.concat().into_bytes();
+        if let Some((at, bad)) = bad {
+            let at: usize = pieces[..at.index(pieces.len() + 1)]
+                .iter()
+                .map(|p| p.len())
+                .sum();
+            out.splice(at..at, bad.iter().copied());
+        }
+        out
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The receiver hands out a text message only if it is valid UTF-8, whether it was compressed
+    /// or not, fragmented or not (code points cut across frames and receive buffers), delivered in
+    /// place or assembled; otherwise the connection fails with 1007 and nothing is delivered.
+    #[test]
+    fn text_is_delivered_if_and_only_if_it_is_utf8(
+        bytes in maybe_utf8(),
+        compressed in any::<bool>(),
+        pieces in 1usize..5,
+        cuts in prop::collection::vec(0usize..3000, 0..6),
+    ) {
+        let stream = if compressed {
+            compressed_message(&mut Compressor::new(15, 6, true), OpCode::Text, &bytes, pieces, false)
+        } else {
+            let size = bytes.len().div_ceil(pieces).max(1);
+            let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(size).collect() };
+            let mut stream = Vec::new();
+            for (i, chunk) in chunks.iter().enumerate() {
+                let op = if i == 0 { OpCode::Text } else { OpCode::Continuation };
+                stream.extend(frame(i + 1 == chunks.len(), 0, op, chunk, [7, 0, 7, i as u8]));
+            }
+            stream
+        };
+        let got = feed(&mut server(true), &stream, &cuts);
+        let want = match String::from_utf8(bytes) {
+            Ok(text) => (vec![Owned::Text(text)], None),
+            Err(_) => (vec![], Some(Error::InvalidUtf8)),
+        };
+        prop_assert_eq!(got, want);
+    }
 
     #[test]
     fn any_split_of_a_compressed_stream_gives_the_same_messages(
