@@ -2,6 +2,8 @@
 # Builds ringws (main workspace) and the peers + harness (this workspace) in release mode, then runs the
 # comparison. Every argument goes to the harness (`run.sh --help` lists them), for example a quick run:
 #   benches/compare/run.sh --connections 100 --sizes 20 --duration 3 --out /tmp/compare
+# or two ringws builds against each other (the current one and a saved earlier binary, as `ringws-before`):
+#   benches/compare/run.sh --servers ringws,baseline --baseline /tmp/ringws-before --out /tmp/compare-ab
 # Results go to benches/compare/results/ unless --out says otherwise.
 set -euo pipefail
 

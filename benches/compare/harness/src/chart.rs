@@ -269,6 +269,7 @@ mod tests {
                     "fastwebsockets".into(),
                     "tungstenite".into(),
                 ],
+                baseline: None,
                 server_cpu: 0,
                 load_cpu: 1,
                 load_command: String::new(),

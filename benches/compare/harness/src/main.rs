@@ -4,7 +4,9 @@
 //! For every server × connections × size it starts the server pinned to one CPU, waits for its
 //! `listening on` line, runs `ringws load` pinned to another CPU, samples both processes' CPU time
 //! from `/proc` over the measured window, stops the server (SIGTERM, then SIGKILL) and records the
-//! lot. Ratios are taken against ringws for the same connections and size. See README.md.
+//! lot. Ratios are taken against ringws for the same connections and size. With `--baseline PATH`
+//! a second ringws binary (say, the build before a change) runs as one more server,
+//! `ringws-before`, so two builds are compared in one run. See README.md.
 
 mod chart;
 mod environment;
@@ -48,40 +50,55 @@ enum Server {
     Fastwebsockets,
     /// The tokio-tungstenite peer (`tungstenite_echo`).
     Tungstenite,
+    /// A second ringws binary given with `--baseline` (e.g. the build before a change), run like
+    /// ringws and reported as `ringws-before`.
+    #[value(alias = "ringws-before")]
+    Baseline,
 }
 
 impl Server {
-    /// The name used in results; ringws is [`report::BASELINE`].
+    /// The name used in results; ringws is [`report::BASELINE`], the server every ratio is taken
+    /// against (the `--baseline` binary is not: it is compared with ringws like a peer).
     fn name(self) -> &'static str {
         match self {
             Server::Ringws => report::BASELINE,
             Server::Fastwebsockets => "fastwebsockets",
             Server::Tungstenite => "tungstenite",
+            Server::Baseline => "ringws-before",
         }
     }
 
-    /// The server's binary.
-    fn program(self, args: &Args) -> PathBuf {
+    /// The server's binary; `None` for [`Server::Baseline`] without `--baseline`.
+    fn program(self, args: &Args) -> Option<PathBuf> {
         match self {
-            Server::Ringws => args.ringws.clone(),
-            Server::Fastwebsockets => args.peers_dir.join("fastwebsockets_echo"),
-            Server::Tungstenite => args.peers_dir.join("tungstenite_echo"),
+            Server::Ringws => Some(args.ringws.clone()),
+            Server::Fastwebsockets => Some(args.peers_dir.join("fastwebsockets_echo")),
+            Server::Tungstenite => Some(args.peers_dir.join("tungstenite_echo")),
+            Server::Baseline => args.baseline.clone(),
         }
+    }
+
+    /// Whether this is a ringws build (`ringws serve ...`) rather than a peer binary.
+    fn is_ringws(self) -> bool {
+        matches!(self, Server::Ringws | Server::Baseline)
     }
 
     /// Arguments that make the server echo on `addr` with one thread.
     fn args(self, addr: &str) -> Vec<String> {
         let mut args = Vec::new();
-        if self == Server::Ringws {
+        if self.is_ringws() {
             args.push("serve".to_owned());
         }
         args.extend(["--addr".to_owned(), addr.to_owned()]);
-        if self == Server::Ringws {
+        if self.is_ringws() {
             args.extend(["--workers".to_owned(), "1".to_owned()]);
         }
         args
     }
 }
+
+/// The servers run when `--servers` is not given.
+const DEFAULT_SERVERS: [Server; 3] = [Server::Ringws, Server::Fastwebsockets, Server::Tungstenite];
 
 /// The compare workspace: the parent of this package's directory.
 fn compare_dir() -> &'static Path {
@@ -113,14 +130,11 @@ struct Args {
     /// Message sizes in bytes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "20,1024,16384")]
     sizes: Vec<usize>,
-    /// Servers to run, comma-separated; ratios need ringws among them.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "ringws,fastwebsockets,tungstenite"
-    )]
-    servers: Vec<Server>,
+    /// Servers to run, comma-separated, in this order within each scenario; ratios need ringws
+    /// among them; `baseline` (alias `ringws-before`) needs --baseline [default:
+    /// ringws,fastwebsockets,tungstenite; with --baseline: ringws,baseline,fastwebsockets,tungstenite].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    servers: Option<Vec<Server>>,
     /// Messages in flight per connection.
     #[arg(long, default_value_t = 1)]
     in_flight: u32,
@@ -133,6 +147,11 @@ struct Args {
     /// The load generator binary, run as `LOAD load --url ... --json` [default: the --ringws binary].
     #[arg(long)]
     load: Option<PathBuf>,
+    /// A second ringws binary (e.g. the build before a change), run with the same arguments as
+    /// ringws as the server `ringws-before` (`--servers ... baseline`) and reported as a ratio to
+    /// ringws. The load generator stays the --ringws (or --load) binary.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
     /// Where the peer binaries (fastwebsockets_echo, tungstenite_echo) are.
     #[arg(long, default_value_os_t = compare_dir().join("target/release"))]
     peers_dir: PathBuf,
@@ -145,6 +164,54 @@ struct Args {
     /// Seconds to wait between runs (lets sockets and caches settle).
     #[arg(long, default_value_t = 1.0)]
     pause: f64,
+}
+
+impl Args {
+    /// The servers to run, in order: `--servers`, or the defaults with `baseline` after ringws
+    /// when `--baseline` is given.
+    fn servers(&self) -> Vec<Server> {
+        match &self.servers {
+            Some(servers) => servers.clone(),
+            None => {
+                let mut servers = DEFAULT_SERVERS.to_vec();
+                if self.baseline.is_some() {
+                    servers.insert(1, Server::Baseline);
+                }
+                servers
+            }
+        }
+    }
+
+    /// Refuses options that make no sense, before anything is started.
+    fn check(&self) -> Result<(), HarnessError> {
+        let duration_ok = self.duration.is_finite() && self.duration > 0.0;
+        let waits_ok = [self.warmup, self.pause]
+            .iter()
+            .all(|v| v.is_finite() && *v >= 0.0);
+        if !(duration_ok && waits_ok) {
+            return Err(HarnessError::Usage(
+                "--duration must be > 0, --warmup and --pause >= 0 seconds".into(),
+            ));
+        }
+        if self.connections.contains(&0) || self.sizes.contains(&0) || self.in_flight == 0 {
+            return Err(HarnessError::Usage(
+                "connections, sizes and --in-flight must be > 0".into(),
+            ));
+        }
+        let servers = self.servers();
+        if servers.contains(&Server::Baseline) && self.baseline.is_none() {
+            return Err(HarnessError::Usage(
+                "--servers baseline needs --baseline PATH (the ringws binary to compare with)"
+                    .into(),
+            ));
+        }
+        if self.baseline.is_some() && !servers.contains(&Server::Baseline) {
+            return Err(HarnessError::Usage(
+                "--baseline is given but --servers does not list baseline: it would not run".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Why the harness could not do its job (a failed run is not one: it is recorded and reported).
@@ -205,26 +272,26 @@ fn main() -> ExitCode {
 /// Runs every combination, writes the results; the exit code says whether all runs succeeded
 /// (0), some failed (1) or a signal cut the comparison short (130).
 fn run(args: &Args) -> Result<ExitCode, HarnessError> {
-    let duration_ok = args.duration.is_finite() && args.duration > 0.0;
-    let waits_ok = [args.warmup, args.pause]
-        .iter()
-        .all(|v| v.is_finite() && *v >= 0.0);
-    if !(duration_ok && waits_ok) {
-        return Err(HarnessError::Usage(
-            "--duration must be > 0, --warmup and --pause >= 0 seconds".into(),
-        ));
-    }
-    if args.connections.contains(&0) || args.sizes.contains(&0) || args.in_flight == 0 {
-        return Err(HarnessError::Usage(
-            "connections, sizes and --in-flight must be > 0".into(),
-        ));
-    }
+    args.check()?;
+    let servers = args.servers();
     let load_bin = args.load.clone().unwrap_or_else(|| args.ringws.clone());
-    for server in &args.servers {
-        let program = server.program(args);
+    for server in &servers {
+        // check() refused a server without a program.
+        let program = server.program(args).unwrap_or_default();
         if !program.is_file() {
             return Err(HarnessError::Missing(program));
         }
+    }
+    if let Some(baseline) = &args.baseline
+        && let (Ok(before), Ok(now)) = (fs::read(baseline), fs::read(&args.ringws))
+        && before == now
+    {
+        eprintln!(
+            "warning: --baseline {} is the same binary as --ringws {}: ringws-before will only show \
+             the noise between runs of one build",
+            baseline.display(),
+            args.ringws.display()
+        );
     }
     if !load_bin.is_file() {
         return Err(HarnessError::Missing(load_bin));
@@ -275,7 +342,8 @@ fn run(args: &Args) -> Result<ExitCode, HarnessError> {
             in_flight: args.in_flight,
             connections: args.connections.clone(),
             sizes: args.sizes.clone(),
-            servers: args.servers.iter().map(|s| s.name().to_owned()).collect(),
+            servers: servers.iter().map(|s| s.name().to_owned()).collect(),
+            baseline: args.baseline.as_ref().map(|p| p.display().to_string()),
             server_cpu: args.server_cpu,
             load_cpu: args.load_cpu,
             load_command: format!(
@@ -306,11 +374,11 @@ fn run(args: &Args) -> Result<ExitCode, HarnessError> {
         ticks,
         interrupted: &interrupted,
     };
-    let total = args.sizes.len() * args.connections.len() * args.servers.len();
+    let total = args.sizes.len() * args.connections.len() * servers.len();
     let mut failed = 0;
     'all: for &size in &args.sizes {
         for &connections in &args.connections {
-            for &server in &args.servers {
+            for &server in &servers {
                 if !report.runs.is_empty() {
                     sleep_unless(Duration::from_secs_f64(args.pause), &interrupted);
                 }
@@ -449,7 +517,10 @@ impl Bench<'_> {
         let args = self.args;
         let port = procs::free_port().map_err(|e| format!("finding a free port: {e}"))?;
         let addr = format!("127.0.0.1:{port}");
-        let (program, server_args) = (server.program(args), server.args(&addr));
+        let program = server
+            .program(args)
+            .ok_or("no binary for this server (--baseline missing)")?;
+        let server_args = server.args(&addr);
         let mut srv = Child::spawn(
             server.name(),
             args.server_cpu,
@@ -728,10 +799,70 @@ mod tests {
         );
         let a = Args::try_parse_from(["compare", "--peers-dir", "/p", "--ringws", "/r/ringws"])
             .unwrap();
-        assert_eq!(Server::Ringws.program(&a), Path::new("/r/ringws"));
+        assert_eq!(Server::Ringws.program(&a).unwrap(), Path::new("/r/ringws"));
         assert_eq!(
-            Server::Fastwebsockets.program(&a),
+            Server::Fastwebsockets.program(&a).unwrap(),
             Path::new("/p/fastwebsockets_echo")
+        );
+        assert_eq!(Server::Baseline.program(&a), None, "no --baseline");
+    }
+
+    #[test]
+    fn baseline_runs_the_second_binary_like_ringws() {
+        let a = Args::try_parse_from([
+            "compare",
+            "--ringws",
+            "/r/ringws",
+            "--baseline",
+            "/b/ringws-before",
+            "--servers",
+            "ringws,baseline",
+        ])
+        .unwrap();
+        assert_eq!(a.servers(), [Server::Ringws, Server::Baseline]);
+        assert!(a.check().is_ok());
+        assert_eq!(Server::Baseline.name(), "ringws-before");
+        assert_eq!(
+            Server::Baseline.program(&a).unwrap(),
+            Path::new("/b/ringws-before")
+        );
+        assert_eq!(
+            Server::Baseline.args("127.0.0.1:1"),
+            Server::Ringws.args("127.0.0.1:1"),
+            "same arguments as ringws"
+        );
+        // The server differs, the load generator does not.
+        assert_eq!(a.load, None);
+        assert_eq!(a.ringws, Path::new("/r/ringws"));
+        // Also selectable by its result name.
+        let alias = Args::try_parse_from(["compare", "--servers", "ringws-before"]).unwrap();
+        assert_eq!(alias.servers(), [Server::Baseline]);
+
+        // With --baseline and no --servers, the defaults gain it right after ringws.
+        let d = Args::try_parse_from(["compare", "--baseline", "/b/x"]).unwrap();
+        assert_eq!(
+            d.servers(),
+            [
+                Server::Ringws,
+                Server::Baseline,
+                Server::Fastwebsockets,
+                Server::Tungstenite
+            ]
+        );
+        assert!(d.check().is_ok());
+    }
+
+    #[test]
+    fn baseline_without_its_binary_is_refused() {
+        let usage = |argv: &[&str]| match Args::try_parse_from(argv).unwrap().check() {
+            Err(HarnessError::Usage(msg)) => msg,
+            other => panic!("{argv:?}: expected a usage error, got {other:?}"),
+        };
+        assert!(usage(&["compare", "--servers", "ringws,baseline"]).contains("--baseline PATH"));
+        // And a --baseline that --servers leaves out would be silently ignored: refused too.
+        assert!(
+            usage(&["compare", "--baseline", "/b/x", "--servers", "ringws"])
+                .contains("does not list baseline")
         );
     }
 
@@ -749,12 +880,13 @@ mod tests {
         .unwrap();
         assert_eq!(a.connections, vec![100, 1000]);
         assert_eq!(a.sizes, vec![20]);
-        assert_eq!(a.servers, vec![Server::Ringws, Server::Tungstenite]);
+        assert_eq!(a.servers(), vec![Server::Ringws, Server::Tungstenite]);
         assert_eq!(a.duration, 10.0);
         let d = Args::try_parse_from(["compare"]).unwrap();
         assert_eq!(d.connections, vec![100, 1000, 10000]);
         assert_eq!(d.sizes, vec![20, 1024, 16384]);
-        assert_eq!(d.servers.len(), 3);
+        assert_eq!(d.servers().len(), 3);
+        assert!(!d.servers().contains(&Server::Baseline));
         assert!(Args::try_parse_from(["compare", "--servers", "nginx"]).is_err());
     }
 }

@@ -252,7 +252,7 @@ impl Metrics {
 /// One server under one load: what was measured, derived, and what went wrong.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
-    /// Server name (`ringws`, `fastwebsockets`, `tungstenite`).
+    /// Server name (`ringws`, `ringws-before`, `fastwebsockets`, `tungstenite`).
     pub server: String,
     /// Connections the load generator opened.
     pub connections: u32,
@@ -354,6 +354,9 @@ pub struct Config {
     pub sizes: Vec<usize>,
     /// Servers compared.
     pub servers: Vec<String>,
+    /// The `--baseline` binary run as `ringws-before`, if one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
     /// CPU the server is pinned to.
     pub server_cpu: usize,
     /// CPU the load generator is pinned to.
@@ -444,6 +447,12 @@ impl Report {
             cfg.server_cpu, cfg.load_cpu
         );
         let _ = writeln!(md, "| load command | `{}` |", cfg.load_command);
+        if let Some(baseline) = &cfg.baseline {
+            let _ = writeln!(
+                md,
+                "| ringws-before | `{baseline}`, run like ringws (`serve --addr ADDR --workers 1`) |"
+            );
+        }
         let _ = writeln!(
             md,
             "\nCPU: {}. Ratios are value ÷ ringws's value for the same scenario: above 1 is",
@@ -683,6 +692,7 @@ pub(crate) mod tests {
                     "fastwebsockets".into(),
                     "tungstenite".into(),
                 ],
+                baseline: None,
                 server_cpu: 0,
                 load_cpu: 1,
                 load_command: "ringws load ...".into(),
@@ -748,6 +758,62 @@ pub(crate) mod tests {
             md.contains("| 20 B, 100 conns | 0.50× | 0.25× | – | – |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn ringws_before_is_a_ratio_to_ringws() {
+        let mut report = Report {
+            environment: Environment::sample(),
+            config: Config {
+                duration_s: 3.0,
+                warmup_s: 1.0,
+                in_flight: 1,
+                connections: vec![100],
+                sizes: vec![20],
+                servers: vec!["ringws".into(), "ringws-before".into()],
+                baseline: Some("/b/ringws-before".into()),
+                server_cpu: 0,
+                load_cpu: 1,
+                load_command: "ringws load ...".into(),
+                cpu_window: "test".into(),
+            },
+            runs: vec![
+                Run::new(
+                    "ringws",
+                    100,
+                    20,
+                    Some(load(100_000.0, 10.0, 20.0)),
+                    Some(cpu(10.0, 5.0, 9.0)),
+                    None,
+                ),
+                Run::new(
+                    "ringws-before",
+                    100,
+                    20,
+                    Some(load(100_000.0, 10.0, 20.0)),
+                    Some(cpu(10.0, 4.0, 9.0)),
+                    None,
+                ),
+            ],
+            interrupted: false,
+        };
+        report.fill_ratios();
+        let before = report.runs[1].ratio_to_ringws.unwrap();
+        assert_eq!(before.server_cpu_pct, Some(0.8));
+        assert_eq!(before.msgs_per_server_cpu_s, Some(1.25));
+        let md = report.markdown();
+        assert!(
+            md.contains("| ringws-before | `/b/ringws-before`, run like ringws"),
+            "{md}"
+        );
+        assert!(md.contains("| 20 B, 100 conns | 1.00× | 1.25× |"), "{md}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["config"]["baseline"], "/b/ringws-before");
+        assert_eq!(json["runs"][1]["server"], "ringws-before");
+        // Without --baseline compare.json has no such key, as before.
+        report.config.baseline = None;
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json["config"].get("baseline").is_none());
     }
 
     #[test]
