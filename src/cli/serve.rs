@@ -4,7 +4,7 @@ use super::deflate::DeflateArgs;
 use super::given;
 use super::limits::LimitArgs;
 use clap::{Args, ValueEnum};
-use ringws::feed::{Feed, FeedConfig};
+use ringws_cli::feed::{Feed, FeedConfig};
 use ringws::{BackpressurePolicy, EngineError, Handler, Message, Server, ServerBuilder, Socket};
 use std::time::Duration;
 

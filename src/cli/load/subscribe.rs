@@ -22,8 +22,8 @@
 
 use super::{Gen, Shared, histogram, round};
 use hdrhistogram::Histogram;
-use ringws::feed::control::MAX_CONTROL;
-use ringws::feed::{now_ns, timestamp};
+use ringws_cli::feed::control::MAX_CONTROL;
+use ringws_cli::feed::{now_ns, timestamp};
 use ringws::{Connect, Context, Message, Socket};
 use serde_json::json;
 use std::io::{Read, Write};
@@ -535,7 +535,7 @@ mod tests {
 
     #[test]
     fn long_lists_are_split_under_the_control_limit() {
-        let names: Vec<String> = ringws::feed::symbol_names(5000);
+        let names: Vec<String> = ringws_cli::feed::symbol_names(5000);
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let p = plan(&refs, 5000);
         let msgs = p.messages(0);
