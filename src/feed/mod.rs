@@ -16,11 +16,11 @@ mod quote;
 
 pub use quote::{BINARY_HEADER, MAX_SYMBOL, Quote, timestamp};
 
+use control::{Control, ControlError};
 use ringws::{
     EngineError, Handler, HttpResponse, Message, Request, ServerBuilder, SlowConsumer, Socket,
     Topic,
 };
-use control::{Control, ControlError};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
