@@ -74,14 +74,14 @@ pub struct ServeArgs {
     /// spreads connections over all of them (SO_REUSEPORT). Without it a taken port is an error.
     #[arg(long)]
     share_port: bool,
-    /// Feed mode: number of symbols (BTC-USD, ETH-USD, ... then generated names), 1 to 100000
+    /// With --mode feed: number of symbols (BTC-USD, ETH-USD, ... then generated names), 1 to 100000
     /// (default 100).
     #[arg(long)]
     symbols: Option<usize>,
-    /// Feed mode: quotes published per second over all symbols, 1 to 10000000 (default 1000).
+    /// With --mode feed: quotes published per second over all symbols, 1 to 10000000 (default 1000).
     #[arg(long)]
     rate: Option<u64>,
-    /// Feed mode: publish quotes as binary frames instead of JSON text (layout in the README).
+    /// With --mode feed: publish quotes as binary frames instead of JSON text (layout in the README).
     #[arg(long)]
     binary: bool,
     #[command(flatten)]
