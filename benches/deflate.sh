@@ -57,7 +57,7 @@ trap '[[ -n "$SERVER_PID" ]] && kill "$SERVER_PID" 2>/dev/null; rm -f "$LOG"' EX
 mode_flags() {
     case "$1" in
         off) ;;
-        *) echo "--deflate --deflate-takeover $1" ;;
+        *) echo "--deflate --deflate-takeover $1 --deflate-budget 4096" ;;
     esac
 }
 
@@ -66,7 +66,7 @@ start_server() {
     shift
     : >"$LOG" # truncated here, not in the background job: the last server's ready line must go
     # shellcheck disable=SC2046
-    taskset -c 0 "$BIN" serve --addr "127.0.0.1:$PORT" --workers 1 --deflate-budget 4096 \
+    taskset -c 0 "$BIN" serve --addr "127.0.0.1:$PORT" --workers 1 \
         $(mode_flags "$mode") "$@" 2>"$LOG" &
     SERVER_PID=$!
     for _ in $(seq 100); do

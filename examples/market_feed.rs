@@ -1,9 +1,9 @@
 //! The market-data feed as a library user builds it: `cargo run --release --example market_feed`,
 //! then open http://127.0.0.1:9002/ for the live page, or subscribe from any WebSocket client with
 //! `{"op":"subscribe","symbols":["BTC-USD","ETH-USD"]}`. Same implementation as
-//! `ringws serve --mode feed` ([`ringws::feed`]).
+//! `ringws serve --mode feed` ([`ringws_cli::feed`]).
 use ringws::EngineError;
-use ringws::feed::{Feed, FeedConfig};
+use ringws_cli::feed::{Feed, FeedConfig};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,7 +1,7 @@
 //! The `ringws` command line: `ringws serve` runs the benchmark echo server, `ringws load` loads a
 //! server with WebSocket clients and measures it, `ringws check` checks the host.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 mod cli;
@@ -30,7 +30,28 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(mut e) => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            let subcommand = args
+                .iter()
+                .find(|a| !a.starts_with('-'))
+                .map(String::as_str);
+            cli::hint(&mut e, &mut Cli::command(), subcommand);
+            e.exit()
+        }
+    };
+    if let Command::Serve(args) = &cli.command
+        && let Err(message) = args.check()
+    {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let serve = cmd.find_subcommand_mut("serve").expect("serve exists");
+        serve
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit()
+    }
     cli::init_logging();
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
@@ -40,7 +61,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            cli::note!("error: {}", cli::describe(&e));
             ExitCode::FAILURE
         }
     }

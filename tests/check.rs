@@ -1,6 +1,7 @@
 //! `ringws check` on this machine: the table has every row, the kernel and io_uring rows pass here,
 //! FAIL rows make the exit status 1, `--json` says the same as the table, the sysctl rows are the
-//! tuning script's knobs, the nofile and memlock numbers agree with `tuning/ulimit.sh`, and (as root,
+//! tuning script's knobs, the nofile and memlock numbers agree with `tuning/ulimit.sh`, the default
+//! target is 10,000 connections and says how to check for more, and (as root,
 //! run as unprivileged users under `prlimit`) the memlock number is what the kernel really charges.
 
 mod common;
@@ -350,22 +351,101 @@ fn nofile_recommendation_agrees_with_ulimit_sh() {
 }
 
 #[test]
-fn ulimit_sh_memlock_covers_the_engines_rings() {
-    // ulimit.sh hard-codes a per-worker figure measured with an earlier buffer ring (1024 entries);
-    // it may overestimate the engine's computed charge but must never recommend less.
-    let words = ulimit_line(&["--workers", "1"], "memlock >=");
-    let i = words
-        .iter()
-        .position(|w| w == "x")
-        .expect("W workers x P KiB");
-    let script_kib: u64 = words[i + 1].parse().unwrap();
-    let engine_kib = MemlockNeed::of(Server::builder().workers(1).config())
-        .per_worker
-        .div_ceil(1024);
+fn ulimit_sh_memlock_is_what_check_computes() {
+    // Both compute the engine's MemlockNeed::of: check calls it, ulimit.sh repeats its arithmetic.
+    for (workers, extra) in [
+        (1, &[][..]),
+        (3, &[][..]),
+        (2, &["--buffer-count", "4096"][..]),
+        (2, &["--ring-entries", "100", "--buffer-count", "1"][..]),
+    ] {
+        let w = workers.to_string();
+        let mut args = vec!["--workers", w.as_str()];
+        args.extend_from_slice(extra);
+        let words = ulimit_line(&args, "memlock >=");
+        // memlock >= TOTAL KiB: W workers x P KiB + Q KiB probe of io_uring rings; ...
+        let kib = |i: usize| -> u64 { words[i].parse().unwrap_or_else(|_| panic!("{words:?}")) };
+        let x = words
+            .iter()
+            .position(|w| w == "x")
+            .expect("W workers x P KiB");
+        let (total, per_worker, probe) = (kib(2), kib(x + 1), kib(x + 4));
+
+        let mut builder = Server::builder().workers(workers);
+        for pair in extra.chunks(2) {
+            builder = match pair[0] {
+                "--buffer-count" => builder.buffer_count(pair[1].parse().unwrap()),
+                "--ring-entries" => builder.ring_entries(pair[1].parse().unwrap()),
+                other => unreachable!("{other}"),
+            };
+        }
+        let need = MemlockNeed::of(builder.config());
+        assert_eq!(
+            (total, per_worker, probe),
+            (
+                need.total.div_ceil(1024),
+                need.per_worker.div_ceil(1024),
+                need.probe.div_ceil(1024)
+            ),
+            "ulimit.sh {args:?} vs the engine"
+        );
+
+        // And `ringws check --json` reports the same need, in bytes.
+        let mut check_args = vec!["--connections", "1000", "--json"];
+        check_args.extend_from_slice(&args);
+        let out = check(&check_args);
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+        let m = &v["memlock"];
+        assert_eq!(
+            (
+                m["per_worker"].as_u64(),
+                m["probe"].as_u64(),
+                m["total"].as_u64()
+            ),
+            (Some(need.per_worker), Some(need.probe), Some(need.total)),
+            "{v}"
+        );
+        let row = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["check"] == "memlock (locked memory)")
+            .unwrap();
+        let value = row["value"].as_str().unwrap();
+        assert!(
+            value.contains(&format!(
+                "the rings need {total} KiB ({workers} workers x {per_worker} KiB + {probe} KiB probe)"
+            )),
+            "check says {value}, ulimit.sh {words:?}"
+        );
+    }
+}
+
+#[test]
+fn the_default_target_is_modest_and_says_how_to_check_for_more() {
+    let out = check(&[]);
+    let text = stdout(&out);
+    let mut lines = text.lines();
     assert!(
-        script_kib >= engine_kib,
-        "ulimit.sh recommends {script_kib} KiB per worker, the engine's rings need {engine_kib} KiB"
+        lines
+            .next()
+            .unwrap()
+            .starts_with("ringws check: 10000 connections, "),
+        "{text}"
     );
+    assert_eq!(
+        lines.next(),
+        Some("10000 is the default target; for more: ringws check --connections 100000"),
+        "{text}"
+    );
+    // Exit status as for an explicit --connections 10000, which does not print the hint.
+    let explicit = check(&["--connections", "10000"]);
+    assert_eq!(out.status.code(), explicit.status.code(), "{text}");
+    assert!(!stdout(&explicit).contains("default target"));
+    assert_eq!(table(&text), table(&stdout(&explicit)));
+    let json: Value = serde_json::from_slice(&check(&["--json"]).stdout).unwrap();
+    assert_eq!(json["connections"], 10_000);
 }
 
 /// `ringws ARGS` as user `uid` (no capabilities) with RLIMIT_MEMLOCK `memlock` bytes.

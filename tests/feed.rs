@@ -6,7 +6,7 @@ mod common;
 
 use common::{Frame, RawClient, Server, http_get, op};
 use ringws::Message;
-use ringws::feed::{Quote, timestamp};
+use ringws_cli::feed::{Quote, timestamp};
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

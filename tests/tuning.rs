@@ -690,7 +690,7 @@ fn ulimit_reports_this_process() {
         "{text}"
     );
     assert!(
-        text.contains("memlock >= 568 KiB: 2 workers x 284 KiB"),
+        text.contains("memlock >= 564 KiB: 2 workers x 276 KiB + 12 KiB probe"),
         "{text}"
     );
     assert!(text.contains("LimitNOFILE=116384"), "{text}");

@@ -10,9 +10,10 @@ readonly DEFAULT_CONNECTIONS=100000
 readonly MAX_CONNECTIONS=10000000
 # Open files one process needs besides its connections; sysctl.sh sizes fs.nr_open the same way.
 readonly NOFILE_HEADROOM=16384
-# io_uring memory one worker pins with the engine's defaults, measured on Linux 6.18: 2048 SQEs x 64 B
-# (128 KiB), the rings with 8192 CQEs x 16 B + 2048 x 4 B (140 KiB), the 1024-entry buffer ring (16 KiB).
-readonly WORKER_MEMLOCK_KIB=284
+# The engine's defaults for the ring sizes that decide the locked memory (serve --ring-entries and
+# --buffer-count; ringws-engine Config::default()).
+readonly DEFAULT_RING_ENTRIES=2048
+readonly DEFAULT_BUFFER_COUNT=512
 # The kernel's default RLIMIT_MEMLOCK since Linux 5.16; the snippet never goes below it.
 readonly DEFAULT_MEMLOCK_KIB=8192
 readonly CAP_IPC_LOCK=14
@@ -21,15 +22,48 @@ readonly SNIPPET_NAME=90-ringws.conf
 PROG=${0##*/}
 readonly PROG
 
+# round_up BYTES: BYTES rounded up to whole pages.
+round_up() {
+    echo $((($1 + PAGE - 1) / PAGE * PAGE))
+}
+
+# ring_bytes ENTRIES: the bytes the kernel charges for one ring of ENTRIES submission entries: the
+# SQE array (64 B each) and the region with the ring header (64 B), the CQEs (16 B each, four times
+# the entries) and the SQ index array (4 B each); entries are clamped (IORING_SETUP_CLAMP) and
+# rounded up to powers of two, each part to whole pages.
+ring_bytes() {
+    local entries=$1 sq=1 cq=1 want
+    want=$((entries < 1 ? 1 : entries > 32768 ? 32768 : entries))
+    while ((sq < want)); do sq=$((sq * 2)); done
+    want=$((entries * 4 < 1 ? 1 : entries * 4 > 65536 ? 65536 : entries * 4))
+    while ((cq < want)); do cq=$((cq * 2)); done
+    echo $(($(round_up $((sq * 64))) + $(round_up $(((64 + cq * 16 + 63) / 64 * 64 + sq * 4)))))
+}
+
+# memlock_need: sets WORKER_MEMLOCK and PROBE_MEMLOCK (bytes) and MEMLOCK_NEED_KIB, the locked
+# memory of WORKERS workers. The same computation as `ringws check` (MemlockNeed::of in
+# engine/src/probe.rs; tests/check.rs checks that the two agree): per worker one ring of
+# RING_ENTRIES and a provided-buffer ring of BUFFER_COUNT 16-byte entries; plus the start-up probe's
+# ring (8 entries and a 2-entry buffer ring), which the kernel may not have freed yet when the
+# workers start.
+memlock_need() {
+    WORKER_MEMLOCK=$(($(ring_bytes "$RING_ENTRIES") + $(round_up $((BUFFER_COUNT * 16)))))
+    PROBE_MEMLOCK=$(($(ring_bytes 8) + $(round_up 32)))
+    MEMLOCK_NEED_KIB=$(((WORKERS * WORKER_MEMLOCK + PROBE_MEMLOCK + 1023) / 1024))
+}
+
 usage() {
     cat <<EOF
-Usage: $PROG [--connections N] [--workers W] [--pid PID]... [--write DIR [--user NAME]]
+Usage: $PROG [--connections N] [--workers W] [--ring-entries E] [--buffer-count B] [--pid PID]...
+       [--write DIR [--user NAME]]
 
 Shows soft and hard nofile and memlock for this shell and each --pid, what ringws needs for N
 connections and W workers, and how to raise the limits.
 
   --connections N  connection target (default $DEFAULT_CONNECTIONS, at most $MAX_CONNECTIONS)
   --workers W      ringws workers (default: CPUs this shell may run on, as the engine counts them)
+  --ring-entries E as ringws serve --ring-entries (default $DEFAULT_RING_ENTRIES): sizes the locked memory
+  --buffer-count B as ringws serve --buffer-count (default $DEFAULT_BUFFER_COUNT): sizes the locked memory
   --pid PID        also show the limits of this running process (repeatable)
   --write DIR      write DIR/$SNIPPET_NAME, a pam_limits snippet (DIR is usually /etc/security/limits.d)
   --user NAME      the snippet's domain: a user, @group or * (default: * and root)
@@ -116,9 +150,10 @@ write_snippet() {
     {
         printf '# ringws: limits for %s connections and %s workers, written by tuning/ulimit.sh.\n' \
             "$CONNECTIONS" "$WORKERS"
-        printf '# nofile = %s connections + %s headroom; memlock (KiB) = 2 x %s workers x %s KiB of\n' \
-            "$CONNECTIONS" "$NOFILE_HEADROOM" "$WORKERS" "$WORKER_MEMLOCK_KIB"
-        printf '# io_uring rings, at least the 8 MiB kernel default. Neither is below what the shell that\n'
+        printf '# nofile = %s connections + %s headroom; memlock (KiB) = 2 x %s KiB of io_uring rings\n' \
+            "$CONNECTIONS" "$NOFILE_HEADROOM" "$MEMLOCK_NEED_KIB"
+        printf '# (%s workers), at least the 8 MiB kernel default. Neither is below what the shell that\n' \
+            "$WORKERS"
         printf '# wrote this had. pam_limits applies it to new login sessions (ssh, login, su); systemd\n'
         printf '# services need LimitNOFILE=/LimitMEMLOCK= instead. "*" does not match root. The hard\n'
         printf '# nofile value must not exceed fs.nr_open, or pam_limits cannot set it.\n'
@@ -145,13 +180,17 @@ main() {
     local -a pids=()
     CONNECTIONS=$DEFAULT_CONNECTIONS
     WORKERS=''
+    RING_ENTRIES=$DEFAULT_RING_ENTRIES
+    BUFFER_COUNT=$DEFAULT_BUFFER_COUNT
     while (($#)); do
         case $1 in
-        --connections | --workers | --pid | --write | --user)
+        --connections | --workers | --ring-entries | --buffer-count | --pid | --write | --user)
             (($# >= 2)) || usage_error "$1 needs a value"
             case $1 in
             --connections) CONNECTIONS=$2 ;;
             --workers) WORKERS=$2 ;;
+            --ring-entries) RING_ENTRIES=$2 ;;
+            --buffer-count) BUFFER_COUNT=$2 ;;
             --pid) pids+=("$2") ;;
             --write) write_dir=$2 ;;
             --user) user=$2 ;;
@@ -174,6 +213,13 @@ main() {
     elif ! [[ $WORKERS =~ ^[1-9][0-9]{0,3}$ ]]; then
         usage_error "--workers takes a whole number from 1 to 9999, not '$WORKERS'"
     fi
+    # The engine's ranges (Config::validate).
+    if ! [[ $RING_ENTRIES =~ ^[1-9][0-9]{0,4}$ ]] || ((RING_ENTRIES < 8 || RING_ENTRIES > 32768)); then
+        usage_error "--ring-entries takes a whole number from 8 to 32768, not '$RING_ENTRIES'"
+    fi
+    if ! [[ $BUFFER_COUNT =~ ^[1-9][0-9]{0,4}$ ]] || ((BUFFER_COUNT > 32768 || (BUFFER_COUNT & (BUFFER_COUNT - 1)) != 0)); then
+        usage_error "--buffer-count takes a power of two from 1 to 32768, not '$BUFFER_COUNT'"
+    fi
     for pid in "${pids[@]}"; do
         [[ $pid =~ ^[1-9][0-9]{0,9}$ ]] || usage_error "--pid takes a process id, not '$pid'"
         [[ -r /proc/$pid/limits ]] || die "no process $pid (or its limits are not readable)"
@@ -185,7 +231,9 @@ main() {
     fi
 
     NOFILE=$((CONNECTIONS + NOFILE_HEADROOM))
-    MEMLOCK_NEED_KIB=$((WORKERS * WORKER_MEMLOCK_KIB))
+    PAGE=$(getconf PAGESIZE 2>/dev/null) || PAGE=4096
+    [[ $PAGE =~ ^[1-9][0-9]*$ ]] || PAGE=4096
+    memlock_need
     MEMLOCK_KIB=$((2 * MEMLOCK_NEED_KIB > DEFAULT_MEMLOCK_KIB ? 2 * MEMLOCK_NEED_KIB : DEFAULT_MEMLOCK_KIB))
     nr_open=$(</proc/sys/fs/nr_open)
 
@@ -194,9 +242,11 @@ main() {
         "$NOFILE" "$CONNECTIONS" "$NOFILE_HEADROOM"
     printf '          fs.nr_open = %s caps every hard nofile limit%s\n' "$nr_open" \
         "$( ((nr_open >= NOFILE)) || printf '; too low: tuning/sysctl.sh apply --connections %s' "$CONNECTIONS")"
-    printf '  memlock >= %s KiB: %s workers x %s KiB of io_uring rings; recommended %s KiB\n' \
-        "$MEMLOCK_NEED_KIB" "$WORKERS" "$WORKER_MEMLOCK_KIB" "$MEMLOCK_KIB"
+    printf '  memlock >= %s KiB: %s workers x %s KiB + %s KiB probe of io_uring rings; recommended %s KiB\n' \
+        "$MEMLOCK_NEED_KIB" "$WORKERS" "$((WORKER_MEMLOCK / 1024))" "$((PROBE_MEMLOCK / 1024))" "$MEMLOCK_KIB"
     printf '          (twice that, for a restart: the kernel frees an exited process'\''s rings later)\n'
+    printf '          Computed as ringws check does, for %s ring entries and %s receive buffers per worker.\n' \
+        "$RING_ENTRIES" "$BUFFER_COUNT"
     printf '          Enforced on Linux < 5.12 and >= 6.14 for processes without CAP_IPC_LOCK, per user:\n'
     printf '          all io_uring instances of one user count together. 5.12 to 6.13 charge the\n'
     printf '          rings to the memory cgroup instead; registered buffers count on every version.\n\n'

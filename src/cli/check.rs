@@ -13,6 +13,7 @@
 //! The limits are those of the `ringws check` process, which a `ringws serve` started from the same
 //! shell inherits.
 
+use super::{describe, note, print_or_report};
 use clap::Args;
 use ringws::engine::{Config, MemlockNeed, ProbeReport, Support};
 use std::fmt::Write as _;
@@ -25,21 +26,29 @@ const SYSCTL_SH: &str = include_str!("../../tuning/sysctl.sh");
 /// `tuning/sysctl.sh` recommend (`NOFILE_HEADROOM` there; `tests/check.rs` checks they agree).
 const NOFILE_HEADROOM: u64 = 16384;
 
+/// The connection target without `--connections`: what a stock host (a few thousand descriptors per
+/// process allowed) can reach after `ulimit -n`, not the 100,000 the tuning is made for.
+const DEFAULT_CONNECTIONS: u64 = 10_000;
+
 /// `CAP_IPC_LOCK`: exempts a process from the memlock charge.
 const CAP_IPC_LOCK: u32 = 14;
 
 /// Options of `ringws check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Concurrent connections this process (one `ringws serve`) should hold.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
-    connections: u64,
+    /// Concurrent connections this process (one `ringws serve`) should hold (default 10000; the
+    /// host tuning in tuning/ is made for --connections 100000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    connections: Option<u64>,
     /// Worker threads the server will run (default: the CPUs this process may use, as `serve`).
     #[arg(long)]
     workers: Option<usize>,
     /// Provided receive buffers per worker, as `serve --buffer-count` (default 512).
     #[arg(long)]
     buffer_count: Option<u16>,
+    /// Submission queue entries per worker ring, as `serve --ring-entries` (default 2048).
+    #[arg(long)]
+    ring_entries: Option<u32>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -109,11 +118,14 @@ pub fn run(args: CheckArgs) -> ExitCode {
     if let Some(b) = args.buffer_count {
         cfg.buffer_count = b;
     }
+    if let Some(e) = args.ring_entries {
+        cfg.ring_entries = e;
+    }
     if let Err(e) = cfg.validate() {
-        eprintln!("error: {e}");
+        note!("error: {}", describe(&e));
         return ExitCode::from(2);
     }
-    let n = args.connections;
+    let n = args.connections.unwrap_or(DEFAULT_CONNECTIONS);
     let kernel = Kernel::read();
     let process = Process::read();
     let probe = ProbeReport::run();
@@ -121,15 +133,19 @@ pub fn run(args: CheckArgs) -> ExitCode {
     let mut rows = vec![kernel_row(&kernel)];
     rows.extend(io_uring_rows(&probe));
     rows.push(nofile_row(n, cfg.workers, &process));
-    rows.push(memlock_row(&MemlockNeed::of(&cfg), &cfg, &kernel, &process));
+    let memlock = MemlockNeed::of(&cfg);
+    rows.push(memlock_row(&memlock, &cfg, &kernel, &process));
     rows.extend(sysctl_rows(n));
     rows.push(cpu_row(cfg.workers));
     rows.push(simd_row());
 
-    if args.json {
-        println!("{}", json(n, cfg.workers, &rows));
+    let report = if args.json {
+        json(n, cfg.workers, &memlock, &rows) + "\n"
     } else {
-        print!("{}", table(n, cfg.workers, &process, &rows));
+        table(n, args.connections.is_none(), cfg.workers, &process, &rows)
+    };
+    if !print_or_report(&report) {
+        return ExitCode::FAILURE;
     }
     if rows.iter().any(|r| r.status == Status::Fail) {
         ExitCode::FAILURE
@@ -525,14 +541,23 @@ fn simd_row() -> Row {
     }
 }
 
-fn table(n: u64, workers: usize, p: &Process, rows: &[Row]) -> String {
+/// The report as a table. With `default_target` (no `--connections`) the header also says how to
+/// check for more.
+fn table(n: u64, default_target: bool, workers: usize, p: &Process, rows: &[Row]) -> String {
     let width = rows.iter().map(|r| r.check.len()).max().unwrap_or(0);
     let mut s = String::new();
     let who = p.uid.map_or(String::new(), |u| format!(", uid {u}"));
     let _ = writeln!(
         s,
-        "ringws check: {n} connections, {workers} workers (this process's limits{who})\n"
+        "ringws check: {n} connections, {workers} workers (this process's limits{who})"
     );
+    if default_target {
+        let _ = writeln!(
+            s,
+            "{n} is the default target; for more: ringws check --connections 100000"
+        );
+    }
+    s.push('\n');
     let _ = writeln!(s, "{:<6}  {:<width$}  VALUE", "STATUS", "CHECK");
     for r in rows {
         let _ = writeln!(
@@ -566,8 +591,14 @@ fn table(n: u64, workers: usize, p: &Process, rows: &[Row]) -> String {
     s
 }
 
-fn json(n: u64, workers: usize, rows: &[Row]) -> String {
-    let mut s = format!("{{\"connections\":{n},\"workers\":{workers},\"rows\":[");
+/// The report as one JSON object: the target, the locked memory the rings need (bytes; what
+/// `tuning/ulimit.sh` recommends from), the rows and their counts.
+fn json(n: u64, workers: usize, memlock: &MemlockNeed, rows: &[Row]) -> String {
+    let mut s = format!(
+        "{{\"connections\":{n},\"workers\":{workers},\"memlock\":{{\"per_worker\":{},\"probe\":{},\
+         \"total\":{}}},\"rows\":[",
+        memlock.per_worker, memlock.probe, memlock.total
+    );
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
             s.push(',');

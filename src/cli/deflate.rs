@@ -24,13 +24,13 @@ pub struct DeflateArgs {
     #[arg(long)]
     pub deflate: bool,
     /// With --deflate: which directions keep their compression context between messages.
-    #[arg(long, value_enum, default_value_t = Takeover::Client)]
+    #[arg(long, value_enum, default_value_t = Takeover::Client, requires = "deflate")]
     pub deflate_takeover: Takeover,
     /// With --deflate: largest LZ77 window, in bits (8-15), for both directions.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, requires = "deflate")]
     pub deflate_window_bits: u8,
     /// With --deflate: messages shorter than this many bytes are sent uncompressed.
-    #[arg(long, default_value_t = DeflateConfig::default().min_compress_size)]
+    #[arg(long, default_value_t = DeflateConfig::default().min_compress_size, requires = "deflate")]
     pub deflate_min_size: usize,
 }
 

@@ -1,10 +1,14 @@
-//! Subcommands of the `ringws` binary, one module each.
+//! Subcommands of the `ringws` binary, one module each, and what they share: logging, stdout that
+//! tolerates a reader that went away, and error messages in terms of the command-line options.
 
 pub mod check;
 pub mod deflate;
 pub mod limits;
 pub mod load;
 pub mod serve;
+
+use ringws::EngineError;
+use std::io::{self, Write};
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: warnings and errors).
 pub fn init_logging() {
@@ -17,6 +21,141 @@ pub fn init_logging() {
         .init();
 }
 
+/// `eprintln!` that ignores a stderr that cannot be written (closed, or a pipe whose reader went
+/// away: `ringws load ... 2>&1 | head`) instead of panicking.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use note;
+
+/// Writes a report to stdout. A reader that went away before the end (`EPIPE`: `ringws check --json |
+/// head -1`) ends the output quietly: the rest is dropped and `Ok` returned, so the command exits
+/// as it would have (`println!` panics instead). Other write errors are returned.
+///
+/// Rust ignores SIGPIPE, so a closed pipe shows up here as `BrokenPipe` rather than killing the
+/// process; the engine relies on that for its sockets, so it is not restored.
+pub fn print(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// [`print`], reporting a failure other than a closed pipe on stderr; `false` then.
+pub fn print_or_report(text: &str) -> bool {
+    match print(text) {
+        Ok(()) => true,
+        Err(e) => {
+            note!("error: writing to stdout: {e}");
+            false
+        }
+    }
+}
+
+/// The engine's settings (`EngineError::InvalidConfig::setting`, as the builder names them) and the
+/// command-line options that set them, so errors name what the user typed. Settings without an
+/// option (the engine's own, such as `max_topics`) keep the engine's wording.
+const FLAGS: &[(&str, &str)] = &[
+    ("bind", "--addr"),
+    ("workers", "--workers"),
+    ("backlog", "--backlog"),
+    ("max_connections", "--max-connections"),
+    ("max_message_size", "--max-message-size"),
+    ("max_backpressure", "--max-backpressure"),
+    ("buffer_size", "--buffer-size"),
+    ("buffer_count", "--buffer-count"),
+    ("ring_entries", "--ring-entries"),
+    ("socket_send_buffer", "--send-buffer"),
+    ("idle_timeout", "--idle-timeout"),
+    ("ping_interval", "--ping-interval"),
+    ("pong_timeout", "--pong-timeout"),
+    ("message_timeout", "--message-timeout"),
+    ("max_total_connections", "--max-total-connections"),
+    ("max_connections_per_ip", "--max-connections-per-ip"),
+    ("allowed_origins", "--allow-origin"),
+    ("subprotocols", "--subprotocol"),
+    ("require_subprotocol", "--require-subprotocol"),
+    ("message_rate", "--message-rate"),
+    ("message_burst", "--message-burst"),
+    ("ping_rate", "--ping-rate"),
+    ("ping_burst", "--ping-burst"),
+    ("max_assembly_memory", "--max-assembly-memory"),
+    ("deflate.server_max_window_bits", "--deflate-window-bits"),
+    ("deflate.client_max_window_bits", "--deflate-window-bits"),
+    // The market feed's settings (ringws_cli::feed::Feed::new).
+    ("symbols", "--symbols"),
+    ("rate", "--rate"),
+];
+
+/// The option that sets the engine setting `setting`, if there is one.
+pub fn flag_of(setting: &str) -> Option<&'static str> {
+    FLAGS.iter().find(|(s, _)| *s == setting).map(|(_, f)| *f)
+}
+
+/// An engine error as the command line says it: an out-of-range setting is named by its option
+/// (`invalid --buffer-count: it must be ...`), including settings named in the requirement.
+pub fn describe(e: &EngineError) -> String {
+    match e {
+        EngineError::InvalidConfig {
+            setting,
+            requirement,
+        } => match flag_of(setting) {
+            Some(flag) => {
+                let mut requirement = (*requirement).to_string();
+                // Settings named in the requirement ("at least max_message_size"); only names with
+                // an underscore, so plain words such as "rate" stay words.
+                for (s, f) in FLAGS.iter().filter(|(s, _)| s.contains('_')) {
+                    requirement = requirement.replace(s, f);
+                }
+                format!("invalid {flag}: it must be {requirement}")
+            }
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
+    }
+}
+
+/// Adds a hint to a command-line error where clap's own would mislead: `serve --port 9001` (or
+/// `--host`) gets "a similar argument exists: '--subprotocol'" from clap's fuzzy matching, while the
+/// address and port are one option, `--addr HOST:PORT`. `subcommand` is the one on the command line
+/// and `cmd` the whole command (for the subcommand's usage line, instead of clap's usage of its
+/// suggestion).
+pub fn hint(e: &mut clap::Error, cmd: &mut clap::Command, subcommand: Option<&str>) {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return;
+    };
+    let name = arg.split('=').next().unwrap_or_default();
+    let tip = match (subcommand, name) {
+        (Some("serve"), "--port" | "--host" | "--bind" | "--listen") => {
+            "the address and port are one option: --addr HOST:PORT (e.g. --addr 127.0.0.1:9001)"
+        }
+        (Some("load"), "--port" | "--host" | "--addr" | "--server") => {
+            "the server is one option: --url ws://HOST:PORT/PATH (e.g. --url ws://127.0.0.1:9001/)"
+        }
+        _ => return,
+    };
+    e.remove(ContextKind::SuggestedArg);
+    e.insert(
+        ContextKind::Suggested,
+        ContextValue::StyledStrs(vec![tip.to_string().into()]),
+    );
+    cmd.build();
+    if let Some(sub) = subcommand.and_then(|name| cmd.find_subcommand_mut(name)) {
+        e.insert(
+            ContextKind::Usage,
+            ContextValue::StyledStr(sub.render_usage()),
+        );
+    }
+}
+
 /// Applies the builder setting `set` when its command-line option was given, so each option is
 /// one line instead of an `if let` per option.
 pub fn given<T>(
@@ -27,5 +166,50 @@ pub fn given<T>(
     match value {
         Some(v) => set(b, v),
         None => b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_settings_are_named_by_their_option() {
+        let e = EngineError::InvalidConfig {
+            setting: "buffer_count",
+            requirement: "a power of two between 1 and 32768",
+        };
+        assert_eq!(
+            describe(&e),
+            "invalid --buffer-count: it must be a power of two between 1 and 32768"
+        );
+        let e = EngineError::InvalidConfig {
+            setting: "max_assembly_memory",
+            requirement: "at least max_message_size (0: none)",
+        };
+        assert_eq!(
+            describe(&e),
+            "invalid --max-assembly-memory: it must be at least --max-message-size (0: none)"
+        );
+        // A setting without an option keeps the engine's words.
+        let e = EngineError::InvalidConfig {
+            setting: "max_topics",
+            requirement: "between 1 and 16777216",
+        };
+        assert_eq!(describe(&e), e.to_string());
+    }
+
+    #[test]
+    fn every_option_in_the_table_exists() {
+        use clap::CommandFactory as _;
+        let cmd = crate::Cli::command();
+        let serve = cmd.find_subcommand("serve").expect("serve");
+        for (setting, flag) in FLAGS {
+            let long = flag.trim_start_matches("--");
+            assert!(
+                serve.get_arguments().any(|a| a.get_long() == Some(long)),
+                "{setting}: serve has no {flag}"
+            );
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! `ringws serve`: the benchmark echo server, or the market-data feed (`--mode feed`).
 
 use super::deflate::DeflateArgs;
-use super::given;
 use super::limits::LimitArgs;
+use super::{given, note};
 use clap::{Args, ValueEnum};
-use ringws::feed::{Feed, FeedConfig};
 use ringws::{BackpressurePolicy, EngineError, Handler, Message, Server, ServerBuilder, Socket};
+use ringws_cli::feed::{Feed, FeedConfig};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 /// What the server does with messages.
@@ -24,8 +25,9 @@ pub struct ServeArgs {
     /// What to do with messages.
     #[arg(long, value_enum, default_value_t = Mode::Echo)]
     mode: Mode,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:9001")]
+    /// Address to listen on: HOST:PORT, e.g. 0.0.0.0:9001 for every IPv4 address, [::1]:9001,
+    /// or localhost:9001 (port 0: any free port).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9001", value_parser = parse_addr)]
     addr: String,
     /// Worker threads, one ring each (default: the CPUs this process may use).
     #[arg(long)]
@@ -72,23 +74,74 @@ pub struct ServeArgs {
     /// spreads connections over all of them (SO_REUSEPORT). Without it a taken port is an error.
     #[arg(long)]
     share_port: bool,
-    /// Feed mode: number of symbols (BTC-USD, ETH-USD, ... then generated names), 1 to 100000.
-    #[arg(long, default_value_t = 100)]
-    symbols: usize,
-    /// Feed mode: quotes published per second over all symbols, 1 to 10000000.
-    #[arg(long, default_value_t = 1000)]
-    rate: u64,
-    /// Feed mode: publish quotes as binary frames instead of JSON text (layout in the README).
+    /// With --mode feed: number of symbols (BTC-USD, ETH-USD, ... then generated names), 1 to 100000
+    /// (default 100).
+    #[arg(long)]
+    symbols: Option<usize>,
+    /// With --mode feed: quotes published per second over all symbols, 1 to 10000000 (default 1000).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// With --mode feed: publish quotes as binary frames instead of JSON text (layout in the README).
     #[arg(long)]
     binary: bool,
     #[command(flatten)]
     deflate: DeflateArgs,
     /// With --deflate: MiB of compression contexts kept between messages over all connections
     /// (default 256); beyond it new connections get no context takeover.
-    #[arg(long)]
+    #[arg(long, requires = "deflate")]
     deflate_budget: Option<usize>,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// Checks `--addr`: `HOST:PORT`, where HOST is an IP address (IPv6 in brackets) or a name to
+/// resolve. The engine resolves it when it binds.
+fn parse_addr(s: &str) -> Result<String, String> {
+    let hostname_and_port = s.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains([':', '[', ']', '/']) && port.parse::<u16>().is_ok()
+    });
+    if s.parse::<SocketAddr>().is_ok() || hostname_and_port {
+        Ok(s.to_owned())
+    } else {
+        Err("expected HOST:PORT (e.g. 127.0.0.1:9001, or [::1]:9001 for IPv6)".to_owned())
+    }
+}
+
+impl ServeArgs {
+    /// Options that only mean something in another mode: refused rather than silently ignored.
+    pub fn check(&self) -> Result<(), String> {
+        let feed_only = [
+            ("--symbols", self.symbols.is_some()),
+            ("--rate", self.rate.is_some()),
+            ("--binary", self.binary),
+        ];
+        let given: Vec<&str> = feed_only
+            .iter()
+            .filter(|(_, given)| *given)
+            .map(|(flag, _)| *flag)
+            .collect();
+        if self.mode != Mode::Feed && !given.is_empty() {
+            let (list, are) = match given.len() {
+                1 => (given[0].to_owned(), "is an option"),
+                _ => (given.join(" and "), "are options"),
+            };
+            return Err(format!(
+                "{list} {are} of the market feed: add --mode feed (the echo server publishes nothing)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The URL of the feed's page for a server listening on `addr`: an unspecified address (0.0.0.0,
+/// [::]) is reached on the loopback address from this host.
+fn page_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}/", SocketAddr::new(ip, addr.port()))
 }
 
 /// Echoes every message.
@@ -147,7 +200,8 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
         b = b.deflate_budget(mib.saturating_mul(1 << 20));
     }
     b = args.limits.apply(b);
-    let ready = |addr, workers| eprintln!("listening on {addr} ({workers} workers)");
+    // Tests and scripts wait for exactly this line, printed first.
+    let ready = |addr, workers| note!("listening on {addr} ({workers} workers)");
     match args.mode {
         Mode::Echo => {
             let server = b.build()?;
@@ -155,12 +209,55 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
             server.run_with_ready(|_| Echo, || ready(addr, workers))
         }
         Mode::Feed => {
+            let defaults = FeedConfig::default();
             let feed = Feed::new(FeedConfig {
-                symbols: args.symbols,
-                rate: args.rate,
+                symbols: args.symbols.unwrap_or(defaults.symbols),
+                rate: args.rate.unwrap_or(defaults.rate),
                 binary: args.binary,
             })?;
-            feed.serve(b, ready)
+            feed.serve(b, |addr, workers| {
+                ready(addr, workers);
+                note!("feed page: {}", page_url(addr));
+            })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_need_a_host_and_a_port() {
+        for ok in [
+            "127.0.0.1:9001",
+            "0.0.0.0:0",
+            "[::1]:9001",
+            "localhost:9001",
+            "ws.example.com:443",
+        ] {
+            assert_eq!(parse_addr(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "127.0.0.1",
+            "9001",
+            ":9001",
+            "::1",
+            "::1:9001",
+            "127.0.0.1:99999",
+            "localhost:",
+            "",
+        ] {
+            assert!(parse_addr(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_page_url_is_reachable_from_this_host() {
+        let url = |a: &str| page_url(a.parse().unwrap());
+        assert_eq!(url("127.0.0.1:9001"), "http://127.0.0.1:9001/");
+        assert_eq!(url("0.0.0.0:9001"), "http://127.0.0.1:9001/");
+        assert_eq!(url("[::]:80"), "http://[::1]:80/");
+        assert_eq!(url("10.1.2.3:8080"), "http://10.1.2.3:8080/");
     }
 }

@@ -80,7 +80,7 @@ impl std::error::Error for ControlError {}
 /// the returned symbols borrow `scratch`. `buffers` are simd-json's reusable parse buffers.
 ///
 /// ```
-/// use ringws::feed::control::{Control, parse};
+/// use ringws_cli::feed::control::{Control, parse};
 /// let mut msg = br#"{"op":"subscribe","symbols":["BTC-USD","ETH\u002dUSD"]}"#.to_vec();
 /// let parsed = parse(&mut msg, &mut simd_json::Buffers::default()).unwrap();
 /// assert_eq!(parsed, Control::Subscribe(vec!["BTC-USD".into(), "ETH-USD".into()]));

@@ -4,7 +4,7 @@
 //! - One topic per symbol (`BTC-USD`, `ETH-USD`, ... then generated `S00015-USD`...), conflating per
 //!   topic: a client that falls behind gets the latest quote of each symbol, not the backlog.
 //! - A ticker thread publishes `rate` quotes per second in total, round-robin over the symbols,
-//!   through [`Topic`] handles of a [`Publisher`](crate::Publisher), each stamped with its publish
+//!   through [`Topic`] handles of a [`Publisher`](ringws::Publisher), each stamped with its publish
 //!   time ([`Quote`]).
 //! - Clients send JSON control messages ([`control`]) to subscribe and unsubscribe; a new subscriber
 //!   first gets the last quote of each symbol it subscribed to.
@@ -16,11 +16,11 @@ mod quote;
 
 pub use quote::{BINARY_HEADER, MAX_SYMBOL, Quote, timestamp};
 
-use crate::{
+use control::{Control, ControlError};
+use ringws::{
     EngineError, Handler, HttpResponse, Message, Request, ServerBuilder, SlowConsumer, Socket,
     Topic,
 };
-use control::{Control, ControlError};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,7 +79,7 @@ impl Default for FeedConfig {
 /// The first `n` symbol names: the well-known ones, then `S00015-USD`, `S00016-USD`, ...
 ///
 /// ```
-/// let s = ringws::feed::symbol_names(17);
+/// let s = ringws_cli::feed::symbol_names(17);
 /// assert_eq!((s[0].as_str(), s[1].as_str(), s[16].as_str()), ("BTC-USD", "ETH-USD", "S00016-USD"));
 /// ```
 pub fn symbol_names(n: usize) -> Vec<String> {
@@ -133,7 +133,7 @@ impl Feed {
 
     /// Builds the server from `builder` (raising `max_topics` to fit the symbols), creates one
     /// conflating topic per symbol with a first quote each, then serves until shutdown (see
-    /// [`Server::run`](crate::Server::run)) while the ticker publishes. `ready` is called with the address and the
+    /// [`Server::run`](ringws::Server::run)) while the ticker publishes. `ready` is called with the address and the
     /// number of workers once every worker accepts.
     pub fn serve(
         self,

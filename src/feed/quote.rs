@@ -21,7 +21,7 @@
 //! quote, the digits between the last `:` and the final `}` of a JSON one ([`timestamp`]). `seq`
 //! counts per symbol, so a gap shows quotes a slow client had conflated away.
 
-use crate::Message;
+use ringws::Message;
 use std::fmt::Write;
 
 /// Longest symbol name (the binary layout stores its length in one byte).
@@ -60,7 +60,7 @@ impl<'a> Quote<'a> {
     /// Appends the JSON encoding to `out`.
     ///
     /// ```
-    /// let q = ringws::feed::Quote { symbol: "ETH-USD", bid: 3500.5, ask: 3501.0, seq: 7, ts: 99 };
+    /// let q = ringws_cli::feed::Quote { symbol: "ETH-USD", bid: 3500.5, ask: 3501.0, seq: 7, ts: 99 };
     /// let mut out = String::new();
     /// q.write_json(&mut out);
     /// assert_eq!(
@@ -92,7 +92,7 @@ impl<'a> Quote<'a> {
     /// Decodes a binary quote; `None` if `b` is not one (wrong length, empty or non-ASCII symbol).
     ///
     /// ```
-    /// use ringws::feed::Quote;
+    /// use ringws_cli::feed::Quote;
     /// let q = Quote { symbol: "BTC-USD", bid: 1.5, ask: 2.5, seq: 3, ts: 4 };
     /// let mut b = Vec::new();
     /// q.write_binary(&mut b);
@@ -121,7 +121,7 @@ impl<'a> Quote<'a> {
 ///
 /// ```
 /// use ringws::Message;
-/// use ringws::feed::timestamp;
+/// use ringws_cli::feed::timestamp;
 /// let json = r#"{"type":"quote","symbol":"X","bid":1.0000,"ask":1.0001,"seq":1,"ts":1732500000123456789}"#;
 /// assert_eq!(timestamp(Message::Text(json)), Some(1_732_500_000_123_456_789));
 /// assert_eq!(timestamp(Message::Text(r#"{"type":"subscribed","symbols":[]}"#)), None);

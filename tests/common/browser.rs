@@ -6,7 +6,7 @@
 
 use super::Ws;
 use futures_util::{SinkExt, StreamExt};
-use ringws::feed::control::push_json_str;
+use ringws_cli::feed::control::push_json_str;
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
 use std::io::{Read, Write};

@@ -38,6 +38,7 @@
 mod subscribe;
 
 use super::deflate::DeflateArgs;
+use super::{describe, note, print_or_report};
 use clap::Args;
 use hdrhistogram::Histogram;
 use ringws::{
@@ -47,7 +48,8 @@ use ringws::{
 use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
-use std::io::Write;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -263,6 +265,9 @@ struct Stats {
     hist: Mutex<Histogram<u64>>,
     /// Connect failures by kind: count and one example.
     connect_errors: Mutex<BTreeMap<&'static str, (u64, String)>>,
+    /// Connections that agreed on permessage-deflate, by the parameters agreed (as the server's
+    /// `Sec-WebSocket-Extensions` said them).
+    deflate: Mutex<BTreeMap<String, u64>>,
     /// `--subscribe` counters.
     sub: subscribe::Stats,
 }
@@ -284,6 +289,7 @@ impl Stats {
             last_open_ns: AtomicU64::new(0),
             hist: Mutex::new(histogram()),
             connect_errors: Mutex::new(BTreeMap::new()),
+            deflate: Mutex::new(BTreeMap::new()),
             sub: subscribe::Stats::new(),
         }
     }
@@ -522,6 +528,14 @@ impl Handler for Gen {
         stats.established.fetch_add(1, Relaxed);
         stats.live.fetch_add(1, Relaxed);
         stats.last_open_ns.fetch_max(now, Relaxed);
+        if let Some(params) = ws.permessage_deflate() {
+            *stats
+                .deflate
+                .lock()
+                .expect("deflate map lock")
+                .entry(params.to_string())
+                .or_default() += 1;
+        }
         self.open[ws.state().local as usize] = Some(ws.id());
         if self.plan.hold {
             return;
@@ -788,7 +802,7 @@ fn control(
                     "connect_rate_per_s": round(rate, 1),
                 }));
             } else {
-                eprintln!(
+                note!(
                     "established {established}/{total} connections ({failed} failed), {rate:.0} connections/s"
                 );
             }
@@ -816,7 +830,7 @@ fn control(
                         "missing": established.saturating_sub(ok + mismatch),
                     }));
                 } else {
-                    eprintln!("ping: {ok} echoes verified, {mismatch} mismatched");
+                    note!("ping: {ok} echoes verified, {mismatch} mismatched");
                 }
             }
         }
@@ -839,7 +853,7 @@ fn control(
                 + shared.sum(|s| &s.closed)
                 + shared.sum(|s| &s.timeout)
                 + shared.sum(|s| &s.dropped);
-            eprintln!(
+            note!(
                 "[{:6.1}s] {stage:10} up {}/{total} | {rate:9.0} msg/s | p99 {p99:8.1} us | errors {errors}",
                 now as f64 / 1e9,
                 shared.sum(|s| &s.live),
@@ -858,6 +872,30 @@ fn control(
                 handle.shutdown();
                 return;
             }
+        }
+    }
+}
+
+/// The summary's permessage-deflate line: what was agreed on how many of the `established`
+/// connections (`agreed`: parameters and connections, most first).
+fn deflate_line(agreed: &[(String, u64)], established: u64) -> String {
+    let total: u64 = agreed.iter().map(|(_, n)| n).sum();
+    match agreed {
+        [] => "deflate      not agreed: the server answered without permessage-deflate (is it \
+               started with --deflate?)"
+            .to_owned(),
+        [(params, _)] if total == established => {
+            format!("deflate      {params} (agreed on all {established} connections)")
+        }
+        _ => {
+            let each: Vec<String> = agreed
+                .iter()
+                .map(|(params, n)| format!("{params} on {n}"))
+                .collect();
+            format!(
+                "deflate      agreed on {total} of {established} connections: {}",
+                each.join(", ")
+            )
         }
     }
 }
@@ -940,14 +978,14 @@ pub fn run(args: LoadArgs) -> ExitCode {
     let plan = match plan(&args) {
         Ok(p) => Arc::new(p),
         Err(e) => {
-            eprintln!("error: {e}");
+            note!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
     if let Some(limit) = nofile_limit()
         && limit < plan.connections as u64 + 64
     {
-        eprintln!(
+        note!(
             "warning: the open-file limit is {limit}, too low for {} connections (ulimit -n, or tuning/ulimit.sh)",
             plan.connections
         );
@@ -964,7 +1002,7 @@ pub fn run(args: LoadArgs) -> ExitCode {
     {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: {e}");
+            note!("error: {}", describe(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -1011,7 +1049,7 @@ pub fn run(args: LoadArgs) -> ExitCode {
         let _ = t.join();
     }
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        note!("error: {}", describe(&e));
         return ExitCode::FAILURE;
     }
     report(
@@ -1090,6 +1128,18 @@ fn report(
         None => messages * plan.payload.size as u64,
     };
     let mb_per_s = per_s(bytes) / 1e6;
+    // permessage-deflate: the parameters agreed, most connections first.
+    let mut deflate: BTreeMap<String, u64> = BTreeMap::new();
+    for s in &shared.workers {
+        for (params, n) in s.deflate.lock().expect("deflate map lock").iter() {
+            *deflate.entry(params.clone()).or_default() += n;
+        }
+    }
+    let mut deflate: Vec<(String, u64)> = deflate.into_iter().collect();
+    deflate.sort_by_key(|(_, n)| Reverse(*n));
+    let deflate_agreed: u64 = deflate.iter().map(|(_, n)| n).sum();
+    let echoed = subscribe::echoed_requests(shared);
+    let mut out = String::new();
     if args.json {
         let connect_errors: serde_json::Map<String, serde_json::Value> = by_kind
             .iter()
@@ -1123,37 +1173,50 @@ fn report(
             "sent": shared.sum(|s| &s.sent),
             "echoes": shared.sum(|s| &s.echoes),
             "load_cpu_percent": cpu,
+            "deflate": deflate.first().map(|(params, _)| params),
+            "deflate_connections": deflate_agreed,
         });
         if let Some((value, _)) = sub {
             object["subscribe"] = value;
         }
-        println!("{object}");
+        let _ = writeln!(out, "{object}");
+        if echoed > 0 {
+            note!("warning: {}", subscribe::ECHOED_HINT);
+        }
     } else {
         let loop_kind = match args.rate {
             Some(r) => format!("open loop at {r} msg/s (cap {} in flight)", plan.in_flight),
             None => format!("in-flight {}", plan.in_flight),
         };
         if plan.subscribe.is_some() {
-            println!(
+            let _ = writeln!(
+                out,
                 "ringws load {}: {} subscribers, {} workers",
                 args.url, plan.connections, plan.workers
             );
         } else {
-            println!(
+            let _ = writeln!(
+                out,
                 "ringws load {}: {} connections x {} B {mode}, {loop_kind}, {} workers",
                 args.url, plan.connections, plan.payload.size, plan.workers
             );
         }
-        println!(
+        let _ = writeln!(
+            out,
             "connections  {established} established, {failed} failed, {:.1}/s",
             connect_rate(shared)
         );
+        if args.deflate.deflate {
+            let _ = writeln!(out, "{}", deflate_line(&deflate, established));
+        }
         if !plan.hold {
-            println!(
+            let _ = writeln!(
+                out,
                 "messages     {messages} in {duration_s:.2} s = {:.1} msg/s, {mb_per_s:.2} MB/s (load CPU {cpu}%)",
                 per_s(messages),
             );
-            println!(
+            let _ = writeln!(
+                out,
                 "latency us   p50 {}  p90 {}  p99 {}  p99.9 {}  max {max}",
                 q(0.5),
                 q(0.9),
@@ -1161,15 +1224,19 @@ fn report(
                 q(0.999)
             );
         }
-        println!(
+        let _ = writeln!(
+            out,
             "errors       mismatch {mismatch}, closed {closed}, connect {failed}, timeout {timeout}, dropped {dropped}"
         );
         for (kind, (n, example)) in &by_kind {
-            println!("  connect {kind}: {n} (e.g. {example})");
+            let _ = writeln!(out, "  connect {kind}: {n} (e.g. {example})");
         }
         for line in sub.iter().flat_map(|(_, lines)| lines) {
-            println!("{line}");
+            let _ = writeln!(out, "{line}");
         }
+    }
+    if !print_or_report(&out) {
+        return ExitCode::FAILURE;
     }
     if ok {
         ExitCode::SUCCESS

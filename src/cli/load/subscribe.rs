@@ -22,15 +22,19 @@
 
 use super::{Gen, Shared, histogram, round};
 use hdrhistogram::Histogram;
-use ringws::feed::control::MAX_CONTROL;
-use ringws::feed::{now_ns, timestamp};
 use ringws::{Connect, Context, Message, Socket};
+use ringws_cli::feed::control::MAX_CONTROL;
+use ringws_cli::feed::{now_ns, timestamp};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+/// What an echoed subscribe request means.
+pub(super) const ECHOED_HINT: &str = "the server echoed the subscribe requests back instead of \
+     answering {\"type\":\"subscribed\",...}: is it running `ringws serve --mode feed`?";
 
 /// Bound on fetching `GET /symbols`.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -198,6 +202,8 @@ pub(super) struct Stats {
     live_stall_latency: Mutex<Histogram<u64>>,
     /// Feed error replies (`{"type":"error",...}`).
     feed_errors: AtomicU64,
+    /// Our own subscribe requests sent back (an echo server, not a feed); also mismatches.
+    echoed: AtomicU64,
     /// Stalled connections that paused, and that resumed.
     paused: AtomicU64,
     resumed: AtomicU64,
@@ -218,6 +224,7 @@ impl Stats {
             live_during_stall: AtomicU64::new(0),
             live_stall_latency: Mutex::new(histogram()),
             feed_errors: AtomicU64::new(0),
+            echoed: AtomicU64::new(0),
             paused: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
             caught_up: AtomicU64::new(0),
@@ -320,6 +327,10 @@ impl Gen {
             Message::Text(t) if t.starts_with(r#"{"type":"error""#) => {
                 stats.sub.feed_errors.fetch_add(1, Relaxed);
             }
+            Message::Text(t) if t.starts_with(r#"{"op":"subscribe""#) => {
+                stats.sub.echoed.fetch_add(1, Relaxed);
+                stats.mismatch.fetch_add(1, Relaxed);
+            }
             _ => {
                 stats.mismatch.fetch_add(1, Relaxed);
             }
@@ -390,6 +401,15 @@ pub(super) fn feed_errors(shared: &Shared) -> u64 {
         .workers
         .iter()
         .map(|s| s.sub.feed_errors.load(Relaxed))
+        .sum()
+}
+
+/// Subscribe requests the server sent back over all workers (it echoes: not a feed).
+pub(super) fn echoed_requests(shared: &Shared) -> u64 {
+    shared
+        .workers
+        .iter()
+        .map(|s| s.sub.echoed.load(Relaxed))
         .sum()
 }
 
@@ -471,6 +491,7 @@ pub(super) fn report(
         "subscribers_per_symbol": round(plan.fan_out(connections), 2),
         "snapshots": sum(|s| &s.snapshots),
         "feed_errors": sum(|s| &s.feed_errors),
+        "echoed_requests": sum(|s| &s.echoed),
         "stall": stall,
     });
     let mut lines = vec![format!(
@@ -481,6 +502,12 @@ pub(super) fn report(
         value["snapshots"],
         value["feed_errors"],
     )];
+    if sum(|s| &s.echoed) > 0 {
+        lines.push(format!(
+            "  {} mismatches: {ECHOED_HINT}",
+            sum(|s| &s.echoed)
+        ));
+    }
     if plan.window {
         lines.push(format!(
             "  live connections during the stall: p50 {} us, p99 {} us, p99.9 {} us",
@@ -535,7 +562,7 @@ mod tests {
 
     #[test]
     fn long_lists_are_split_under_the_control_limit() {
-        let names: Vec<String> = ringws::feed::symbol_names(5000);
+        let names: Vec<String> = ringws_cli::feed::symbol_names(5000);
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let p = plan(&refs, 5000);
         let msgs = p.messages(0);

@@ -1,0 +1,395 @@
+//! The `ringws` command line's messages to a user who got something wrong: each test runs the binary
+//! the way a newcomer would and checks that the message names the option and says what to do.
+//! Also: the feed's start-up lines, `load`'s report of permessage-deflate, and output into a pipe
+//! whose reader has gone.
+
+mod common;
+
+use common::{Server, binary, eventually};
+use serde_json::Value;
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Bound on one run of the binary (usage errors return at once; `load` runs take ~2 s).
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `ringws ARGS` with a deadline, keeping stdout and stderr apart.
+fn ringws(args: &[&str]) -> Output {
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", binary().display()));
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("ringws {args:?} did not finish within {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    )
+}
+
+/// Asserts a usage error (exit 2, nothing on stdout) whose message contains every one of `want`
+/// and none of `not`.
+fn usage_error(args: &[&str], want: &[&str], not: &[&str]) -> String {
+    let out = ringws(args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+    assert!(out.stdout.is_empty(), "{args:?}: {}", describe(&out));
+    let err = stderr(&out);
+    for w in want {
+        assert!(err.contains(w), "{args:?}: no {w:?} in:\n{err}");
+    }
+    for n in not {
+        assert!(!err.contains(n), "{args:?}: {n:?} in:\n{err}");
+    }
+    err
+}
+
+#[test]
+fn an_address_without_a_port_names_the_value_and_the_form() {
+    usage_error(
+        &["serve", "--addr", "127.0.0.1"],
+        &[
+            "'127.0.0.1'",
+            "--addr",
+            "expected HOST:PORT (e.g. 127.0.0.1:9001",
+        ],
+        &[],
+    );
+    for bad in ["9001", "::1", "127.0.0.1:99999"] {
+        usage_error(
+            &["serve", "--addr", bad],
+            &[&format!("'{bad}'"), "expected HOST:PORT"],
+            &[],
+        );
+    }
+}
+
+#[test]
+fn port_and_host_options_point_to_addr() {
+    for args in [
+        &["serve", "--port", "9001"][..],
+        &["serve", "--port=9001"],
+        &["serve", "--host", "0.0.0.0"],
+    ] {
+        usage_error(
+            args,
+            &[
+                "unexpected argument",
+                "--addr HOST:PORT",
+                "Usage: ringws serve",
+            ],
+            &["--subprotocol"],
+        );
+    }
+    usage_error(
+        &["load", "--port", "9001"],
+        &["--url ws://HOST:PORT/PATH"],
+        &[],
+    );
+}
+
+#[test]
+fn out_of_range_settings_name_the_option() {
+    // The engine refuses these at start-up (exit 1); port 0 so nothing is ever in the way.
+    for (args, want) in [
+        (
+            &["--buffer-count", "1000"][..],
+            "error: invalid --buffer-count: it must be a power of two between 1 and 32768",
+        ),
+        (
+            &["--ring-entries", "4"],
+            "error: invalid --ring-entries: it must be between 8 and 32768",
+        ),
+        (
+            &["--send-buffer", "10"],
+            "error: invalid --send-buffer: it must be between 1 KiB and 1 GiB",
+        ),
+        (
+            &["--max-assembly-memory", "1000"],
+            "error: invalid --max-assembly-memory: it must be at least --max-message-size",
+        ),
+        (
+            &["--mode", "feed", "--symbols", "0"],
+            "error: invalid --symbols: it must be between 1 and 100000",
+        ),
+    ] {
+        let mut all = vec!["serve", "--addr", "127.0.0.1:0", "--workers", "1"];
+        all.extend_from_slice(args);
+        let out = ringws(&all);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        let err = stderr(&out);
+        assert!(err.contains(want), "{args:?}: want {want:?} in:\n{err}");
+        assert!(!err.contains("invalid setting"), "{args:?}: {err}");
+    }
+    // `check` validates the same settings; its bad options are usage errors.
+    usage_error(
+        &["check", "--buffer-count", "1000"],
+        &["error: invalid --buffer-count: it must be a power of two"],
+        &["buffer_count"],
+    );
+    // `load` builds an engine too (exit 1 like serve).
+    let out = ringws(&["load", "--url", "ws://127.0.0.1:9/", "--workers", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("error: invalid --workers: it must be between 1 and 1024"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn feed_options_are_refused_outside_the_feed() {
+    usage_error(
+        &["serve", "--symbols", "5"],
+        &["--symbols is an option of the market feed: add --mode feed"],
+        &[],
+    );
+    usage_error(
+        &["serve", "--mode", "echo", "--rate", "10", "--binary"],
+        &["--rate and --binary are options of the market feed: add --mode feed"],
+        &[],
+    );
+    // Deflate settings without --deflate would be ignored the same way.
+    usage_error(
+        &["serve", "--deflate-takeover", "both"],
+        &["--deflate"],
+        &[],
+    );
+    usage_error(
+        &[
+            "load",
+            "--url",
+            "ws://127.0.0.1:9/",
+            "--deflate-window-bits",
+            "10",
+        ],
+        &["--deflate"],
+        &[],
+    );
+}
+
+#[test]
+fn the_feed_prints_its_page_url_after_the_ready_line() {
+    let server = Server::start(&["--mode", "feed", "--symbols", "5"]);
+    let page = format!("feed page: http://{}/", server.addr);
+    assert!(
+        eventually(Duration::from_secs(5), || server.log().contains(&page)),
+        "no {page:?} in:\n{}",
+        server.log()
+    );
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().take(2).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("listening on {} (1 workers)", server.addr).as_str(),
+            page.as_str()
+        ],
+        "{log}"
+    );
+    // The page is there.
+    let (head, body) = common::http_get(server.addr, "/");
+    assert_eq!(head.status, 200);
+    assert!(!body.is_empty());
+}
+
+/// `ringws load --workers 1 --connections C --duration 1 --warmup 0 --url URL ARGS`.
+fn load(url: &str, connections: &str, args: &[&str]) -> Output {
+    let mut all = vec![
+        "load",
+        "--workers",
+        "1",
+        "--connections",
+        connections,
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--url",
+        url,
+    ];
+    all.extend_from_slice(args);
+    ringws(&all)
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(out)))
+}
+
+#[test]
+fn subscribing_to_an_echo_server_says_it_is_not_a_feed() {
+    let server = Server::start(&[]);
+    let url = format!("ws://{}/", server.addr);
+    let hint = "the server echoed the subscribe requests back instead of answering \
+                {\"type\":\"subscribed\",...}: is it running `ringws serve --mode feed`?";
+
+    let out = load(&url, "5", &["--subscribe", "BTC-USD"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let text = stdout(&out);
+    assert!(text.contains("mismatch 5"), "{}", describe(&out));
+    assert!(
+        text.contains(&format!("  5 mismatches: {hint}")),
+        "{}",
+        describe(&out)
+    );
+
+    let out = load(&url, "3", &["--subscribe", "BTC-USD", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let v = json(&out);
+    assert_eq!(v["subscribe"]["echoed_requests"], 3, "{v}");
+    assert_eq!(v["errors"]["mismatch"], 3, "{v}");
+    assert!(
+        stderr(&out).contains(&format!("warning: {hint}")),
+        "{}",
+        describe(&out)
+    );
+
+    // Against a feed nothing is echoed.
+    let feed = Server::start(&["--mode", "feed", "--symbols", "5", "--rate", "100"]);
+    let out = load(
+        &format!("ws://{}/", feed.addr),
+        "2",
+        &["--subscribe", "BTC-USD", "--json"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(json(&out)["subscribe"]["echoed_requests"], 0);
+}
+
+#[test]
+fn load_says_whether_deflate_was_agreed() {
+    let plain = Server::start(&[]);
+    let deflate = Server::start(&["--deflate"]);
+    let url = |s: &Server| format!("ws://{}/", s.addr);
+    let agreed = "permessage-deflate; server_no_context_takeover";
+
+    let out = load(&url(&deflate), "3", &["--deflate"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "deflate      {agreed} (agreed on all 3 connections)"
+        )),
+        "{}",
+        describe(&out)
+    );
+    let out = load(&url(&deflate), "3", &["--deflate", "--json"]);
+    let v = json(&out);
+    assert_eq!(v["deflate"], agreed, "{v}");
+    assert_eq!(v["deflate_connections"], 3, "{v}");
+
+    // A server without --deflate answers without the extension: said, not an error.
+    let out = load(&url(&plain), "2", &["--deflate"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stdout(&out)
+            .contains("deflate      not agreed: the server answered without permessage-deflate"),
+        "{}",
+        describe(&out)
+    );
+    let out = load(&url(&plain), "2", &["--deflate", "--json"]);
+    let v = json(&out);
+    assert_eq!(v["deflate"], Value::Null, "{v}");
+    assert_eq!(v["deflate_connections"], 0, "{v}");
+
+    // Not offered: no deflate line, null in JSON.
+    let out = load(&url(&deflate), "2", &[]);
+    assert!(!stdout(&out).contains("deflate "), "{}", describe(&out));
+    assert_eq!(
+        json(&load(&url(&deflate), "2", &["--json"]))["deflate"],
+        Value::Null
+    );
+}
+
+/// Runs `ringws ARGS` with stdout a pipe whose reader is gone before anything is written, and
+/// returns the exit code and stderr.
+fn into_a_closed_pipe(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let mut err = String::new();
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("ringws {args:?} did not finish within {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code(), err)
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    for args in [
+        &["check", "--connections", "1000"][..],
+        &["check", "--connections", "1000", "--json"],
+        &["--help"],
+    ] {
+        let (code, err) = into_a_closed_pipe(args);
+        assert!(
+            matches!(code, Some(0 | 1)),
+            "{args:?}: exit {code:?}\n{err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+    }
+    let server = Server::start(&[]);
+    let url = format!("ws://{}/", server.addr);
+    for json in [false, true] {
+        let mut args = vec![
+            "load",
+            "--workers",
+            "1",
+            "--connections",
+            "2",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--url",
+            &url,
+        ];
+        if json {
+            args.push("--json");
+        }
+        let (code, err) = into_a_closed_pipe(&args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
