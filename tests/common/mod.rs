@@ -275,21 +275,6 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
     }
 }
 
-/// Waits (bounded, blocking on the condition variable) until `cond` holds for the value behind
-/// `pair`; whether it did within `within`.
-pub fn wait_until<T>(
-    pair: &(Mutex<T>, std::sync::Condvar),
-    within: Duration,
-    mut cond: impl FnMut(&T) -> bool,
-) -> bool {
-    let guard = pair.0.lock().unwrap();
-    let (guard, _) = pair
-        .1
-        .wait_timeout_while(guard, within, |v| !cond(v))
-        .unwrap();
-    cond(&guard)
-}
-
 /// Polls `f` every 10 ms until it holds or `within` passes; whether it held. For conditions that
 /// have no event to block on (a count in `/proc`, a server that admits again).
 pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
