@@ -85,12 +85,13 @@ root_count=$(grep -c . <<<"$root_only" || true)
 
 # Everything but the benches, with the root-only tests when root. The criterion benches (harness =
 # false) run in test mode in a second call: criterion 0.5 refuses libtest's --include-ignored and --skip.
+# `--bench '*'` selects the bench targets only (`--benches` would run the libraries' tests again).
 if $is_root; then
     cargo test --workspace --lib --bins --tests --examples -- --include-ignored --skip measurement_
 else
     cargo test --workspace --lib --bins --tests --examples
 fi
-cargo test --workspace --benches
+cargo test --workspace --bench '*'
 cargo test --doc --workspace
 
 if $is_root; then
