@@ -3,9 +3,13 @@
 #   1. the Python venv for the interop clients and kosoku, the Autobahn case-file runner
 #      (tests/interop/.venv, from requirements.txt),
 #   2. the Node packages for the other interop client (npm ci in tests/interop/node),
-#   2b. Debian's chromium for the browser test of the feed page (apt-get, as root, if missing),
+#   2b. Debian's chromium (the browser test of the feed page) and shellcheck (tests/tuning.rs lints the
+#       tuning scripts with it), with apt-get as root if missing,
 #   3. every Rust test of the workspace (unit, integration, interop, benches in test mode), then doc tests.
-# Steps 1 and 2 are skipped when what is installed matches the pinned files, 2b when chromium is
+#      As root this includes the tests marked #[ignore = "needs root ..."] (sysctl writes, TCP_REPAIR,
+#      mount namespaces, other users); without root they are listed at the end as not run. Tests named
+#      measurement_* are measurements, not checks, and are never run here.
+# Steps 1 and 2 are skipped when what is installed matches the pinned files, 2b when the tools are
 # there. Exits non-zero on any failure.
 set -euo pipefail
 
@@ -45,16 +49,22 @@ if [[ "$(cat "$node_stamp" 2>/dev/null)" != "$want" ]]; then
     echo "$want" >"$node_stamp"
 fi
 
-# ---- Browser tests ---------------------------------------------------------------------------------
-# tests/browser.rs loads the feed's live page in Debian's headless chromium (driven over DevTools).
-if ! command -v chromium >/dev/null; then
-    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-        say "installing chromium for the browser tests (apt-get)"
+# ---- System tools -----------------------------------------------------------------------------------
+# tests/browser.rs loads the feed's live page in Debian's headless chromium (driven over DevTools);
+# tests/tuning.rs runs shellcheck on the tuning scripts (and fails without it).
+is_root=false
+[[ $(id -u) -eq 0 ]] && is_root=true
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+if ((${#missing[@]})); then
+    if $is_root && command -v apt-get >/dev/null; then
+        say "installing ${missing[*]} for the tests (apt-get)"
         DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium </dev/null \
-            || die "apt-get install chromium failed"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null \
+            || die "apt-get install ${missing[*]} failed"
     else
-        die "chromium not found (Debian, as root: apt-get install chromium)"
+        die "${missing[*]} not found (Debian, as root: apt-get install ${missing[*]})"
     fi
 fi
 
@@ -64,5 +74,31 @@ if (( $(ulimit -n) < 4096 )); then
     ulimit -n 4096 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 fi
 
-cargo test --workspace --all-targets
+# The tests marked #[ignore = "needs root ..."], as "FILE: NAME" lines (the awk program is quoted on
+# purpose: $0 is awk's).
+# shellcheck disable=SC2016
+root_only=$(find tests engine protocol src examples -name '*.rs' -not -path '*/target/*' -print0 2>/dev/null \
+    | sort -z \
+    | xargs -0 awk '/^[ \t]*#\[ignore = "needs root/ { want = 1; next }
+        want && match($0, /fn [a-z0-9_]+/) { print FILENAME ": " substr($0, RSTART + 3, RLENGTH - 3); want = 0 }')
+root_count=$(grep -c . <<<"$root_only" || true)
+
+# Everything but the benches, with the root-only tests when root. The criterion benches (harness =
+# false) run in test mode in a second call: criterion 0.5 refuses libtest's --include-ignored and --skip.
+# `--bench '*'` selects the bench targets only (`--benches` would run the libraries' tests again).
+if $is_root; then
+    cargo test --workspace --lib --bins --tests --examples -- --include-ignored --skip measurement_
+else
+    cargo test --workspace --lib --bins --tests --examples
+fi
+cargo test --workspace --bench '*'
 cargo test --doc --workspace
+
+if $is_root; then
+    say "the $root_count root-only tests ran too (as root)"
+elif ((root_count)); then
+    say "not run: needs root: $root_count tests (run scripts/test.sh as root to include them):"
+    while IFS= read -r test; do
+        printf '    %s\n' "$test" >&2
+    done <<<"$root_only"
+fi

@@ -15,7 +15,7 @@ use ringws::{
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -327,14 +327,14 @@ enum PeerEnd {
 
 /// A tokio-tungstenite echo server on 127.0.0.1 (its own thread and runtime, stopping by itself
 /// after 60 s). `close-me` makes it close with 4000.
-fn tungstenite_server() -> (SocketAddr, Arc<Mutex<Vec<PeerEnd>>>) {
+fn tungstenite_server() -> (SocketAddr, Arc<Ends>) {
     use tokio_tungstenite::tungstenite::Message as Tm;
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as Tc;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let ends = Arc::new(Mutex::new(Vec::new()));
+    let ends = Arc::new(Ends::default());
     let shared = ends.clone();
     thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -351,7 +351,7 @@ fn tungstenite_server() -> (SocketAddr, Arc<Mutex<Vec<PeerEnd>>>) {
                         let mut ws = match tokio_tungstenite::accept_async(stream).await {
                             Ok(ws) => ws,
                             Err(e) => {
-                                return ends.lock().unwrap().push(PeerEnd::Error(e.to_string()));
+                                return ends.push(PeerEnd::Error(e.to_string()));
                             }
                         };
                         let mut end = PeerEnd::Error("no close handshake".into());
@@ -399,7 +399,7 @@ fn tungstenite_server() -> (SocketAddr, Arc<Mutex<Vec<PeerEnd>>>) {
                                 }
                             }
                         }
-                        ends.lock().unwrap().push(end);
+                        ends.push(end);
                     });
                 }
             };
@@ -409,13 +409,29 @@ fn tungstenite_server() -> (SocketAddr, Arc<Mutex<Vec<PeerEnd>>>) {
     (addr, ends)
 }
 
-/// Waits (bounded) for the tungstenite server to record `n` connection ends.
-fn wait_ends(ends: &Mutex<Vec<PeerEnd>>, n: usize) -> Vec<PeerEnd> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ends.lock().unwrap().len() < n && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
+/// The connection ends the tungstenite server recorded, with a condition variable signalled on each.
+#[derive(Default)]
+struct Ends {
+    list: Mutex<Vec<PeerEnd>>,
+    added: Condvar,
+}
+
+impl Ends {
+    fn push(&self, end: PeerEnd) {
+        self.list.lock().unwrap().push(end);
+        self.added.notify_all();
     }
-    ends.lock().unwrap().clone()
+}
+
+/// Waits (bounded: 5 s, blocked on the condition variable) for the tungstenite server to record `n`
+/// connection ends; the ends recorded by then.
+fn wait_ends(ends: &Ends, n: usize) -> Vec<PeerEnd> {
+    let list = ends.list.lock().unwrap();
+    let (list, _) = ends
+        .added
+        .wait_timeout_while(list, Duration::from_secs(5), |l| l.len() < n)
+        .unwrap();
+    list.clone()
 }
 
 /// A Python `websockets` echo server from the interop venv, killed on drop.
@@ -638,7 +654,9 @@ fn connect_and_handshake_failures_reach_on_connect_error() {
 }
 
 /// A one-connection server that answers the upgrade with `extensions` as its
-/// `Sec-WebSocket-Extensions` value, whatever was offered; it keeps the socket open for a second.
+/// `Sec-WebSocket-Extensions` value, whatever was offered; it keeps the socket open until the client
+/// acts on the answer: closes the connection (an answer it refuses) or sends a frame (its ping, after
+/// an answer it accepts), then closes it (or after 5 s without either).
 fn answering_server(extensions: &'static str) -> SocketAddr {
     use ringws::protocol::handshake::{Parse, parse_request, write_accept_response};
     use std::io::{Read, Write};
@@ -660,7 +678,9 @@ fn answering_server(extensions: &'static str) -> SocketAddr {
                 let key = req.validate_upgrade().expect("a valid upgrade request");
                 write_accept_response(&mut out, key, None, Some(extensions));
                 let _ = s.write_all(&out);
-                thread::sleep(Duration::from_secs(1));
+                // Held open until the client acted on the answer: EOF, a reset, its first frame, or
+                // the 5 s read timeout.
+                let _ = s.read(&mut chunk);
                 return;
             }
         }

@@ -266,6 +266,7 @@ fn case_5_6_to_5_8_5_19_5_20_pings_between_fragments() {
         if i < 5 {
             c.send(&Frame::ping(format!("pongme {i}!")));
             c.expect_pong(format!("pongme {i}!").as_bytes());
+            // Paces the fragments: they trickle in with pauses, as in cases 5.19/5.20.
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -740,10 +741,13 @@ fn abrupt_disconnects_do_not_disturb_other_clients() {
             }
             _ => {
                 // Unread echo data in our receive queue makes the close a reset (RST), likely while
-                // the server is still sending the rest of the 1 MiB echo.
+                // the server is still sending the rest of the 1 MiB echo: close once it started.
                 let mut c = RawClient::connect(addr);
                 c.send(&Frame::binary(bytes(1 << 20, 4)));
-                std::thread::sleep(Duration::from_millis(5));
+                assert!(
+                    c.wait_readable(common::READ_TIMEOUT),
+                    "the 1 MiB echo never started"
+                );
             }
         }
     }

@@ -292,8 +292,12 @@ fn sigterm_during_a_large_echo_completes_the_frame_then_1001() {
     let mut client = RawClient::connect(server.addr);
     let payload = bytes(8 << 20, 8);
     client.send(&Frame::binary(payload.clone()));
-    // The whole message is written; give the server a moment to start echoing into full buffers.
-    std::thread::sleep(Duration::from_millis(200));
+    // The whole message is written; signal once the echo has started arriving (the client reads
+    // nothing until then, so the rest of the 8 MiB is still being sent into full buffers).
+    assert!(
+        client.wait_readable(common::READ_TIMEOUT),
+        "the echo never started"
+    );
     server.signal(libc::SIGTERM);
     client.expect_binary(&payload);
     client.expect_close(Some(1001));

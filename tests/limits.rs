@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Frame, HttpResponse, RawClient, Server, op};
+use common::{Frame, HttpResponse, RawClient, Server, eventually, op};
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -34,22 +34,21 @@ fn status_without_request(addr: SocketAddr) -> u16 {
 }
 
 /// Retries an upgrade until it is accepted (a released slot is uncounted once the server has seen
-/// the client's FIN), for at most 5 s.
+/// the client's FIN; nothing outside the server says when that was), for at most 5 s.
 fn connect_eventually(addr: SocketAddr) -> RawClient {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let mut admitted = None;
+    let mut last = String::new();
+    let ok = eventually(Duration::from_secs(5), || {
         let mut c = RawClient::tcp(addr);
         c.write(common::upgrade_request(addr).as_bytes());
-        let head = c.read_http_head();
-        if HttpResponse::parse(&head).status == 101 {
-            return c;
+        last = c.read_http_head();
+        if HttpResponse::parse(&last).status == 101 {
+            admitted = Some(c);
         }
-        assert!(
-            Instant::now() < deadline,
-            "still refused after 5 s:\n{head}"
-        );
-        sleep(Duration::from_millis(50));
-    }
+        admitted.is_some()
+    });
+    assert!(ok, "still refused after 5 s:\n{last}");
+    admitted.expect("admitted")
 }
 
 #[test]
@@ -125,6 +124,7 @@ fn message_flood_is_closed_with_1008_and_a_paced_client_is_not() {
     // 15 messages at 10 per second: under the rate, all echoed.
     for i in 0..15 {
         paced.echo(Frame::text(format!("paced {i}")));
+        // Paces the client: 10 messages a second, under the rate of 20.
         sleep(Duration::from_millis(100));
     }
 }
@@ -167,6 +167,7 @@ fn ping_flood_is_ignored_then_closed_and_a_normal_pinger_is_answered() {
     for i in 0..10 {
         normal.send(&Frame::ping(format!("n{i}")));
         normal.expect_pong(format!("n{i}").as_bytes());
+        // Paces the pinger: under 7 pings a second, within the rate of 10.
         sleep(Duration::from_millis(150));
     }
 }
@@ -183,9 +184,13 @@ fn assembly_memory_cap_closes_the_connection_that_passes_it_with_1009() {
     let mut holder = RawClient::connect(server.addr);
     let mut hog = RawClient::connect(server.addr);
     let first = common::bytes(400 << 10, 1);
-    holder.send(&Frame::new(false, op::BINARY, first.clone()));
-    // Let the server take in the holder's 400 KiB before the hog starts.
-    sleep(Duration::from_millis(300));
+    // The server has taken in the holder's 400 KiB before the hog starts: it answers the ping sent
+    // after them.
+    holder.send_all(&[
+        Frame::new(false, op::BINARY, first.clone()),
+        Frame::ping("taken"),
+    ]);
+    holder.expect_pong(b"taken");
     hog.send(&Frame::new(false, op::BINARY, common::bytes(700 << 10, 2)));
     hog.expect_close(Some(1009));
     // The holder finishes its message, unaffected.
@@ -221,6 +226,7 @@ fn unfinished_message_times_out_with_1008() {
             if i == 0 { op::TEXT } else { op::CONT },
             part.as_bytes().to_vec(),
         ));
+        // Paces the slow client's fragments (the scenario), not a wait for the server.
         sleep(Duration::from_millis(200));
     }
     slow.send(&Frame::new(true, op::CONT, b"time".to_vec()));

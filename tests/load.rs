@@ -231,16 +231,10 @@ fn hold_ends_cleanly_on_sigint() {
     let up = rx.recv_timeout(Duration::from_secs(10));
     // SAFETY: sends SIGINT to the child we spawned (still ours: it has not been waited for).
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ringws load did not exit on SIGINT");
-        }
-        thread::sleep(Duration::from_millis(20));
+    let Some(status) = common::wait_timeout(&mut child, Duration::from_secs(10)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("ringws load did not exit on SIGINT");
     };
     up.expect("the established phase was reported");
     let mut stdout = String::new();

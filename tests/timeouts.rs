@@ -22,6 +22,7 @@ fn idle_connection_gets_1001_and_traffic_keeps_it_open() {
     for i in 0..10 {
         busy.send(&Frame::ping(format!("keepalive {i}")));
         busy.expect_pong(format!("keepalive {i}").as_bytes());
+        // Paces the traffic: a ping every 250 ms, each within the 1 s idle timeout.
         std::thread::sleep(Duration::from_millis(250));
     }
 

@@ -1,10 +1,14 @@
 //! The host tuning scripts under `tuning/`, run as subprocesses: the `sysctl.sh` apply → show → revert
 //! round trip, `--dry-run`, a knob the kernel refuses, usage errors, `show` as an unprivileged user,
-//! `ulimit.sh`'s report and limits.d snippet, and shellcheck when it is installed.
+//! `ulimit.sh`'s report, limits.d snippet and fs.nr_open refusal, and shellcheck.
 //!
-//! The tests that write sysctls need root (others print a skip line and return), take one lock (they
-//! share the host's `/proc/sys`), and restore every value they found through [`Restore`], also when an
-//! assertion fails. Every subprocess has a deadline.
+//! The tests that need root (writing sysctls, mount namespaces) are `#[ignore = "needs root ..."]`:
+//! `scripts/test.sh` runs them when it runs as root (CI does), and they fail, not skip, when run
+//! without root. The ones that touch sysctls take one lock (they share the host's `/proc/sys`) and
+//! restore every value they found through [`Restore`], also when an assertion fails. Every
+//! subprocess has a deadline. shellcheck must be installed (`scripts/test.sh` installs it as root).
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The knobs the tuning issue asks `sysctl.sh` to manage, with the direction `apply` may move each
 /// element in: `>` never lower, `<` never higher, `=` set exactly.
@@ -68,17 +72,10 @@ fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     let stdout = drain(child.stdout.take().expect("piped stdout"));
     let stderr = drain(child.stderr.take().expect("piped stderr"));
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for a script") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {RUN_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
+    let Some(status) = common::wait_timeout(&mut child, RUN_TIMEOUT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not finish within {RUN_TIMEOUT:?}");
     };
     Output {
         status,
@@ -134,13 +131,14 @@ fn is_root() -> bool {
     uids.split_whitespace().nth(1) == Some("0")
 }
 
-/// Prints a skip line and returns false when not root.
-fn root_or_skip(test: &str) -> bool {
-    let root = is_root();
-    if !root {
-        eprintln!("SKIP {test}: writing sysctls needs root (it runs as root in CI)");
-    }
-    root
+/// Fails the test unless it runs as root: for the `#[ignore = "needs root ..."]` tests, which a run
+/// without root must not count as passed.
+fn assert_root() {
+    assert!(
+        is_root(),
+        "this test needs root (it writes sysctls or makes mount namespaces); run it as root, as \
+         scripts/test.sh does under root and CI always does"
+    );
 }
 
 fn knob_path(knob: &str) -> PathBuf {
@@ -299,11 +297,10 @@ fn untune() {
 }
 
 #[test]
+#[ignore = "needs root: writes sysctls"]
 fn apply_show_revert_round_trip() {
+    assert_root();
     let _lock = sysctl_lock();
-    if !root_or_skip("apply_show_revert_round_trip") {
-        return;
-    }
     let original = Restore::new();
     untune();
     let before = snapshot();
@@ -391,11 +388,10 @@ fn apply_show_revert_round_trip() {
 }
 
 #[test]
+#[ignore = "needs root: writes sysctls"]
 fn dry_run_changes_nothing() {
+    assert_root();
     let _lock = sysctl_lock();
-    if !root_or_skip("dry_run_changes_nothing") {
-        return;
-    }
     let _restore = Restore::new();
     untune();
     let before = snapshot();
@@ -430,21 +426,18 @@ fn dry_run_changes_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: writes sysctls and bind-mounts in a mount namespace"]
 fn knob_that_cannot_be_set_is_reported_and_left_out_of_the_backup() {
+    assert_root();
     let _lock = sysctl_lock();
-    if !root_or_skip("knob_that_cannot_be_set_is_reported_and_left_out_of_the_backup") {
-        return;
-    }
     // A read-only bind mount over one knob, in a private mount namespace, is what a container with a
     // read-only /proc/sys looks like to the script.
     let probe = run(Command::new("unshare").args(["--mount", "--propagation", "private", "true"]));
-    if !probe.status.success() {
-        eprintln!(
-            "SKIP knob_that_cannot_be_set...: unshare --mount fails here: {}",
-            describe(&probe)
-        );
-        return;
-    }
+    assert!(
+        probe.status.success(),
+        "unshare --mount fails here (root without CAP_SYS_ADMIN?): {}",
+        describe(&probe)
+    );
     let _restore = Restore::new();
     untune();
     let before = snapshot();
@@ -760,37 +753,79 @@ fn ulimit_writes_a_limits_d_snippet() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(domains, ["@ringws"; 4], "{snippet}");
+}
 
-    // A nofile above fs.nr_open would make pam_limits fail: refused, nothing written.
-    if nr_open > 10_000_000 {
-        eprintln!(
-            "SKIP the fs.nr_open refusal: nr_open {nr_open} is above the scripts' largest target"
-        );
-        return;
-    }
-    let refused = TempDir::new("limits-d-refused");
-    let out = ulimit_sh(&[
-        "--connections",
-        &nr_open.to_string(),
-        "--write",
-        refused.path().to_str().unwrap(),
-    ]);
+/// A nofile above fs.nr_open would make pam_limits fail: `ulimit.sh --write` refuses it and writes
+/// nothing. The host's nr_open may be above anything the script accepts (it goes up to 10,000,000
+/// connections), so the script runs in a private mount namespace where a file with a known value is
+/// bind-mounted over `/proc/sys/fs/nr_open`; the host's value is not touched.
+#[test]
+#[ignore = "needs root: bind-mounts over /proc/sys/fs/nr_open in a mount namespace"]
+fn ulimit_refuses_a_nofile_above_fs_nr_open() {
+    assert_root();
+    let host_nr_open = read_knob("fs.nr_open");
+    // Above this process's hard nofile limit (which the snippet never goes below), so that a target
+    // under it is accepted.
+    let [(_, hard), _] = own_limits();
+    let hard: u64 = hard.parse().expect("nofile cannot be unlimited");
+    let nr_open = (hard + 65536).max(1_048_576);
+    let dir = TempDir::new("nr-open");
+    let fake = dir.path().join("nr_open");
+    fs::write(&fake, format!("{nr_open}\n")).unwrap();
+    let refused = dir.path().join("limits.d");
+    fs::create_dir(&refused).unwrap();
+    let in_namespace = |connections: u64, write_dir: &Path| {
+        run(Command::new("unshare").args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &format!(
+                "mount --bind {} /proc/sys/fs/nr_open && exec \"$0\" \"$@\"",
+                fake.display()
+            ),
+            script("ulimit.sh").to_str().unwrap(),
+            "--connections",
+            &connections.to_string(),
+            "--write",
+            write_dir.to_str().unwrap(),
+        ]))
+    };
+    // nr_open connections need nr_open + 16384 descriptors: refused.
+    let out = in_namespace(nr_open, &refused);
     assert_exit(&out, 1);
     assert!(
-        stderr(&out).contains("exceeds fs.nr_open"),
+        stderr(&out).contains(&format!("exceeds fs.nr_open {nr_open}")),
         "{}",
         describe(&out)
     );
-    assert_eq!(fs::read_dir(refused.path()).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(&refused).unwrap().count(), 0);
+    // The same namespace with a target that fits writes the snippet: the refusal above was the
+    // nr_open check, not the namespace.
+    let out = in_namespace(nr_open - 16384 - 1024, &refused);
+    assert_exit(&out, 0);
+    assert!(
+        refused.join("90-ringws.conf").exists(),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        read_knob("fs.nr_open"),
+        host_nr_open,
+        "the host's nr_open changed"
+    );
 }
 
 #[test]
 fn scripts_are_shellcheck_clean() {
-    let Ok(version) = Command::new("shellcheck").arg("--version").output() else {
-        eprintln!(
-            "SKIP scripts_are_shellcheck_clean: shellcheck is not installed (apt-get install shellcheck)"
+    let version = Command::new("shellcheck").arg("--version").output();
+    let Ok(version) = version else {
+        panic!(
+            "shellcheck is not installed ({}): install it (Debian: apt-get install shellcheck; \
+             scripts/test.sh does that when run as root)",
+            version.unwrap_err()
         );
-        return;
     };
     assert!(version.status.success());
     let out = run(Command::new("shellcheck")

@@ -7,6 +7,7 @@ use ringws_engine::{
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -57,7 +58,8 @@ impl Handler for Echo {
 struct TestServer {
     addr: SocketAddr,
     handle: ServerHandle,
-    thread: Option<JoinHandle<()>>,
+    /// The server thread, and a receiver that disconnects when it ends (returned or panicked).
+    thread: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
 }
 
 impl TestServer {
@@ -79,8 +81,10 @@ impl TestServer {
             .shutdown_timeout(Duration::from_millis(500));
         let server = tune(builder).build().expect("server builds");
         let (addr, handle) = (server.local_addr(), server.handle());
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = mpsc::channel();
+        let (ended_tx, ended) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
+            let _ended = ended_tx;
             server
                 .run_with_ready(factory, move || tx.send(()).unwrap())
                 .expect("server runs");
@@ -90,18 +94,21 @@ impl TestServer {
         Self {
             addr,
             handle,
-            thread: Some(thread),
+            thread: Some((thread, ended)),
         }
     }
 
     fn stop(mut self) {
         self.handle.shutdown();
-        let t = self.thread.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !t.is_finished() {
-            assert!(Instant::now() < deadline, "server did not stop");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (t, ended) = self.thread.take().unwrap();
+        // Blocks until the thread ends (its sender is dropped), for at most 10 s.
+        assert!(
+            matches!(
+                ended.recv_timeout(Duration::from_secs(10)),
+                Err(mpsc::RecvTimeoutError::Disconnected)
+            ),
+            "server did not stop"
+        );
         t.join().unwrap();
     }
 }
@@ -256,6 +263,7 @@ fn split_request_pipelined_frame_and_subprotocol() {
     // The head arrives in three pieces; the first frame rides with the last one.
     for part in [&bytes[..10], &bytes[10..60], &bytes[60..]] {
         s.write_all(part).unwrap();
+        // Paces the pieces so that they leave as separate segments (the scenario: a split head).
         std::thread::sleep(Duration::from_millis(30));
     }
     let head = read_head(&mut s);
@@ -534,8 +542,11 @@ fn backpressure_reports_drops_and_drains() {
 }
 
 /// Echoes binary messages under `BackpressurePolicy::Pause`, counting sends that were not plainly
-/// queued and drains; a text message asks for that report.
-struct PausingEcho;
+/// queued and drains; a text message asks for that report. Each `Backpressure` send is also
+/// reported on `over`, for the test to wait on.
+struct PausingEcho {
+    over: mpsc::Sender<()>,
+}
 
 #[derive(Default)]
 struct PauseStats {
@@ -559,7 +570,10 @@ impl Handler for PausingEcho {
         }
         match ws.send(msg) {
             SendResult::Dropped => ws.state_mut().dropped += 1,
-            SendResult::Backpressure => ws.state_mut().backpressure += 1,
+            SendResult::Backpressure => {
+                ws.state_mut().backpressure += 1;
+                let _ = self.over.send(());
+            }
             SendResult::Queued => {}
         }
     }
@@ -571,23 +585,27 @@ impl Handler for PausingEcho {
 
 #[test]
 fn pause_policy_stops_reading_instead_of_dropping() {
+    let (over_tx, over) = mpsc::channel();
     let server = TestServer::start_with(
-        |_| PausingEcho,
+        move |_| PausingEcho {
+            over: over_tx.clone(),
+        },
         |b| {
             b.max_backpressure(128 << 10)
                 .backpressure_policy(BackpressurePolicy::Pause)
         },
     );
     let mut s = open(server.addr);
-    // 200 x 64 KiB sent while the client reads nothing for a while: far more than the kernel's
-    // socket buffers hold, so the server's queue goes over its limit and reading must pause.
+    // 200 x 64 KiB sent while the client reads nothing until the server's queue has gone over its
+    // limit: far more than the kernel's socket buffers hold, so it does, and reading must pause.
     const COUNT: usize = 200;
     let wire: Vec<u8> = (0..COUNT)
         .flat_map(|i| frame(0x2, &vec![i as u8; 64 << 10], true))
         .collect();
     let mut writer = s.try_clone().unwrap();
     let sent = std::thread::spawn(move || writer.write_all(&wire));
-    std::thread::sleep(Duration::from_millis(300));
+    over.recv_timeout(Duration::from_secs(10))
+        .expect("the server's queue never went over its limit");
     for i in 0..COUNT {
         let (fin, op, payload) = read_frame(&mut s);
         assert_eq!((fin, op, payload.len()), (true, 0x2, 64 << 10), "echo {i}");

@@ -9,11 +9,12 @@ use futures_util::{SinkExt, StreamExt};
 use ringws_cli::feed::control::push_json_str;
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
@@ -35,6 +36,9 @@ pub fn require_chromium() {
 pub struct Chromium {
     child: Child,
     profile: PathBuf,
+    /// The DevTools port, sent by the stderr reader when Chromium says it listens; disconnected when
+    /// Chromium's stderr closes.
+    devtools: mpsc::Receiver<u16>,
 }
 
 impl Chromium {
@@ -47,8 +51,8 @@ impl Chromium {
         let profile =
             std::env::temp_dir().join(format!("ringws-chromium-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&profile).unwrap();
-        let log = std::fs::File::create(profile.join("stderr.log")).unwrap();
-        let child = Command::new("chromium")
+        let mut log = std::fs::File::create(profile.join("stderr.log")).unwrap();
+        let mut child = Command::new("chromium")
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -66,33 +70,54 @@ impl Chromium {
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start chromium ({e}); install it: apt-get install chromium")
             });
-        Chromium { child, profile }
+        // Copies stderr into the profile's log file (for `log`) and reports the port of its
+        // `DevTools listening on ws://127.0.0.1:PORT/...` line.
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (port_tx, devtools) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut port_tx = Some(port_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log, "{line}");
+                let port = line
+                    .split_once("DevTools listening on ws://")
+                    .and_then(|(_, url)| url.split_once('/'))
+                    .and_then(|(host, _)| host.rsplit_once(':'))
+                    .and_then(|(_, port)| port.parse::<u16>().ok());
+                if let Some(port) = port
+                    && let Some(tx) = port_tx.take()
+                {
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        Chromium {
+            child,
+            profile,
+            devtools,
+        }
     }
 
-    /// The DevTools port, from the `DevToolsActivePort` file Chromium writes once it listens.
+    /// The DevTools port, from the line Chromium prints once it listens (bounded wait: 30 s).
     pub fn devtools_port(&mut self) -> u16 {
-        let file = self.profile.join("DevToolsActivePort");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&file)
-                && let Some(port) = text.lines().next().and_then(|l| l.parse().ok())
-            {
-                return port;
+        match self.devtools.recv_timeout(Duration::from_secs(30)) {
+            Ok(port) => port,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = super::wait_timeout(&mut self.child, Duration::from_secs(5));
+                panic!(
+                    "chromium closed its stderr without a DevTools port ({status:?}):\n{}",
+                    self.log()
+                )
             }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("chromium exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromium wrote no DevTools port within 30 s:\n{}",
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                "chromium printed no DevTools port within 30 s:\n{}",
                 self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            ),
         }
     }
 
@@ -110,13 +135,11 @@ impl Drop for Chromium {
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
         }
         let _ = self.child.wait();
-        // Helpers may still be exiting and writing: retry the removal for up to a second.
-        for _ in 0..20 {
-            if std::fs::remove_dir_all(&self.profile).is_ok() || !self.profile.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Helpers may still be exiting and writing: the removal is retried (a bounded poll, for up
+        // to a second) until the directory is gone.
+        super::eventually(Duration::from_secs(1), || {
+            std::fs::remove_dir_all(&self.profile).is_ok() || !self.profile.exists()
+        });
     }
 }
 
@@ -168,6 +191,7 @@ pub async fn connect_page(chromium: &mut Chromium, url: &str) -> Ws {
             Instant::now() < deadline,
             "no page target for {url}: {list:?}"
         );
+        // A bounded poll: the DevTools HTTP list has no call that waits for a target to appear.
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let (ws, _) = timeout(

@@ -16,6 +16,7 @@ use ringws_protocol::{OpCode, Role};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -65,6 +66,12 @@ impl Server {
     /// its `listening on ADDR (N workers)` line. `--workers 1` is added unless `args` names `--workers`.
     /// A port taken between picking and binding is retried with another one.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with(args, |_| {})
+    }
+
+    /// [`Server::start`] with `tweak` applied to the command before it is spawned (e.g. a `pre_exec`
+    /// hook that lowers a resource limit of the server process).
+    pub fn start_with(args: &[&str], tweak: impl Fn(&mut Command)) -> Server {
         let workers = match args.iter().position(|a| *a == "--workers") {
             Some(i) => args.get(i + 1).copied().expect("--workers needs a value"),
             None => "1",
@@ -81,18 +88,20 @@ impl Server {
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
+            tweak(&mut cmd);
             let mut child = cmd
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", binary().display()));
             let log = Arc::new(Mutex::new(String::new()));
             let (ready_tx, ready_rx) = mpsc::channel();
-            capture(
+            // The server's output is read until it exits; nothing waits for these threads.
+            let _ = capture(
                 child.stderr.take().expect("piped"),
                 &log,
                 "",
                 Some(ready_tx),
             );
-            capture(child.stdout.take().expect("piped"), &log, "[stdout] ", None);
+            let _ = capture(child.stdout.take().expect("piped"), &log, "[stdout] ", None);
             match ready_rx.recv_timeout(READY_TIMEOUT) {
                 Ok(line) => {
                     let server = Server { child, addr, log };
@@ -118,7 +127,7 @@ impl Server {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // stderr closed without the ready line: the process is exiting.
-                    let status = wait_bounded(&mut child, Duration::from_secs(5));
+                    let status = wait_timeout(&mut child, Duration::from_secs(5));
                     last_log = log.lock().unwrap().clone();
                     if !last_log.contains("in use") {
                         panic!(
@@ -152,7 +161,7 @@ impl Server {
 
     /// Waits up to `timeout` for the process to exit; `None` if it is still running then.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        wait_bounded(&mut self.child, timeout)
+        wait_timeout(&mut self.child, timeout)
     }
 
     /// The server's process id (for reading `/proc/<pid>/status`).
@@ -187,14 +196,18 @@ fn free_port() -> u16 {
 }
 
 /// Copies `from` line by line into `log` on a thread; the first `listening on` line goes to `ready`.
+/// The returned receiver is disconnected once the thread has copied everything (EOF on `from`).
 fn capture(
     from: impl Read + Send + 'static,
     log: &Arc<Mutex<String>>,
     prefix: &'static str,
     ready: Option<mpsc::Sender<String>>,
-) {
+) -> mpsc::Receiver<()> {
     let log = Arc::clone(log);
+    let (done_tx, done_rx) = mpsc::channel::<()>();
     thread::spawn(move || {
+        // Dropped when the thread ends, also by a panic: that disconnects `done_rx`.
+        let _done = done_tx;
         let mut ready = ready;
         for line in BufReader::new(from).lines() {
             let Ok(line) = line else { break };
@@ -209,23 +222,61 @@ fn capture(
             log.push('\n');
         }
     });
+    done_rx
 }
 
-/// Polls a child for its exit for at most `timeout`.
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+/// Waits until every thread behind `done` has ended (each receiver disconnects), until `deadline`;
+/// whether they all did.
+fn all_done(done: &[mpsc::Receiver<()>], deadline: Instant) -> bool {
+    done.iter().all(|rx| {
+        let left = deadline.saturating_duration_since(Instant::now());
+        matches!(
+            rx.recv_timeout(left),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        )
+    })
+}
+
+/// Waits for a child to exit for at most `timeout`, blocked in poll(2) on a pidfd of the child (which
+/// becomes readable when it exits); its exit status, or `None` if it is still running then.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
+    if let Some(status) = child.try_wait().expect("try_wait") {
+        return Some(status);
+    }
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    // SAFETY: pidfd_open takes a pid and flags and touches no memory of ours; `pid` is our own child,
+    // not reaped yet (try_wait above saw it running), so it cannot name another process.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        raw >= 0,
+        "pidfd_open({pid}): {}",
+        io::Error::last_os_error()
+    );
+    // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             return Some(status);
         }
-        if Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return None;
         }
-        thread::sleep(Duration::from_millis(10));
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `pfd` is one live pollfd for the whole call; the descriptor is open (owned above).
+        // A signal (EINTR) or the child's exit ends the wait; the loop checks which.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
     }
 }
 
-/// Polls `f` every 10 ms until it holds or `within` passes; whether it held.
+/// Polls `f` every 10 ms until it holds or `within` passes; whether it held. For conditions that
+/// have no event to block on (a count in `/proc`, a server that admits again).
 pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     loop {
@@ -239,6 +290,9 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// How long [`run_bounded`] waits for the output of a finished process to be read to its end.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs `cmd` with stdout and stderr captured, killing it after `timeout`. Returns its exit status
 /// (`None` on timeout) and everything it printed.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (Option<ExitStatus>, String) {
@@ -249,17 +303,74 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (Option<ExitStatus>,
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
     let log = Arc::new(Mutex::new(String::new()));
-    capture(child.stdout.take().expect("piped"), &log, "", None);
-    capture(child.stderr.take().expect("piped"), &log, "[stderr] ", None);
-    let status = wait_bounded(&mut child, timeout);
+    let done = [
+        capture(child.stdout.take().expect("piped"), &log, "", None),
+        capture(child.stderr.take().expect("piped"), &log, "[stderr] ", None),
+    ];
+    let status = wait_timeout(&mut child, timeout);
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    // Let the capture threads drain what the process wrote just before it exited.
-    thread::sleep(Duration::from_millis(50));
-    let out = log.lock().unwrap().clone();
+    // The capture threads end at EOF on the pipes: everything the process wrote is in `log` then.
+    let drained = all_done(&done, Instant::now() + DRAIN_TIMEOUT);
+    let mut out = log.lock().unwrap().clone();
+    if !drained {
+        out.push_str(&format!(
+            "[run_bounded: output still open {DRAIN_TIMEOUT:?} after the process ended: a process it \
+             started holds the pipes]\n"
+        ));
+    }
     (status, out)
+}
+
+/// How [`run_until_listening`] ended.
+#[derive(Debug)]
+pub enum Started {
+    /// The process printed a `listening on` line (it was killed then).
+    Listening,
+    /// The process exited before printing one, with this status.
+    Exited(ExitStatus),
+    /// Neither within the timeout (the process was killed).
+    Neither,
+}
+
+/// Runs `cmd` (a server) until it prints a `listening on` line on stderr, exits, or `timeout`
+/// passes, then kills it if it still runs. Returns how it ended and everything it printed.
+pub fn run_until_listening(cmd: &mut Command, timeout: Duration) -> (Started, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let log = Arc::new(Mutex::new(String::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let done = [
+        capture(
+            child.stderr.take().expect("piped"),
+            &log,
+            "",
+            Some(ready_tx),
+        ),
+        capture(child.stdout.take().expect("piped"), &log, "[stdout] ", None),
+    ];
+    let started = match ready_rx.recv_timeout(timeout) {
+        Ok(_) => Started::Listening,
+        // stderr closed without the line: the process is exiting.
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            match wait_timeout(&mut child, DRAIN_TIMEOUT) {
+                Some(status) => Started::Exited(status),
+                None => Started::Neither,
+            }
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => Started::Neither,
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    all_done(&done, Instant::now() + DRAIN_TIMEOUT);
+    let out = log.lock().unwrap().clone();
+    (started, out)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -638,6 +749,33 @@ impl RawClient {
         let _ = self.stream.shutdown(Shutdown::Write);
     }
 
+    /// Blocks until the server has sent something this client has not read yet (bytes already
+    /// pending count), for at most `timeout`; whether it did. Reads nothing: the bytes stay queued.
+    pub fn wait_readable(&mut self, timeout: Duration) -> bool {
+        if !self.pending.is_empty() {
+            return true;
+        }
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .expect("read timeout");
+        let mut buf = [0u8; 1];
+        let got = self.stream.peek(&mut buf);
+        self.stream
+            .set_read_timeout(Some(self.timeout))
+            .expect("read timeout");
+        matches!(got, Ok(n) if n > 0)
+    }
+
+    /// Bytes the kernel holds in this client's receive queue, not read yet (`FIONREAD`).
+    pub fn unread(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int into `n`, which lives for the whole call; the descriptor
+        // belongs to `self.stream`, open for the whole call.
+        let rc = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::FIONREAD, &mut n) };
+        assert_eq!(rc, 0, "FIONREAD: {}", io::Error::last_os_error());
+        usize::try_from(n).expect("FIONREAD is not negative")
+    }
+
     /// Reads more bytes into `pending`.
     fn fill(&mut self) -> Result<usize, ReadError> {
         let mut buf = [0u8; 64 << 10];
@@ -841,6 +979,8 @@ impl RawClient {
 pub struct BackgroundEchoer {
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU32>,
+    /// The count after each completed echo; disconnected when the thread ends (done, or panicked).
+    echoed: mpsc::Receiver<u32>,
     handle: thread::JoinHandle<()>,
 }
 
@@ -849,6 +989,7 @@ impl BackgroundEchoer {
     pub fn start(addr: SocketAddr) -> BackgroundEchoer {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU32::new(0));
+        let (echoed_tx, echoed) = mpsc::channel();
         let handle = {
             let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
             thread::spawn(move || {
@@ -858,23 +999,30 @@ impl BackgroundEchoer {
                         break;
                     }
                     c.echo(Frame::binary(bytes(50 + (n as usize % 950), n as u8)));
-                    count.fetch_add(1, Ordering::Relaxed);
+                    let done = count.fetch_add(1, Ordering::Relaxed) + 1;
+                    let _ = echoed_tx.send(done);
                 }
                 c.close_normally();
             })
         };
-        let deadline = Instant::now() + READ_TIMEOUT;
-        while count.load(Ordering::Relaxed) == 0 && !handle.is_finished() {
-            assert!(
-                Instant::now() < deadline,
-                "no first echo within {READ_TIMEOUT:?}"
-            );
-            thread::sleep(Duration::from_millis(1));
-        }
-        BackgroundEchoer {
+        let first = echoed.recv_timeout(READ_TIMEOUT);
+        let echoer = BackgroundEchoer {
             stop,
             count,
+            echoed,
             handle,
+        };
+        match first {
+            Ok(_) => echoer,
+            // The thread ended without an echo: its panic says why.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                echoer.stop.store(true, Ordering::Relaxed);
+                match echoer.handle.join() {
+                    Err(panic) => std::panic::resume_unwind(panic),
+                    Ok(()) => panic!("the echo client ended without an echo"),
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("no first echo within {READ_TIMEOUT:?}"),
         }
     }
 
@@ -882,19 +1030,54 @@ impl BackgroundEchoer {
     /// stops the thread and returns how many messages were echoed. A failed echo at any time (wrong
     /// bytes, a Close, a timeout) fails the test here.
     pub fn finish(self) -> u32 {
+        // Blocks on the thread's reports until one counts past `before` (or the thread ends, and
+        // its panic says why).
         let before = self.count.load(Ordering::Relaxed);
         let deadline = Instant::now() + READ_TIMEOUT;
-        while self.count.load(Ordering::Relaxed) == before && !self.handle.is_finished() {
-            assert!(Instant::now() < deadline, "the echo client stalled");
-            thread::sleep(Duration::from_millis(1));
-        }
+        let next = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.echoed.recv_timeout(left) {
+                Ok(n) if n > before => break Ok(n),
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        };
         self.stop.store(true, Ordering::Relaxed);
         if let Err(panic) = self.handle.join() {
             std::panic::resume_unwind(panic);
         }
+        assert!(
+            next.is_ok(),
+            "the echo client stalled or ended after {before} echoes: {next:?}"
+        );
         let total = self.count.load(Ordering::Relaxed);
         assert!(total > before, "no echo completed after the disturbance");
         total
+    }
+}
+
+/// Spawns `f` on a thread; the receiver disconnects when the thread ends (returned or panicked),
+/// so [`join_within`] can wait for it with a bound.
+pub fn spawn_watched<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> (thread::JoinHandle<T>, mpsc::Receiver<()>) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let handle = thread::spawn(move || {
+        let _ended = tx;
+        f()
+    });
+    (handle, rx)
+}
+
+/// Joins a thread from [`spawn_watched`] if it ends within `timeout`; `None` if it is still running.
+pub fn join_within<T>(
+    handle: thread::JoinHandle<T>,
+    ended: &mpsc::Receiver<()>,
+    timeout: Duration,
+) -> Option<thread::Result<T>> {
+    match ended.recv_timeout(timeout) {
+        Err(mpsc::RecvTimeoutError::Timeout) => None,
+        _ => Some(handle.join()),
     }
 }
 
@@ -1011,7 +1194,7 @@ pub struct InProcess {
     pub addr: SocketAddr,
     /// Its handle (shutdown, publisher).
     pub handle: ringws::ServerHandle,
-    thread: Option<thread::JoinHandle<()>>,
+    thread: Option<(thread::JoinHandle<()>, mpsc::Receiver<()>)>,
 }
 
 impl InProcess {
@@ -1034,7 +1217,7 @@ impl InProcess {
     {
         let (addr, handle) = (server.local_addr(), server.handle());
         let (tx, rx) = mpsc::channel();
-        let thread = thread::spawn(move || {
+        let thread = spawn_watched(move || {
             server
                 .run_with_ready(factory, move || tx.send(()).unwrap())
                 .expect("server runs");
@@ -1052,14 +1235,11 @@ impl Drop for InProcess {
     fn drop(&mut self) {
         self.handle.shutdown();
         self.handle.shutdown();
-        if let Some(t) = self.thread.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !t.is_finished() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(10));
-            }
-            if t.is_finished() && !thread::panicking() {
-                t.join().expect("server thread");
-            }
+        if let Some((t, ended)) = self.thread.take()
+            && let Some(result) = join_within(t, &ended, Duration::from_secs(10))
+            && !thread::panicking()
+        {
+            result.expect("server thread");
         }
     }
 }
