@@ -6,3 +6,4 @@
 //! pulls in none of the CLI's crates (clap, mimalloc, tracing-subscriber, hdrhistogram, JSON).
 
 pub mod feed;
+pub mod settings;

@@ -393,3 +393,40 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// `ringws serve --help` is written from the engine's settings table: every option that sets an
+/// engine setting shows that setting's default and requirement, as `Config::SETTINGS` has them.
+#[test]
+fn serve_help_shows_the_engines_defaults() {
+    let out = ringws(&["serve", "--help"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let help = stdout(&out);
+    let mut checked = 0;
+    for (name, flag) in ringws_cli::settings::FLAGS {
+        let Some(s) = ringws::Config::SETTINGS.iter().find(|s| s.name == *name) else {
+            continue; // the feed's and deflate's own options
+        };
+        let start = help
+            .find(&format!("  {flag} "))
+            .or_else(|| help.find(&format!("  {flag}\n")))
+            .unwrap_or_else(|| panic!("{flag} is not in serve --help:\n{help}"));
+        // The option's section runs to the next option.
+        let section = &help[start..];
+        let end = section[2..]
+            .find("\n      --")
+            .map_or(section.len(), |i| i + 2);
+        let section = &section[..end];
+        assert!(
+            section.contains(&format!("[default: {}]", s.default)),
+            "{flag}: no `[default: {}]` in:\n{section}",
+            s.default
+        );
+        assert!(
+            section.contains(s.requirement),
+            "{flag}: no requirement `{}` in:\n{section}",
+            s.requirement
+        );
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} options checked");
+}

@@ -1,6 +1,8 @@
 //! Timers of `ringws serve`: `--idle-timeout` closes a connection that sent nothing for that long
 //! with Close 1001 (the engine's documented behaviour, `engine/src/config.rs`), and any traffic from
-//! the client, a ping included, keeps it open.
+//! the client, a ping included, keeps it open. That a timer never fires before its value is proven
+//! on a virtual clock in the engine's connection machine (`engine/src/conn/machine.rs`, `slot.rs`);
+//! here the wall clock only bounds how late it may be.
 
 mod common;
 
@@ -13,10 +15,6 @@ fn idle_connection_gets_1001_and_traffic_keeps_it_open() {
 
     let mut idle = RawClient::connect(server.addr);
     let mut busy = RawClient::connect(server.addr);
-
-    // Not before its time: nothing arrives in the first 700 ms (the busy one is quiet too, still
-    // within its timeout).
-    idle.expect_silence(Duration::from_millis(700));
 
     // A busy connection: a ping every 250 ms for 2.5 s, well past the 1 s timeout, each answered.
     for i in 0..10 {
@@ -34,7 +32,7 @@ fn idle_connection_gets_1001_and_traffic_keeps_it_open() {
     busy.expect_close(Some(1001));
     let waited = quiet.elapsed();
     assert!(
-        (Duration::from_millis(500)..Duration::from_secs(3)).contains(&waited),
+        waited < Duration::from_secs(3),
         "idle close after {waited:?}, want about 1 s"
     );
 }

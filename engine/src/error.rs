@@ -20,7 +20,8 @@ pub enum EngineError {
     IoUringBlocked,
     /// Creating the ring failed with `ENOMEM`: ring and buffer-ring memory counts against
     /// `RLIMIT_MEMLOCK` for users without `CAP_IPC_LOCK` on kernels before 5.12 and again from 6.14
-    /// (about 280 KiB per worker with the default sizes; `ringws check` computes it).
+    /// (about 276 KiB per worker with the default sizes, plus 12 KiB for the start-up probe;
+    /// `ringws check` computes it).
     IoUringNoMemory,
     /// The kernel lacks an io_uring feature the engine requires.
     MissingFeature {

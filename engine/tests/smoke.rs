@@ -423,13 +423,8 @@ fn idle_timeout_closes_with_1001() {
             .ping_interval(Duration::ZERO)
     });
     let mut s = open(server.addr);
-    let t = Instant::now();
+    // Not before its time is proven on the virtual clock (conn::machine tests); here: it comes.
     let (_, op, payload) = read_frame(&mut s);
-    assert!(
-        t.elapsed() >= Duration::from_millis(250),
-        "{:?}",
-        t.elapsed()
-    );
     assert_eq!((op, &payload[..2]), (0x8, &1001u16.to_be_bytes()[..]));
     s.write_all(&frame(0x8, &1001u16.to_be_bytes(), true))
         .unwrap();

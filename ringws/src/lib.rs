@@ -49,3 +49,5 @@ pub use ringws_engine::{
 pub use ringws_engine::{Connect, ConnectError, Context};
 // permessage-deflate (RFC 7692): the policy for `ServerBuilder::deflate` and `Connect::deflate`.
 pub use ringws_engine::DeflateConfig;
+// The settings: every one with its default and range (`Config::SETTINGS`, `settings_table`).
+pub use ringws_engine::{Config, Setting, settings_table};

@@ -5,52 +5,36 @@
 use super::given;
 use clap::Args;
 use ringws::ServerBuilder;
+use ringws_cli::settings::{help, long_help};
 use std::time::Duration;
 
 /// Admission and abuse limits.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
-    /// Connections over all workers before new ones get 503 (default: no limit beyond
-    /// --max-connections per worker).
-    #[arg(long)]
+    #[arg(long, help = help("max_total_connections"), long_help = long_help("max_total_connections", None))]
     max_total_connections: Option<usize>,
-    /// Connections per client IP address before new ones get 429 (default: no limit).
-    #[arg(long)]
+    #[arg(long, help = help("max_connections_per_ip"), long_help = long_help("max_connections_per_ip", None))]
     max_connections_per_ip: Option<usize>,
-    /// Allow WebSocket upgrades from this origin only (repeatable): `https://example.com`, or
-    /// `https://*.example.com` for its subdomains; others get 403 (default: any origin).
-    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    #[arg(long = "allow-origin", value_name = "ORIGIN", help = help("allowed_origins"), long_help = long_help("allowed_origins", None))]
     allowed_origins: Vec<String>,
     /// With --allow-origin: refuse (403) upgrades without an Origin header too.
     #[arg(long)]
     deny_missing_origin: bool,
-    /// A subprotocol this server speaks (repeatable, most preferred first); the first one the
-    /// client offers is selected.
-    #[arg(long = "subprotocol", value_name = "NAME")]
+    #[arg(long = "subprotocol", value_name = "NAME", help = help("subprotocols"), long_help = long_help("subprotocols", None))]
     subprotocols: Vec<String>,
-    /// Refuse (400) upgrades that offer none of the --subprotocol names.
-    #[arg(long)]
+    #[arg(long, help = help("require_subprotocol"), long_help = long_help("require_subprotocol", None))]
     require_subprotocol: bool,
-    /// Messages per second per connection before it is closed with 1008 (default: no limit).
-    #[arg(long)]
+    #[arg(long, help = help("message_rate"), long_help = long_help("message_rate", None))]
     message_rate: Option<u32>,
-    /// Messages back to back under --message-rate (default 100).
-    #[arg(long)]
+    #[arg(long, help = help("message_burst"), long_help = long_help("message_burst", None))]
     message_burst: Option<u32>,
-    /// Client pings answered per second per connection (default 20; 0: no limit); more are
-    /// ignored, a further --ping-burst of them closes with 1008.
-    #[arg(long)]
+    #[arg(long, help = help("ping_rate"), long_help = long_help("ping_rate", None))]
     ping_rate: Option<u32>,
-    /// Pings back to back under --ping-rate (default 100).
-    #[arg(long)]
+    #[arg(long, help = help("ping_burst"), long_help = long_help("ping_burst", None))]
     ping_burst: Option<u32>,
-    /// Bytes of partly received messages over all connections before the connection passing it
-    /// is closed with 1009 (default 268435456 = 256 MiB; 0: no limit).
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", help = help("max_assembly_memory"), long_help = long_help("max_assembly_memory", Some("bytes")))]
     max_assembly_memory: Option<usize>,
-    /// Seconds to receive a frame or message once begun, else Close 1008 (default 30; 0
-    /// disables).
-    #[arg(long)]
+    #[arg(long, value_name = "SECONDS", help = help("message_timeout"), long_help = long_help("message_timeout", Some("seconds")))]
     message_timeout: Option<u64>,
 }
 

@@ -8,6 +8,7 @@ pub mod load;
 pub mod serve;
 
 use ringws::EngineError;
+use ringws_cli::settings::{FLAGS, flag_of};
 use std::io::{self, Write};
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: warnings and errors).
@@ -54,46 +55,6 @@ pub fn print_or_report(text: &str) -> bool {
             false
         }
     }
-}
-
-/// The engine's settings (`EngineError::InvalidConfig::setting`, as the builder names them) and the
-/// command-line options that set them, so errors name what the user typed. Settings without an
-/// option (the engine's own, such as `max_topics`) keep the engine's wording.
-const FLAGS: &[(&str, &str)] = &[
-    ("bind", "--addr"),
-    ("workers", "--workers"),
-    ("backlog", "--backlog"),
-    ("max_connections", "--max-connections"),
-    ("max_message_size", "--max-message-size"),
-    ("max_backpressure", "--max-backpressure"),
-    ("buffer_size", "--buffer-size"),
-    ("buffer_count", "--buffer-count"),
-    ("ring_entries", "--ring-entries"),
-    ("socket_send_buffer", "--send-buffer"),
-    ("idle_timeout", "--idle-timeout"),
-    ("ping_interval", "--ping-interval"),
-    ("pong_timeout", "--pong-timeout"),
-    ("message_timeout", "--message-timeout"),
-    ("max_total_connections", "--max-total-connections"),
-    ("max_connections_per_ip", "--max-connections-per-ip"),
-    ("allowed_origins", "--allow-origin"),
-    ("subprotocols", "--subprotocol"),
-    ("require_subprotocol", "--require-subprotocol"),
-    ("message_rate", "--message-rate"),
-    ("message_burst", "--message-burst"),
-    ("ping_rate", "--ping-rate"),
-    ("ping_burst", "--ping-burst"),
-    ("max_assembly_memory", "--max-assembly-memory"),
-    ("deflate.server_max_window_bits", "--deflate-window-bits"),
-    ("deflate.client_max_window_bits", "--deflate-window-bits"),
-    // The market feed's settings (ringws_cli::feed::Feed::new).
-    ("symbols", "--symbols"),
-    ("rate", "--rate"),
-];
-
-/// The option that sets the engine setting `setting`, if there is one.
-pub fn flag_of(setting: &str) -> Option<&'static str> {
-    FLAGS.iter().find(|(s, _)| *s == setting).map(|(_, f)| *f)
 }
 
 /// An engine error as the command line says it: an out-of-range setting is named by its option

@@ -6,6 +6,7 @@ use super::{given, note};
 use clap::{Args, ValueEnum};
 use ringws::{BackpressurePolicy, EngineError, Handler, Message, Server, ServerBuilder, Socket};
 use ringws_cli::feed::{Feed, FeedConfig};
+use ringws_cli::settings::{help, long_help};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -25,70 +26,52 @@ pub struct ServeArgs {
     /// What to do with messages.
     #[arg(long, value_enum, default_value_t = Mode::Echo)]
     mode: Mode,
-    /// Address to listen on: HOST:PORT, e.g. 0.0.0.0:9001 for every IPv4 address, [::1]:9001,
-    /// or localhost:9001 (port 0: any free port).
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9001", value_parser = parse_addr)]
-    addr: String,
-    /// Worker threads, one ring each (default: the CPUs this process may use).
-    #[arg(long)]
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr, help = help("bind"), long_help = long_help("bind", None))]
+    addr: Option<String>,
+    #[arg(long, help = help("workers"), long_help = long_help("workers", None))]
     workers: Option<usize>,
-    /// Largest message accepted, in bytes (default 16 MiB); larger closes with 1009.
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", help = help("max_message_size"), long_help = long_help("max_message_size", Some("bytes")))]
     max_message_size: Option<u64>,
-    /// Close connections that receive nothing for this many seconds; 0 disables (default 120).
-    #[arg(long)]
+    #[arg(long, value_name = "SECONDS", help = help("idle_timeout"), long_help = long_help("idle_timeout", Some("seconds")))]
     idle_timeout: Option<u64>,
-    /// Ping a connection that sent nothing for this many seconds; 0 disables (default 30).
-    #[arg(long)]
+    #[arg(long, value_name = "SECONDS", help = help("ping_interval"), long_help = long_help("ping_interval", Some("seconds")))]
     ping_interval: Option<u64>,
-    /// Drop a connection that still sent nothing this many seconds after a ping (default 30).
-    #[arg(long)]
+    #[arg(long, value_name = "SECONDS", help = help("pong_timeout"), long_help = long_help("pong_timeout", Some("seconds")))]
     pong_timeout: Option<u64>,
-    /// Size of each provided receive buffer, in bytes (default 32768).
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", help = help("buffer_size"), long_help = long_help("buffer_size", Some("bytes")))]
     buffer_size: Option<u32>,
-    /// Provided receive buffers per worker, a power of two up to 32768 (default 512).
-    #[arg(long)]
+    #[arg(long, help = help("buffer_count"), long_help = long_help("buffer_count", None))]
     buffer_count: Option<u16>,
-    /// Listen backlog per worker (default 4096).
-    #[arg(long)]
+    #[arg(long, help = help("backlog"), long_help = long_help("backlog", None))]
     backlog: Option<u32>,
-    /// Connections per worker before new ones get 503 (default 100000).
-    #[arg(long)]
+    #[arg(long, help = help("max_connections"), long_help = long_help("max_connections", None))]
     max_connections: Option<usize>,
-    /// Bytes queued per connection before its backpressure (and, for a feed subscriber,
-    /// conflation) applies (default 1 MiB).
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", help = help("max_backpressure"), long_help = long_help("max_backpressure", Some("bytes")))]
     max_backpressure: Option<usize>,
-    /// Submission queue entries per worker ring, 8 to 32768 (default 2048); the completion queue
-    /// is 4x. A fan-out to more subscribers than the completion queue holds can overflow it (the
-    /// kernel then keeps the extra completions aside, at a cost).
-    #[arg(long)]
+    #[arg(long, help = help("ring_entries"), long_help = long_help("ring_entries", None))]
     ring_entries: Option<u32>,
-    /// SO_SNDBUF of accepted connections in bytes, 1024 to 1 GiB (default: kernel autotuning; Linux
-    /// doubles the value and caps it at net.core.wmem_max). Small keeps a stalled feed subscriber's
-    /// backlog in the server's conflating queue instead of the kernel's socket buffer.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help = help("socket_send_buffer"), long_help = long_help("socket_send_buffer", Some("bytes")))]
     send_buffer: Option<usize>,
-    /// Join other `ringws serve` processes (same user) already listening on the port: the kernel
-    /// spreads connections over all of them (SO_REUSEPORT). Without it a taken port is an error.
-    #[arg(long)]
+    #[arg(long, help = help("share_port"), long_help = long_help("share_port", None))]
     share_port: bool,
-    /// With --mode feed: number of symbols (BTC-USD, ETH-USD, ... then generated names), 1 to 100000
-    /// (default 100).
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "With --mode feed: number of symbols (BTC-USD, ETH-USD, ... then generated names), 1 to \
+         100000 [default: {}]",
+        FeedConfig::default().symbols
+    ))]
     symbols: Option<usize>,
-    /// With --mode feed: quotes published per second over all symbols, 1 to 10000000 (default 1000).
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "With --mode feed: quotes published per second over all symbols, 1 to 10000000 \
+         [default: {}]",
+        FeedConfig::default().rate
+    ))]
     rate: Option<u64>,
     /// With --mode feed: publish quotes as binary frames instead of JSON text (layout in the README).
     #[arg(long)]
     binary: bool,
     #[command(flatten)]
     deflate: DeflateArgs,
-    /// With --deflate: MiB of compression contexts kept between messages over all connections
-    /// (default 256); beyond it new connections get no context takeover.
-    #[arg(long, requires = "deflate")]
+    #[arg(long, value_name = "MIB", requires = "deflate", help = help("deflate_budget"), long_help = long_help("deflate_budget", Some("MiB")))]
     deflate_budget: Option<usize>,
     #[command(flatten)]
     limits: LimitArgs,
@@ -159,9 +142,10 @@ impl Handler for Echo {
 
 /// Builds the server, prints the ready line once every worker accepts, serves until SIGINT/SIGTERM.
 pub fn run(args: ServeArgs) -> Result<(), EngineError> {
-    let mut b = Server::builder()
-        .bind(args.addr.as_str())
-        .handle_signals(true);
+    let mut b = Server::builder().handle_signals(true);
+    if let Some(addr) = &args.addr {
+        b = b.bind(addr.as_str());
+    }
     if args.mode == Mode::Echo {
         // Every message is answered: pause reading under backpressure instead of dropping echoes.
         b = b.backpressure_policy(BackpressurePolicy::Pause);

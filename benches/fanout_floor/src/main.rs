@@ -123,7 +123,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Nanoseconds since the UNIX epoch (`CLOCK_REALTIME`), the clock of `ringws::feed::now_ns`.
+/// Nanoseconds since the UNIX epoch (`CLOCK_REALTIME`), the clock of `ringws_cli::feed::now_ns`.
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
