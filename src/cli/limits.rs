@@ -1,6 +1,6 @@
 //! The admission and abuse-limit options of `ringws serve` (origin allowlist, subprotocols,
 //! connection counts, message and ping rates, assembly memory, message timeout). Unset options keep
-//! the engine's defaults (see the README's limits table).
+//! the engine's defaults (see the README's settings table).
 
 use super::given;
 use clap::Args;
