@@ -430,3 +430,43 @@ fn serve_help_shows_the_engines_defaults() {
     }
     assert!(checked >= 20, "only {checked} options checked");
 }
+
+/// A server whose stderr reader went away (a pipe into `head`, a supervisor that died) still shuts
+/// down on SIGTERM: the log line it writes about the signal must not take it down half-way.
+#[test]
+fn serve_shuts_down_when_its_stderr_is_a_broken_pipe() {
+    use std::io::BufRead;
+    let mut child = Command::new(binary())
+        .args(["serve", "--addr", "127.0.0.1:0", "--workers", "1"])
+        .env("RUST_LOG", "info") // the signal's log line goes to the broken pipe
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no listening line");
+        }
+    }
+    drop(stderr); // the reader goes away
+    // SAFETY: signals the child we spawned and have not waited for.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let mut status = None;
+    let exited = eventually(Duration::from_secs(10), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no exit within 10 s of SIGTERM");
+    }
+    let status = status.unwrap();
+    assert!(status.success(), "exit {status}");
+}

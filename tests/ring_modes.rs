@@ -15,10 +15,22 @@ use std::thread;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
+/// A server process, killed (and reaped) if the test ends before it exited.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `ringws serve` on a free port with `RINGWS_RING_MODE=mode`; returns the child, its
 /// address and the stderr lines printed up to the ready line.
-fn start(mode: &str) -> (Child, SocketAddr, Vec<String>) {
-    let mut child = Command::new(binary())
+fn start(mode: &str) -> (Served, SocketAddr, Vec<String>) {
+    let child = Command::new(binary())
         .args(["serve", "--addr", "127.0.0.1:0", "--workers", "1"])
         .env("RINGWS_RING_MODE", mode)
         .env("RUST_LOG", "info")
@@ -27,7 +39,8 @@ fn start(mode: &str) -> (Child, SocketAddr, Vec<String>) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ringws serve");
-    let stderr = child.stderr.take().unwrap();
+    let mut child = Served(child);
+    let stderr = child.0.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -39,8 +52,6 @@ fn start(mode: &str) -> (Child, SocketAddr, Vec<String>) {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(line) = rx.recv_timeout(left) else {
-            let _ = child.kill();
-            let _ = child.wait();
             panic!("no ready line; printed:\n{}", lines.join("\n"));
         };
         if let Some(rest) = line.strip_prefix("listening on ") {
@@ -95,10 +106,10 @@ fn serve_in(mode: &str, expect_line: &str) {
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), exercise(addr)).await })
         .unwrap_or_else(|_| panic!("mode {mode}: the exchange timed out"));
     // SAFETY: signals the child we spawned and have not waited for.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
     let mut status = None;
     let exited = common::eventually(Duration::from_secs(15), || {
-        status = child.try_wait().unwrap();
+        status = child.0.try_wait().unwrap();
         status.is_some()
     });
     assert!(exited, "mode {mode}: no exit after SIGTERM");

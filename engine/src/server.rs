@@ -215,6 +215,10 @@ impl Server {
         // Each worker reports once: started (Ok) or failed before starting (Err; the error comes from join).
         let (tx, rx) = mpsc::channel::<Result<(), ()>>();
         std::thread::scope(|scope| {
+            // If this thread unwinds (the `ready` callback or a log subscriber panicked), the
+            // workers are told to stop at once: the scope joins them before the panic goes on, and
+            // they would otherwise serve forever.
+            let _stop = StopOnUnwind(&shared);
             let mut threads = Vec::with_capacity(n);
             for (index, listener) in listeners.enumerate() {
                 let (cfg, shared, factory, tx) = (&cfg, &*shared, &factory, tx.clone());
@@ -320,6 +324,17 @@ impl Drop for ExitGuard<'_> {
     fn drop(&mut self) {
         self.0.exited.fetch_add(1, Ordering::AcqRel);
         sys::poke(self.0.main_wake.as_fd());
+    }
+}
+
+/// Forces the workers down if the thread in [`Server::run`] unwinds.
+struct StopOnUnwind<'a>(&'a Shared);
+
+impl Drop for StopOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.request(2);
+        }
     }
 }
 
