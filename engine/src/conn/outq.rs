@@ -34,6 +34,9 @@ use tracing::error;
 /// Payloads of at least this many bytes get a chunk of their own instead of being appended.
 pub(crate) const LARGE: usize = 16 << 10;
 
+/// Chunk slots (and conflation entries) a pooled queue keeps allocated.
+const KEEP_CHUNKS: usize = 8;
+
 /// What identifies a conflatable message: (topic id, key computed at publish).
 pub(crate) type ConflationKey = (u32, u64);
 
@@ -208,7 +211,7 @@ impl OutQueue {
         let mut sent = match landed.result {
             Ok(n) => n,
             Err(errno) => {
-                landed.chunks.clear();
+                while landed.chunks.pop().is_some() {}
                 self.abandon();
                 return Err(SendError::Failed(errno));
             }
@@ -229,7 +232,15 @@ impl OutQueue {
             done += 1;
         }
         let back = chunks.len() - done;
-        for chunk in chunks.drain(..done) {
+        // What was not sent returns to the front, in order, ahead of what was queued meanwhile
+        // (popped from the back: no drain to set up for the usual one or two chunks).
+        for _ in 0..back {
+            if let Some(chunk) = chunks.pop() {
+                self.pending.push_front(chunk);
+            }
+        }
+        // What was sent: a small owned buffer becomes the spare for the next frames.
+        while let Some(chunk) = chunks.pop() {
             if let Chunk::Owned(v) = chunk
                 && v.len() < LARGE
                 && v.capacity() > self.spare.capacity()
@@ -237,10 +248,6 @@ impl OutQueue {
                 self.spare = v;
                 self.spare.clear();
             }
-        }
-        // What was not sent returns to the front, in order, ahead of what was queued meanwhile.
-        for chunk in chunks.drain(..).rev() {
-            self.pending.push_front(chunk);
         }
         self.moved -= back as u64;
         self.offset = if back > 0 { into_first } else { 0 };
@@ -278,8 +285,14 @@ impl OutQueue {
         if self.spare.capacity() > max_capacity {
             self.spare = Vec::new();
         }
-        self.pending = VecDeque::new();
-        self.keyed = HashMap::new();
+        // The chunk list and the conflation map keep a small allocation (the next message would
+        // make it again); a large one, left by a burst, goes.
+        if self.pending.capacity() > KEEP_CHUNKS {
+            self.pending = VecDeque::new();
+        }
+        if self.keyed.capacity() > KEEP_CHUNKS {
+            self.keyed = HashMap::new();
+        }
     }
 }
 

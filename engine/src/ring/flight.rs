@@ -39,11 +39,48 @@ impl Chunk {
     }
 }
 
+/// The chunks of a flight, in order: the first one inline (most sends carry one, and moving it
+/// then touches no other allocation), the rest in a vector.
+#[derive(Debug, Default)]
+pub(crate) struct Chunks {
+    first: Option<Chunk>,
+    rest: Vec<Chunk>,
+}
+
+impl Chunks {
+    /// How many.
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// In order.
+    pub fn iter(&self) -> impl Iterator<Item = &Chunk> {
+        self.first.iter().chain(self.rest.iter())
+    }
+
+    fn push(&mut self, chunk: Chunk) {
+        match self.first {
+            None => self.first = Some(chunk),
+            Some(_) => self.rest.push(chunk),
+        }
+    }
+
+    /// Takes the last one.
+    pub fn pop(&mut self) -> Option<Chunk> {
+        self.rest.pop().or_else(|| self.first.take())
+    }
+}
+
 /// What a completed flight gives back: the chunks it carried, the offset into the first one at
 /// which it started, and how many bytes the kernel wrote (`Err(errno)` if the send failed).
 pub(crate) struct Landed<'a> {
     /// The chunks, in order; the owner takes them back.
-    pub chunks: &'a mut Vec<Chunk>,
+    pub chunks: &'a mut Chunks,
     /// Bytes of `chunks[0]` that had been sent before this flight.
     pub offset: usize,
     /// Bytes written, or the send's error number.
@@ -52,7 +89,7 @@ pub(crate) struct Landed<'a> {
 
 /// The chunks of one send, and the iovecs and message header the kernel reads.
 pub(crate) struct Flight {
-    chunks: Vec<Chunk>,
+    chunks: Chunks,
     offset: usize,
     iov: Vec<libc::iovec>,
     /// Boxed, so it stays put when the flight moves (the kernel may read it after submission).
@@ -72,7 +109,7 @@ pub(super) enum Armed {
 impl Default for Flight {
     fn default() -> Self {
         Self {
-            chunks: Vec::new(),
+            chunks: Chunks::default(),
             offset: 0,
             iov: Vec::new(),
             msg: Box::new(empty_msghdr()),
@@ -100,7 +137,10 @@ impl Flight {
             return 0;
         }
         let n = from.len().min(MAX_IOV);
-        self.chunks.extend(from.drain(..n));
+        // One chunk at a time: cheaper than a drain for the one or two chunks of a typical send.
+        for chunk in std::iter::from_fn(|| from.pop_front()).take(n) {
+            self.chunks.push(chunk);
+        }
         self.offset = if n > 0 { offset } else { 0 };
         n
     }
@@ -116,8 +156,9 @@ impl Flight {
         if self.busy.is_some() || self.chunks.is_empty() {
             return None;
         }
-        let armed = if self.chunks.len() == 1 {
-            let rest = &self.chunks[0].bytes()[self.offset..];
+        let single = self.chunks.rest.is_empty();
+        let armed = if let (Some(first), true) = (&self.chunks.first, single) {
+            let rest = &first.bytes()[self.offset..];
             Armed::Single {
                 ptr: rest.as_ptr(),
                 len: rest.len().min(MAX_SEND) as u32,
