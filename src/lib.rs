@@ -1,5 +1,5 @@
-//! `ringws-cli`: the `ringws` command line (`src/main.rs`: serve, load, check) and, as this library,
-//! the market-data feed it serves with `ringws serve --mode feed` ([`feed`]), which
+//! `ringws-cli`: the `ringws` command line (`src/main.rs`: serve, load, check, top) and, as this
+//! library, the market-data feed it serves with `ringws serve --mode feed` ([`feed`]), which
 //! `examples/market_feed.rs` and the integration tests use too.
 //!
 //! Not published: applications depend on the `ringws` library (the engine and the protocol), which

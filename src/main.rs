@@ -1,5 +1,6 @@
 //! The `ringws` command line: `ringws serve` runs the benchmark echo server, `ringws load` loads a
-//! server with WebSocket clients and measures it, `ringws check` checks the host.
+//! server with WebSocket clients and measures it, `ringws check` checks the host, `ringws top`
+//! shows a running server's metrics live.
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,6 +28,15 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Load a WebSocket server: many connections, verified echoes, latency percentiles.
     Load(cli::load::LoadArgs),
+    /// Show a running server's /metrics live: connections, rates and loop-turn p99 per worker.
+    ///
+    /// Every --interval seconds: per worker and in total, open connections, data messages and
+    /// payload bytes per second in and out, deliveries, backpressure events and drops per second,
+    /// slow-consumer disconnects since the start, and the p99 of the interval's event-loop turns
+    /// (the upper bound of its histogram bucket), under a line with the server's version, uptime
+    /// and state. Rates are the increase between two scrapes over the time between them. A server
+    /// that cannot be read is retried; Ctrl-C or SIGTERM ends the view (exit status 0).
+    Top(cli::top::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +67,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::run(args),
         Command::Check(args) => return cli::check::run(args),
         Command::Load(args) => return cli::load::run(args),
+        Command::Top(args) => return cli::top::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ pub mod deflate;
 pub mod limits;
 pub mod load;
 pub mod serve;
+pub mod top;
 
 use ringws::EngineError;
 use ringws_cli::settings::{FLAGS, flag_of};
