@@ -16,6 +16,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "ringws", version, about)]
 struct Cli {
+    /// How log lines on stderr are written: text, or one JSON object per line (RUST_LOG filters
+    /// them either way).
+    #[arg(long, global = true, value_enum, default_value_t = cli::LogFormat::Text)]
+    log_format: cli::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,7 +66,7 @@ fn main() -> ExitCode {
             .error(clap::error::ErrorKind::ArgumentConflict, message)
             .exit()
     }
-    cli::init_logging();
+    cli::init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Check(args) => return cli::check::run(args),

@@ -1,7 +1,7 @@
 //! The `ringws` command line's messages to a user who got something wrong: each test runs the binary
 //! the way a newcomer would and checks that the message names the option and says what to do.
-//! Also: the feed's start-up lines, `load`'s report of permessage-deflate, and output into a pipe
-//! whose reader has gone.
+//! Also: the feed's start-up lines, `load`'s report of permessage-deflate, output into a pipe
+//! whose reader has gone, and `--log-format json`.
 
 mod common;
 
@@ -469,4 +469,66 @@ fn serve_shuts_down_when_its_stderr_is_a_broken_pipe() {
     }
     let status = status.unwrap();
     assert!(status.success(), "exit {status}");
+}
+
+/// Starts `ringws serve` with RUST_LOG=info and `args`, stops it with SIGINT (which shuts down at
+/// once, logging "shutting down" at info) and returns its stderr lines once that line is in, without
+/// the ready line (`listening on ...`, which stays plain text in every log format: scripts wait for
+/// it).
+fn log_lines_until_shutdown(args: &[&str]) -> Vec<String> {
+    let mut server = Server::start_with(args, |cmd| {
+        cmd.env("RUST_LOG", "info");
+    });
+    server.signal(libc::SIGINT);
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?} after SIGINT"
+    );
+    // The process has exited; its last lines are copied from the pipe by another thread.
+    assert!(
+        eventually(Duration::from_secs(10), || server
+            .log()
+            .contains("shutting down")),
+        "no shutdown line:\n{}",
+        server.log()
+    );
+    server
+        .log()
+        .lines()
+        .filter(|l| !l.starts_with("listening on "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `--log-format json` writes every log line as one JSON object with the message in
+/// `fields.message`; the default stays text.
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let lines = log_lines_until_shutdown(&["--log-format", "json"]);
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}; all: {lines:#?}"));
+            assert!(v["timestamp"].is_string(), "no timestamp: {line}");
+            assert!(v["level"].is_string(), "no level: {line}");
+            assert!(
+                v["fields"]["message"].is_string(),
+                "no fields.message: {line}"
+            );
+            v
+        })
+        .collect();
+    let shutdown = events
+        .iter()
+        .find(|v| v["fields"]["message"] == "shutting down")
+        .unwrap_or_else(|| panic!("no shutdown event in {lines:#?}"));
+    assert_eq!(shutdown["level"], "INFO");
+    assert_eq!(shutdown["fields"]["signal"], libc::SIGINT);
+
+    let text = log_lines_until_shutdown(&[]);
+    let line = text.iter().find(|l| l.contains("shutting down")).unwrap();
+    assert!(serde_json::from_str::<Value>(line).is_err(), "{line}");
+    assert!(line.contains("INFO"), "{line}");
 }

@@ -8,22 +8,37 @@ pub mod load;
 pub mod serve;
 pub mod top;
 
+use clap::ValueEnum;
 use ringws::EngineError;
 use ringws_cli::settings::{FLAGS, flag_of};
 use std::io::{self, Write};
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: warnings and errors).
-pub fn init_logging() {
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event: time, level, target, message and fields (colored on a terminal).
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields.message` and the event's
+    /// other fields, `span`/`spans`), for log collectors.
+    Json,
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default: warnings and errors).
+pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // A log line that cannot be written (stderr closed, or a pipe whose reader went away) is
         // dropped: by default the subscriber reports it with `eprintln!`, which panics then.
-        .log_internal_errors(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 /// `eprintln!` that ignores a stderr that cannot be written (closed, or a pipe whose reader went
