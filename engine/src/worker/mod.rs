@@ -212,6 +212,7 @@ impl<H: Handler> Worker<'_, H> {
             .ring
             .submit()
             .map_err(|e| EngineError::io("arming the listener", e))?;
+        self.eng.end_turn(sys::monotonic());
         ready();
         self.eng.start_client();
         let mut batch: Vec<Cqe> = Vec::with_capacity(1024);
