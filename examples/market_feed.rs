@@ -17,7 +17,10 @@ fn main() -> Result<(), EngineError> {
     let builder = ringws::Server::builder()
         .bind("127.0.0.1:9002")
         .handle_signals(true);
-    feed.serve(builder, |addr, workers| {
-        eprintln!("market feed on http://{addr}/ ({workers} workers); Ctrl-C stops it")
+    feed.serve(builder, |on| {
+        eprintln!(
+            "market feed on http://{}/ ({} workers); Ctrl-C stops it",
+            on.addr, on.workers
+        )
     })
 }

@@ -32,6 +32,9 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("ping_rate", "--ping-rate"),
     ("ping_burst", "--ping-burst"),
     ("max_assembly_memory", "--max-assembly-memory"),
+    ("admin_addr", "--admin-addr"),
+    ("drain_delay", "--drain-delay"),
+    ("health_timeout", "--health-timeout"),
     ("deflate.server_max_window_bits", "--deflate-window-bits"),
     ("deflate.client_max_window_bits", "--deflate-window-bits"),
     // The market feed's settings (ringws_cli::feed::Feed::new).

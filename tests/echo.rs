@@ -219,7 +219,8 @@ fn many_small_fragments_with_pings_between() {
 /// SIGTERM: every open client gets Close 1001, and the process exits with status 0.
 #[test]
 fn sigterm_sends_1001_to_every_client_and_exits_0() {
-    let mut server = Server::start(&["--workers", "2"]);
+    // No drain delay: the shutdown is under test (the drain before it is tests/ops.rs's).
+    let mut server = Server::start(&["--workers", "2", "--drain-delay", "0"]);
     let mut clients: Vec<RawClient> = (0..10).map(|_| RawClient::connect(server.addr)).collect();
     for (i, c) in clients.iter_mut().enumerate() {
         c.echo(Frame::text(format!("client {i}")));
@@ -238,7 +239,7 @@ fn sigterm_sends_1001_to_every_client_and_exits_0() {
     );
 }
 
-/// SIGINT behaves like SIGTERM, also for a client in the middle of a fragmented message and for one
+/// SIGINT shuts down at once (no drain delay: it is the interactive Ctrl-C), also for a client in the middle of a fragmented message and for one
 /// that never answers the Close (the drain is bounded: exit within 20 s).
 #[test]
 fn sigint_closes_with_1001_even_mid_message_and_exits_0() {
@@ -288,7 +289,7 @@ fn pipelined_large_messages_all_echoed_in_order() {
 /// completes — a frame cannot be cut — and Close 1001 follows it; the process exits 0.
 #[test]
 fn sigterm_during_a_large_echo_completes_the_frame_then_1001() {
-    let mut server = Server::start(&["--max-message-size", SIXTEEN_MIB_ARG]);
+    let mut server = Server::start(&["--max-message-size", SIXTEEN_MIB_ARG, "--drain-delay", "0"]);
     let mut client = RawClient::connect(server.addr);
     let payload = bytes(8 << 20, 8);
     client.send(&Frame::binary(payload.clone()));

@@ -188,7 +188,9 @@ fn stuck_clients(server: &Server, n: usize) -> Vec<RawClient> {
 }
 
 /// The options of a server whose sends to a client that does not read stay in flight.
-const SMALL_SEND_BUFFER: [&str; 2] = ["--send-buffer", "4096"];
+/// A small send buffer, and no drain delay: these tests are about the shutdown itself (the drain
+/// before it is tests/ops.rs's).
+const SMALL_SEND_BUFFER: [&str; 4] = ["--send-buffer", "4096", "--drain-delay", "0"];
 
 /// Logs the server's info lines too (the signals it takes: `shutting down`, `shutting down now`).
 fn info_log(cmd: &mut Command) {

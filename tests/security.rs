@@ -9,9 +9,10 @@ mod common;
 #[path = "../examples/auth_jwt.rs"]
 mod auth_jwt;
 
-use common::{Frame, HttpResponse, InProcess, RawClient, Server, http_request};
+use common::{Frame, HttpResponse, InProcess, RawClient, Server, eventually, http_request};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -65,8 +66,11 @@ fn origin_allowlist_answers_403_to_other_origins() {
         resp.status, 403,
         "no Origin with --deny-missing-origin:\n{head}"
     );
+    // The server's stderr is read by a thread: wait for the line rather than race it.
     assert!(
-        server.log().contains("origin not allowed"),
+        eventually(Duration::from_secs(5), || server
+            .log()
+            .contains("origin not allowed")),
         "{}",
         server.log()
     );

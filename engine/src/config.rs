@@ -268,6 +268,25 @@ settings! {
     /// takeover, which costs them nothing between messages.
     deflate_budget: usize = 256 << 20, "256 MiB",
         check |_| true, "any number of bytes", setter;
+    /// Answer `GET /metrics` (Prometheus text format), `/health` and `/ready` — on the admin
+    /// listener if `admin_addr` is set, else on the WebSocket port, before `on_http` sees them.
+    ops_endpoints: bool = true, "true",
+        check |_| true, "true or false", setter;
+    /// A separate listener for `/metrics`, `/health` and `/ready` (served by a thread of its own,
+    /// which a stuck worker cannot hold up), so that the public port need not expose them.
+    /// `None`: they are on the WebSocket port.
+    admin_addr: Option<SocketAddr> = None, "None (the WebSocket port)",
+        check |_| true, "an address of this host", custom;
+    /// `/health` answers 503 while a worker has not finished a loop turn for this long (an idle
+    /// worker turns every 100 ms; a callback that blocks stops its worker's turns).
+    health_timeout: Duration = Duration::from_secs(2), "2 s",
+        check nonzero_timer, "between 1 ms and 7 days", setter;
+    /// On SIGTERM (with `handle_signals`) or [`ServerHandle::drain`](crate::ServerHandle::drain):
+    /// how long `/ready` answers 503 while connections are still served and accepted, so that
+    /// load balancers and readiness probes stop sending new clients, before the graceful shutdown
+    /// (Close 1001 to every connection). Zero shuts down at once.
+    drain_delay: Duration = Duration::from_secs(5), "5 s",
+        check timer, "at most 7 days (0: none)", setter;
     /// `SO_SNDBUF` of accepted sockets, in bytes (set on each worker's listener, which accepted
     /// sockets inherit on Linux; the kernel doubles it for its bookkeeping and caps it at
     /// `net.core.wmem_max`). `None` leaves the kernel's autotuning, which lets a loopback
@@ -334,6 +353,22 @@ impl ServerBuilder {
     /// per worker, none per connection) and lets clients keep theirs.
     pub fn deflate(mut self, policy: DeflateConfig) -> Self {
         self.cfg.deflate = Some(policy);
+        self
+    }
+
+    /// [`Config::admin_addr`]: serve `/metrics`, `/health` and `/ready` on this address (and not
+    /// on the WebSocket port). An address that does not resolve fails [`build`](Self::build).
+    pub fn admin_addr(mut self, addr: impl ToSocketAddrs) -> Self {
+        match addr.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => self.cfg.admin_addr = Some(a),
+            Ok(None) => {
+                self.bind_error = Some(EngineError::InvalidConfig {
+                    setting: "admin_addr",
+                    requirement: "an address that resolves",
+                })
+            }
+            Err(e) => self.bind_error = Some(EngineError::io("resolving the admin address", e)),
+        }
         self
     }
 

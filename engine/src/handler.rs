@@ -5,7 +5,7 @@ use crate::connect::ConnectError;
 use crate::context::Context;
 use crate::socket::Socket;
 use ringws_protocol::CloseCode;
-use ringws_protocol::handshake::Request;
+use ringws_protocol::handshake::{Request, write_response};
 
 /// An HTTP response to a plain (non-upgrade) request or a refused upgrade. The connection is closed
 /// after it (`Connection: close`; no keep-alive).
@@ -59,6 +59,24 @@ impl HttpResponse {
         Self::text(426, "this is a WebSocket endpoint")
             .header("Upgrade", "websocket")
             .header("Sec-WebSocket-Version", "13")
+    }
+
+    /// Appends the response to `out` (a 500 instead if it is malformed, logged).
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
+        if !self.is_valid() {
+            tracing::error!(
+                status = self.status,
+                "invalid HTTP response from a callback; answering 500"
+            );
+            write_response(out, 500, &[], b"");
+            return;
+        }
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        write_response(out, self.status, &headers, &self.body);
     }
 
     /// Whether names, values and status are well formed (no CR/LF, three-digit status).

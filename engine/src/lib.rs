@@ -36,9 +36,11 @@
 // The layers, bottom to top: a module uses only the modules declared before it (checked by
 // `tests/layers.rs`; each layer is its own group so that formatting keeps the order).
 
-// Plain data every layer may use: the error enum; where and how to connect.
+// Plain data every layer may use: the error enum; where and how to connect; the per-worker
+// counters (single-writer cells) and their snapshots.
 mod connect;
 mod error;
+mod stats;
 
 // io_uring and the few raw system calls: all of the engine's `unsafe`.
 mod ring;
@@ -68,6 +70,9 @@ mod context;
 
 mod handler;
 
+// Operations: /metrics, /health, /ready, the admin listener.
+mod ops;
+
 // The event loop.
 mod worker;
 
@@ -87,3 +92,7 @@ pub use ringws_protocol::deflate::DeflateConfig;
 pub use ringws_protocol::handshake::Request;
 pub use server::{Server, ServerHandle};
 pub use socket::{ConnId, Socket};
+pub use stats::{
+    BUCKETS_US, CloseStatus, Counts, DeflateBytes, HistogramSnapshot, HttpStatus, Label,
+    MessageKind, Rejection, Side, Stats, TimerKind, WorkerSnapshot,
+};

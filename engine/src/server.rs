@@ -3,17 +3,20 @@
 use crate::config::{Config, ServerBuilder};
 use crate::error::EngineError;
 use crate::handler::Handler;
+use crate::ops::admin;
 use crate::pubsub::Publisher;
 use crate::ring::probe::probe_here;
 use crate::ring::sys::{self, Signals};
+use crate::stats::Stats;
 use crate::worker::{self, Shared};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::time::Instant;
 use tracing::{info, warn};
 
 /// A handle that can stop a running server from any thread.
@@ -45,6 +48,25 @@ impl ServerHandle {
     pub fn publisher(&self) -> Publisher {
         Publisher::new(Arc::clone(&self.shared.hub))
     }
+
+    /// Every worker's counters and the shared ones, read now: what `/metrics` exposes, as a typed
+    /// value for an embedding service to export its own way. Reading costs the workers nothing
+    /// (each counter is a cell its worker writes and this thread reads).
+    pub fn stats(&self) -> Stats {
+        self.shared.ops.stats()
+    }
+
+    /// Starts a drain, as SIGTERM does: `/ready` answers 503 at once while connections are still
+    /// served (and accepted) for `drain_delay`, so load balancers stop sending new clients; then
+    /// the graceful shutdown of [`shutdown`](Self::shutdown) follows. Calling it again, or
+    /// `shutdown`, ends the delay early.
+    pub fn drain(&self) {
+        if self.shared.ops.draining.swap(true, Ordering::AcqRel) {
+            self.shutdown();
+        } else {
+            sys::poke(self.shared.main_wake.as_fd());
+        }
+    }
 }
 
 impl ServerBuilder {
@@ -60,23 +82,30 @@ impl ServerBuilder {
         cfg.validate()?;
         // On its own thread: tearing a ring down queues kernel task work to the thread that created
         // it, which would interrupt that thread's next blocking socket call with EINTR.
-        std::thread::scope(|s| s.spawn(|| probe_here().into_result()).join()).map_err(|_| {
-            EngineError::io("probing io_uring", io::Error::other("probe panicked"))
-        })??;
+        let probe = std::thread::scope(|s| s.spawn(probe_here).join())
+            .map_err(|_| EngineError::io("probing io_uring", io::Error::other("probe panicked")))?;
+        let shared = Arc::new(Shared::new(&cfg, &probe)?);
+        probe.into_result()?;
         let listeners = if self.client_only {
             Vec::new()
         } else {
             bind_listeners(&cfg)?
+        };
+        let admin = match cfg.admin_addr.filter(|_| cfg.ops_endpoints) {
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr).map_err(|e| EngineError::from_bind(addr, e))?,
+            ),
+            None => None,
         };
         let local_addr = listeners
             .first()
             .and_then(|l| l.local_addr().ok())
             .and_then(|a| a.as_socket())
             .unwrap_or(cfg.bind);
-        let shared = Arc::new(Shared::new(&cfg)?);
         Ok(Server {
             cfg,
             listeners,
+            admin,
             shared,
             local_addr,
         })
@@ -137,6 +166,8 @@ fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
 pub struct Server {
     cfg: Config,
     listeners: Vec<Socket>,
+    /// The admin listener (`admin_addr`), if any.
+    admin: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
     local_addr: SocketAddr,
 }
@@ -156,6 +187,12 @@ impl Server {
     /// The validated settings.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The address of the admin listener (`/metrics`, `/health`, `/ready`), if one is
+    /// configured (with the actual port if it was bound to port 0).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// A handle to publish to the server's topics from any thread, before or during `run`.
@@ -202,6 +239,7 @@ impl Server {
         let Self {
             cfg,
             listeners,
+            admin,
             shared,
             ..
         } = self;
@@ -214,6 +252,7 @@ impl Server {
             .take(n);
         // Each worker reports once: started (Ok) or failed before starting (Err; the error comes from join).
         let (tx, rx) = mpsc::channel::<Result<(), ()>>();
+        let admin_stop = AdminStop::new()?;
         std::thread::scope(|scope| {
             // If this thread unwinds (the `ready` callback or a log subscriber panicked), the
             // workers are told to stop at once: the scope joins them before the panic goes on, and
@@ -272,23 +311,63 @@ impl Server {
                     }
                 }
             }
+            let ops = &shared.ops;
+            if shared.level.load(Ordering::Acquire) == 0 {
+                ops.accepting.store(true, Ordering::Release);
+            }
+            // The admin listener's thread, told to stop (and then joined by the scope) whichever
+            // way this closure returns.
+            let _stop_admin = StopAdmin(&admin_stop);
+            if let Some(listener) = admin.as_ref() {
+                let stop = &admin_stop;
+                std::thread::Builder::new()
+                    .name("ringws-admin".into())
+                    .spawn_scoped(scope, move || {
+                        admin::serve(listener, ops, &stop.flag, stop.wake.as_fd())
+                    })
+                    .map_err(|e| EngineError::io("spawning the admin thread", e))?;
+            }
             ready();
-            // Wait for signals and worker exits.
+            // Wait for signals, drains and worker exits.
+            let mut drain_until: Option<Instant> = None;
             while shared.exited.load(Ordering::Acquire) < n {
-                sys::wait_readable(shared.main_wake.as_fd(), signals.as_ref().map(Signals::fd));
+                let timeout = drain_until.map(|t| t.saturating_duration_since(Instant::now()));
+                sys::wait_readable(
+                    shared.main_wake.as_fd(),
+                    signals.as_ref().map(Signals::fd),
+                    timeout,
+                );
                 sys::drain_eventfd(shared.main_wake.as_fd());
+                let running = shared.level.load(Ordering::Acquire) == 0;
                 if let Some(sig) = signals.as_ref().and_then(Signals::take) {
-                    let level = if shared.level.load(Ordering::Acquire) == 0 {
-                        1
+                    let drain = sig == libc::SIGTERM as u32
+                        && running
+                        && drain_until.is_none()
+                        && !cfg.drain_delay.is_zero();
+                    if drain {
+                        ops.draining.store(true, Ordering::Release);
                     } else {
-                        2
-                    };
+                        let level = if running { 1 } else { 2 };
+                        info!(
+                            signal = sig,
+                            "shutting down{}",
+                            if level == 2 { " now" } else { "" }
+                        );
+                        shared.request(level);
+                    }
+                }
+                if drain_until.is_none() && running && ops.draining.load(Ordering::Acquire) {
                     info!(
-                        signal = sig,
-                        "shutting down{}",
-                        if level == 2 { " now" } else { "" }
+                        delay = ?cfg.drain_delay,
+                        "draining: /ready answers 503; shutting down after the delay"
                     );
-                    shared.request(level);
+                    drain_until = Some(Instant::now() + cfg.drain_delay);
+                }
+                if drain_until.is_some_and(|t| Instant::now() >= t)
+                    && shared.level.load(Ordering::Acquire) == 0
+                {
+                    info!("drain delay over; shutting down");
+                    shared.request(1);
                 }
                 if shared.exited.load(Ordering::Acquire) > 0
                     && shared.level.load(Ordering::Acquire) == 0
@@ -324,6 +403,31 @@ impl Drop for ExitGuard<'_> {
     fn drop(&mut self) {
         self.0.exited.fetch_add(1, Ordering::AcqRel);
         sys::poke(self.0.main_wake.as_fd());
+    }
+}
+
+/// How the admin listener's thread is told to stop.
+struct AdminStop {
+    flag: AtomicBool,
+    wake: OwnedFd,
+}
+
+impl AdminStop {
+    fn new() -> Result<Self, EngineError> {
+        Ok(Self {
+            flag: AtomicBool::new(false),
+            wake: sys::eventfd().map_err(|e| EngineError::io("creating an eventfd", e))?,
+        })
+    }
+}
+
+/// Tells the admin listener's thread to stop when dropped.
+struct StopAdmin<'a>(&'a AdminStop);
+
+impl Drop for StopAdmin<'_> {
+    fn drop(&mut self) {
+        self.0.flag.store(true, Ordering::Release);
+        sys::poke(self.0.wake.as_fd());
     }
 }
 

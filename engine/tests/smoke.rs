@@ -2,16 +2,17 @@
 //! hand-built masked frames.
 
 use ringws_engine::{
-    BackpressurePolicy, CloseCode, ConnId, Decision, Handler, HttpResponse, Message, Request,
-    SendResult, Server, ServerBuilder, ServerHandle, Socket,
+    BackpressurePolicy, CloseCode, CloseStatus, ConnId, Decision, Handler, HttpResponse,
+    HttpStatus, Message, MessageKind, Request, SendResult, Server, ServerBuilder, ServerHandle,
+    Socket,
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Echoes messages; answers `/health`; refuses `/forbidden`; `close-me` closes with 4000; `panic` panics.
+/// Echoes messages; answers `/status`; refuses `/forbidden`; `close-me` closes with 4000; `panic` panics.
 struct Echo;
 
 impl Handler for Echo {
@@ -49,7 +50,7 @@ impl Handler for Echo {
 
     fn on_http(&mut self, req: &Request<'_>) -> HttpResponse {
         match req.path() {
-            "/health" => HttpResponse::text(200, "ok"),
+            "/status" => HttpResponse::text(200, "ok"),
             _ => HttpResponse::new(404),
         }
     }
@@ -57,6 +58,8 @@ impl Handler for Echo {
 
 struct TestServer {
     addr: SocketAddr,
+    /// The admin listener, if configured.
+    admin: Option<SocketAddr>,
     handle: ServerHandle,
     /// The server thread, and a receiver that disconnects when it ends (returned or panicked).
     thread: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
@@ -80,7 +83,7 @@ impl TestServer {
             .buffer_count(64)
             .shutdown_timeout(Duration::from_millis(500));
         let server = tune(builder).build().expect("server builds");
-        let (addr, handle) = (server.local_addr(), server.handle());
+        let (addr, admin, handle) = (server.local_addr(), server.admin_addr(), server.handle());
         let (tx, rx) = mpsc::channel();
         let (ended_tx, ended) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -93,6 +96,7 @@ impl TestServer {
             .expect("server ready");
         Self {
             addr,
+            admin,
             handle,
             thread: Some((thread, ended)),
         }
@@ -351,7 +355,7 @@ fn server_initiated_close_and_panicking_callback() {
 fn plain_http_and_refused_upgrades() {
     let server = TestServer::start(|b| b);
     let mut s = connect(server.addr);
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
@@ -707,5 +711,161 @@ fn request_head_larger_than_a_receive_buffer() {
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     s.write_all(&frame(0x1, b"ok", true)).unwrap();
     assert_eq!(read_frame(&mut s), (true, 0x1, b"ok".to_vec()));
+    server.stop();
+}
+
+/// `GET path` on `addr`: the status code and the body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = connect(addr);
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Polls `f` every 10 ms until it holds, for at most 10 s.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+#[test]
+fn stats_count_exactly_what_a_client_did() {
+    let server = TestServer::start(|b| b.max_message_size(100));
+    let mut s = open(server.addr);
+    for i in 0..3 {
+        s.write_all(&frame(0x1, format!("hello {i}").as_bytes(), true))
+            .unwrap();
+        assert_eq!(read_frame(&mut s).2, format!("hello {i}").into_bytes());
+    }
+    s.write_all(&frame(0x2, &[7; 10], true)).unwrap();
+    read_frame(&mut s);
+    s.write_all(&frame(0x9, b"p", true)).unwrap();
+    assert_eq!(read_frame(&mut s), (true, 0xA, b"p".to_vec()));
+    let w = &server.handle.stats().workers[0];
+    assert_eq!(w.connections_open, 1);
+    assert_eq!(w.accepted, 1);
+    assert_eq!(w.upgrades.get(HttpStatus(101)), 1);
+    assert_eq!(w.messages_received.get(MessageKind::Text), 3);
+    assert_eq!(w.received_bytes.get(MessageKind::Text), 21);
+    assert_eq!(w.messages_received.get(MessageKind::Binary), 1);
+    assert_eq!(w.received_bytes.get(MessageKind::Binary), 10);
+    assert_eq!(w.messages_received.get(MessageKind::Ping), 1);
+    assert_eq!(w.messages_sent.get(MessageKind::Text), 3);
+    assert_eq!(w.messages_sent.get(MessageKind::Pong), 1);
+    assert_eq!(w.sent_bytes.get(MessageKind::Binary), 10);
+    // Over max_message_size: closed with 1009, counted as a violation and a local close.
+    s.write_all(&frame(0x2, &[0; 200], true)).unwrap();
+    let (_, op, payload) = read_frame(&mut s);
+    assert_eq!((op, &payload[..2]), (0x8, &1009u16.to_be_bytes()[..]));
+    let w = &server.handle.stats().workers[0];
+    assert_eq!(w.violations.get(CloseStatus(1009)), 1);
+    assert_eq!(w.closes_local.get(CloseStatus(1009)), 1);
+    assert_eq!(w.violations.total(), 1);
+    assert!(w.loop_turn_duration.count() > 0);
+    assert!(w.heartbeat_age_ms.is_some());
+    // The same counts through /metrics on the WebSocket port, parsed line by line.
+    let (status, body) = get(server.addr, "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "ringws_messages_received_total{worker=\"0\",kind=\"text\"} 3",
+        "ringws_received_bytes_total{worker=\"0\",kind=\"text\"} 21",
+        "ringws_protocol_violations_total{worker=\"0\",code=\"1009\"} 1",
+        "ringws_closes_total{worker=\"0\",code=\"1009\",side=\"local\"} 1",
+        "ringws_upgrades_total{worker=\"0\",status=\"101\"} 1",
+        "ringws_ready 1",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} not in:\n{body}");
+    }
+    assert_eq!(get(server.addr, "/ready"), (200, "ready\n".into()));
+    assert_eq!(get(server.addr, "/health"), (200, "ok\n".into()));
+    server.stop();
+}
+
+/// Blocks its worker on the message `block` until the test opens the gate.
+struct Blocking(Arc<(Mutex<bool>, Condvar)>);
+
+impl Handler for Blocking {
+    type State = ();
+    fn on_message(&mut self, ws: &mut Socket<'_, ()>, msg: Message<'_>) {
+        if msg == Message::Text("block") {
+            let (open, cv) = &*self.0;
+            let guard = open.lock().unwrap();
+            // Bounded: the test opens the gate well before.
+            let _ = cv
+                .wait_timeout_while(guard, Duration::from_secs(20), |open| !*open)
+                .unwrap();
+        }
+        let _ = ws.send(msg);
+    }
+}
+
+#[test]
+fn health_names_a_stuck_worker_on_the_admin_listener() {
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let g = Arc::clone(&gate);
+    let server = TestServer::start_with(
+        move |_| Blocking(Arc::clone(&g)),
+        |b| {
+            b.workers(2)
+                .admin_addr("127.0.0.1:0")
+                .health_timeout(Duration::from_millis(300))
+        },
+    );
+    let admin = server.admin.expect("an admin listener");
+    assert_eq!(get(admin, "/health"), (200, "ok\n".into()));
+    assert_eq!(get(admin, "/ready"), (200, "ready\n".into()));
+    // On the WebSocket port the paths are the handler's again (the default on_http: 426).
+    assert_eq!(get(server.addr, "/metrics").0, 426);
+    let mut s = open(server.addr);
+    s.write_all(&frame(0x1, b"block", true)).unwrap();
+    let mut body = String::new();
+    assert!(
+        eventually(|| {
+            let (status, b) = get(admin, "/health");
+            body = b;
+            status == 503
+        }),
+        "/health never turned 503: {body}"
+    );
+    let stalled = server.handle.stats().stalled(300);
+    assert_eq!(stalled.len(), 1, "{stalled:?}");
+    assert!(body.contains(&format!(": {}\n", stalled[0])), "{body}");
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    assert_eq!(read_frame(&mut s).2, b"block");
+    assert!(eventually(|| get(admin, "/health").0 == 200));
+    server.stop();
+}
+
+#[test]
+fn a_drain_turns_ready_off_keeps_serving_then_closes_with_1001() {
+    let server = TestServer::start(|b| b.drain_delay(Duration::from_millis(500)));
+    let mut s = open(server.addr);
+    server.handle.drain();
+    let stats = server.handle.stats();
+    assert!(stats.draining && !stats.ready);
+    assert_eq!(get(server.addr, "/ready"), (503, "draining\n".into()));
+    // Still served during the delay: the open connection echoes, a new one opens.
+    s.write_all(&frame(0x1, b"during", true)).unwrap();
+    assert_eq!(read_frame(&mut s).2, b"during");
+    let mut late = open(server.addr);
+    // Then the graceful shutdown: 1001 to both, and run returns.
+    for c in [&mut s, &mut late] {
+        let (_, op, payload) = read_frame(c);
+        assert_eq!((op, &payload[..2]), (0x8, &1001u16.to_be_bytes()[..]));
+    }
     server.stop();
 }

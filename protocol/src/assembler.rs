@@ -101,6 +101,11 @@ impl Assembler {
         self.assembly_bytes() + inflate
     }
 
+    /// The inflater's life-long totals (compressed in, inflated out), if it has one.
+    pub fn inflate_totals(&self) -> Option<(u64, u64)> {
+        self.inflate.as_ref().map(|d| d.totals())
+    }
+
     /// Bytes currently held in assembly buffers (data and control), without the inflate context:
     /// what a message in progress costs, 0 between messages.
     pub fn assembly_bytes(&self) -> usize {

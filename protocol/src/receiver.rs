@@ -145,6 +145,12 @@ impl Receiver {
         self.asm.assembly_bytes()
     }
 
+    /// With permessage-deflate: compressed payload bytes received and the bytes they inflated to,
+    /// over the connection's life (for metrics); `None` without the extension.
+    pub fn inflate_totals(&self) -> Option<(u64, u64)> {
+        self.asm.inflate_totals()
+    }
+
     /// Whether a frame or a fragmented message is partly received (the connection is not idle).
     pub fn in_progress(&self) -> bool {
         self.partial_len != 0 || self.current.is_some() || self.asm.in_message()

@@ -5,7 +5,7 @@ use super::limits::LimitArgs;
 use super::{given, note};
 use clap::{Args, ValueEnum};
 use ringws::{BackpressurePolicy, EngineError, Handler, Message, Server, ServerBuilder, Socket};
-use ringws_cli::feed::{Feed, FeedConfig};
+use ringws_cli::feed::{Feed, FeedConfig, Listening};
 use ringws_cli::settings::{help, long_help};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -54,6 +54,15 @@ pub struct ServeArgs {
     send_buffer: Option<usize>,
     #[arg(long, help = help("share_port"), long_help = long_help("share_port", None))]
     share_port: bool,
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr, help = help("admin_addr"), long_help = long_help("admin_addr", None))]
+    admin_addr: Option<String>,
+    /// Do not answer /metrics, /health and /ready at all (they are on by default).
+    #[arg(long, conflicts_with = "admin_addr")]
+    no_ops_endpoints: bool,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, help = help("drain_delay"), long_help = long_help("drain_delay", Some("seconds, fractions allowed")))]
+    drain_delay: Option<Duration>,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, help = help("health_timeout"), long_help = long_help("health_timeout", Some("seconds, fractions allowed")))]
+    health_timeout: Option<Duration>,
     #[arg(long, help = format!(
         "With --mode feed: number of symbols (BTC-USD, ETH-USD, ... then generated names), 1 to \
          100000 [default: {}]",
@@ -88,6 +97,14 @@ fn parse_addr(s: &str) -> Result<String, String> {
     } else {
         Err("expected HOST:PORT (e.g. 127.0.0.1:9001, or [::1]:9001 for IPv6)".to_owned())
     }
+}
+
+/// A duration in seconds, fractions allowed (`0.5`).
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| "expected a number of seconds (e.g. 5 or 0.5)".to_owned())
 }
 
 impl ServeArgs {
@@ -177,6 +194,14 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     if args.share_port {
         b = b.share_port(true);
     }
+    if let Some(addr) = &args.admin_addr {
+        b = b.admin_addr(addr.as_str());
+    }
+    if args.no_ops_endpoints {
+        b = b.ops_endpoints(false);
+    }
+    b = given(b, args.drain_delay, ServerBuilder::drain_delay);
+    b = given(b, args.health_timeout, ServerBuilder::health_timeout);
     if let Some(policy) = args.deflate.policy() {
         b = b.deflate(policy);
     }
@@ -185,12 +210,17 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     }
     b = args.limits.apply(b);
     // Tests and scripts wait for exactly this line, printed first.
-    let ready = |addr, workers| note!("listening on {addr} ({workers} workers)");
+    let ready = |on: &Listening| {
+        note!("listening on {} ({} workers)", on.addr, on.workers);
+        if let Some(admin) = on.admin {
+            note!("admin endpoints on http://{admin}/ (/metrics, /health, /ready)");
+        }
+    };
     match args.mode {
         Mode::Echo => {
             let server = b.build()?;
-            let (addr, workers) = (server.local_addr(), server.config().workers);
-            server.run_with_ready(|_| Echo, || ready(addr, workers))
+            let on = Listening::of(&server);
+            server.run_with_ready(|_| Echo, || ready(&on))
         }
         Mode::Feed => {
             let defaults = FeedConfig::default();
@@ -199,9 +229,9 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
                 rate: args.rate.unwrap_or(defaults.rate),
                 binary: args.binary,
             })?;
-            feed.serve(b, |addr, workers| {
-                ready(addr, workers);
-                note!("feed page: {}", page_url(addr));
+            feed.serve(b, |on| {
+                ready(on);
+                note!("feed page: {}", page_url(on.addr));
             })
         }
     }

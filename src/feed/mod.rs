@@ -105,6 +105,28 @@ pub struct Feed {
     names: Vec<String>,
 }
 
+/// Where a started server listens, for its ready line.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    /// The WebSocket address (the actual port if bound to port 0).
+    pub addr: SocketAddr,
+    /// Worker threads.
+    pub workers: usize,
+    /// The admin listener (`/metrics`, `/health`, `/ready`), if one is configured.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Listening {
+    /// Where `server` listens.
+    pub fn of(server: &ringws::Server) -> Self {
+        Self {
+            addr: server.local_addr(),
+            workers: server.config().workers,
+            admin: server.admin_addr(),
+        }
+    }
+}
+
 impl Feed {
     /// Checks the settings; the error names the one out of range.
     pub fn new(cfg: FeedConfig) -> Result<Self, EngineError> {
@@ -133,12 +155,12 @@ impl Feed {
 
     /// Builds the server from `builder` (raising `max_topics` to fit the symbols), creates one
     /// conflating topic per symbol with a first quote each, then serves until shutdown (see
-    /// [`Server::run`](ringws::Server::run)) while the ticker publishes. `ready` is called with the address and the
-    /// number of workers once every worker accepts.
+    /// [`Server::run`](ringws::Server::run)) while the ticker publishes. `ready` is called with
+    /// where the server listens once every worker accepts.
     pub fn serve(
         self,
         builder: ServerBuilder,
-        ready: impl FnOnce(SocketAddr, usize),
+        ready: impl FnOnce(&Listening),
     ) -> Result<(), EngineError> {
         let n = self.names.len();
         let server = builder.max_topics(n.max(1 << 16)).build()?;
@@ -158,7 +180,7 @@ impl Feed {
             known: self.names.iter().map(|s| s.as_str().into()).collect(),
             symbols_json: symbols_json(&self.names),
         });
-        let (addr, workers) = (server.local_addr(), server.config().workers);
+        let listening = Listening::of(&server);
         let stop = Arc::new(AtomicBool::new(false));
         let mut thread: Option<JoinHandle<()>> = None;
         let result = server.run_with_ready(
@@ -168,7 +190,7 @@ impl Feed {
                 // so the ticker inherits the mask and the signals reach the server.
                 let stop = Arc::clone(&stop);
                 thread = Some(std::thread::spawn(move || ticker.run(&stop)));
-                ready(addr, workers);
+                ready(&listening);
             },
         );
         stop.store(true, Ordering::Relaxed);

@@ -207,12 +207,16 @@ impl Machine {
         self.is_live() && !self.is_paused()
     }
 
-    /// The handshake completed at `now`: the connection is open.
-    pub fn open(&mut self, now: Time) {
-        if self.phase == Phase::Handshaking {
-            self.phase = Phase::Open;
-            self.since = now;
+    /// The handshake completed at `now`: the connection is open. Returns how long the handshake
+    /// took (ms since the accept or the start of the connect), if it was handshaking.
+    pub fn open(&mut self, now: Time) -> Option<u32> {
+        if self.phase != Phase::Handshaking {
+            return None;
         }
+        let took = now.since(self.since);
+        self.phase = Phase::Open;
+        self.since = now;
+        Some(took)
     }
 
     /// Bytes were received at `now`. On an open connection this is activity: the idle and ping
@@ -437,7 +441,7 @@ mod tests {
 
     fn open_at(ms: u32) -> Machine {
         let mut m = Machine::start(at(0), false);
-        m.open(at(ms));
+        let _ = m.open(at(ms));
         m
     }
 
@@ -571,7 +575,7 @@ mod tests {
     fn timers_survive_the_clock_wrapping() {
         let start = u32::MAX - 2_000;
         let mut m = Machine::start(at(start), false);
-        m.open(at(start));
+        let _ = m.open(at(start));
         let t = Timeouts { ping: 0, ..T };
         let (when, what) = first_action(&mut m, start, &t);
         assert_eq!(
@@ -619,7 +623,7 @@ mod tests {
     #[test]
     fn a_client_never_shuts_its_write_side_first() {
         let mut m = Machine::start(at(0), true);
-        m.open(at(1));
+        let _ = m.open(at(1));
         m.begin_closing(at(2));
         assert_eq!(m.close_progress(true), CloseStep::default());
         assert_eq!(

@@ -14,11 +14,13 @@ use super::wheel::{Entry, Tick, Wheel, tick_at_or_after};
 use super::{Closed, SendResult, mask_key};
 use crate::connect::Connect;
 use crate::deflate::{ConnDeflate, Shared};
+use crate::stats::{CloseStatus, MessageKind, WorkerStats};
 use ringws_protocol::frame::{MAX_CONTROL_PAYLOAD, OpCode};
 use ringws_protocol::handshake::ClientHandshake;
 use ringws_protocol::{CloseCode, CloseFrame, Limits, Receiver, Role};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use tracing::error;
 
 /// Bits of [`Slot::io`]: the worker's bookkeeping of the slot's operations.
@@ -178,6 +180,8 @@ pub(crate) struct Slab<S> {
     cfg: SlabConfig,
     /// The current time: milliseconds since the worker started.
     now_ms: u64,
+    /// The worker's counters (the worker's own, shared with scrapes).
+    pub stats: Arc<WorkerStats>,
 }
 
 impl<S: Default> Slab<S> {
@@ -197,6 +201,7 @@ impl<S: Default> Slab<S> {
             wheel: Wheel::new(),
             cfg,
             now_ms: 0,
+            stats: Arc::default(),
         }
     }
 
@@ -281,6 +286,7 @@ impl<S: Default> Slab<S> {
         s.machine = Machine::start(now, client);
         s.rx = Some(Receiver::new(role, limits));
         self.live += 1;
+        self.stats.connections_open.inc();
         self.schedule(slot);
         slot
     }
@@ -315,6 +321,7 @@ impl<S: Default> Slab<S> {
             self.pool.give(q);
         }
         self.live -= 1;
+        self.stats.connections_open.dec();
         self.free.push(slot);
         true
     }
@@ -369,14 +376,30 @@ impl<S: Default> Slab<S> {
         }
     }
 
+    /// Bytes queued for sending over every connection (a walk of the slab: for a periodic
+    /// gauge, not per message).
+    pub fn queued_bytes(&self) -> u64 {
+        self.slots.iter().map(|s| s.buffered() as u64).sum()
+    }
+
     /// Queues a data frame under the backpressure policy.
     pub fn send_data(&mut self, slot: u32, opcode: OpCode, payload: &[u8]) -> SendResult {
         let bp = self.cfg.backpressure;
         let s = &self.slots[slot as usize];
+        let open = s.machine.is_open();
         match s.machine.admit_send(s.buffered(), &bp) {
             Admit::Queue => {}
-            Admit::Drop => return SendResult::Dropped,
+            Admit::Drop => {
+                if open {
+                    self.stats.backpressure_events.inc();
+                    self.stats.dropped.inc();
+                }
+                return SendResult::Dropped;
+            }
             Admit::DropAndClose => {
+                self.stats.backpressure_events.inc();
+                self.stats.dropped.inc();
+                self.stats.slow_consumer_disconnects.inc();
                 self.close(
                     slot,
                     CloseCode::POLICY_VIOLATION,
@@ -400,15 +423,27 @@ impl<S: Default> Slab<S> {
             self.dirty.push(slot);
         }
         let q = s.out.get_or_insert_with(|| self.pool.take());
+        let stats = &self.stats;
         match compressor {
-            Some(c) => q.push_raw(|out| c.write_frame(opcode, payload, mask, out)),
+            Some(c) => {
+                let before = q.buffered();
+                q.push_raw(|out| c.write_frame(opcode, payload, mask, out));
+                stats.deflate_sent_uncompressed.add(payload.len() as u64);
+                stats
+                    .deflate_sent_compressed
+                    .add(q.buffered().saturating_sub(before) as u64);
+            }
             None => q.push_frame_masked(opcode, payload, mask),
         }
+        let kind = kind_of(opcode);
+        stats.sent.inc(kind);
+        stats.sent_bytes.add(kind, payload.len() as u64);
         let buffered = q.buffered();
         s.extra = extra;
         match s.machine.queued(buffered, &bp) {
             None => SendResult::Queued,
             Some(pause) => {
+                stats.backpressure_events.inc();
                 if pause {
                     self.review.push(slot);
                 }
@@ -423,6 +458,9 @@ impl<S: Default> Slab<S> {
         debug_assert!(opcode.is_control() && payload.len() <= MAX_CONTROL_PAYLOAD);
         let mask = self.slots[slot as usize].machine.is_client().then(mask_key);
         self.out(slot).push_frame_masked(opcode, payload, mask);
+        let kind = kind_of(opcode);
+        self.stats.sent.inc(kind);
+        self.stats.sent_bytes.add(kind, payload.len() as u64);
     }
 
     /// Stops (`paused`) or restarts reading from an open connection; the receive is cancelled or
@@ -445,6 +483,7 @@ impl<S: Default> Slab<S> {
         self.send_control(slot, OpCode::Close, &payload[..n]);
         self.begin_closing(slot);
         let reason = reason[..n - 2].to_owned();
+        self.stats.closes_local.inc(CloseStatus(code.0));
         self.closed.push(Closed { slot, code, reason });
     }
 
@@ -475,6 +514,17 @@ impl<S: Default> Slab<S> {
         let s = &mut self.slots[slot as usize];
         let drained = s.drained();
         s.machine.close_progress(drained)
+    }
+}
+
+/// The metrics kind of a frame's opcode.
+pub(crate) fn kind_of(opcode: OpCode) -> MessageKind {
+    match opcode {
+        OpCode::Text => MessageKind::Text,
+        OpCode::Ping => MessageKind::Ping,
+        OpCode::Pong => MessageKind::Pong,
+        OpCode::Close => MessageKind::Close,
+        _ => MessageKind::Binary,
     }
 }
 
@@ -509,7 +559,10 @@ pub(crate) mod tests {
 
     pub(crate) fn open<S: Default>(slab: &mut Slab<S>) -> u32 {
         let slot = slab.alloc(fd(), false);
-        slab.get_mut(slot).machine.open(Time(0));
+        slab.get_mut(slot)
+            .machine
+            .open(Time(0))
+            .expect("handshaking");
         slot
     }
 
@@ -762,7 +815,7 @@ pub(crate) mod tests {
     fn a_client_masks_what_it_sends() {
         let mut slab = slab();
         let s = slab.alloc(fd(), true);
-        slab.get_mut(s).machine.open(Time(0));
+        slab.get_mut(s).machine.open(Time(0)).expect("handshaking");
         let _ = slab.send_data(s, OpCode::Text, b"hi");
         let sent = slab.get(s).out.as_ref().unwrap().unsent();
         assert_eq!(sent[1], 0x80 | 2, "the mask bit and the length");

@@ -17,6 +17,7 @@ pub(crate) use origin::is_origin_pattern;
 pub(crate) use rate::LogLimit;
 
 use crate::conn::Slot;
+use crate::stats::{Label, Rejection};
 use origin::OriginRule;
 use rate::Rate;
 use ringws_protocol::Event;
@@ -116,6 +117,8 @@ impl Counters {
 pub(crate) struct Refusal {
     pub status: u16,
     pub body: String,
+    /// The reason, as the rejection counter and the log line carry it.
+    pub reason: Rejection,
 }
 
 /// What to do with a decoded event (see [`Policy::admit_event`]).
@@ -194,15 +197,15 @@ impl Policy {
 
     /// Counts a just-accepted connection `slot` and decides whether to refuse it before reading its
     /// request: 503 over the per-worker (`over_worker`) or the global limit, 429 over the
-    /// per-address limit. Refused connections stay counted until released, like every socket the
-    /// server holds.
+    /// per-address limit, with the reason. Refused connections stay counted until released, like
+    /// every socket the server holds.
     pub fn admit<S>(
         &mut self,
         counters: &Counters,
         now_ms: u64,
         slot: &mut Slot<S>,
         over_worker: bool,
-    ) -> Option<u16> {
+    ) -> Option<(u16, Rejection)> {
         let total = if self.max_total > 0 {
             counters.total.fetch_add(1, Ordering::Relaxed) + 1
         } else {
@@ -216,12 +219,12 @@ impl Policy {
             slot.extra().counted_ip = Some(canonical);
             per_ip = counters.add_ip(canonical) as usize;
         }
-        let (status, what) = if over_worker {
-            (503, "max_connections (per worker)")
+        let (status, reason, what) = if over_worker {
+            (503, Rejection::Limit, "max_connections (per worker)")
         } else if self.max_total > 0 && total > self.max_total {
-            (503, "max_total_connections")
+            (503, Rejection::Limit, "max_total_connections")
         } else if self.max_per_ip > 0 && per_ip > self.max_per_ip {
-            (429, "max_connections_per_ip")
+            (429, Rejection::PerIp, "max_connections_per_ip")
         } else {
             return None;
         };
@@ -230,11 +233,12 @@ impl Policy {
                 worker = self.worker,
                 ?peer,
                 status,
+                reason = reason.name(),
                 suppressed,
                 "connection refused: over {what}"
             );
         }
-        Some(status)
+        Some((status, reason))
     }
 
     /// Checks an upgrade request against the origin allowlist and the subprotocol requirement,
@@ -258,6 +262,7 @@ impl Policy {
                         worker = self.worker,
                         ?peer,
                         origin = req.origin(),
+                        reason = Rejection::Origin.name(),
                         suppressed,
                         "upgrade refused: origin not allowed (403)"
                     );
@@ -265,6 +270,7 @@ impl Policy {
                 return Err(Refusal {
                     status: 403,
                     body: "origin not allowed".into(),
+                    reason: Rejection::Origin,
                 });
             }
         }
@@ -277,6 +283,7 @@ impl Policy {
                 warn!(
                     worker = self.worker,
                     ?peer,
+                    reason = Rejection::Subprotocol.name(),
                     suppressed,
                     "upgrade refused: no supported subprotocol offered (400)"
                 );
@@ -285,6 +292,7 @@ impl Policy {
             return Err(Refusal {
                 status: 400,
                 body: format!("no supported subprotocol offered; this server speaks: {supported}"),
+                reason: Rejection::Subprotocol,
             });
         }
         Ok(chosen.map(|i| self.subprotocols[i].as_str()))

@@ -11,6 +11,7 @@ use ringws_protocol::CloseCode;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 /// One subscriber of a topic on this worker.
 #[derive(Debug, Clone, Copy)]
@@ -191,13 +192,14 @@ impl Local {
         // Delivery never changes membership (a disconnect only records the close; unsubscribing
         // happens when `on_close` is delivered, after this returns).
         let topic = &subs.topic;
-        let (mut dropped, mut conflated, mut disconnected) = (0, 0, 0);
+        let started = Instant::now();
+        let (mut queued, mut dropped, mut conflated, mut disconnected) = (0, 0, 0, 0);
         for m in &subs.members {
             if item.seq <= m.after {
                 continue;
             }
             match offer(slab, m.slot, item, topic.policy) {
-                Offer::Queued => {}
+                Offer::Queued => queued += 1,
                 Offer::Dropped => dropped += 1,
                 Offer::Conflated => conflated += 1,
                 Offer::Disconnected => disconnected += 1,
@@ -212,6 +214,14 @@ impl Local {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
         }
+        let stats = &slab.stats;
+        stats.deliveries.add(queued);
+        stats.conflated.add(conflated);
+        stats.dropped.add(dropped);
+        stats.slow_consumer_disconnects.add(disconnected);
+        stats
+            .fanout
+            .observe_us(started.elapsed().as_micros() as u64);
     }
 }
 

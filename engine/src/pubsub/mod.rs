@@ -201,6 +201,14 @@ impl TopicInner {
     }
 }
 
+/// What a scrape reads of the hub.
+pub(crate) struct HubSummary {
+    pub topics: u64,
+    pub published: u64,
+    /// Subscriptions held by each worker's connections.
+    pub subscriptions: Vec<u64>,
+}
+
 /// The pub/sub state shared by the workers and every [`Publisher`].
 pub(crate) struct Hub {
     /// Every topic by name; ids are assigned in creation order and never reused (topics are never
@@ -274,6 +282,23 @@ impl Hub {
         });
         topics.insert(name.into(), Arc::clone(&t));
         Ok(t)
+    }
+
+    /// For a scrape: topics, publications over all of them, and subscriptions per worker.
+    pub fn summary(&self) -> HubSummary {
+        let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out = HubSummary {
+            topics: topics.len() as u64,
+            published: 0,
+            subscriptions: vec![0; self.inboxes.len()],
+        };
+        for t in topics.values() {
+            out.published += t.published.load(Ordering::Relaxed);
+            for (n, c) in out.subscriptions.iter_mut().zip(t.subscribers.iter()) {
+                *n += u64::from(c.load(Ordering::Relaxed));
+            }
+        }
+        out
     }
 
     /// The topic named `name`, created with the default policy if it does not exist.

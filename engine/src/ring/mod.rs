@@ -134,6 +134,16 @@ pub(crate) struct Submit<'r> {
     /// The addresses of connects in flight, by token, kept until their completion.
     connects: HashMap<u64, Box<SockAddr>>,
     fatal: Option<io::Error>,
+    counts: Counts,
+}
+
+/// What a ring has submitted, for the worker's metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counts {
+    /// Submission queue entries the kernel took.
+    pub sqes: u64,
+    /// `io_uring_enter` calls.
+    pub enters: u64,
 }
 
 impl<'r> Submit<'r> {
@@ -146,6 +156,7 @@ impl<'r> Submit<'r> {
             unsubmitted: [false; 2],
             connects: HashMap::new(),
             fatal: None,
+            counts: Counts::default(),
         }
     }
 
@@ -184,7 +195,16 @@ impl<'r> Submit<'r> {
         self.after_submit(r)
     }
 
+    /// What has been submitted so far.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
     fn after_submit(&mut self, r: io::Result<usize>) -> io::Result<()> {
+        self.counts.enters += 1;
+        if let Ok(n) = r {
+            self.counts.sqes += n as u64;
+        }
         self.sq.sync();
         if self.sq.is_empty() {
             self.unsubmitted = [false; 2];

@@ -31,8 +31,12 @@ pub(crate) fn drain_eventfd(fd: BorrowedFd<'_>) {
     unsafe { libc::read(fd.as_raw_fd(), (&raw mut counter).cast(), 8) };
 }
 
-/// Blocks until `fd` or `extra` is readable (or a signal interrupts).
-pub(crate) fn wait_readable(fd: BorrowedFd<'_>, extra: Option<BorrowedFd<'_>>) {
+/// Blocks until `fd` or `extra` is readable, a signal arrives, or `timeout` (if any) passes.
+pub(crate) fn wait_readable(
+    fd: BorrowedFd<'_>,
+    extra: Option<BorrowedFd<'_>>,
+    timeout: Option<Duration>,
+) {
     let mut fds = [
         libc::pollfd {
             fd: fd.as_raw_fd(),
@@ -45,8 +49,12 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, extra: Option<BorrowedFd<'_>>) {
             revents: 0,
         },
     ];
+    // Rounded up, so that a wait for a deadline never ends just before it.
+    let ms = timeout.map_or(-1, |t| {
+        t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+    });
     // SAFETY: `fds` is a valid array of two pollfd structs (a negative fd is ignored by poll).
-    unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+    unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
 }
 
 /// `CLOCK_MONOTONIC` now: the clock of `std::time::Instant` on Linux, and the one absolute

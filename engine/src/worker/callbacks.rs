@@ -94,6 +94,11 @@ impl<H: Handler> Engine<'_, H> {
                 slab.begin_closing(slot);
                 let (code, reason) =
                     frame.map_or((CloseCode::NO_STATUS, ""), |f| (f.code, f.reason));
+                self.core
+                    .slab
+                    .stats
+                    .closes_peer
+                    .inc(crate::stats::CloseStatus(code.0));
                 self.on_close(slot, code, reason);
                 self.deliver_closes();
             }

@@ -7,6 +7,7 @@ use crate::conn::{CloseStep, Phase, SendError, io};
 use crate::connect::ConnectError;
 use crate::handler::Handler;
 use crate::ring::{Op, Token};
+use crate::stats::CloseStatus;
 use ringws_protocol::CloseCode;
 use std::io as stdio;
 use std::net::Shutdown;
@@ -47,13 +48,13 @@ impl<H: Handler> Engine<'_, H> {
         for slot in std::mem::take(&mut self.starved) {
             let s = self.core.slab.get(slot);
             if s.has(io::STARVED) && s.machine.wants_recv() {
-                self.arm_recv(slot);
+                self.rearm_recv(slot);
             }
         }
         for slot in std::mem::take(&mut self.core.slab.review) {
             let s = self.core.slab.get(slot);
             if s.machine.wants_recv() && !s.has(io::RECV_ARMED) {
-                self.arm_recv(slot);
+                self.rearm_recv(slot);
             } else if s.machine.is_paused() && s.has(io::RECV_ARMED) {
                 // Paused: stop the multishot receive; its last completion (-ECANCELED, no F_MORE)
                 // clears RECV_ARMED, and resuming re-arms it.
@@ -86,6 +87,7 @@ impl<H: Handler> Engine<'_, H> {
             }
         }
         let buffered = q.buffered();
+        self.core.slab.stats.socket_sent_bytes.add(res as u64);
         if buffered == 0 {
             self.core.slab.return_queue(slot);
         } else {
@@ -98,7 +100,7 @@ impl<H: Handler> Engine<'_, H> {
             Phase::Open => {
                 if let Some(resume) = s.machine.written(buffered, &bp) {
                     if resume && !s.has(io::RECV_ARMED) {
-                        self.arm_recv(slot);
+                        self.rearm_recv(slot);
                     }
                     self.call(slot, |h, ws| h.on_drain(ws));
                 }
@@ -145,10 +147,14 @@ impl<H: Handler> Engine<'_, H> {
         let s = self.core.slab.get(slot);
         match s.machine.phase() {
             Phase::Open => {
-                self.core.slab.get_mut(slot).machine.close_now();
-                self.core
-                    .slab
-                    .record_close(slot, CloseCode::ABNORMAL, String::new());
+                let slab = &mut self.core.slab;
+                slab.get_mut(slot).machine.close_now();
+                let closes = match cause {
+                    Cause::Error => &slab.stats.closes_peer,
+                    Cause::Timeout | Cause::Shutdown => &slab.stats.closes_local,
+                };
+                closes.inc(CloseStatus(CloseCode::ABNORMAL.0));
+                slab.record_close(slot, CloseCode::ABNORMAL, String::new());
                 self.deliver_closes();
             }
             Phase::Handshaking if s.machine.is_client() => {

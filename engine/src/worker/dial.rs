@@ -205,8 +205,15 @@ impl<H: Handler> Engine<'_, H> {
             s.extra().deflate = Some(conn);
             s.rx = Some(rx);
         }
-        s.machine.open(now);
+        let took = s.machine.open(now);
         s.trim_extra();
+        if let Some(took) = took {
+            self.core
+                .slab
+                .stats
+                .handshake
+                .observe_us(u64::from(took) * 1000);
+        }
         self.core.slab.schedule(slot);
         self.call(slot, |h, ws| h.on_open(ws));
         if head_len < input.len() && self.core.slab.get(slot).machine.is_open() {

@@ -7,12 +7,16 @@ use crate::conn::wheel::TICK_MS;
 use crate::conn::{Check, Expired, Phase};
 use crate::handler::Handler;
 use crate::ring::{Cqe, Op, Token};
+use crate::stats::{Rejection, TimerKind};
 use ringws_protocol::CloseCode;
 use ringws_protocol::frame::OpCode;
 use ringws_protocol::handshake::write_response;
 use std::io;
 use std::os::fd::AsFd;
 use tracing::{debug, warn};
+
+/// How often the queued-bytes gauge is refreshed (a walk over the worker's slots), in ms.
+const QUEUED_REFRESH_MS: u64 = 1_000;
 
 impl<H: Handler> Engine<'_, H> {
     /// Arms the listener's multishot accept (a client-only engine has none).
@@ -33,9 +37,11 @@ impl<H: Handler> Engine<'_, H> {
         let result = cqe.result;
         let now_ms = self.core.slab.now_ms();
         if let Some(fd) = cqe.accepted() {
+            self.core.slab.stats.accepted.inc();
             let live = self.core.slab.live();
             if self.shutdown_deadline.is_some() || live >= self.hard_cap {
                 drop(fd);
+                self.core.slab.stats.rejected.inc(Rejection::Limit);
                 if self.shutdown_deadline.is_none() && self.policy.log.allow(now_ms) {
                     warn!(
                         worker = self.index,
@@ -51,7 +57,8 @@ impl<H: Handler> Engine<'_, H> {
                     self.core.slab.get_mut(slot),
                     over_worker,
                 );
-                if let Some(status) = refused {
+                if let Some((status, reason)) = refused {
+                    self.core.slab.stats.rejected.inc(reason);
                     self.core
                         .slab
                         .out(slot)
@@ -96,6 +103,11 @@ impl<H: Handler> Engine<'_, H> {
             }
         }
         self.due = due;
+        if now_ms >= self.queued_refreshed + QUEUED_REFRESH_MS {
+            self.queued_refreshed = now_ms;
+            let queued = self.core.slab.queued_bytes();
+            self.core.slab.stats.queued_bytes.set(queued);
+        }
         if self.accept_paused.is_some_and(|at| now_ms >= at + TICK_MS) {
             self.accept_paused = None;
             if !self.accept_armed && self.shutdown_deadline.is_none() {
@@ -122,6 +134,7 @@ impl<H: Handler> Engine<'_, H> {
         match self.core.slab.get_mut(slot).machine.check(now, &timeouts) {
             Check::Later(_) => self.core.slab.schedule(slot),
             Check::Ping(_) => {
+                self.core.slab.stats.timers.inc(TimerKind::Ping);
                 self.core.slab.send_control(slot, OpCode::Ping, b"");
                 self.core.slab.schedule(slot);
             }
@@ -131,6 +144,17 @@ impl<H: Handler> Engine<'_, H> {
 
     /// A timer of `slot` expired.
     fn expired(&mut self, slot: u32, expired: Expired) {
+        let stats = &self.core.slab.stats;
+        stats.timers.inc(match expired {
+            Expired::Handshake => TimerKind::Handshake,
+            Expired::Idle => TimerKind::Idle,
+            Expired::Pong => TimerKind::Pong,
+            Expired::Message => TimerKind::Message,
+            Expired::Close => TimerKind::Close,
+        });
+        if expired == Expired::Handshake && !self.core.slab.get(slot).machine.is_client() {
+            stats.rejected.inc(Rejection::HandshakeTimeout);
+        }
         match expired {
             Expired::Handshake | Expired::Close | Expired::Pong => {
                 debug!(
@@ -149,6 +173,8 @@ impl<H: Handler> Engine<'_, H> {
             }
             Expired::Message => {
                 let now_ms = self.core.slab.now_ms();
+                let code = crate::stats::CloseStatus(CloseCode::POLICY_VIOLATION.0);
+                self.core.slab.stats.violations.inc(code);
                 self.policy
                     .message_overdue(now_ms, self.core.slab.get(slot));
                 self.core

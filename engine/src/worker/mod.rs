@@ -28,9 +28,11 @@ use crate::config::Config;
 use crate::conn::Slab;
 use crate::error::EngineError;
 use crate::handler::Handler;
+use crate::ops::Ops;
 use crate::policy::{Counters, Policy};
 use crate::pubsub::Hub;
 use crate::pubsub::local::Local;
+use crate::ring::probe::ProbeReport;
 use crate::ring::sys::{self, poke};
 use crate::ring::{Buffers, Clock, Cqe, Op, Ring, Submit, TaskRun, Token};
 use crate::state::Core;
@@ -59,11 +61,13 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// permessage-deflate contexts kept per connection, over all workers.
     pub deflate_budget: ContextBudget,
+    /// The workers' counters, readiness and the endpoints that show them.
+    pub ops: Ops,
 }
 
 impl Shared {
-    /// The shared state of `cfg.workers` workers.
-    pub fn new(cfg: &Config) -> Result<Self, EngineError> {
+    /// The shared state of `cfg.workers` workers, on a kernel the `probe` describes.
+    pub fn new(cfg: &Config, probe: &ProbeReport) -> Result<Self, EngineError> {
         let eventfd = || sys::eventfd().map_err(|e| EngineError::io("creating an eventfd", e));
         let wakers: Vec<OwnedFd> = (0..cfg.workers)
             .map(|_| eventfd())
@@ -74,12 +78,14 @@ impl Shared {
             .map(OwnedFd::try_clone)
             .collect::<io::Result<_>>()
             .map_err(|e| EngineError::io("duplicating an eventfd", e))?;
+        let hub = Arc::new(Hub::new(hub_wakers, cfg.slow_consumer, cfg.max_topics));
         Ok(Self {
             level: AtomicU8::new(0),
             wakers,
             main_wake: eventfd()?,
             exited: AtomicUsize::new(0),
-            hub: Arc::new(Hub::new(hub_wakers, cfg.slow_consumer, cfg.max_topics)),
+            ops: Ops::new(cfg, Arc::clone(&hub), probe),
+            hub,
             counters: Counters::new(),
             deflate_budget: ContextBudget::new(cfg.deflate_budget),
         })
@@ -87,6 +93,7 @@ impl Shared {
 
     /// Raises the shutdown level (never lowers it) and wakes everyone.
     pub fn request(&self, level: u8) {
+        self.ops.accepting.store(false, Ordering::Release);
         self.level.fetch_max(level, Ordering::AcqRel);
         for w in &self.wakers {
             poke(w.as_fd());
@@ -103,7 +110,12 @@ struct WorkerClock {
 
 impl WorkerClock {
     fn now_ms(&self) -> u64 {
-        sys::monotonic().saturating_sub(self.origin).as_millis() as u64
+        self.ms_at(sys::monotonic())
+    }
+
+    /// `CLOCK_MONOTONIC` reading `t` on this clock.
+    fn ms_at(&self, t: Duration) -> u64 {
+        t.saturating_sub(self.origin).as_millis() as u64
     }
 
     /// The `CLOCK_MONOTONIC` time of `ms` on this clock (for absolute ring timeouts).
@@ -133,6 +145,8 @@ struct Engine<'r, H: Handler> {
     due: Vec<crate::conn::wheel::Entry>,
     /// Slots whose receive ended for lack of buffers, to re-arm after this turn.
     starved: Vec<u32>,
+    /// When the queued-bytes gauge was last refreshed (worker ms).
+    queued_refreshed: u64,
     /// Set when shutting down: the time by which every connection must be gone.
     shutdown_deadline: Option<u64>,
     forced: bool,
@@ -198,6 +212,7 @@ impl<H: Handler> Worker<'_, H> {
             .ring
             .submit()
             .map_err(|e| EngineError::io("arming the listener", e))?;
+        self.eng.end_turn(sys::monotonic());
         ready();
         self.eng.start_client();
         let mut batch: Vec<Cqe> = Vec::with_capacity(1024);
@@ -209,7 +224,8 @@ impl<H: Handler> Worker<'_, H> {
                 .map_err(|e| EngineError::io("waiting for completions", e))?;
             // The turn's time: every completion handled below was produced before it (with
             // DEFER_TASKRUN completions are produced only inside that wait).
-            let now = self.eng.clock.now_ms();
+            let woke = sys::monotonic();
+            let now = self.eng.clock.ms_at(woke);
             self.eng.core.slab.set_now(now);
             loop {
                 Cqe::drain(cq, &mut batch, 1024);
@@ -227,6 +243,7 @@ impl<H: Handler> Worker<'_, H> {
             );
             self.eng.tick();
             self.eng.flush();
+            self.eng.end_turn(woke);
             if let Some(e) = self.eng.fatal.take().or_else(|| self.eng.ring.take_fatal()) {
                 return Err(EngineError::io("submitting to the ring", e));
             }
@@ -251,6 +268,20 @@ impl<H: Handler> Worker<'_, H> {
 }
 
 impl<H: Handler> Engine<'_, H> {
+    /// The end of a loop turn that woke at `woke` (`CLOCK_MONOTONIC`): its duration, the ring's
+    /// counts and the heartbeat go to the worker's counters.
+    fn end_turn(&mut self, woke: Duration) {
+        let end = sys::monotonic();
+        let stats = &self.core.slab.stats;
+        stats
+            .loop_turn
+            .observe_us(end.saturating_sub(woke).as_micros() as u64);
+        let counts = self.ring.counts();
+        stats.sqes_submitted.set(counts.sqes);
+        stats.enters.set(counts.enters);
+        stats.heartbeat_ms.set(end.as_millis() as u64);
+    }
+
     /// Arms the multishot poll on the worker's wake-up eventfd.
     fn arm_wake(&mut self) {
         let fd = self.shared.wakers[self.index].as_fd();
@@ -314,10 +345,9 @@ pub(crate) fn run<H: Handler>(
             io::Error::other("no receive buffers registered"),
         ));
     };
-    let core = Core::new(
-        Slab::new(cfg.slab_config()),
-        Local::new(shared.hub.clone(), index),
-    );
+    let mut slab = Slab::new(cfg.slab_config());
+    slab.stats = Arc::clone(&shared.ops.workers[index]);
+    let core = Core::new(slab, Local::new(shared.hub.clone(), index));
     let mut worker = Worker {
         bufs,
         eng: Engine {
@@ -337,6 +367,7 @@ pub(crate) fn run<H: Handler>(
             hard_cap: cfg.max_connections + cfg.max_connections / 8 + 64,
             due: Vec::new(),
             starved: Vec::new(),
+            queued_refreshed: 0,
             shutdown_deadline: None,
             forced: false,
             fatal: None,

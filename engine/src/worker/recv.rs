@@ -6,6 +6,7 @@ use crate::conn::{Phase, io};
 use crate::handler::Handler;
 use crate::policy::{Verdict, peer_addr};
 use crate::ring::{Cqe, Op, Token};
+use crate::stats::{CloseStatus, MessageKind};
 use ringws_protocol::{CloseCode, Event, Receiver, Reply, Role};
 use std::io as stdio;
 use std::os::fd::AsFd;
@@ -46,6 +47,7 @@ impl<H: Handler> Worker<'_, H> {
                 0 => eng.peer_gone(slot),
                 // ENOBUFS ends the multishot receive; the data waits in the socket until the re-arm.
                 libc::ENOBUFS => {
+                    eng.core.slab.stats.buffers_exhausted.inc();
                     if !more {
                         if eng.policy.log.allow(eng.core.slab.now_ms()) {
                             debug!(
@@ -61,7 +63,7 @@ impl<H: Handler> Worker<'_, H> {
                 // drained before this completion arrived) or by the slot's shutdown.
                 libc::ECANCELED => {
                     if !more && eng.core.slab.get(slot).machine.wants_recv() {
-                        eng.arm_recv(slot);
+                        eng.rearm_recv(slot);
                     }
                 }
                 e => {
@@ -88,7 +90,9 @@ impl<H: Handler> Worker<'_, H> {
             eng.maybe_release(slot);
             return;
         };
-        match s.machine.phase() {
+        let phase = s.machine.phase();
+        eng.core.slab.stats.socket_received_bytes.add(res as u64);
+        match phase {
             Phase::Handshaking => eng.handshake_input(slot, buf),
             Phase::Open => {
                 let now = eng.core.slab.time();
@@ -103,7 +107,7 @@ impl<H: Handler> Worker<'_, H> {
         }
         let eng = &mut self.eng;
         if !more && eng.core.slab.get(slot).machine.wants_recv() {
-            eng.arm_recv(slot);
+            eng.rearm_recv(slot);
         }
         eng.maybe_release(slot);
     }
@@ -120,6 +124,12 @@ impl<H: Handler> Engine<'_, H> {
         s.io &= !io::STARVED;
         let token = Token::new(Op::Recv, slot, s.generation);
         self.ring.recv_multi(fd.as_fd(), token);
+    }
+
+    /// Arms the receive of `slot` again after its multishot receive ended (counted).
+    pub(super) fn rearm_recv(&mut self, slot: u32) {
+        self.core.slab.stats.receive_rearms.inc();
+        self.arm_recv(slot);
     }
 
     /// Bytes received while handshaking. `buf` is parsed in place when no earlier part of the head
@@ -169,6 +179,7 @@ impl<H: Handler> Engine<'_, H> {
         };
         let now_ms = self.core.slab.now_ms();
         let before = rx.assembly_bytes();
+        let inflated_before = rx.inflate_totals();
         let mut delivered = false;
         let mut pos = 0;
         while pos < buf.len() && self.core.slab.get(slot).machine.is_open() {
@@ -178,14 +189,20 @@ impl<H: Handler> Engine<'_, H> {
                     match event {
                         Some(event) => {
                             delivered |= matches!(event, Event::Text(_) | Event::Binary(_));
+                            let (kind, len) = event_kind(&event);
+                            let stats = &self.core.slab.stats;
+                            stats.received.inc(kind);
+                            stats.received_bytes.add(kind, len as u64);
                             let s = self.core.slab.get_mut(slot);
                             match self.policy.admit_event(now_ms, s, &event) {
                                 Verdict::Deliver => self.dispatch(slot, event),
                                 Verdict::Ignore => {}
                                 Verdict::Close(reason) => {
-                                    self.core
-                                        .slab
-                                        .close(slot, CloseCode::POLICY_VIOLATION, reason);
+                                    let slab = &mut self.core.slab;
+                                    slab.stats
+                                        .violations
+                                        .inc(CloseStatus(CloseCode::POLICY_VIOLATION.0));
+                                    slab.close(slot, CloseCode::POLICY_VIOLATION, reason);
                                     self.deliver_closes();
                                 }
                             }
@@ -198,9 +215,12 @@ impl<H: Handler> Engine<'_, H> {
                     self.log_violation(slot, &e, "protocol violation");
                     match e.reply() {
                         Reply::Close(code) => {
+                            self.core.slab.stats.violations.inc(CloseStatus(code.0));
                             self.core.slab.close(slot, code, &e.to_string());
                         }
                         Reply::Status(_) | Reply::Drop => {
+                            let code = CloseStatus(CloseCode::PROTOCOL_ERROR.0);
+                            self.core.slab.stats.violations.inc(code);
                             self.abort(slot, super::close::Cause::Error);
                         }
                     }
@@ -210,13 +230,22 @@ impl<H: Handler> Engine<'_, H> {
             }
         }
         rx.release();
+        if let (Some((in0, out0)), Some((in1, out1))) = (inflated_before, rx.inflate_totals()) {
+            let stats = &self.core.slab.stats;
+            stats.deflate_received_compressed.add(in1 - in0);
+            stats.deflate_received_uncompressed.add(out1 - out0);
+        }
         let (after, busy) = (rx.assembly_bytes(), rx.in_progress());
         let counters = &self.shared.counters;
         if !self
             .policy
             .assembly(counters, now_ms, self.core.slab.get(slot), before, after)
         {
-            self.core.slab.close(
+            let slab = &mut self.core.slab;
+            slab.stats
+                .violations
+                .inc(CloseStatus(CloseCode::MESSAGE_TOO_BIG.0));
+            slab.close(
                 slot,
                 CloseCode::MESSAGE_TOO_BIG,
                 "server assembly memory full",
@@ -269,5 +298,16 @@ impl<H: Handler> Engine<'_, H> {
             let peer = peer_addr(self.core.slab.get(slot));
             debug!(worker = self.index, ?peer, error = %e, "{what}");
         }
+    }
+}
+
+/// The metrics kind and payload length of a decoded event.
+fn event_kind(event: &Event<'_>) -> (MessageKind, usize) {
+    match event {
+        Event::Text(t) => (MessageKind::Text, t.len()),
+        Event::Binary(b) => (MessageKind::Binary, b.len()),
+        Event::Ping(p) => (MessageKind::Ping, p.len()),
+        Event::Pong(p) => (MessageKind::Pong, p.len()),
+        Event::Close(f) => (MessageKind::Close, f.map_or(0, |f| 2 + f.reason.len())),
     }
 }

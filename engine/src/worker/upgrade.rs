@@ -7,28 +7,11 @@ use super::Engine;
 use super::recv::Handshake;
 use crate::deflate;
 use crate::handler::{Decision, Handler, HttpResponse};
+use crate::stats::{HttpStatus, Rejection};
 use ringws_protocol::handshake::{
-    Parse, Request, parse_request, write_accept_response, write_error_response, write_response,
+    Parse, Request, error_status, parse_request, write_accept_response, write_error_response,
 };
-use tracing::{error, warn};
-
-/// Appends `resp` (or a 500 if it is malformed) to `out`.
-fn write_http(out: &mut Vec<u8>, resp: &HttpResponse) {
-    if !resp.is_valid() {
-        error!(
-            status = resp.status,
-            "invalid HTTP response from a callback; answering 500"
-        );
-        write_response(out, 500, &[], b"");
-        return;
-    }
-    let headers: Vec<(&str, &str)> = resp
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    write_response(out, resp.status, &headers, &resp.body);
-}
+use tracing::warn;
 
 impl<H: Handler> Engine<'_, H> {
     /// Handles the bytes of a request head: `input` holds everything received so far.
@@ -38,6 +21,7 @@ impl<H: Handler> Engine<'_, H> {
             Ok(Parse::Complete(req)) => req,
             Err(e) => {
                 self.log_violation(slot, &e, "bad handshake request");
+                self.refused(Rejection::HandshakeError, error_status(&e));
                 self.core
                     .slab
                     .out(slot)
@@ -58,12 +42,16 @@ impl<H: Handler> Engine<'_, H> {
         Handshake::Done
     }
 
+    /// Counts a refused upgrade request: its reason and the status it was answered with.
+    fn refused(&mut self, reason: Rejection, status: u16) {
+        let stats = &self.core.slab.stats;
+        stats.rejected.inc(reason);
+        stats.upgrades.inc(HttpStatus(status));
+    }
+
     /// Queues `resp` as the connection's last output and starts closing it.
     pub(super) fn respond(&mut self, slot: u32, resp: &HttpResponse) {
-        self.core
-            .slab
-            .out(slot)
-            .push_raw(|out| write_http(out, resp));
+        self.core.slab.out(slot).push_raw(|out| resp.write_to(out));
         self.core.slab.begin_closing(slot);
     }
 
@@ -71,9 +59,12 @@ impl<H: Handler> Engine<'_, H> {
     /// whether the connection is now open.
     fn upgrade(&mut self, slot: u32, req: &Request<'_>) -> bool {
         if !req.is_upgrade() {
-            let resp = self
-                .answer(|h| h.on_http(req))
-                .unwrap_or_else(|| HttpResponse::new(500));
+            let ops = &self.shared.ops;
+            let own = ops.on_main_port.then(|| ops.respond(req)).flatten();
+            let resp = own.unwrap_or_else(|| {
+                self.answer(|h| h.on_http(req))
+                    .unwrap_or_else(|| HttpResponse::new(500))
+            });
             self.respond(slot, &resp);
             return false;
         }
@@ -81,6 +72,7 @@ impl<H: Handler> Engine<'_, H> {
             Ok(key) => key,
             Err(e) => {
                 self.log_violation(slot, &e, "invalid upgrade request");
+                self.refused(Rejection::HandshakeError, error_status(&e));
                 self.core
                     .slab
                     .out(slot)
@@ -96,6 +88,7 @@ impl<H: Handler> Engine<'_, H> {
         {
             Ok(preferred) => preferred.map(str::to_owned),
             Err(refusal) => {
+                self.refused(refusal.reason, refusal.status);
                 self.respond(slot, &HttpResponse::text(refusal.status, &refusal.body));
                 return false;
             }
@@ -127,15 +120,22 @@ impl<H: Handler> Engine<'_, H> {
                     s.rx = Some(rx);
                 }
                 s.state = state;
-                s.machine.open(now);
+                let took = s.machine.open(now);
+                let stats = &self.core.slab.stats;
+                stats.upgrades.inc(HttpStatus(101));
+                if let Some(took) = took {
+                    stats.handshake.observe_us(u64::from(took) * 1000);
+                }
                 self.core.slab.schedule(slot);
                 true
             }
             Some(Decision::Reject(resp)) => {
+                self.refused(Rejection::Handler, resp.status);
                 self.respond(slot, &resp);
                 false
             }
             None => {
+                self.refused(Rejection::Handler, 500);
                 self.respond(slot, &HttpResponse::new(500));
                 false
             }

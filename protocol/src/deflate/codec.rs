@@ -228,6 +228,9 @@ pub struct Decompressor {
     /// Compressed bytes consumed and bytes produced for the message in progress.
     message_in: u64,
     message_out: u64,
+    /// Compressed bytes consumed and bytes produced over the decompressor's life (for metrics).
+    total_in: u64,
+    total_out: u64,
 }
 
 impl std::fmt::Debug for Decompressor {
@@ -256,7 +259,15 @@ impl Decompressor {
             ended: false,
             message_in: 0,
             message_out: 0,
+            total_in: 0,
+            total_out: 0,
         }
+    }
+
+    /// Compressed bytes consumed and inflated bytes produced over the decompressor's life: what
+    /// permessage-deflate saved on the way in.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.total_in, self.total_out)
     }
 
     /// Whether an inflate context is allocated now (for memory accounting).
@@ -305,6 +316,8 @@ impl Decompressor {
             input = &input[consumed..];
             self.message_in += consumed as u64;
             self.message_out += produced as u64;
+            self.total_in += consumed as u64;
+            self.total_out += produced as u64;
             if out.len() > limit {
                 // The reserve above never takes the capacity past `cap`; only a caller's buffer
                 // that came with more spare capacity can hold more, memory it already had.
@@ -345,7 +358,10 @@ impl Decompressor {
         // truncated stored-block header in a taken-over stream and corrupt the next message, so the
         // stream is not touched (senders never produce one: an empty message compresses to `00`).
         if self.message_in > 0 {
+            let before = self.total_in;
             self.inflate(&TAIL, out, limit)?;
+            // The tail was never on the wire: only what the peer sent counts as received.
+            self.total_in = before.max(self.total_in.saturating_sub(TAIL.len() as u64));
         }
         if self.no_context_takeover {
             self.inflate = None;

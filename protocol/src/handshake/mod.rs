@@ -51,7 +51,9 @@ mod tokens;
 pub use accept::accept_key;
 pub use client::{ClientHandshake, Response, ResponseParse};
 pub use request::{Parse, Request, is_uri_scheme, parse_request};
-pub use response::{reason_phrase, write_accept_response, write_error_response, write_response};
+pub use response::{
+    error_status, reason_phrase, write_accept_response, write_error_response, write_response,
+};
 pub use tokens::{ExtensionOffer, is_token};
 
 /// Default limit on the size of a request's (or response's) header block, terminator included.

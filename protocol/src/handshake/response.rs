@@ -84,6 +84,15 @@ pub fn write_response(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], 
     }
 }
 
+/// The HTTP status [`write_error_response`] answers a handshake error with: the error's own
+/// status, or 500 for an error that is not about the request.
+pub fn error_status(err: &Error) -> u16 {
+    match err.reply() {
+        Reply::Status(status) => status,
+        Reply::Close(_) | Reply::Drop => 500,
+    }
+}
+
 /// Appends the response that refuses a handshake for `err`: its status from [`Error::reply`], a
 /// `text/plain` body holding the error's `Display` text, and, for 426, the
 /// `Sec-WebSocket-Version: 13` header that tells the client which version to retry with (RFC 6455
@@ -100,10 +109,7 @@ pub fn write_response(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], 
 /// assert!(out.ends_with(b"\r\n\r\nmissing Host header"));
 /// ```
 pub fn write_error_response(out: &mut Vec<u8>, err: &Error) {
-    let status = match err.reply() {
-        Reply::Status(status) => status,
-        Reply::Close(_) | Reply::Drop => 500,
-    };
+    let status = error_status(err);
     let body = err.to_string();
     let content_type = ("Content-Type", "text/plain; charset=utf-8");
     let headers: &[(&str, &str)] = if status == 426 {
