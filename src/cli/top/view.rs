@@ -67,7 +67,8 @@ impl Frame<'_> {
             parts.push(format!("kernel {kernel}"));
         }
         if let Some(io_uring) = &s.io_uring {
-            parts.push(format!("io_uring {io_uring}"));
+            // The features without their common prefix: `SETUP_DEFER_TASKRUN,REGISTER_RING_FDS`.
+            parts.push(format!("io_uring {}", io_uring.replace("IORING_", "")));
         }
         if let Some(up) = uptime(s, self.now) {
             parts.push(format!("up {}", duration(up)));
