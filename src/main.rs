@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a WebSocket server (the echo server by default).
-    Serve(cli::serve::ServeArgs),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Check this host for a connection target: kernel, io_uring features, limits, sysctls, CPUs.
     Check(cli::check::CheckArgs),
     /// Load a WebSocket server: many connections, verified echoes, latency percentiles.
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     }
     cli::init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => cli::serve::run(args),
+        Command::Serve(args) => cli::serve::run(*args),
         Command::Check(args) => return cli::check::run(args),
         Command::Load(args) => return cli::load::run(args),
         Command::Top(args) => return cli::top::run(args),

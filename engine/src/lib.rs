@@ -48,6 +48,9 @@ mod ring;
 // permessage-deflate, the codec a connection's send path calls.
 mod deflate;
 
+// wss://: a connection's TLS session (rustls, unbuffered).
+mod tls;
+
 // One connection: slot and slab, the sans-IO connection machine, output queues, the timer wheel.
 mod conn;
 
@@ -96,3 +99,4 @@ pub use stats::{
     BUCKETS_US, CloseStatus, Counts, DeflateBytes, HistogramSnapshot, HttpStatus, Label,
     MessageKind, Rejection, Side, Stats, TimerKind, WorkerSnapshot,
 };
+pub use tls::{TlsConfig, TlsError};

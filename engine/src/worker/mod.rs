@@ -22,6 +22,7 @@ mod close;
 mod dial;
 mod lifecycle;
 mod recv;
+mod tls;
 mod upgrade;
 
 use crate::config::Config;
@@ -153,6 +154,8 @@ struct Engine<'r, H: Handler> {
     fatal: Option<io::Error>,
     /// Client connects in flight and the wake-up timer.
     dial: dial::Dialer,
+    /// TLS scratch buffers.
+    tls: tls::Scratch,
 }
 
 /// A worker: its engine and its receive buffers.
@@ -372,6 +375,7 @@ pub(crate) fn run<H: Handler>(
             forced: false,
             fatal: None,
             dial: dial::Dialer::default(),
+            tls: tls::Scratch::default(),
         },
     };
     worker.run(&mut cq, ready)
