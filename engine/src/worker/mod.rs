@@ -212,6 +212,15 @@ impl<H: Handler> Worker<'_, H> {
             .ring
             .submit()
             .map_err(|e| EngineError::io("arming the listener", e))?;
+        // The first heartbeat: the worker is serving from here on. Without it `/health` would
+        // call the worker stalled until its first turn ends (up to a tick after start), and a
+        // probe right after the ready line would fail a healthy server.
+        self.eng
+            .core
+            .slab
+            .stats
+            .heartbeat_ms
+            .set(sys::monotonic().as_millis() as u64);
         ready();
         self.eng.start_client();
         let mut batch: Vec<Cqe> = Vec::with_capacity(1024);
