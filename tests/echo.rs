@@ -289,12 +289,7 @@ fn pipelined_large_messages_all_echoed_in_order() {
 /// completes — a frame cannot be cut — and Close 1001 follows it; the process exits 0.
 #[test]
 fn sigterm_during_a_large_echo_completes_the_frame_then_1001() {
-    let mut server = Server::start(&[
-        "--max-message-size",
-        SIXTEEN_MIB_ARG,
-        "--drain-delay",
-        "0",
-    ]);
+    let mut server = Server::start(&["--max-message-size", SIXTEEN_MIB_ARG, "--drain-delay", "0"]);
     let mut client = RawClient::connect(server.addr);
     let payload = bytes(8 << 20, 8);
     client.send(&Frame::binary(payload.clone()));

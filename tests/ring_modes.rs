@@ -31,7 +31,15 @@ impl Drop for Served {
 /// address and the stderr lines printed up to the ready line.
 fn start(mode: &str) -> (Served, SocketAddr, Vec<String>) {
     let child = Command::new(binary())
-        .args(["serve", "--addr", "127.0.0.1:0", "--workers", "1", "--drain-delay", "0"])
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--drain-delay",
+            "0",
+        ])
         .env("RINGWS_RING_MODE", mode)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
