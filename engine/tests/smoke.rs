@@ -11,7 +11,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Echoes messages; answers `/health`; refuses `/forbidden`; `close-me` closes with 4000; `panic` panics.
+/// Echoes messages; answers `/status` (not `/health`, which the engine's ops endpoints answer
+/// before `on_http`); refuses `/forbidden`; `close-me` closes with 4000; `panic` panics.
 struct Echo;
 
 impl Handler for Echo {
@@ -49,7 +50,7 @@ impl Handler for Echo {
 
     fn on_http(&mut self, req: &Request<'_>) -> HttpResponse {
         match req.path() {
-            "/health" => HttpResponse::text(200, "ok"),
+            "/status" => HttpResponse::text(200, "ok"),
             _ => HttpResponse::new(404),
         }
     }
@@ -351,7 +352,7 @@ fn server_initiated_close_and_panicking_callback() {
 fn plain_http_and_refused_upgrades() {
     let server = TestServer::start(|b| b);
     let mut s = connect(server.addr);
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
