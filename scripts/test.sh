@@ -3,8 +3,9 @@
 #   1. the Python venv for the interop clients and kosoku, the Autobahn case-file runner
 #      (tests/interop/.venv, from requirements.txt),
 #   2. the Node packages for the other interop client (npm ci in tests/interop/node),
-#   2b. Debian's chromium (the browser test of the feed page) and shellcheck (tests/tuning.rs lints the
-#       tuning scripts with it), with apt-get as root if missing,
+#   2b. Debian's chromium (the browser test of the feed page), shellcheck (tests/tuning.rs lints the
+#       tuning scripts with it), prometheus (promtool and a Prometheus server for tests/ops.rs) and
+#       haproxy (tests/ops.rs drains a backend behind it), with apt-get as root if missing,
 #   3. every Rust test of the workspace (unit, integration, interop, benches in test mode), then doc tests.
 #      As root this includes the tests marked #[ignore = "needs root ..."] (sysctl writes, TCP_REPAIR,
 #      mount namespaces, other users); without root they are listed at the end as not run. Tests named
@@ -51,12 +52,16 @@ fi
 
 # ---- System tools -----------------------------------------------------------------------------------
 # tests/browser.rs loads the feed's live page in Debian's headless chromium (driven over DevTools);
-# tests/tuning.rs runs shellcheck on the tuning scripts (and fails without it).
+# tests/tuning.rs runs shellcheck on the tuning scripts (and fails without it); tests/ops.rs runs
+# promtool and a Prometheus server (package prometheus) and HAProxy (package haproxy, in /usr/sbin,
+# which is not on every user's PATH).
 is_root=false
 [[ $(id -u) -eq 0 ]] && is_root=true
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+{ command -v prometheus && command -v promtool; } >/dev/null || missing+=(prometheus)
+command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
 if ((${#missing[@]})); then
     if $is_root && command -v apt-get >/dev/null; then
         say "installing ${missing[*]} for the tests (apt-get)"

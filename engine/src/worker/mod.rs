@@ -215,6 +215,8 @@ impl<H: Handler> Worker<'_, H> {
             .ring
             .submit()
             .map_err(|e| EngineError::io("arming the listener", e))?;
+        // The first heartbeat: the worker is serving from here on (a probe right after the ready
+        // line must not find it stalled before its first turn ends).
         self.eng.end_turn(sys::monotonic());
         ready();
         self.eng.start_client();
