@@ -31,7 +31,7 @@ enum Command {
     /// Check this host for a connection target: kernel, io_uring features, limits, sysctls, CPUs.
     Check(cli::check::CheckArgs),
     /// Load a WebSocket server: many connections, verified echoes, latency percentiles.
-    Load(cli::load::LoadArgs),
+    Load(Box<cli::load::LoadArgs>),
     /// Show a running server's /metrics live: connections, rates and loop-turn p99 per worker.
     ///
     /// Every --interval seconds: per worker and in total, open connections, data messages and
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(*args),
         Command::Check(args) => return cli::check::run(args),
-        Command::Load(args) => return cli::load::run(args),
+        Command::Load(args) => return cli::load::run(*args),
         Command::Top(args) => return cli::top::run(args),
     };
     match result {

@@ -327,3 +327,43 @@ fn bad_input_on_the_tls_port_gets_an_alert_and_costs_nothing_else() {
     good.echo("last");
     assert!(server.is_running(), "the server is still up");
 }
+
+/// Runs `ringws load --json` against `url` with `trust` (`--ca FILE` or `--insecure`); returns
+/// the exit status and the JSON object.
+fn load_over_tls(
+    url: &str,
+    trust: &[&str],
+) -> (std::process::ExitStatus, serde_json::Value, String) {
+    let mut cmd = Command::new(common::binary());
+    cmd.args(["load", "--json", "--workers", "1", "--connections", "20"])
+        .args(["--duration", "1", "--warmup", "0.2", "--url", url])
+        .args(trust);
+    let (status, output) = run_bounded(&mut cmd, Duration::from_secs(30));
+    let status = status.unwrap_or_else(|| panic!("ringws load did not finish:\n{output}"));
+    let line = output
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON object:\n{output}"));
+    (status, serde_json::from_str(line).unwrap(), output)
+}
+
+#[test]
+fn the_engines_own_client_loads_a_tls_server() {
+    let certs = Certs::new("load", "load");
+    let server = start(&certs, &[]);
+    let url = format!("wss://127.0.0.1:{}/", server.addr.port());
+    let ca = certs.ca.display().to_string();
+    // Trusting the test CA: every connection up, echoes verified.
+    let (status, v, output) = load_over_tls(&url, &["--ca", &ca]);
+    assert!(status.success(), "{output}");
+    assert_eq!(v["connections_established"], 20, "{v}");
+    assert!(v["messages"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["errors"]["mismatch"], 0, "{v}");
+    // Trusting only the Mozilla roots: the test CA is refused, every connect fails with a TLS
+    // error, and the server keeps serving.
+    let (_, v, output) = load_over_tls(&url, &[]);
+    assert_eq!(v["connections_established"], 0, "{v}");
+    assert!(output.contains("TLS"), "{output}");
+    let mut good = Wss::open(server.addr, &certs.ca_der);
+    good.echo("after refused clients");
+}

@@ -36,8 +36,11 @@
 // The layers, bottom to top: a module uses only the modules declared before it (checked by
 // `tests/layers.rs`; each layer is its own group so that formatting keeps the order).
 
-// Plain data every layer may use: the error enum; where and how to connect; the per-worker
-// counters (single-writer cells) and their snapshots.
+// Plain data every layer may use: the error enum; a connection's TLS session and the TLS
+// settings (rustls, unbuffered); where and how to connect; the per-worker counters
+// (single-writer cells) and their snapshots.
+mod tls;
+
 mod connect;
 mod error;
 mod stats;
@@ -47,9 +50,6 @@ mod ring;
 
 // permessage-deflate, the codec a connection's send path calls.
 mod deflate;
-
-// wss://: a connection's TLS session (rustls, unbuffered).
-mod tls;
 
 // One connection: slot and slab, the sans-IO connection machine, output queues, the timer wheel.
 mod conn;
@@ -99,4 +99,4 @@ pub use stats::{
     BUCKETS_US, CloseStatus, Counts, DeflateBytes, HistogramSnapshot, HttpStatus, Label,
     MessageKind, Rejection, Side, Stats, TimerKind, WorkerSnapshot,
 };
-pub use tls::{TlsConfig, TlsError};
+pub use tls::{TlsClient, TlsConfig, TlsError};

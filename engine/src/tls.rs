@@ -16,11 +16,15 @@
 //! resumption. [`TlsConfig`] swaps its certificate atomically: new handshakes use the new chain,
 //! open connections keep theirs.
 
-use rustls::ServerConfig;
+use rustls::client::UnbufferedClientConnection;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic,
+};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -157,6 +161,130 @@ fn server_config(
     Ok(config)
 }
 
+/// Client TLS for `wss://` connections the engine opens ([`Connect`](crate::Connect)): which
+/// servers to trust.
+#[derive(Clone)]
+pub struct TlsClient {
+    config: Arc<ClientConfig>,
+}
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsClient").finish_non_exhaustive()
+    }
+}
+
+impl TlsClient {
+    /// Trusts the Mozilla root certificates compiled in (`webpki-roots`): what a browser trusts,
+    /// the same on every host, no system store to read. The default for `wss://`.
+    pub fn webpki_roots() -> Self {
+        // Made once per process: a load generator opens thousands of connections.
+        static ROOTS: std::sync::OnceLock<TlsClient> = std::sync::OnceLock::new();
+        ROOTS
+            .get_or_init(|| {
+                Self::with_roots(RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                })
+            })
+            .clone()
+    }
+
+    /// Trusts only the CA certificates in the PEM file `path` (a private CA).
+    pub fn with_ca_file(path: impl AsRef<Path>) -> Result<Self, TlsError> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let mut roots = RootCertStore::empty();
+        for cert in certs(&pem, path)? {
+            roots.add(cert).map_err(TlsError::Rustls)?;
+        }
+        Ok(Self::with_roots(roots))
+    }
+
+    /// **Trusts any certificate, without verifying it**: for tests and load generation against
+    /// a server with a throwaway certificate only. The connection is encrypted but anyone in the
+    /// path can read and change it.
+    pub fn dangerous_accept_any_certificate() -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        Self::finish(config)
+    }
+
+    fn with_roots(roots: RootCertStore) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Self::finish(config)
+    }
+
+    fn finish(mut config: ClientConfig) -> Self {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// The verifier of [`TlsClient::dangerous_accept_any_certificate`]: every certificate passes;
+/// handshake signatures are still checked (with the provider's algorithms).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// What a call to [`Session::input`] found.
 #[derive(Debug)]
 pub(crate) enum Input {
@@ -169,14 +297,43 @@ pub(crate) enum Input {
     Failed(rustls::Error),
 }
 
+/// rustls's unbuffered connection of either side (they share every state type but not the
+/// entry point).
+trait Records {
+    type Data;
+    fn records<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Records for UnbufferedServerConnection {
+    type Data = rustls::server::ServerConnectionData;
+    fn records<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(buf)
+    }
+}
+
+impl Records for UnbufferedClientConnection {
+    type Data = rustls::client::ClientConnectionData;
+    fn records<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(buf)
+    }
+}
+
+/// The connection of one side.
+enum Conn {
+    Server(UnbufferedServerConnection),
+    Client(UnbufferedClientConnection),
+}
+
 /// One connection's TLS session.
 pub(crate) struct Session {
-    conn: UnbufferedServerConnection,
+    conn: Conn,
     /// Received bytes of a record not yet complete (empty between records).
     incoming: Vec<u8>,
     /// The handshake is done: application data can be encrypted.
     established: bool,
     close_notify_sent: bool,
+    /// rustls reported an error: the session is not used again.
+    failed: bool,
 }
 
 /// Bound on the states handled per call (each needs input or output to progress).
@@ -184,13 +341,27 @@ const MAX_STEPS: usize = 1 << 16;
 
 impl Session {
     /// A server session under `config`.
-    pub fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
-        Ok(Self {
-            conn: UnbufferedServerConnection::new(config)?,
+    pub fn server(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
+        Ok(Self::with(Conn::Server(UnbufferedServerConnection::new(
+            config,
+        )?)))
+    }
+
+    /// A client session to `name` under `client`; its ClientHello is produced by the first
+    /// [`input`](Self::input) (with no bytes).
+    pub fn client(client: &TlsClient, name: ServerName<'static>) -> Result<Self, rustls::Error> {
+        let conn = UnbufferedClientConnection::new(Arc::clone(&client.config), name)?;
+        Ok(Self::with(Conn::Client(conn)))
+    }
+
+    fn with(conn: Conn) -> Self {
+        Self {
+            conn,
             incoming: Vec::new(),
             established: false,
             close_notify_sent: false,
-        })
+            failed: false,
+        }
     }
 
     /// Whether application data can be sent.
@@ -206,105 +377,21 @@ impl Session {
     /// Processes received bytes: handshake records to send are appended to `wire`, decrypted
     /// application data to `plain`.
     pub fn input(&mut self, data: &mut [u8], wire: &mut Vec<u8>, plain: &mut Vec<u8>) -> Input {
+        if self.failed {
+            return Input::Failed(rustls::Error::General("the TLS session failed".into()));
+        }
         let Self {
             conn,
             incoming,
             established,
             ..
         } = self;
-        let gathered = !incoming.is_empty();
-        if gathered {
-            incoming.extend_from_slice(data);
-        }
-        let buf: &mut [u8] = if gathered { incoming } else { data };
-        let mut pos = 0;
-        let mut outcome = Input::Ok;
-        for _ in 0..MAX_STEPS {
-            let status = conn.process_tls_records(&mut buf[pos..]);
-            let mut discard = status.discard;
-            let state = match status.state {
-                Ok(state) => state,
-                Err(e) => {
-                    pos += discard;
-                    outcome = Input::Failed(e);
-                    break;
-                }
-            };
-            match state {
-                ConnectionState::ReadTraffic(mut records) => {
-                    while let Some(record) = records.next_record() {
-                        match record {
-                            Ok(r) => {
-                                discard += r.discard;
-                                plain.extend_from_slice(r.payload);
-                            }
-                            Err(e) => {
-                                outcome = Input::Failed(e);
-                                break;
-                            }
-                        }
-                    }
-                }
-                ConnectionState::EncodeTlsData(mut enc) => {
-                    encode_into(wire, |out| enc.encode(out));
-                }
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                ConnectionState::WriteTraffic(_) => {
-                    *established = true;
-                    pos += discard;
-                    break;
-                }
-                ConnectionState::BlockedHandshake | ConnectionState::Closed => {
-                    pos += discard;
-                    break;
-                }
-                ConnectionState::PeerClosed => {
-                    pos += discard;
-                    outcome = Input::PeerClosed;
-                    break;
-                }
-                // 0-RTT is not enabled (max_early_data_size stays 0): none can arrive.
-                ConnectionState::ReadEarlyData(_) => {
-                    pos += discard;
-                    break;
-                }
-                _ => {
-                    pos += discard;
-                    break;
-                }
-            }
-            pos += discard;
-            if matches!(outcome, Input::Failed(_)) {
-                break;
-            }
-        }
-        // What was not consumed is the start of a record: keep it for the next receive.
-        if gathered {
-            incoming.drain(..pos.min(incoming.len()));
-            if incoming.is_empty() {
-                *incoming = Vec::new();
-            }
-        } else if pos < data.len() {
-            incoming.extend_from_slice(&data[pos..]);
-        }
-        if matches!(outcome, Input::Failed(_)) {
-            self.drain_alerts(wire);
-        }
+        let outcome = match conn {
+            Conn::Server(c) => input(c, incoming, established, data, wire, plain),
+            Conn::Client(c) => input(c, incoming, established, data, wire, plain),
+        };
+        self.failed = matches!(outcome, Input::Failed(_));
         outcome
-    }
-
-    /// After an error: the alert rustls queued, if any, into `wire`.
-    fn drain_alerts(&mut self, wire: &mut Vec<u8>) {
-        for _ in 0..8 {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                    encode_into(wire, |out| enc.encode(out));
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                _ => return,
-            }
-        }
     }
 
     /// Encrypts `plaintext` into records appended to `wire` (records of up to 16 KiB; as few as
@@ -334,33 +421,150 @@ impl Session {
     fn with_write(
         &mut self,
         wire: &mut Vec<u8>,
-        f: impl FnOnce(
-            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
-            &mut Vec<u8>,
-        ),
+        f: impl FnOnce(&mut dyn Encrypt, &mut Vec<u8>),
     ) -> bool {
-        if !self.established {
+        if !self.established || self.failed {
             return false;
         }
-        for _ in 0..8 {
-            // The leftover of an incomplete record is passed as is: nothing in it can be
-            // consumed, and rustls must see the same bytes at the front next time.
-            let status = self.conn.process_tls_records(&mut self.incoming);
-            debug_assert_eq!(status.discard, 0);
-            match status.state {
-                Ok(ConnectionState::WriteTraffic(mut w)) => {
-                    f(&mut w, wire);
-                    return true;
+        match &mut self.conn {
+            Conn::Server(c) => with_write(c, &mut self.incoming, wire, f),
+            Conn::Client(c) => with_write(c, &mut self.incoming, wire, f),
+        }
+    }
+}
+
+/// Encryption in the write state, whatever the side.
+trait Encrypt {
+    fn encrypt(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, EncryptError>;
+    fn queue_close_notify(&mut self, out: &mut [u8]) -> Result<usize, EncryptError>;
+}
+
+impl<D> Encrypt for WriteTraffic<'_, D> {
+    fn encrypt(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, EncryptError> {
+        WriteTraffic::encrypt(self, plaintext, out)
+    }
+    fn queue_close_notify(&mut self, out: &mut [u8]) -> Result<usize, EncryptError> {
+        WriteTraffic::queue_close_notify(self, out)
+    }
+}
+
+fn input<C: Records>(
+    conn: &mut C,
+    incoming: &mut Vec<u8>,
+    established: &mut bool,
+    data: &mut [u8],
+    wire: &mut Vec<u8>,
+    plain: &mut Vec<u8>,
+) -> Input {
+    let gathered = !incoming.is_empty();
+    if gathered {
+        incoming.extend_from_slice(data);
+    }
+    let mut pos = 0;
+    let mut outcome = Input::Ok;
+    {
+        let buf: &mut [u8] = if gathered { incoming } else { data };
+        for _ in 0..MAX_STEPS {
+            let status = conn.records(&mut buf[pos..]);
+            let mut discard = status.discard;
+            let state = match status.state {
+                Ok(state) => state,
+                Err(e) => {
+                    pos += discard;
+                    outcome = Input::Failed(e);
+                    break;
                 }
-                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+            };
+            let mut done = true;
+            match state {
+                ConnectionState::ReadTraffic(mut records) => {
+                    done = false;
+                    while let Some(record) = records.next_record() {
+                        match record {
+                            Ok(r) => {
+                                discard += r.discard;
+                                plain.extend_from_slice(r.payload);
+                            }
+                            Err(e) => {
+                                outcome = Input::Failed(e);
+                                done = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut enc) => {
+                    done = false;
                     encode_into(wire, |out| enc.encode(out));
                 }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                _ => return false,
+                ConnectionState::TransmitTlsData(t) => {
+                    done = false;
+                    t.done();
+                }
+                ConnectionState::WriteTraffic(_) => *established = true,
+                ConnectionState::PeerClosed => outcome = Input::PeerClosed,
+                // BlockedHandshake (more bytes needed), Closed, and early data, which is not
+                // enabled (max_early_data_size stays 0).
+                _ => {}
+            }
+            pos += discard;
+            if done {
+                break;
             }
         }
-        false
     }
+    // What was not consumed is the start of a record: keep it for the next receive.
+    if gathered {
+        incoming.drain(..pos.min(incoming.len()));
+        if incoming.is_empty() {
+            *incoming = Vec::new();
+        }
+    } else if pos < data.len() {
+        incoming.extend_from_slice(&data[pos..]);
+    }
+    if matches!(outcome, Input::Failed(_)) {
+        drain_alerts(conn, incoming, wire);
+    }
+    outcome
+}
+
+/// After an error: the fatal alert rustls queued, if it did, into `wire`. One call: a queued
+/// record is handed out before any input is looked at, and the session is not used again (a
+/// second look at the input would fail it again). `incoming` is what was left of the input:
+/// rustls must always see the bytes it has not let go of at the front of the buffer (a
+/// handshake message spanning records is located by its position in it).
+fn drain_alerts<C: Records>(conn: &mut C, incoming: &mut [u8], wire: &mut Vec<u8>) {
+    if let Ok(ConnectionState::EncodeTlsData(mut enc)) = conn.records(incoming).state {
+        encode_into(wire, |out| enc.encode(out));
+    }
+}
+
+fn with_write<C: Records>(
+    conn: &mut C,
+    incoming: &mut [u8],
+    wire: &mut Vec<u8>,
+    f: impl FnOnce(&mut dyn Encrypt, &mut Vec<u8>),
+) -> bool {
+    let mut f = Some(f);
+    for _ in 0..8 {
+        // The leftover of an incomplete record is passed as is: nothing in it can be consumed,
+        // and rustls must see the same bytes at the front next time.
+        let status = conn.records(incoming);
+        match status.state {
+            Ok(ConnectionState::WriteTraffic(mut w)) => {
+                if let Some(f) = f.take() {
+                    f(&mut w, wire);
+                }
+                return true;
+            }
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                encode_into(wire, |out| enc.encode(out));
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Appends what `encode` writes to `wire`, growing it to the size rustls asks for.

@@ -5,11 +5,12 @@
 use super::Engine;
 use super::close::Cause;
 use crate::conn::{OutQueue, Phase, TlsSide};
+use crate::connect::ConnectError;
 use crate::handler::Handler;
 use crate::policy::peer_addr;
-use crate::stats::Rejection;
+use crate::stats::{Label, Rejection};
 use crate::tls::{Input, Session};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// The worker's TLS scratch buffers, kept for their capacity.
 #[derive(Default)]
@@ -29,7 +30,7 @@ impl<H: Handler> Engine<'_, H> {
         let Some(tls) = self.cfg.tls.as_ref() else {
             return true;
         };
-        match Session::new(tls.current()) {
+        match Session::server(tls.current()) {
             Ok(session) => {
                 self.core.slab.get_mut(slot).extra().tls = Some(Box::new(TlsSide {
                     session,
@@ -66,9 +67,19 @@ impl<H: Handler> Engine<'_, H> {
                 let now_ms = self.core.slab.now_ms();
                 if self.policy.log.allow(now_ms) {
                     let peer = peer_addr(self.core.slab.get(slot));
-                    debug!(worker = self.index, ?peer, error = %e, "TLS failed");
+                    warn!(
+                        worker = self.index,
+                        ?peer,
+                        reason = Rejection::HandshakeError.name(),
+                        error = %e,
+                        "TLS failed; closing the connection"
+                    );
                 }
-                match self.core.slab.get(slot).machine.phase() {
+                let machine = &self.core.slab.get(slot).machine;
+                match machine.phase() {
+                    Phase::Handshaking if machine.is_client() => {
+                        self.fail_dial(slot, ConnectError::Tls(e));
+                    }
                     Phase::Handshaking => {
                         self.core.slab.stats.rejected.inc(Rejection::HandshakeError);
                         // The alert (if any) leaves, then the connection closes.
