@@ -367,3 +367,68 @@ fn the_engines_own_client_loads_a_tls_server() {
     let mut good = Wss::open(server.addr, &certs.ca_der);
     good.echo("after refused clients");
 }
+
+/// Runs `deflate.py MODE ADDR ARGS...` over wss:// (`RINGWS_TLS_CA`) against `server`.
+fn deflate_py(certs: &Certs, server: &Server, mode: &str, args: &[&str]) -> String {
+    let root = repo_root();
+    let python = root.join("tests/interop/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "run ./scripts/test.sh once: it installs the Python venv"
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg(root.join("tests/interop/python/deflate.py"))
+        .arg(mode)
+        .arg(server.addr.to_string())
+        .args(args)
+        .env("RINGWS_TLS_CA", &certs.ca);
+    let (status, output) = run_bounded(&mut cmd, Duration::from_secs(120));
+    assert!(
+        status.is_some_and(|s| s.success()) && output.contains("ok: "),
+        "{cmd:?}: {status:?}\n{output}\n--- server ---\n{}",
+        server.log()
+    );
+    output
+}
+
+#[test]
+fn permessage_deflate_and_the_feeds_fan_out_work_over_tls() {
+    let certs = Certs::new("features", "features");
+    // Compressed echo, both takeover modes, messages up to the small set's sizes.
+    let server = start(&certs, &["--deflate", "--max-message-size", "16777216"]);
+    deflate_py(
+        &certs,
+        &server,
+        "client",
+        &[
+            "small",
+            "off",
+            "-",
+            "snct,cnct",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        ],
+    );
+    drop(server);
+    // The feed's publications, encoded once and encrypted per subscriber, compressed (RSV1).
+    let feed = start(
+        &certs,
+        &[
+            "--mode",
+            "feed",
+            "--rate",
+            "500",
+            "--symbols",
+            "4",
+            "--deflate",
+            "--deflate-min-size",
+            "16",
+        ],
+    );
+    let output = deflate_py(
+        &certs,
+        &feed,
+        "feed",
+        &["default", "permessage-deflate; server_no_context_takeover"],
+    );
+    assert!(output.contains("ok: "), "{output}");
+}

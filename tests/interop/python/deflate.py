@@ -16,15 +16,24 @@ Usage:
       An echo server with websockets' default permessage-deflate on 127.0.0.1 and a free port, which
       it prints when ready. A text message `?extensions` is answered with the negotiated
       Sec-WebSocket-Extensions value (or `-`). Runs until killed.
+With RINGWS_TLS_CA=FILE in the environment, `client` and `feed` connect over wss:// and verify
+the server's certificate against that CA.
 Exits 0 when every check passes; prints `ok: ...` per case.
 """
 
 import asyncio
 import json
+import os
 import random
+import ssl
 import sys
 
 from websockets.asyncio.client import connect
+
+# wss:// when a CA is given (tests/tls.rs), ws:// otherwise.
+_CA = os.environ.get("RINGWS_TLS_CA")
+TLS = ssl.create_default_context(cafile=_CA) if _CA else None
+SCHEME = "wss" if _CA else "ws"
 from websockets.asyncio.server import serve
 from websockets.extensions.permessage_deflate import (
     ClientPerMessageDeflateFactory,
@@ -84,7 +93,7 @@ async def client_case(uri, offer, expected, sizes):
     f = factory(offer)
     extensions = [f] if f else None
     async with connect(uri, extensions=extensions, compression=None, max_size=None,
-                       ping_interval=None, open_timeout=TIMEOUT) as ws:
+                       ping_interval=None, open_timeout=TIMEOUT, ssl=TLS) as ws:
         answer = ws.response.headers.get("Sec-WebSocket-Extensions") or "-"
         assert answer == expected, f"offer {offer!r}: answered {answer!r}, want {expected!r}"
         for i, n in enumerate(SIZES[sizes]):
@@ -107,7 +116,7 @@ async def client_case(uri, offer, expected, sizes):
 async def client(addr, sizes, pairs):
     assert len(pairs) % 2 == 0, "OFFER EXPECTED pairs"
     for offer, expected in zip(pairs[::2], pairs[1::2]):
-        await client_case(f"ws://{addr}/", offer, expected, sizes)
+        await client_case(f"{SCHEME}://{addr}/", offer, expected, sizes)
 
 
 def record_rsv1():
@@ -126,8 +135,8 @@ def record_rsv1():
 async def feed(addr, offer, expected):
     rsv1 = record_rsv1()
     f = factory(offer)
-    async with connect(f"ws://{addr}/", extensions=[f] if f else None, compression=None,
-                       ping_interval=None, open_timeout=TIMEOUT) as ws:
+    async with connect(f"{SCHEME}://{addr}/", extensions=[f] if f else None, compression=None,
+                       ping_interval=None, open_timeout=TIMEOUT, ssl=TLS) as ws:
         answer = ws.response.headers.get("Sec-WebSocket-Extensions") or "-"
         assert answer == expected, f"offer {offer!r}: answered {answer!r}, want {expected!r}"
         await ws.send(json.dumps({"op": "subscribe", "symbols": ["BTC-USD", "ETH-USD"]}))
