@@ -44,9 +44,32 @@ async fn read_table(ws: &mut common::Ws, id: &mut u64) -> Table {
 async fn the_live_page_shows_prices_updating_in_chromium() {
     require_chromium();
     let server = Server::start(&["--mode", "feed", "--symbols", "20", "--rate", "2000"]);
+    live_page(&server, "http", &[]).await;
+}
+
+/// The same over https and wss://: the feed with a test certificate that Chromium is told to
+/// trust by the SHA-256 of its public key (`--ignore-certificate-errors-spki-list`, which trusts
+/// that key only).
+#[tokio::test]
+async fn the_live_page_works_over_https() {
+    require_chromium();
+    let certs = common::tls::Certs::new("browser", "browser");
+    let mut args = vec!["--mode", "feed", "--symbols", "20", "--rate", "2000"];
+    let tls = certs.args();
+    args.extend(tls.iter().map(String::as_str));
+    let server = Server::start(&args);
+    let pin = format!(
+        "--ignore-certificate-errors-spki-list={}",
+        certs.spki_sha256
+    );
+    live_page(&server, "https", &[pin]).await;
+}
+
+/// Loads the live page from `server` over `scheme` and checks that its table fills and updates.
+async fn live_page(server: &Server, scheme: &str, flags: &[String]) {
     let symbols = ["BTC-USD", "ETH-USD", "SOL-USD"];
-    let url = format!("http://{}/?symbols={}", server.addr, symbols.join(","));
-    let mut chromium = Chromium::start(&url);
+    let url = format!("{scheme}://{}/?symbols={}", server.addr, symbols.join(","));
+    let mut chromium = Chromium::start_with(&url, flags);
     let mut ws = connect_page(&mut chromium, &url).await;
 
     // Wait until the page is connected and every row has a quote (the last quote comes first).

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::tls::Certs;
 use common::{Frame, Server, eventually, repo_root, run_bounded};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{Read, Write};
@@ -14,78 +15,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A test CA and a server certificate it signed, as PEM files in a directory of their own.
-struct Certs {
-    dir: PathBuf,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    /// The server certificate, to compare with what a client is shown.
-    der: CertificateDer<'static>,
-    ca_der: CertificateDer<'static>,
-}
-
-impl Certs {
-    /// A CA and a certificate for 127.0.0.1 and localhost with common name `cn`, written under a
-    /// fresh directory named after `name`.
-    fn new(name: &str, cn: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("ringws-tls-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let certs = Certs {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            dir,
-            der: CertificateDer::from(Vec::new()),
-            ca_der: CertificateDer::from(Vec::new()),
-        };
-        certs.issue(cn)
-    }
-
-    /// Issues a new CA and server certificate with common name `cn` into the same files.
-    fn issue(mut self, cn: &str) -> Certs {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("ringws test CA {cn}"));
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        std::fs::write(&self.ca, ca.pem()).unwrap();
-        std::fs::write(&self.cert, cert.pem()).unwrap();
-        std::fs::write(&self.key, key.serialize_pem()).unwrap();
-        self.der = cert.der().clone();
-        self.ca_der = ca.der().clone();
-        self
-    }
-
-    /// `ringws serve` arguments for these files.
-    fn args(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            self.cert.display().to_string(),
-            "--tls-key".into(),
-            self.key.display().to_string(),
-        ]
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn start(certs: &Certs, extra: &[&str]) -> Server {
     let mut args = certs.args();

@@ -44,6 +44,11 @@ pub struct Chromium {
 impl Chromium {
     /// Starts Chromium on `url` with a DevTools port of its choosing.
     pub fn start(url: &str) -> Chromium {
+        Self::start_with(url, &[])
+    }
+
+    /// [`start`](Self::start) with extra command-line flags (e.g. a pinned test certificate).
+    pub fn start_with(url: &str, flags: &[String]) -> Chromium {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -64,6 +69,7 @@ impl Chromium {
                 "--disable-sync",
                 "--remote-debugging-port=0",
             ])
+            .args(flags)
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(url)
             // Its own process group, so that Drop can kill the renderer and helper processes too.

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod tls;
 
 use ringws_protocol::frame::{DecodeRules, Decoded, MAX_HEADER_LEN, decode_header, encode_header};
 use ringws_protocol::mask::unmask;
