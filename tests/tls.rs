@@ -11,7 +11,6 @@ use common::{Frame, Server, eventually, repo_root, run_bounded};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,16 +47,21 @@ struct Wss(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
 
 impl Wss {
     fn open(addr: SocketAddr, ca: &CertificateDer<'static>) -> Wss {
+        Self::try_open(addr, ca).unwrap()
+    }
+
+    /// Opens a connection, or the TLS or I/O error that stopped it (e.g. a certificate the client
+    /// does not trust).
+    fn try_open(addr: SocketAddr, ca: &CertificateDer<'static>) -> std::io::Result<Wss> {
         let mut s = tls_client(addr, ca);
         s.write_all(
             b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
+        )?;
         let mut head = Vec::new();
         let mut b = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut b).unwrap();
+            s.read_exact(&mut b)?;
             head.push(b[0]);
         }
         assert!(
@@ -65,7 +69,7 @@ impl Wss {
             "{}",
             String::from_utf8_lossy(&head)
         );
-        Wss(s)
+        Ok(Wss(s))
     }
 
     /// The certificate the server showed.
@@ -150,13 +154,15 @@ fn sighup_rotates_the_certificate_for_new_connections_only() {
     let first = certs.der.clone();
     let certs = certs.issue("second");
     server.signal(libc::SIGHUP);
-    // New handshakes see the second certificate once the server has reloaded.
+    // New handshakes see the second certificate once the server has reloaded (until then the
+    // client, trusting only the new CA, refuses the old certificate).
     let mut seen = None;
     assert!(
         eventually(Duration::from_secs(10), || {
-            let c = Wss::open(server.addr, &certs.ca_der);
-            let cert = c.peer_cert();
-            let rotated = cert == certs.der;
+            let Ok(c) = Wss::try_open(server.addr, &certs.ca_der) else {
+                return false;
+            };
+            let rotated = c.peer_cert() == certs.der;
             seen = Some(c);
             rotated
         }),
