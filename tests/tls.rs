@@ -79,12 +79,17 @@ impl Wss {
             .into_owned()
     }
 
-    /// Sends `text` and checks it comes back.
+    /// Sends `text` and checks it comes back (skipping the server's keep-alive pings).
     fn echo(&mut self, text: &str) {
         let frame = Frame::text(text.as_bytes().to_vec());
         self.0.write_all(&frame.encode(Some([1, 2, 3, 4]))).unwrap();
         let mut h = [0u8; 2];
         self.0.read_exact(&mut h).unwrap();
+        while h[0] == 0x89 {
+            let mut ping = vec![0u8; usize::from(h[1] & 0x7f)];
+            self.0.read_exact(&mut ping).unwrap();
+            self.0.read_exact(&mut h).unwrap();
+        }
         assert_eq!(h[0], 0x81, "a text frame");
         let len = match h[1] {
             126 => {
@@ -178,8 +183,14 @@ fn sighup_rotates_the_certificate_for_new_connections_only() {
 /// Reads what the server answers to `bytes` sent on a raw TCP connection to the TLS port, until
 /// it closes (bounded by the read timeout).
 fn answer_to(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    answer_within(addr, bytes, common::READ_TIMEOUT)
+}
+
+/// [`answer_to`], waiting at most `wait` for the server to close (a handshake that is merely
+/// incomplete is waited for until `handshake_timeout`).
+fn answer_within(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
     s.write_all(bytes).unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
@@ -366,4 +377,118 @@ fn permessage_deflate_and_the_feeds_fan_out_work_over_tls() {
         &["default", "permessage-deflate; server_no_context_takeover"],
     );
     assert!(output.contains("ok: "), "{output}");
+}
+
+/// splitmix64, seeded: the mutations below are the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A rustls client connection to `ca`'s server name 127.0.0.1, not yet connected.
+fn client_conn(ca: &CertificateDer<'static>) -> rustls::ClientConnection {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap())
+        .unwrap()
+}
+
+/// `bytes` mutated: bits flipped, bytes overwritten, cut short, or random bytes spliced in.
+fn mutate(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(out.len().max(1));
+        match rng.below(4) {
+            0 => out[at] ^= 1 << rng.below(8),
+            1 => out[at] = rng.next() as u8,
+            2 => out.truncate(at.max(1)),
+            _ => {
+                let junk: Vec<u8> = (0..1 + rng.below(64)).map(|_| rng.next() as u8).collect();
+                out.splice(at..at, junk);
+            }
+        }
+    }
+    out
+}
+
+/// Mutated ClientHellos and corrupted records after a completed handshake, on many connections:
+/// each gets a handshake answer, an alert or a close (never a hang past the read timeout), the
+/// server keeps running, and a well-behaved client keeps echoing throughout.
+#[test]
+fn mutated_handshakes_and_corrupted_records_are_refused_without_harm() {
+    let certs = Certs::new("fuzz", "fuzz");
+    let mut server = start(&certs, &[]);
+    let mut good = Wss::open(server.addr, &certs.ca_der);
+    let mut rng = Rng(0x7e57_7135);
+    let mut hello = Vec::new();
+    client_conn(&certs.ca_der).write_tls(&mut hello).unwrap();
+    for case in 0..150 {
+        let input = mutate(&mut rng, &hello);
+        let answer = answer_within(server.addr, &input, Duration::from_millis(100));
+        assert!(
+            answer.is_empty() || matches!(answer[0], 21 | 22),
+            "case {case}: a mutated ClientHello was answered {:02x?}",
+            &answer[..answer.len().min(16)]
+        );
+        if case % 20 == 0 {
+            good.echo(&format!("after case {case}"));
+        }
+    }
+    // After a real handshake: records of application data with bytes flipped.
+    for case in 0..50 {
+        let mut conn = client_conn(&certs.ca_der);
+        let mut tcp = TcpStream::connect(server.addr).unwrap();
+        tcp.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).unwrap();
+        }
+        conn.writer()
+            .write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut records = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut records).unwrap();
+        }
+        let at = 5 + rng.below(records.len() - 5);
+        records[at] ^= 1 << rng.below(8);
+        tcp.write_all(&records).unwrap();
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest);
+        // The server cannot decrypt it: it answers with an alert (bad_record_mac), never with the
+        // response to a request it could not have read.
+        let mut plain = Vec::new();
+        let mut cursor = std::io::Cursor::new(rest);
+        while conn.read_tls(&mut cursor).unwrap_or(0) > 0 {
+            if conn.process_new_packets().is_err() {
+                break;
+            }
+            let _ = conn.reader().read_to_end(&mut plain);
+        }
+        assert!(
+            !String::from_utf8_lossy(&plain).contains("200 OK"),
+            "case {case}: a corrupted record was answered"
+        );
+        if case % 10 == 0 {
+            good.echo(&format!("after corrupted record {case}"));
+        }
+    }
+    good.echo("last");
+    assert!(server.is_running());
 }
