@@ -33,6 +33,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("ping_burst", "--ping-burst"),
     ("max_assembly_memory", "--max-assembly-memory"),
     ("admin_addr", "--admin-addr"),
+    ("tls_bind", "--tls-addr"),
     ("drain_delay", "--drain-delay"),
     ("health_timeout", "--health-timeout"),
     ("deflate.server_max_window_bits", "--deflate-window-bits"),

@@ -492,3 +492,45 @@ fn mutated_handshakes_and_corrupted_records_are_refused_without_harm() {
     good.echo("last");
     assert!(server.is_running());
 }
+
+/// `--addr` plain and `--tls-addr` TLS at once: each port speaks its own protocol.
+#[test]
+fn plain_and_tls_listen_side_by_side() {
+    let certs = Certs::new("both", "both");
+    let server = start(&certs, &["--tls-addr", "127.0.0.1:0", "--workers", "2"]);
+    let mut line = String::new();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            line = server
+                .log()
+                .lines()
+                .find_map(|l| l.strip_prefix("TLS (wss://) on ").map(str::to_owned))
+                .unwrap_or_default();
+            !line.is_empty()
+        }),
+        "no TLS line:\n{}",
+        server.log()
+    );
+    let tls_addr: SocketAddr = line.trim().parse().unwrap();
+    assert_ne!(tls_addr, server.addr);
+    // Plain on --addr.
+    let mut plain = common::RawClient::connect(server.addr);
+    plain.echo(Frame::text("plain"));
+    // TLS on --tls-addr, several connections so that both workers' listeners are used.
+    for i in 0..8 {
+        Wss::open(tls_addr, &certs.ca_der).echo(&format!("tls {i}"));
+    }
+    // Each port refuses the other protocol: a TLS ClientHello on the plain port gets an HTTP
+    // 400, plain HTTP on the TLS port an alert or a close.
+    let mut hello = Vec::new();
+    client_conn(&certs.ca_der).write_tls(&mut hello).unwrap();
+    let answer = answer_to(server.addr, &hello);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let answer = answer_to(tls_addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(is_alert_or_close(&answer), "{answer:02x?}");
+    plain.echo(Frame::text("still plain"));
+}

@@ -292,6 +292,10 @@ settings! {
     /// session tickets). `None`: plain ws://.
     tls: Option<TlsConfig> = None, "None (plain ws://)",
         check |_| true, "a TlsConfig", custom;
+    /// With `tls`: the address that serves TLS, while `bind` stays plain ws:// (both at once,
+    /// each worker with a listener on each). `None`: `bind` itself serves TLS.
+    tls_bind: Option<SocketAddr> = None, "None (bind serves TLS)",
+        check |_| true, "an address of this host, with tls set", custom;
     /// `SO_SNDBUF` of accepted sockets, in bytes (set on each worker's listener, which accepted
     /// sockets inherit on Linux; the kernel doubles it for its bookkeeping and caps it at
     /// `net.core.wmem_max`). `None` leaves the kernel's autotuning, which lets a loopback
@@ -383,6 +387,22 @@ impl ServerBuilder {
         self
     }
 
+    /// [`Config::tls_bind`]: serve TLS on `addr` and keep [`bind`](Self::bind) plain. An address
+    /// that does not resolve fails [`build`](Self::build).
+    pub fn tls_bind(mut self, addr: impl ToSocketAddrs) -> Self {
+        match addr.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => self.cfg.tls_bind = Some(a),
+            Ok(None) => {
+                self.bind_error = Some(EngineError::InvalidConfig {
+                    setting: "tls_bind",
+                    requirement: "an address that resolves",
+                })
+            }
+            Err(e) => self.bind_error = Some(EngineError::io("resolving the TLS address", e)),
+        }
+        self
+    }
+
     /// [`Config::socket_send_buffer`]: `SO_SNDBUF` of accepted sockets, in bytes.
     pub fn socket_send_buffer(mut self, bytes: usize) -> Self {
         self.cfg.socket_send_buffer = Some(bytes);
@@ -438,6 +458,9 @@ impl Config {
     /// Checks every setting; the error names the first one out of range and what it must be.
     pub fn validate(&self) -> Result<(), EngineError> {
         self.validate_each()?;
+        if self.tls_bind.is_some() && self.tls.is_none() {
+            return Err(invalid("tls_bind", Self::requirement("tls_bind")));
+        }
         if self.require_subprotocol && self.subprotocols.is_empty() {
             return Err(invalid(
                 "require_subprotocol",

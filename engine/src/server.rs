@@ -86,10 +86,14 @@ impl ServerBuilder {
             .map_err(|_| EngineError::io("probing io_uring", io::Error::other("probe panicked")))?;
         let shared = Arc::new(Shared::new(&cfg, &probe)?);
         probe.into_result()?;
-        let listeners = if self.client_only {
-            Vec::new()
+        let (listeners, tls_listeners) = if self.client_only {
+            (Vec::new(), Vec::new())
         } else {
-            bind_listeners(&cfg)?
+            let tls = match cfg.tls_bind {
+                Some(addr) => bind_listeners(&cfg, addr)?,
+                None => Vec::new(),
+            };
+            (bind_listeners(&cfg, cfg.bind)?, tls)
         };
         let admin = match cfg.admin_addr.filter(|_| cfg.ops_endpoints) {
             Some(addr) => Some(
@@ -105,6 +109,7 @@ impl ServerBuilder {
         Ok(Server {
             cfg,
             listeners,
+            tls_listeners,
             admin,
             shared,
             local_addr,
@@ -112,11 +117,10 @@ impl ServerBuilder {
     }
 }
 
-/// Binds the listeners: every worker gets its own socket on the same address (`SO_REUSEPORT`), so the
-/// kernel spreads connections over them. With port 0 the first socket picks the port and the others
-/// join it.
-fn bind_listeners(cfg: &Config) -> Result<Vec<Socket>, EngineError> {
-    let mut addr = cfg.bind;
+/// Binds the listeners on `addr`: every worker gets its own socket on the same address
+/// (`SO_REUSEPORT`), so the kernel spreads connections over them. With port 0 the first socket
+/// picks the port and the others join it.
+fn bind_listeners(cfg: &Config, mut addr: SocketAddr) -> Result<Vec<Socket>, EngineError> {
     if addr.port() != 0 && !cfg.share_port {
         // SO_REUSEPORT would let us join another process's listeners of the same user silently; a
         // plain bind first reports a port that is taken, unless joining is what was asked for.
@@ -166,6 +170,8 @@ fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
 pub struct Server {
     cfg: Config,
     listeners: Vec<Socket>,
+    /// With `tls_bind`: the TLS listeners, one per worker.
+    tls_listeners: Vec<Socket>,
     /// The admin listener (`admin_addr`), if any.
     admin: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
@@ -187,6 +193,15 @@ impl Server {
     /// The validated settings.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// With [`tls_bind`](ServerBuilder::tls_bind): the address TLS is served on (with the actual
+    /// port if it was bound to port 0).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .and_then(|a| a.as_socket())
     }
 
     /// The address of the admin listener (`/metrics`, `/health`, `/ready`), if one is
@@ -241,17 +256,30 @@ impl Server {
         let Self {
             cfg,
             listeners,
+            tls_listeners,
             admin,
             shared,
             ..
         } = self;
         let n = cfg.workers;
-        // A client-only engine has no listeners: every worker gets `None`.
-        let listeners = listeners
-            .into_iter()
-            .map(Some)
-            .chain(std::iter::repeat_with(|| None))
-            .take(n);
+        // Each worker's listeners: the WebSocket port (TLS itself when `tls` is set without
+        // `tls_bind`) and the TLS port; a client-only engine has none.
+        let main_tls = cfg.tls.is_some() && cfg.tls_bind.is_none();
+        let listener = |s: Option<Socket>, tls| {
+            s.map(|s| worker::Listener {
+                fd: Some(s.into()),
+                tls,
+                armed: false,
+            })
+        };
+        let mut plain = listeners.into_iter();
+        let mut tls = tls_listeners.into_iter();
+        let listeners = (0..n).map(|_| {
+            listener(plain.next(), main_tls)
+                .into_iter()
+                .chain(listener(tls.next(), true))
+                .collect::<Vec<_>>()
+        });
         // Each worker reports once: started (Ok) or failed before starting (Err; the error comes from join).
         let (tx, rx) = mpsc::channel::<Result<(), ()>>();
         let admin_stop = AdminStop::new()?;
@@ -275,16 +303,10 @@ impl Server {
                         }
                         let handler = factory(index);
                         let ready_tx = tx.clone();
-                        let result = worker::run(
-                            index,
-                            cfg,
-                            listener.map(Into::into),
-                            shared,
-                            handler,
-                            move || {
+                        let result =
+                            worker::run(index, cfg, listener, shared, handler, move || {
                                 let _ = ready_tx.send(Ok(()));
-                            },
-                        );
+                            });
                         if result.is_err() {
                             let _ = tx.send(Err(()));
                         }
@@ -470,7 +492,7 @@ mod tests {
             workers: 3,
             ..Config::default()
         };
-        let listeners = bind_listeners(&cfg).unwrap();
+        let listeners = bind_listeners(&cfg, cfg.bind).unwrap();
         let ports: Vec<u16> = listeners
             .iter()
             .map(|l| l.local_addr().unwrap().as_socket().unwrap().port())
@@ -493,13 +515,13 @@ mod tests {
 
     /// `SO_SNDBUF` as seen on a socket accepted by a listener bound with `socket_send_buffer`.
     fn accepted_send_buffer(socket_send_buffer: Option<usize>) -> usize {
-        let listeners = bind_listeners(&Config {
+        let cfg = Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             workers: 1,
             socket_send_buffer,
             ..Config::default()
-        })
-        .unwrap();
+        };
+        let listeners = bind_listeners(&cfg, cfg.bind).unwrap();
         let addr = listeners[0].local_addr().unwrap();
         let _client = std::net::TcpStream::connect(addr.as_socket().unwrap()).unwrap();
         let (sock, _) = listeners[0].accept().unwrap();
@@ -516,12 +538,12 @@ mod tests {
 
     #[test]
     fn a_taken_port_is_refused_unless_sharing_is_asked_for() {
-        let first = bind_listeners(&Config {
+        let one = Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             workers: 1,
             ..Config::default()
-        })
-        .unwrap();
+        };
+        let first = bind_listeners(&one, one.bind).unwrap();
         let port = first[0].local_addr().unwrap().as_socket().unwrap().port();
         let cfg = |share_port| Config {
             bind: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -530,10 +552,17 @@ mod tests {
             ..Config::default()
         };
         assert!(matches!(
-            bind_listeners(&cfg(false)),
+            {
+                let c = cfg(false);
+                bind_listeners(&c, c.bind)
+            },
             Err(EngineError::AddrInUse(_))
         ));
-        let joined = bind_listeners(&cfg(true)).unwrap();
+        let joined = {
+            let c = cfg(true);
+            bind_listeners(&c, c.bind)
+        }
+        .unwrap();
         assert_eq!(joined.len(), 2);
         for l in &joined {
             assert_eq!(l.local_addr().unwrap().as_socket().unwrap().port(), port);

@@ -66,6 +66,8 @@ pub struct ServeArgs {
     /// --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr, requires = "tls_cert", help = help("tls_bind"), long_help = long_help("tls_bind", None))]
+    tls_addr: Option<String>,
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, help = help("drain_delay"), long_help = long_help("drain_delay", Some("seconds, fractions allowed")))]
     drain_delay: Option<Duration>,
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, help = help("health_timeout"), long_help = long_help("health_timeout", Some("seconds, fractions allowed")))]
@@ -208,6 +210,9 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
         b = b.ops_endpoints(false);
     }
     b = given(b, args.drain_delay, ServerBuilder::drain_delay);
+    if let Some(addr) = &args.tls_addr {
+        b = b.tls_bind(addr.as_str());
+    }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         match ringws::TlsConfig::from_pem_files(cert, key) {
             Ok(tls) => b = b.tls(tls),
@@ -230,6 +235,9 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     // Tests and scripts wait for exactly this line, printed first.
     let ready = |on: &Listening| {
         note!("listening on {} ({} workers)", on.addr, on.workers);
+        if let Some(tls) = on.tls {
+            note!("TLS (wss://) on {tls}");
+        }
         if let Some(admin) = on.admin {
             note!("admin endpoints on http://{admin}/ (/metrics, /health, /ready)");
         }

@@ -114,6 +114,8 @@ pub struct Listening {
     pub workers: usize,
     /// The admin listener (`/metrics`, `/health`, `/ready`), if one is configured.
     pub admin: Option<SocketAddr>,
+    /// The TLS listener beside the plain one (`tls_bind`), if one is configured.
+    pub tls: Option<SocketAddr>,
 }
 
 impl Listening {
@@ -123,6 +125,7 @@ impl Listening {
             addr: server.local_addr(),
             workers: server.config().workers,
             admin: server.admin_addr(),
+            tls: server.tls_addr(),
         }
     }
 }

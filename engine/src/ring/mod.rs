@@ -229,11 +229,11 @@ impl<'r> Submit<'r> {
     }
 
     /// A multishot accept on `listener` (Linux 5.19); accepted sockets are close-on-exec.
-    pub fn accept_multi(&mut self, listener: BorrowedFd<'_>) {
+    pub fn accept_multi(&mut self, listener: BorrowedFd<'_>, token: Token) {
         let e = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
             .flags(libc::SOCK_CLOEXEC)
             .build()
-            .user_data(Token::worker(Op::Accept).encode());
+            .user_data(token.encode());
         // SAFETY: an accept references no user memory.
         unsafe { self.push(&e) };
     }

@@ -19,21 +19,29 @@ use tracing::{debug, warn};
 const QUEUED_REFRESH_MS: u64 = 1_000;
 
 impl<H: Handler> Engine<'_, H> {
-    /// Arms the listener's multishot accept (a client-only engine has none).
+    /// Arms the multishot accept of every listener that has none armed (a client-only engine
+    /// has no listener).
     pub(super) fn arm_accept(&mut self) {
-        let Some(listener) = self.listener.as_ref() else {
-            return;
-        };
-        self.ring.accept_multi(listener.as_fd());
-        self.accept_armed = true;
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if let Some(fd) = l.fd.as_ref().filter(|_| !l.armed) {
+                self.ring
+                    .accept_multi(fd.as_fd(), Token::new(Op::Accept, i as u32, 0));
+                l.armed = true;
+            }
+        }
     }
 
     /// An accept completion: a new connection (answered 503/429 at once if over a limit), or an
     /// error (out of descriptors: accepting pauses for a tick).
     pub(super) fn on_accept(&mut self, cqe: Cqe) {
+        let index = cqe.token.map_or(0, |t| t.slot as usize);
+        let Some(listener) = self.listeners.get_mut(index) else {
+            return; // a completion of an accept cancelled at shutdown
+        };
         if !cqe.more() {
-            self.accept_armed = false;
+            listener.armed = false;
         }
+        let tls = listener.tls;
         let result = cqe.result;
         let now_ms = self.core.slab.now_ms();
         if let Some(fd) = cqe.accepted() {
@@ -59,7 +67,7 @@ impl<H: Handler> Engine<'_, H> {
                 );
                 if let Some((status, reason)) = refused {
                     self.core.slab.stats.rejected.inc(reason);
-                    if self.cfg.tls.is_some() {
+                    if tls {
                         // No HTTP answer can precede the TLS handshake: dropped at once.
                         self.core.slab.get_mut(slot).machine.close_now();
                         self.maybe_release(slot);
@@ -70,7 +78,7 @@ impl<H: Handler> Engine<'_, H> {
                         .out(slot)
                         .push_raw(|out| write_response(out, status, &[("Retry-After", "1")], b""));
                     self.core.slab.begin_closing(slot);
-                } else if !self.start_tls(slot) {
+                } else if tls && !self.start_tls(slot) {
                     return self.rearm_accept();
                 }
                 self.arm_recv(slot);
@@ -96,9 +104,9 @@ impl<H: Handler> Engine<'_, H> {
         self.rearm_accept();
     }
 
-    /// Arms the accept again if it ended and accepting is neither paused nor over.
+    /// Arms the accepts again that ended, unless accepting is paused or over.
     fn rearm_accept(&mut self) {
-        if !self.accept_armed && self.accept_paused.is_none() && self.shutdown_deadline.is_none() {
+        if self.accept_paused.is_none() && self.shutdown_deadline.is_none() {
             self.arm_accept();
         }
     }
@@ -123,7 +131,7 @@ impl<H: Handler> Engine<'_, H> {
         }
         if self.accept_paused.is_some_and(|at| now_ms >= at + TICK_MS) {
             self.accept_paused = None;
-            if !self.accept_armed && self.shutdown_deadline.is_none() {
+            if self.shutdown_deadline.is_none() {
                 self.arm_accept();
             }
         }
@@ -207,10 +215,12 @@ impl<H: Handler> Engine<'_, H> {
         let now_ms = self.core.slab.now_ms();
         self.shutdown_deadline = Some(now_ms + self.cfg.shutdown_timeout.as_millis() as u64);
         self.core.outbound.shutting_down = true;
-        if self.accept_armed {
-            self.ring.cancel(Token::worker(Op::Accept));
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if l.armed {
+                self.ring.cancel(Token::new(Op::Accept, i as u32, 0));
+            }
+            l.fd = None; // the accept holds its own reference until cancelled
         }
-        self.listener = None; // the accept holds its own reference until cancelled
         for slot in 0..self.core.slab.capacity() {
             let m = &self.core.slab.get(slot).machine;
             if m.is_open() {

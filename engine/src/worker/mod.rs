@@ -136,8 +136,9 @@ struct Engine<'r, H: Handler> {
     shared: &'r Shared,
     index: usize,
     clock: WorkerClock,
-    listener: Option<OwnedFd>,
-    accept_armed: bool,
+    /// The worker's listeners (none for a client-only engine): the WebSocket port and, with
+    /// `tls_bind`, the TLS port; a listener's index is its accept token's slot.
+    listeners: Vec<Listener>,
     /// Accepting paused after running out of descriptors, since this time; resumed a tick later.
     accept_paused: Option<u64>,
     /// Connections beyond this are closed at once instead of being answered 503.
@@ -156,6 +157,16 @@ struct Engine<'r, H: Handler> {
     dial: dial::Dialer,
     /// TLS scratch buffers.
     tls: tls::Scratch,
+}
+
+/// One of a worker's listening sockets.
+pub(crate) struct Listener {
+    /// The socket (`None` once shutting down: its accept, cancelled, holds its own reference).
+    pub fd: Option<OwnedFd>,
+    /// Connections accepted here speak TLS.
+    pub tls: bool,
+    /// Its multishot accept is armed.
+    pub armed: bool,
 }
 
 /// A worker: its engine and its receive buffers.
@@ -187,7 +198,7 @@ impl<H: Handler> Worker<'_, H> {
     fn finished(&self) -> bool {
         self.eng.shutdown_deadline.is_some()
             && self.eng.core.slab.live() == 0
-            && !self.eng.accept_armed
+            && self.eng.listeners.iter().all(|l| !l.armed)
     }
 
     /// Runs the loop until shutdown (or a fatal ring error).
@@ -324,7 +335,7 @@ impl<H: Handler> Engine<'_, H> {
 pub(crate) fn run<H: Handler>(
     index: usize,
     cfg: &Config,
-    listener: Option<OwnedFd>,
+    listeners: Vec<Listener>,
     shared: &Shared,
     handler: H,
     ready: impl FnOnce(),
@@ -366,8 +377,7 @@ pub(crate) fn run<H: Handler>(
             clock: WorkerClock {
                 origin: sys::monotonic(),
             },
-            listener,
-            accept_armed: false,
+            listeners,
             accept_paused: None,
             hard_cap: cfg.max_connections + cfg.max_connections / 8 + 64,
             due: Vec::new(),
