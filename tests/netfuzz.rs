@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{BackgroundEchoer, Frame, RawClient, Server, op};
+use common::{BackgroundEchoer, Frame, RawClient, Rng, Server, op};
 use ringws_protocol::{Event, Limits, Receiver, Reply, Role};
 use std::thread;
 use std::time::Duration;
@@ -27,52 +27,6 @@ const CONNECTIONS: u64 = 250;
 const MAX_FRAMES: u64 = 40;
 /// How long one read may wait for the server.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// splitmix64: a small, seedable generator (any seed, zero included).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// True with probability 1/`n`.
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-
-    /// Valid UTF-8 of about `len` bytes: ASCII with 1- to 4-byte code points mixed in.
-    fn text(&mut self, len: usize) -> Vec<u8> {
-        const PIECES: [&str; 6] = ["a", "Z", " ", "é", "€", "𝄞"];
-        let mut out = Vec::with_capacity(len + 4);
-        while out.len() < len {
-            out.extend_from_slice(PIECES[self.below(PIECES.len() as u64) as usize].as_bytes());
-        }
-        out
-    }
-
-    /// A payload length: mostly small, sometimes past the 7-bit and 16-bit encodings.
-    fn len(&mut self) -> usize {
-        match self.below(10) {
-            0..=5 => self.below(126) as usize,
-            6..=8 => 126 + self.below(3000) as usize,
-            _ => 65_536 + self.below(5000) as usize,
-        }
-    }
-}
 
 /// The wire bytes of one valid frame or a deliberately broken one, masked by `client`.
 fn fuzz_frame(rng: &mut Rng, client: &mut RawClient) -> Vec<u8> {

@@ -7,7 +7,7 @@
 mod common;
 
 use common::tls::Certs;
-use common::{Frame, Server, eventually, repo_root, run_bounded};
+use common::{Frame, Rng, Server, eventually, repo_root, run_bounded};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,16 +27,7 @@ fn tls_client(
     addr: SocketAddr,
     ca: &CertificateDer<'static>,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = ServerName::try_from("127.0.0.1").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let conn = client_conn(ca);
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
     rustls::StreamOwned::new(conn, tcp)
@@ -236,20 +227,7 @@ fn bad_input_on_the_tls_port_gets_an_alert_and_costs_nothing_else() {
     // A truncated ClientHello: the start of a real one, then nothing. The connection waits for
     // the rest (the handshake timeout bounds it) while the good client is served.
     let mut hello = Vec::new();
-    {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        let mut conn = rustls::ClientConnection::new(
-            Arc::new(config),
-            ServerName::try_from("127.0.0.1").unwrap(),
-        )
-        .unwrap();
-        conn.write_tls(&mut hello).unwrap();
-    }
+    client_conn(&certs.ca_der).write_tls(&mut hello).unwrap();
     let mut dribbler = TcpStream::connect(server.addr).unwrap();
     dribbler.write_all(&hello[..hello.len() / 2]).unwrap();
     good.echo("while a ClientHello is half sent");
@@ -379,23 +357,6 @@ fn permessage_deflate_and_the_feeds_fan_out_work_over_tls() {
     assert!(output.contains("ok: "), "{output}");
 }
 
-/// splitmix64, seeded: the mutations below are the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// A rustls client connection to `ca`'s server name 127.0.0.1, not yet connected.
 fn client_conn(ca: &CertificateDer<'static>) -> rustls::ClientConnection {
     let mut roots = rustls::RootCertStore::empty();
@@ -414,7 +375,7 @@ fn client_conn(ca: &CertificateDer<'static>) -> rustls::ClientConnection {
 fn mutate(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
     let mut out = bytes.to_vec();
     for _ in 0..1 + rng.below(4) {
-        let at = rng.below(out.len().max(1));
+        let at = rng.below(out.len().max(1) as u64) as usize;
         match rng.below(4) {
             0 => out[at] ^= 1 << rng.below(8),
             1 => out[at] = rng.next() as u8,
@@ -466,7 +427,7 @@ fn mutated_handshakes_and_corrupted_records_are_refused_without_harm() {
         while conn.wants_write() {
             conn.write_tls(&mut records).unwrap();
         }
-        let at = 5 + rng.below(records.len() - 5);
+        let at = 5 + rng.below(records.len() as u64 - 5) as usize;
         records[at] ^= 1 << rng.below(8);
         tcp.write_all(&records).unwrap();
         let mut rest = Vec::new();

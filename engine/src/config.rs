@@ -333,17 +333,34 @@ impl ServerBuilder {
         &self.cfg
     }
 
-    /// [`Config::bind`]: the listening address; the first address `addr` resolves to is used.
-    pub fn bind(mut self, addr: impl ToSocketAddrs) -> Self {
+    /// The first address `addr` resolves to; a failure is kept for [`build`](Self::build) to
+    /// report, naming `setting` (or `what` was being resolved).
+    fn resolve(
+        &mut self,
+        addr: impl ToSocketAddrs,
+        setting: &'static str,
+        what: &'static str,
+    ) -> Option<SocketAddr> {
         match addr.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(a)) => self.cfg.bind = a,
+            Ok(Some(a)) => Some(a),
             Ok(None) => {
                 self.bind_error = Some(EngineError::InvalidConfig {
-                    setting: "bind",
+                    setting,
                     requirement: "an address that resolves",
-                })
+                });
+                None
             }
-            Err(e) => self.bind_error = Some(EngineError::io("resolving the bind address", e)),
+            Err(e) => {
+                self.bind_error = Some(EngineError::io(what, e));
+                None
+            }
+        }
+    }
+
+    /// [`Config::bind`]: the listening address; the first address `addr` resolves to is used.
+    pub fn bind(mut self, addr: impl ToSocketAddrs) -> Self {
+        if let Some(a) = self.resolve(addr, "bind", "resolving the bind address") {
+            self.cfg.bind = a;
         }
         self
     }
@@ -368,16 +385,9 @@ impl ServerBuilder {
     /// [`Config::admin_addr`]: serve `/metrics`, `/health` and `/ready` on this address (and not
     /// on the WebSocket port). An address that does not resolve fails [`build`](Self::build).
     pub fn admin_addr(mut self, addr: impl ToSocketAddrs) -> Self {
-        match addr.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(a)) => self.cfg.admin_addr = Some(a),
-            Ok(None) => {
-                self.bind_error = Some(EngineError::InvalidConfig {
-                    setting: "admin_addr",
-                    requirement: "an address that resolves",
-                })
-            }
-            Err(e) => self.bind_error = Some(EngineError::io("resolving the admin address", e)),
-        }
+        self.cfg.admin_addr = self
+            .resolve(addr, "admin_addr", "resolving the admin address")
+            .or(self.cfg.admin_addr);
         self
     }
 
@@ -390,16 +400,9 @@ impl ServerBuilder {
     /// [`Config::tls_bind`]: serve TLS on `addr` and keep [`bind`](Self::bind) plain. An address
     /// that does not resolve fails [`build`](Self::build).
     pub fn tls_bind(mut self, addr: impl ToSocketAddrs) -> Self {
-        match addr.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(a)) => self.cfg.tls_bind = Some(a),
-            Ok(None) => {
-                self.bind_error = Some(EngineError::InvalidConfig {
-                    setting: "tls_bind",
-                    requirement: "an address that resolves",
-                })
-            }
-            Err(e) => self.bind_error = Some(EngineError::io("resolving the TLS address", e)),
-        }
+        self.cfg.tls_bind = self
+            .resolve(addr, "tls_bind", "resolving the TLS address")
+            .or(self.cfg.tls_bind);
         self
     }
 

@@ -102,105 +102,49 @@ label_enum! {
     }
 }
 
-/// A close code (RFC 6455 §7.4.1) as a label: the codes 1000-1015 the RFC defines, and `other`
-/// for the rest (codes an application picks, 3000-4999, are not told apart).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CloseStatus(pub u16);
+/// Declares a label over a table of numeric codes, with `other` for any code not in it.
+macro_rules! code_label {
+    ($(#[$doc:meta])* $name:ident, $key:literal, [$($code:literal),* $(,)?]) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub struct $name(pub u16);
 
-impl CloseStatus {
-    const TABLE: [(u16, &'static str); 16] = [
-        (1000, "1000"),
-        (1001, "1001"),
-        (1002, "1002"),
-        (1003, "1003"),
-        (1005, "1005"),
-        (1006, "1006"),
-        (1007, "1007"),
-        (1008, "1008"),
-        (1009, "1009"),
-        (1010, "1010"),
-        (1011, "1011"),
-        (1012, "1012"),
-        (1013, "1013"),
-        (1014, "1014"),
-        (1015, "1015"),
-        (0, "other"),
-    ];
-    /// Entries of the table, `other` included.
-    pub(crate) const COUNT: usize = Self::TABLE.len();
-}
-
-impl Label for CloseStatus {
-    const KEY: &'static str = "code";
-    const ALL: &'static [Self] = &{
-        let mut all = [CloseStatus(0); Self::COUNT];
-        let mut i = 0;
-        while i < Self::COUNT {
-            all[i] = CloseStatus(Self::TABLE[i].0);
-            i += 1;
+        impl $name {
+            const TABLE: &'static [(u16, &'static str)] =
+                &[$(($code, stringify!($code)),)* (0, "other")];
+            /// Entries of the table, `other` included.
+            pub(crate) const COUNT: usize = Self::TABLE.len();
         }
-        all
+
+        impl Label for $name {
+            const KEY: &'static str = $key;
+            const ALL: &'static [Self] = &[$($name($code),)* $name(0)];
+            fn name(self) -> &'static str {
+                Self::TABLE[self.index()].1
+            }
+            #[inline]
+            fn index(self) -> usize {
+                Self::TABLE
+                    .iter()
+                    .position(|(c, _)| *c == self.0 && *c != 0)
+                    .unwrap_or(Self::COUNT - 1)
+            }
+        }
     };
-    fn name(self) -> &'static str {
-        Self::TABLE[self.index()].1
-    }
-    #[inline]
-    fn index(self) -> usize {
-        match self.0 {
-            1000..=1003 => usize::from(self.0 - 1000),
-            1005..=1015 => usize::from(self.0 - 1001),
-            _ => Self::COUNT - 1,
-        }
-    }
 }
 
-/// An HTTP status the server answered an upgrade request with, as a label: the statuses the
-/// engine writes itself, and `other` for the rest (a handler's own refusals).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct HttpStatus(pub u16);
-
-impl HttpStatus {
-    const TABLE: [(u16, &'static str); 15] = [
-        (101, "101"),
-        (400, "400"),
-        (401, "401"),
-        (403, "403"),
-        (404, "404"),
-        (405, "405"),
-        (413, "413"),
-        (426, "426"),
-        (429, "429"),
-        (431, "431"),
-        (500, "500"),
-        (501, "501"),
-        (503, "503"),
-        (505, "505"),
-        (0, "other"),
-    ];
-    /// Entries of the table, `other` included.
-    pub(crate) const COUNT: usize = Self::TABLE.len();
+code_label! {
+    /// A close code (RFC 6455 §7.4.1) as a label: the codes 1000-1015 the RFC defines, and `other`
+    /// for the rest (codes an application picks, 3000-4999, are not told apart).
+    CloseStatus, "code",
+    [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 1015]
 }
 
-impl Label for HttpStatus {
-    const KEY: &'static str = "status";
-    const ALL: &'static [Self] = &{
-        let mut all = [HttpStatus(0); Self::COUNT];
-        let mut i = 0;
-        while i < Self::COUNT {
-            all[i] = HttpStatus(Self::TABLE[i].0);
-            i += 1;
-        }
-        all
-    };
-    fn name(self) -> &'static str {
-        Self::TABLE[self.index()].1
-    }
-    fn index(self) -> usize {
-        Self::TABLE
-            .iter()
-            .position(|(s, _)| *s == self.0 && *s != 0)
-            .unwrap_or(Self::COUNT - 1)
-    }
+code_label! {
+    /// An HTTP status the server answered an upgrade request with, as a label: the statuses the
+    /// engine writes itself, and `other` for the rest (a handler's own refusals).
+    HttpStatus, "status",
+    [101, 400, 401, 403, 404, 405, 413, 426, 429, 431, 500, 501, 503, 505]
 }
 
 #[cfg(test)]
