@@ -3,8 +3,9 @@
 #   1. the Python venv for the interop clients and kosoku, the Autobahn case-file runner
 #      (tests/interop/.venv, from requirements.txt),
 #   2. the Node packages for the other interop client (npm ci in tests/interop/node),
-#   2b. Debian's chromium (the browser test of the feed page) and shellcheck (tests/tuning.rs lints the
-#       tuning scripts with it), with apt-get as root if missing,
+#   2b. Debian's chromium (the browser test of the feed page), shellcheck (tests/tuning.rs lints the
+#       tuning scripts with it), nats-server, redis-server, haproxy and nginx (tests/cluster.rs and
+#       tests/deploy.rs), with apt-get as root if missing,
 #   3. every Rust test of the workspace (unit, integration, interop, benches in test mode), then doc tests.
 #      As root this includes the tests marked #[ignore = "needs root ..."] (sysctl writes, TCP_REPAIR,
 #      mount namespaces, other users); without root they are listed at the end as not run. Tests named
@@ -57,6 +58,13 @@ is_root=false
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+# tests/cluster.rs runs real brokers and a load balancer in front of several nodes, tests/deploy.rs
+# checks deploy/ with the tools that read it. They live in /usr/sbin, often not on a user's PATH.
+has() { command -v "$1" >/dev/null || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]; }
+has nats-server || missing+=(nats-server)
+has redis-server || missing+=(redis-server)
+has haproxy || missing+=(haproxy)
+has nginx || missing+=(nginx)
 if ((${#missing[@]})); then
     if $is_root && command -v apt-get >/dev/null; then
         say "installing ${missing[*]} for the tests (apt-get)"

@@ -1,0 +1,467 @@
+//! Several `ringws serve --mode feed --rate 0 --bridge URL` nodes fed by one `ringws ticker` through
+//! a real broker (`nats-server`, `redis-server`), behind a real HAProxy: every subscriber gets every
+//! quote of its symbols in order whichever node it lands on; nodes subscribe on the broker only to
+//! what their clients want (the broker's own monitoring says so); a node killed with SIGKILL loses
+//! its clients to the others; a node sent SIGTERM leaves HAProxy's rotation before it closes its
+//! connections; a broker restarted mid-stream is reconnected to and resubscribed by every node.
+//!
+//! The tools come from Debian's packages (`scripts/test.sh` installs them); a missing one fails the
+//! test with the install command.
+
+mod common;
+
+use common::brokers::{
+    Haproxy, Nats, Redis, Seen, Subscriber, expect_in_order, get, metric, ticker,
+};
+use common::{Server, eventually, free_port};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Symbols of the test feed (the ticker and the nodes must agree).
+const SYMBOLS: usize = 12;
+/// Quotes per second over all symbols: 25 per symbol, modest enough for a shared 2-core machine.
+const RATE: u64 = 300;
+/// How long a check may take.
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// The feed's symbol names.
+fn names() -> Vec<String> {
+    ringws_cli::feed::symbol_names(SYMBOLS)
+}
+
+/// A feed node bridged to `url`, with its admin endpoints on their own port.
+struct Node {
+    server: Server,
+    admin: SocketAddr,
+}
+
+impl Node {
+    fn start(url: &str, extra: &[&str]) -> Node {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin_s = admin.to_string();
+        let symbols = SYMBOLS.to_string();
+        let mut args = vec![
+            "--mode",
+            "feed",
+            "--rate",
+            "0",
+            "--symbols",
+            &symbols,
+            "--bridge",
+            url,
+            "--bridge-max-backoff",
+            "0.2",
+            "--admin-addr",
+            &admin_s,
+        ];
+        args.extend_from_slice(extra);
+        let server = Server::start_with(&args, |cmd| {
+            cmd.env("RUST_LOG", "warn");
+        });
+        Node { server, admin }
+    }
+
+    /// Open WebSocket connections (the admin listener's own scrape is not one of them).
+    fn connections(&self) -> u64 {
+        match get(self.admin, "/metrics") {
+            Some((200, text)) => metric(&text, "ringws_connections_open") as u64,
+            _ => u64::MAX,
+        }
+    }
+}
+
+/// Connects `n` subscribers to `addr`, subscriber `i` to two symbols of `pick(i)`.
+fn subscribers(addr: SocketAddr, n: usize, pick: impl Fn(usize) -> Vec<String>) -> Vec<Subscriber> {
+    (0..n)
+        .map(|i| {
+            Subscriber::connect(addr, &pick(i))
+                .unwrap_or_else(|| panic!("subscriber {i} could not connect to {addr}"))
+        })
+        .collect()
+}
+
+/// Checks every subscriber in parallel with [`expect_in_order`]; the failures, by index.
+fn all_in_order(subs: Vec<Subscriber>, want: usize) -> (Vec<Subscriber>, Vec<String>) {
+    let handles: Vec<_> = subs
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            thread::spawn(move || {
+                let r = expect_in_order(&mut s, want, WITHIN);
+                (s, r.map_err(|e| format!("subscriber {i}: {e}")))
+            })
+        })
+        .collect();
+    let mut subs = Vec::new();
+    let mut errors = Vec::new();
+    for h in handles {
+        let (s, r) = h.join().expect("checker thread");
+        subs.push(s);
+        if let Err(e) = r {
+            errors.push(e);
+        }
+    }
+    (subs, errors)
+}
+
+/// The symbols subscriber `i` of a test wants: two of the first four (so that the broker's
+/// subscriptions can be checked to be only those).
+fn two_of_four(i: usize) -> Vec<String> {
+    let n = names();
+    vec![n[i % 4].clone(), n[(i + 1) % 4].clone()]
+}
+
+#[test]
+fn nats_three_nodes_behind_haproxy_deliver_every_quote_in_order_and_subscribe_only_to_interest() {
+    let nats = Nats::start();
+    let url = nats.url();
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&url, &[])).collect();
+    // Every node is connected (its name is on the server) and subscribed to nothing yet.
+    assert!(
+        eventually(WITHIN, || nats.subscriptions("ringws").len() == 3),
+        "{:?}",
+        nats.subscriptions("ringws")
+    );
+    assert!(
+        nats.subscriptions("ringws")
+            .iter()
+            .all(|(_, s)| s.is_empty())
+    );
+    let lb = Haproxy::start(&nodes.iter().map(|n| n.server.addr).collect::<Vec<_>>());
+    let _ticker = ticker(&url, SYMBOLS, RATE);
+
+    let subs = subscribers(lb.addr, 9, two_of_four);
+    // They landed on all three nodes.
+    let per_node: Vec<u64> = nodes.iter().map(Node::connections).collect();
+    assert!(
+        per_node.iter().all(|&c| c >= 1),
+        "connections per node: {per_node:?}"
+    );
+    assert_eq!(per_node.iter().sum::<u64>(), 9, "{per_node:?}");
+
+    let (subs, errors) = all_in_order(subs, 20);
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    // Interest: each node is subscribed on the broker to some of the four symbols its clients
+    // want, and to none of the other eight the ticker publishes.
+    let wanted: Vec<String> = names()[..4].iter().map(|s| format!("ringws.{s}")).collect();
+    let subsz = nats.subscriptions("ringws");
+    let bridged: Vec<&(String, Vec<String>)> = subsz
+        .iter()
+        .filter(|(name, _)| name.starts_with("ringws serve"))
+        .collect();
+    assert_eq!(bridged.len(), 3, "{subsz:?}");
+    for (name, subjects) in &bridged {
+        assert!(!subjects.is_empty(), "{name}: no subscription");
+        assert!(
+            subjects.iter().all(|s| wanted.contains(s)),
+            "{name}: {subjects:?}"
+        );
+    }
+
+    // A client straight on node 1 wants another symbol: only node 1 subscribes to it, and
+    // unsubscribes when the client leaves.
+    let other = names()[7].clone();
+    let subject = format!("ringws.{other}");
+    let node1 = format!("ringws serve {}", nodes[0].server.addr);
+    let direct = Subscriber::connect(nodes[0].server.addr, std::slice::from_ref(&other))
+        .expect("direct subscriber");
+    let holders = |subject: &str| -> Vec<String> {
+        nats.subscriptions("ringws")
+            .into_iter()
+            .filter(|(_, s)| s.iter().any(|x| x == subject))
+            .map(|(name, _)| name)
+            .collect()
+    };
+    assert!(
+        eventually(WITHIN, || holders(&subject) == [node1.clone()]),
+        "{subject}: {:?}",
+        holders(&subject)
+    );
+    let (_, errors) = all_in_order(vec![direct], 10);
+    assert!(errors.is_empty(), "{errors:#?}");
+    // (the subscriber was dropped by all_in_order's return: its connection closed)
+    assert!(
+        eventually(WITHIN, || holders(&subject).is_empty()),
+        "{subject} still subscribed by {:?}",
+        holders(&subject)
+    );
+    drop(subs);
+    assert!(
+        eventually(WITHIN, || nats
+            .subscriptions("ringws")
+            .iter()
+            .all(|(_, s)| s.is_empty())),
+        "the last clients left, the subscriptions stay: {:?}",
+        nats.subscriptions("ringws")
+    );
+}
+
+#[test]
+fn nats_a_node_killed_with_sigkill_loses_its_clients_to_the_others() {
+    let nats = Nats::start();
+    let url = nats.url();
+    let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&url, &[])).collect();
+    let lb = Haproxy::start(&nodes.iter().map(|n| n.server.addr).collect::<Vec<_>>());
+    let _ticker = ticker(&url, SYMBOLS, RATE);
+    let subs = subscribers(lb.addr, 9, two_of_four);
+    let (mut subs, errors) = all_in_order(subs, 5);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let on_victim = nodes[1].connections();
+    assert!(on_victim >= 1, "no client on node 2");
+
+    nodes[1].server.signal(libc::SIGKILL);
+    assert!(nodes[1].server.wait_exit(WITHIN).is_some());
+    // The victim's clients see their connection end; they reconnect through HAProxy (which
+    // retries another server while its check has not yet marked node 2 down).
+    let mut reconnected = 0;
+    for s in &mut subs {
+        // A healthy node's client keeps getting quotes; the victim's reads what was buffered,
+        // then the end of its connection.
+        let gone = (0..20)
+            .find_map(|_| match s.next() {
+                Some(Seen::Gone | Seen::Close(_)) => Some(true),
+                Some(Seen::Quote { .. }) => None,
+                None => Some(false),
+            })
+            .unwrap_or(false);
+        if gone {
+            let mut fresh = None;
+            for _ in 0..50 {
+                fresh = Subscriber::connect(lb.addr, &s.symbols);
+                if fresh.is_some() {
+                    break;
+                }
+            }
+            *s = fresh.expect("reconnected through haproxy");
+            reconnected += 1;
+        }
+    }
+    assert_eq!(
+        reconnected as u64, on_victim,
+        "every client of node 2, and only those"
+    );
+    let (_, errors) = all_in_order(subs, 10);
+    assert!(errors.is_empty(), "after the kill: {errors:#?}");
+    assert_eq!(nodes[0].connections() + nodes[2].connections(), 9);
+}
+
+#[test]
+fn nats_a_node_sent_sigterm_leaves_haproxy_before_it_closes_its_clients() {
+    let nats = Nats::start();
+    let url = nats.url();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|_| Node::start(&url, &["--drain-delay", "3"]))
+        .collect();
+    let lb = Haproxy::start(&nodes.iter().map(|n| n.server.addr).collect::<Vec<_>>());
+    let _ticker = ticker(&url, SYMBOLS, RATE);
+    let subs = subscribers(lb.addr, 6, two_of_four);
+    let (subs, errors) = all_in_order(subs, 3);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let on_victim = nodes[2].connections();
+    assert!(on_victim >= 1, "no client on node 3");
+
+    // Each subscriber records when its connection is closed, and with what.
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watchers: Vec<_> = subs
+        .into_iter()
+        .map(|mut s| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let deadline = Instant::now() + WITHIN;
+                while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                    match s.next() {
+                        Some(Seen::Close(code)) => return Some((Instant::now(), code)),
+                        Some(Seen::Gone) => return Some((Instant::now(), None)),
+                        _ => {}
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+
+    nodes[2].server.signal(libc::SIGTERM);
+    let ready = || get(nodes[2].admin, "/ready").map(|(s, _)| s);
+    assert!(
+        eventually(WITHIN, || ready() == Some(503)),
+        "/ready: {:?}",
+        ready()
+    );
+    lb.wait_state("node3", "DOWN");
+    let out_of_rotation = Instant::now();
+    // During the drain, new clients all land on the other two nodes.
+    let before = nodes[2].connections();
+    let late = subscribers(lb.addr, 4, two_of_four);
+    assert_eq!(
+        nodes[2].connections(),
+        before,
+        "a new client reached the draining node"
+    );
+    assert!(nodes[2].server.is_running(), "still draining");
+    assert!(
+        nodes[2].server.wait_exit(WITHIN).is_some(),
+        "the node exits after its drain"
+    );
+
+    // The victim's clients got their close before it exited; give each watcher's read of it
+    // time to return, then stop the others.
+    let closed_count = || watchers.iter().filter(|w| w.is_finished()).count() as u64;
+    assert!(
+        eventually(WITHIN, || closed_count() >= on_victim),
+        "{} of {on_victim} clients of the node saw their connection end",
+        closed_count()
+    );
+    stop.store(true, Ordering::Relaxed);
+    let closes: Vec<_> = watchers
+        .into_iter()
+        .map(|w| w.join().expect("watcher"))
+        .collect();
+    let closed: Vec<_> = closes.iter().flatten().collect();
+    assert_eq!(closed.len() as u64, on_victim, "{closes:?}");
+    for (at, code) in &closed {
+        assert_eq!(*code, Some(1001), "{closes:?}");
+        assert!(
+            *at > out_of_rotation,
+            "closed {:?} after SIGTERM, before HAProxy took the node out ({:?})",
+            *at - start,
+            out_of_rotation - start
+        );
+    }
+    drop(late);
+}
+
+#[test]
+fn nats_a_broker_down_at_start_then_restarted_mid_stream_is_reconnected_to() {
+    // The nodes start before the broker exists: they serve, and connect once it is up.
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut nodes: Vec<Node> = (0..2).map(|_| Node::start(&url, &[])).collect();
+    let early = Subscriber::connect(nodes[0].server.addr, &two_of_four(0))
+        .expect("a node serves without its broker");
+    drop(early);
+    let mut nats = Nats::start_on(port);
+    let ticker = ticker(&url, SYMBOLS, RATE);
+    let subs: Vec<Subscriber> = nodes
+        .iter()
+        .flat_map(|n| subscribers(n.server.addr, 2, two_of_four))
+        .collect();
+    let (subs, errors) = all_in_order(subs, 5);
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    nats.kill();
+    for n in &nodes {
+        n_wait_log(&n.server, "disconnected");
+    }
+    ticker.wait_for_output("disconnected", WITHIN);
+    // While the broker is down the nodes keep serving their clients.
+    let meanwhile = Subscriber::connect(nodes[1].server.addr, &two_of_four(1));
+    assert!(
+        meanwhile.is_some(),
+        "a node without its broker still accepts clients"
+    );
+    nats.restart();
+    let (_, errors) = all_in_order(subs, 10);
+    assert!(errors.is_empty(), "after the restart: {errors:#?}");
+    for n in &mut nodes {
+        assert!(n.server.is_running());
+        let log = n.server.log();
+        assert_eq!(
+            log.matches(": disconnected (").count(),
+            1,
+            "logged once:\n{log}"
+        );
+        assert!(log.contains("connected again"), "{log}");
+    }
+    ticker.wait_for_output("publications dropped meanwhile", WITHIN);
+    let log = ticker.log();
+    let dropped = log
+        .lines()
+        .find(|l| l.contains("publications dropped meanwhile"))
+        .and_then(|l| l.split("; ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        dropped.is_some_and(|n| n > 0),
+        "the ticker dropped and said how many:\n{log}"
+    );
+}
+
+/// Waits until `server`'s log contains `text`.
+fn n_wait_log(server: &Server, text: &str) {
+    assert!(
+        eventually(WITHIN, || server.log().contains(text)),
+        "{} never logged {text:?}:\n{}",
+        server.addr,
+        server.log()
+    );
+}
+
+#[test]
+fn redis_three_nodes_behind_haproxy_deliver_every_quote_in_order_and_subscribe_only_to_interest() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&url, &[])).collect();
+    let lb = Haproxy::start(&nodes.iter().map(|n| n.server.addr).collect::<Vec<_>>());
+    let _ticker = ticker(&url, SYMBOLS, RATE);
+    assert!(
+        redis.channels("ringws.*").is_empty(),
+        "no client, no subscription"
+    );
+
+    let subs = subscribers(lb.addr, 9, two_of_four);
+    let per_node: Vec<u64> = nodes.iter().map(Node::connections).collect();
+    assert!(
+        per_node.iter().all(|&c| c >= 1),
+        "connections per node: {per_node:?}"
+    );
+    let (subs, errors) = all_in_order(subs, 20);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let wanted: Vec<String> = names()[..4].iter().map(|s| format!("ringws.{s}")).collect();
+    assert_eq!(
+        redis.channels("ringws.*"),
+        wanted,
+        "only what the clients want"
+    );
+    drop(subs);
+    assert!(
+        eventually(WITHIN, || redis.channels("ringws.*").is_empty()),
+        "{:?}",
+        redis.channels("ringws.*")
+    );
+}
+
+#[test]
+fn redis_a_broker_restarted_mid_stream_is_reconnected_to_and_resubscribed() {
+    let mut redis = Redis::start();
+    let url = redis.url();
+    let mut nodes: Vec<Node> = (0..2).map(|_| Node::start(&url, &[])).collect();
+    let ticker = ticker(&url, SYMBOLS, RATE);
+    let subs: Vec<Subscriber> = nodes
+        .iter()
+        .flat_map(|n| subscribers(n.server.addr, 2, two_of_four))
+        .collect();
+    let (subs, errors) = all_in_order(subs, 5);
+    assert!(errors.is_empty(), "{errors:#?}");
+    redis.kill();
+    for n in &nodes {
+        n_wait_log(&n.server, "disconnected");
+    }
+    redis.restart();
+    let (_, errors) = all_in_order(subs, 10);
+    assert!(errors.is_empty(), "after the restart: {errors:#?}");
+    for n in &mut nodes {
+        assert!(n.server.is_running());
+        let log = n.server.log();
+        assert_eq!(
+            log.matches(": disconnected (").count(),
+            1,
+            "logged once:\n{log}"
+        );
+    }
+    ticker.wait_for_output("publications dropped meanwhile", WITHIN);
+}
