@@ -130,7 +130,12 @@ fn nats_three_nodes_behind_haproxy_deliver_every_quote_in_order_and_subscribe_on
             .iter()
             .all(|(_, s)| s.is_empty())
     );
-    let lb = Haproxy::start(&nodes.iter().map(|n| n.server.addr).collect::<Vec<_>>());
+    let lb = Haproxy::start(
+        &nodes
+            .iter()
+            .map(|n| (n.server.addr, n.admin.port()))
+            .collect::<Vec<_>>(),
+    );
     let _ticker = ticker(&url, SYMBOLS, RATE);
 
     let subs = subscribers(lb.addr, 9, two_of_four);
@@ -205,7 +210,12 @@ fn nats_a_node_killed_with_sigkill_loses_its_clients_to_the_others() {
     let nats = Nats::start();
     let url = nats.url();
     let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&url, &[])).collect();
-    let lb = Haproxy::start(&nodes.iter().map(|n| n.server.addr).collect::<Vec<_>>());
+    let lb = Haproxy::start(
+        &nodes
+            .iter()
+            .map(|n| (n.server.addr, n.admin.port()))
+            .collect::<Vec<_>>(),
+    );
     let _ticker = ticker(&url, SYMBOLS, RATE);
     let subs = subscribers(lb.addr, 9, two_of_four);
     let (mut subs, errors) = all_in_order(subs, 5);
@@ -244,9 +254,10 @@ fn nats_a_node_killed_with_sigkill_loses_its_clients_to_the_others() {
         reconnected as u64, on_victim,
         "every client of node 2, and only those"
     );
-    let (_, errors) = all_in_order(subs, 10);
+    let (subs, errors) = all_in_order(subs, 10);
     assert!(errors.is_empty(), "after the kill: {errors:#?}");
     assert_eq!(nodes[0].connections() + nodes[2].connections(), 9);
+    drop(subs);
 }
 
 #[test]
@@ -256,7 +267,12 @@ fn nats_a_node_sent_sigterm_leaves_haproxy_before_it_closes_its_clients() {
     let mut nodes: Vec<Node> = (0..3)
         .map(|_| Node::start(&url, &["--drain-delay", "3"]))
         .collect();
-    let lb = Haproxy::start(&nodes.iter().map(|n| n.server.addr).collect::<Vec<_>>());
+    let lb = Haproxy::start(
+        &nodes
+            .iter()
+            .map(|n| (n.server.addr, n.admin.port()))
+            .collect::<Vec<_>>(),
+    );
     let _ticker = ticker(&url, SYMBOLS, RATE);
     let subs = subscribers(lb.addr, 6, two_of_four);
     let (subs, errors) = all_in_order(subs, 3);
@@ -406,7 +422,12 @@ fn redis_three_nodes_behind_haproxy_deliver_every_quote_in_order_and_subscribe_o
     let redis = Redis::start();
     let url = redis.url();
     let nodes: Vec<Node> = (0..3).map(|_| Node::start(&url, &[])).collect();
-    let lb = Haproxy::start(&nodes.iter().map(|n| n.server.addr).collect::<Vec<_>>());
+    let lb = Haproxy::start(
+        &nodes
+            .iter()
+            .map(|n| (n.server.addr, n.admin.port()))
+            .collect::<Vec<_>>(),
+    );
     let _ticker = ticker(&url, SYMBOLS, RATE);
     assert!(
         redis.channels("ringws.*").is_empty(),

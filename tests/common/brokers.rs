@@ -242,12 +242,29 @@ impl Nats {
     }
 
     /// The subjects subscribed under `prefix.` per client connection name (from `/connz?subs=1`,
-    /// checked against `/subsz?subs=1`, the server's own subscription list).
+    /// checked against `/subsz?subs=1`, the server's own subscription list: read again while a
+    /// subscription changes between the two reads).
     pub fn subscriptions(&self, prefix: &str) -> Vec<(String, Vec<String>)> {
+        let mut last = None;
+        for _ in 0..50 {
+            let (per_conn, from_connz, from_subsz) = self.read_subscriptions(prefix);
+            if from_connz == from_subsz {
+                return per_conn;
+            }
+            last = Some((from_connz, from_subsz));
+        }
+        panic!("/connz and /subsz keep disagreeing: {last:?}");
+    }
+
+    fn read_subscriptions(
+        &self,
+        prefix: &str,
+    ) -> (Vec<(String, Vec<String>)>, Vec<String>, Vec<String>) {
         let connz: serde_json::Value =
             serde_json::from_str(&self.monitoring("/connz?subs=1&limit=1024")).expect("JSON");
         let subsz: serde_json::Value =
-            serde_json::from_str(&self.monitoring("/subsz?subs=1&limit=4096")).expect("JSON");
+            serde_json::from_str(&self.monitoring("/subsz?subs=1&acc=%24G&limit=4096"))
+                .expect("JSON");
         let mine = |s: &str| s.starts_with(&format!("{prefix}."));
         let mut per_conn = Vec::new();
         let mut from_connz = Vec::new();
@@ -275,8 +292,7 @@ impl Nats {
             .collect();
         from_subsz.sort();
         from_connz.sort();
-        assert_eq!(from_subsz, from_connz, "/subsz and /connz disagree");
-        per_conn
+        (per_conn, from_connz, from_subsz)
     }
 }
 
@@ -358,8 +374,9 @@ impl Redis {
     }
 }
 
-/// HAProxy in front of `backends`, balancing WebSocket connections (leastconn) with a health check
-/// on `/ready` every 100 ms, and a stats page.
+/// HAProxy in front of `backends` (each a WebSocket address and the port of its admin listener),
+/// balancing WebSocket connections (leastconn) with a health check on the admin port's `/ready`
+/// every 100 ms, and a stats page.
 pub struct Haproxy {
     /// Where clients connect.
     pub addr: SocketAddr,
@@ -370,7 +387,7 @@ pub struct Haproxy {
 
 impl Haproxy {
     /// Starts it and waits until every backend is up.
-    pub fn start(backends: &[SocketAddr]) -> Haproxy {
+    pub fn start(backends: &[(SocketAddr, u16)]) -> Haproxy {
         let exe = require("haproxy", "haproxy");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let stats = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -378,7 +395,7 @@ impl Haproxy {
         let servers: String = backends
             .iter()
             .enumerate()
-            .map(|(i, b)| format!("    server node{} {b} check\n", i + 1))
+            .map(|(i, (b, admin))| format!("    server node{} {b} check port {admin}\n", i + 1))
             .collect();
         let cfg = format!(
             "global\n    maxconn 4096\n\
