@@ -43,11 +43,11 @@ impl Node {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin_s = admin.to_string();
         let symbols = SYMBOLS.to_string();
-        let mut args = vec![
-            "--mode",
-            "feed",
-            "--rate",
-            "0",
+        let mut args = vec!["--mode", "feed"];
+        if !extra.contains(&"--rate") {
+            args.extend(["--rate", "0"]);
+        }
+        args.extend([
             "--symbols",
             &symbols,
             "--bridge",
@@ -56,7 +56,7 @@ impl Node {
             "0.2",
             "--admin-addr",
             &admin_s,
-        ];
+        ]);
         args.extend_from_slice(extra);
         let server = Server::start_with(&args, |cmd| {
             cmd.env("RUST_LOG", "warn");
@@ -485,4 +485,81 @@ fn redis_a_broker_restarted_mid_stream_is_reconnected_to_and_resubscribed() {
         );
     }
     ticker.wait_for_output("publications dropped meanwhile", WITHIN);
+}
+
+/// A node with its own ticker publishes into the broker once and never gets its publications back
+/// (NATS `no_echo`, Redis's origin envelope): its clients and another node's get each quote once,
+/// in order. Checked for both brokers.
+fn a_publishing_node_feeds_the_others_without_echo(url: &str) {
+    let rate = RATE.to_string();
+    let publisher = Node::start(url, &["--rate", &rate]);
+    let other = Node::start(url, &[]);
+    let subs: Vec<Subscriber> = [&publisher, &other]
+        .iter()
+        .flat_map(|n| subscribers(n.server.addr, 2, two_of_four))
+        .collect();
+    // A duplicate would read as "seq k after k", a loop as a flood of them.
+    let (subs, errors) = all_in_order(subs, 20);
+    assert!(errors.is_empty(), "{errors:#?}");
+    drop(subs);
+}
+
+#[test]
+fn nats_a_publishing_node_feeds_the_others_without_echo() {
+    let nats = Nats::start();
+    a_publishing_node_feeds_the_others_without_echo(&nats.url());
+}
+
+#[test]
+fn redis_a_publishing_node_feeds_the_others_without_echo() {
+    let redis = Redis::start();
+    a_publishing_node_feeds_the_others_without_echo(&redis.url());
+}
+
+#[test]
+fn bridge_all_subscribes_once_to_everything_under_the_prefix() {
+    let nats = Nats::start();
+    let node = Node::start(&nats.url(), &["--bridge-all", "--bridge-prefix", "md.feed"]);
+    let name = format!("ringws serve {}", node.server.addr);
+    let subjects = |n: &Nats| -> Vec<String> {
+        n.subscriptions("md")
+            .into_iter()
+            .filter(|(c, _)| *c == name)
+            .flat_map(|(_, s)| s)
+            .collect()
+    };
+    assert!(
+        eventually(WITHIN, || subjects(&nats) == ["md.feed.>"]),
+        "{:?}",
+        nats.subscriptions("md")
+    );
+    let _ticker = common::brokers::Proc::spawn(
+        "ringws ticker",
+        std::process::Command::new(common::binary()).args([
+            "ticker",
+            "--bridge",
+            &nats.url(),
+            "--bridge-prefix",
+            "md.feed",
+            "--symbols",
+            &SYMBOLS.to_string(),
+            "--rate",
+            &RATE.to_string(),
+        ]),
+    );
+    let subs = subscribers(node.server.addr, 2, two_of_four);
+    let (subs, errors) = all_in_order(subs, 10);
+    assert!(errors.is_empty(), "{errors:#?}");
+    drop(subs);
+    // Still the one wildcard subscription: clients coming and going change nothing.
+    assert_eq!(subjects(&nats), ["md.feed.>"]);
+
+    let redis = Redis::start();
+    let _node = Node::start(&redis.url(), &["--bridge-all"]);
+    assert!(
+        eventually(WITHIN, || redis.numpat() == 1),
+        "PUBSUB NUMPAT: {}",
+        redis.numpat()
+    );
+    assert!(redis.channels("ringws.*").is_empty());
 }

@@ -244,7 +244,7 @@ impl Nats {
     /// The subjects subscribed under `prefix.` per client connection name (from `/connz?subs=1`,
     /// checked against `/subsz?subs=1`, the server's own subscription list: read again while a
     /// subscription changes between the two reads).
-    pub fn subscriptions(&self, prefix: &str) -> Vec<(String, Vec<String>)> {
+    pub fn subscriptions(&self, prefix: &str) -> PerConnection {
         let mut last = None;
         for _ in 0..50 {
             let (per_conn, from_connz, from_subsz) = self.read_subscriptions(prefix);
@@ -256,10 +256,8 @@ impl Nats {
         panic!("/connz and /subsz keep disagreeing: {last:?}");
     }
 
-    fn read_subscriptions(
-        &self,
-        prefix: &str,
-    ) -> (Vec<(String, Vec<String>)>, Vec<String>, Vec<String>) {
+    /// One read: per connection, then all subjects from `/connz`, then from `/subsz`.
+    fn read_subscriptions(&self, prefix: &str) -> (PerConnection, Vec<String>, Vec<String>) {
         let connz: serde_json::Value =
             serde_json::from_str(&self.monitoring("/connz?subs=1&limit=1024")).expect("JSON");
         let subsz: serde_json::Value =
@@ -295,6 +293,9 @@ impl Nats {
         (per_conn, from_connz, from_subsz)
     }
 }
+
+/// Subjects per client connection name.
+pub type PerConnection = Vec<(String, Vec<String>)>;
 
 /// A `redis-server` on a free port, without persistence.
 pub struct Redis {
@@ -343,11 +344,11 @@ impl Redis {
         *self = Redis::on(self.port);
     }
 
-    /// `PUBSUB CHANNELS pattern`, sorted, spoken in RESP over a plain socket.
-    pub fn channels(&self, pattern: &str) -> Vec<String> {
+    /// Sends one command in RESP over a plain socket; the reader, after the reply's first line,
+    /// and that line.
+    fn command(&self, args: &[&str]) -> (BufReader<TcpStream>, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect redis");
         s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        let args = ["PUBSUB", "CHANNELS", pattern];
         let mut req = format!("*{}\r\n", args.len());
         for a in args {
             req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
@@ -356,6 +357,21 @@ impl Redis {
         let mut r = BufReader::new(s);
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
+        (r, line)
+    }
+
+    /// `PUBSUB NUMPAT`: pattern subscriptions (`PSUBSCRIBE`) on the server.
+    pub fn numpat(&self) -> i64 {
+        let (_, line) = self.command(&["PUBSUB", "NUMPAT"]);
+        line.trim()
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("PUBSUB NUMPAT answered {line:?}"))
+    }
+
+    /// `PUBSUB CHANNELS pattern`, sorted.
+    pub fn channels(&self, pattern: &str) -> Vec<String> {
+        let (mut r, mut line) = self.command(&["PUBSUB", "CHANNELS", pattern]);
         let n: usize = line
             .trim()
             .strip_prefix('*')
