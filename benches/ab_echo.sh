@@ -6,6 +6,10 @@
 #
 #   benches/ab_echo.sh [-c CONNECTIONS] [-s SIZE] [-r RATE] [-d SECONDS] [-n ROUNDS] BINARY...
 #
+# A BINARY written tls:PATH serves wss:// (a throwaway P-256 certificate made with openssl; the
+# generator connects with --insecure), so `tls:target/release/ringws target/release/ringws`
+# compares TLS with plain on the same build.
+#
 # Each round runs every BINARY once, in order (`BINARY serve --workers 1` on CPU 0; the first
 # BINARY's `load` on CPU 1 with CONNECTIONS connections, SIZE-byte binary messages, RATE messages
 # per second in total, a 2 s warm-up and a SECONDS measured window); the server's utime+stime over
@@ -30,7 +34,7 @@ while getopts "c:s:r:d:n:h" opt; do
 done
 shift $((OPTIND - 1))
 (($# >= 1)) || { sed -n '2,14p' "$0"; exit 2; }
-load_bin=$1
+load_bin=${1#tls:}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 tck=$(getconf CLK_TCK)
@@ -57,14 +61,24 @@ wait_for() {
 
 # One run: prints "CPU-µs-per-message messages".
 run() {
-    local bin=$1 port pid load before after
+    local bin=$1 port pid load before after scheme=ws tls=() trust=()
+    if [[ $bin == tls:* ]]; then
+        bin=${bin#tls:}
+        scheme=wss
+        tls=(--tls-cert "$work/cert.pem" --tls-key "$work/key.pem")
+        trust=(--insecure)
+        [[ -f $work/cert.pem ]] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+            -nodes -keyout "$work/key.pem" -out "$work/cert.pem" -days 1 -subj /CN=localhost \
+            2>/dev/null
+    fi
     port=$(free_port)
     : >"$work/server.log"
-    taskset -c 0 "$bin" serve --addr "127.0.0.1:$port" --workers 1 2>"$work/server.log" &
+    taskset -c 0 "$bin" serve --addr "127.0.0.1:$port" --workers 1 "${tls[@]}" 2>"$work/server.log" &
     pid=$!
     wait_for "$work/server.log" "listening on"
     : >"$work/load.log"
-    taskset -c 1 "$load_bin" load --url "ws://127.0.0.1:$port/" --connections "$connections" \
+    taskset -c 1 "$load_bin" load --url "$scheme://127.0.0.1:$port/" "${trust[@]}" \
+        --connections "$connections" \
         --size "$size" --rate "$rate" --duration "$duration" --warmup 2 --binary --workers 1 \
         --json >"$work/load.json" 2>"$work/load.log" &
     load=$!
@@ -74,7 +88,8 @@ run() {
     sleep "$duration" # the generator's measured window
     after=$(cpu_ticks "$pid")
     wait "$load"
-    kill -TERM "$pid"
+    # SIGINT: shut down at once (SIGTERM would drain for --drain-delay first).
+    kill -INT "$pid"
     wait "$pid" || true
     python3 - "$work/load.json" "$before" "$after" "$tck" <<'EOF'
 import json, sys

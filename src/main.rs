@@ -27,12 +27,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a WebSocket server (the echo server by default).
-    // Boxed: its options outweigh every other command's (clippy::large_enum_variant).
     Serve(Box<cli::serve::ServeArgs>),
     /// Check this host for a connection target: kernel, io_uring features, limits, sysctls, CPUs.
     Check(cli::check::CheckArgs),
     /// Load a WebSocket server: many connections, verified echoes, latency percentiles.
-    Load(cli::load::LoadArgs),
+    Load(Box<cli::load::LoadArgs>),
     /// Show a running server's /metrics live: connections, rates and loop-turn p99 per worker.
     ///
     /// Every --interval seconds: per worker and in total, open connections, data messages and
@@ -74,7 +73,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(*args),
         Command::Check(args) => return cli::check::run(args),
-        Command::Load(args) => return cli::load::run(args),
+        Command::Load(args) => return cli::load::run(*args),
         Command::Top(args) => return cli::top::run(args),
         Command::Ticker(args) => return cli::ticker::run(args),
     };

@@ -494,7 +494,7 @@ fn with_small_socket_buffers_stalled_subscribers_skip_most_of_the_backlog() {
 #[test]
 fn bad_options_are_refused() {
     for args in [
-        &["--url", "wss://127.0.0.1:1/", "--connections", "1"][..],
+        &["--url", "https://127.0.0.1:1/", "--connections", "1"][..],
         &["--url", "ws://127.0.0.1:1/", "--connections", "0"],
         &[
             "--url",

@@ -23,6 +23,7 @@ use crate::error::EngineError;
 use crate::policy::{PolicyConfig, is_origin_pattern};
 use crate::pubsub::SlowConsumer;
 use crate::ring::probe::MemlockNeed;
+use crate::tls::TlsConfig;
 use ringws_protocol::deflate::DeflateConfig;
 use ringws_protocol::handshake::is_token;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -287,6 +288,10 @@ settings! {
     /// (Close 1001 to every connection). Zero shuts down at once.
     drain_delay: Duration = Duration::from_secs(5), "5 s",
         check timer, "at most 7 days (0: none)", setter;
+    /// wss://: serve TLS with this certificate and key (TLS 1.3 and 1.2, ALPN `http/1.1`,
+    /// session tickets). `None`: plain ws://.
+    tls: Option<TlsConfig> = None, "None (plain ws://)",
+        check |_| true, "a TlsConfig", custom;
     /// `SO_SNDBUF` of accepted sockets, in bytes (set on each worker's listener, which accepted
     /// sockets inherit on Linux; the kernel doubles it for its bookkeeping and caps it at
     /// `net.core.wmem_max`). `None` leaves the kernel's autotuning, which lets a loopback
@@ -369,6 +374,12 @@ impl ServerBuilder {
             }
             Err(e) => self.bind_error = Some(EngineError::io("resolving the admin address", e)),
         }
+        self
+    }
+
+    /// [`Config::tls`]: serve wss:// with `tls` (see [`TlsConfig::from_pem_files`]).
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.cfg.tls = Some(tls);
         self
     }
 

@@ -34,8 +34,10 @@
 //! [`Handler::on_connect_error`]: crate::Handler::on_connect_error
 //! [`ServerBuilder::client_only`]: crate::ServerBuilder::client_only
 
+use crate::tls::TlsClient;
 use ringws_protocol::deflate::DeflateConfig;
 use ringws_protocol::handshake::is_token;
+use rustls::pki_types::ServerName;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -78,22 +80,35 @@ struct Target {
     deflate: Option<DeflateConfig>,
     /// `SO_RCVBUF` set before connecting, if any.
     recv_buffer: Option<usize>,
+    /// `wss://`: whom to trust, and the name the certificate must carry (the URL's host).
+    tls: Option<(TlsClient, ServerName<'static>)>,
 }
 
 impl Connect {
-    /// Parses a `ws://host[:port][/path][?query]` URL (port 80 by default) and resolves the host
-    /// with the system resolver (`ToSocketAddrs`, blocking), keeping the first address.
+    /// Parses a `ws://host[:port][/path][?query]` (port 80 by default) or
+    /// `wss://host[:port][/path][?query]` URL (TLS, port 443 by default, the server's certificate
+    /// checked against the Mozilla roots — see [`tls`](Self::tls) for others) and resolves the
+    /// host with the system resolver (`ToSocketAddrs`, blocking), keeping the first address.
     ///
-    /// `wss://` is refused ([`ConnectError::InvalidUrl`]): TLS is not supported. So are user info,
-    /// fragments (RFC 6455 §3 forbids them) and characters that cannot appear in a request line.
+    /// User info, fragments (RFC 6455 §3 forbids them) and characters that cannot appear in a
+    /// request line are refused ([`ConnectError::InvalidUrl`]).
     pub fn new(url: &str) -> Result<Self, ConnectError> {
         let Url {
             authority,
             host,
             port,
             path,
+            secure,
         } = parse_url(url)?;
-        let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let tls = if secure {
+            let name = ServerName::try_from(bare.to_owned())
+                .map_err(|_| ConnectError::InvalidUrl("the host is not a valid TLS server name"))?;
+            Some((TlsClient::webpki_roots(), name))
+        } else {
+            None
+        };
+        let addr = (bare, port)
             .to_socket_addrs()
             .map_err(ConnectError::Resolve)?
             .next()
@@ -112,9 +127,25 @@ impl Connect {
                 headers: Vec::new(),
                 deflate: None,
                 recv_buffer: None,
+                tls,
             }),
             source: None,
         })
+    }
+
+    /// For a `wss://` URL: whom to trust instead of the Mozilla roots (a private CA, or — for
+    /// tests only — [`TlsClient::dangerous_accept_any_certificate`]). No effect on `ws://`.
+    pub fn tls(mut self, client: TlsClient) -> Self {
+        let target = Arc::make_mut(&mut self.target);
+        if let Some((trust, _)) = target.tls.as_mut() {
+            *trust = client;
+        }
+        self
+    }
+
+    /// The TLS trust and server name of a `wss://` connection.
+    pub(crate) fn tls_target(&self) -> Option<&(TlsClient, ServerName<'static>)> {
+        self.target.tls.as_ref()
     }
 
     /// Offers a subprotocol (offered in the order added). The server's choice is checked to be one
@@ -257,18 +288,20 @@ struct Url<'a> {
     port: u16,
     /// The request target, `/` at least.
     path: String,
+    /// `wss://`.
+    secure: bool,
 }
 
-/// Splits a `ws://` URL into its parts.
+/// Splits a `ws://` or `wss://` URL into its parts.
 fn parse_url(url: &str) -> Result<Url<'_>, ConnectError> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(ConnectError::InvalidUrl("expected ws://host[:port][/path]"));
     };
-    if scheme.eq_ignore_ascii_case("wss") {
-        return Err(ConnectError::InvalidUrl("wss:// (TLS) is not supported"));
-    }
-    if !scheme.eq_ignore_ascii_case("ws") {
-        return Err(ConnectError::InvalidUrl("the scheme must be ws://"));
+    let secure = scheme.eq_ignore_ascii_case("wss");
+    if !secure && !scheme.eq_ignore_ascii_case("ws") {
+        return Err(ConnectError::InvalidUrl(
+            "the scheme must be ws:// or wss://",
+        ));
     }
     if rest.contains('#') {
         return Err(ConnectError::InvalidUrl(
@@ -310,6 +343,7 @@ fn parse_url(url: &str) -> Result<Url<'_>, ConnectError> {
         return Err(ConnectError::InvalidUrl("the host is empty"));
     }
     let port = match port {
+        None if secure => 443,
         None => 80,
         Some(p) => p
             .parse::<u16>()
@@ -327,6 +361,7 @@ fn parse_url(url: &str) -> Result<Url<'_>, ConnectError> {
         host,
         port,
         path,
+        secure,
     })
 }
 
@@ -353,6 +388,9 @@ pub enum ConnectError {
     },
     /// The server's answer is not a valid `101` (RFC 6455 §4.1: the client must fail the connection).
     Handshake(ringws_protocol::Error),
+    /// `wss://`: the TLS handshake failed (an untrusted or mismatched certificate, a protocol
+    /// error, an alert from the server).
+    Tls(rustls::Error),
     /// The connection ended before the `101` arrived.
     Closed,
     /// No `101` within `handshake_timeout` of the start of the connect.
@@ -375,6 +413,7 @@ impl ConnectError {
                 _ => "io",
             },
             Self::Handshake(_) => "handshake",
+            Self::Tls(_) => "tls",
             Self::Closed => "closed",
             Self::Timeout => "timeout",
             Self::Shutdown => "shutdown",
@@ -390,6 +429,7 @@ impl fmt::Display for ConnectError {
             Self::Resolve(e) => write!(f, "resolving the host: {e}"),
             Self::Io { during, error } => write!(f, "{during}: {error}"),
             Self::Handshake(e) => write!(f, "invalid handshake response: {e}"),
+            Self::Tls(e) => write!(f, "TLS: {e}"),
             Self::Closed => f.write_str("the connection ended before the handshake response"),
             Self::Timeout => f.write_str("no handshake response within handshake_timeout"),
             Self::Shutdown => f.write_str("the worker is shutting down"),
@@ -402,6 +442,7 @@ impl std::error::Error for ConnectError {
         match self {
             Self::Resolve(e) | Self::Io { error: e, .. } => Some(e),
             Self::Handshake(e) => Some(e),
+            Self::Tls(e) => Some(e),
             _ => None,
         }
     }
@@ -428,8 +469,8 @@ mod tests {
             ("[::1]".into(), 8080, "/a/b".into())
         );
         assert_eq!(ok("ws://[::1]/").unwrap(), ("[::1]".into(), 80, "/".into()));
+        assert_eq!(ok("wss://h/x").unwrap(), ("h".into(), 443, "/x".into()));
         for bad in [
-            "wss://h/",
             "http://h/",
             "h:80",
             "ws://h/#frag",

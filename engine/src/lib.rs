@@ -37,8 +37,11 @@
 // The layers, bottom to top: a module uses only the modules declared before it (checked by
 // `tests/layers.rs`; each layer is its own group so that formatting keeps the order).
 
-// Plain data every layer may use: the error enum; where and how to connect; the per-worker
-// counters (single-writer cells) and their snapshots.
+// Plain data every layer may use: the error enum; a connection's TLS session and the TLS
+// settings (rustls, unbuffered); where and how to connect; the per-worker counters
+// (single-writer cells) and their snapshots.
+mod tls;
+
 mod connect;
 mod error;
 mod stats;
@@ -98,3 +101,4 @@ pub use stats::{
     BUCKETS_US, CloseStatus, Counts, DeflateBytes, HistogramSnapshot, HttpStatus, Label,
     MessageKind, Rejection, Side, Stats, TimerKind, WorkerSnapshot,
 };
+pub use tls::{TlsClient, TlsConfig, TlsError};

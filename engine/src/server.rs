@@ -211,11 +211,13 @@ impl Server {
     /// Serves until shutdown, blocking the calling thread. `factory` builds each worker's handler on
     /// that worker's thread (its argument is the worker index).
     ///
-    /// Shutdown comes from a [`ServerHandle`] or, with `handle_signals` (the default), from SIGINT or
-    /// SIGTERM: stop accepting, Close 1001 to every connection, drain up to `shutdown_timeout`, return
-    /// `Ok`. A second signal forces the remaining connections closed. Signals are blocked on the
-    /// calling thread (and so on the workers) and read from a signalfd, so call `run` from the main
-    /// thread before starting others for them to reach it.
+    /// Shutdown comes from a [`ServerHandle`] or, with `handle_signals`, from a signal: SIGTERM
+    /// first drains for `drain_delay` (`/ready` answers 503 while connections are still served),
+    /// SIGINT does not; then stop accepting, Close 1001 to every connection, wait up to
+    /// `shutdown_timeout` for the close handshakes, return `Ok`. Another signal skips the drain,
+    /// a further one forces the remaining connections closed. SIGHUP reloads the TLS certificate.
+    /// Signals are blocked on the calling thread (and so on the workers) and read from a
+    /// signalfd, so call `run` from the main thread before starting others for them to reach it.
     pub fn run<H, F>(self, factory: F) -> Result<(), EngineError>
     where
         H: Handler,
@@ -339,7 +341,10 @@ impl Server {
                 );
                 sys::drain_eventfd(shared.main_wake.as_fd());
                 let running = shared.level.load(Ordering::Acquire) == 0;
-                if let Some(sig) = signals.as_ref().and_then(Signals::take) {
+                let signal = signals.as_ref().and_then(Signals::take);
+                if signal == Some(libc::SIGHUP as u32) {
+                    reload_tls(&cfg);
+                } else if let Some(sig) = signal {
                     let drain = sig == libc::SIGTERM as u32
                         && running
                         && drain_until.is_none()
@@ -378,6 +383,18 @@ impl Server {
             }
             finish(threads, Ok(()))
         })
+    }
+}
+
+/// SIGHUP: the TLS certificate is read again (new handshakes use it; a bad file keeps the old
+/// one, logged).
+fn reload_tls(cfg: &Config) {
+    match cfg.tls.as_ref().map(crate::tls::TlsConfig::reload) {
+        Some(Ok(())) => info!("SIGHUP: TLS certificate reloaded"),
+        Some(Err(e)) => {
+            warn!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the old one")
+        }
+        None => info!("SIGHUP: nothing to reload (no TLS)"),
     }
 }
 

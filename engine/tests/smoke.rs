@@ -12,7 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Echoes messages; answers `/status`; refuses `/forbidden`; `close-me` closes with 4000; `panic` panics.
+/// Echoes messages; answers `/status` (not `/health`, which the engine's ops endpoints answer
+/// before `on_http`); refuses `/forbidden`; `close-me` closes with 4000; `panic` panics.
 struct Echo;
 
 impl Handler for Echo {

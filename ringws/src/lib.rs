@@ -53,3 +53,10 @@ pub use ringws_engine::{Connect, ConnectError, Context};
 pub use ringws_engine::DeflateConfig;
 // The settings: every one with its default and range (`Config::SETTINGS`, `settings_table`).
 pub use ringws_engine::{Config, Setting, settings_table};
+// wss://: the server's certificate and key (`ServerBuilder::tls`).
+pub use ringws_engine::{TlsClient, TlsConfig, TlsError};
+// Operations: the counters `ServerHandle::stats` returns (what /metrics exposes).
+pub use ringws_engine::{
+    CloseStatus, Counts, HistogramSnapshot, HttpStatus, Label, MessageKind, Rejection, Side, Stats,
+    TimerKind, WorkerSnapshot,
+};

@@ -61,6 +61,13 @@ pub struct ServeArgs {
     /// Do not answer /metrics, /health and /ready at all (they are on by default).
     #[arg(long, conflicts_with = "admin_addr")]
     no_ops_endpoints: bool,
+    /// wss://: the certificate chain (PEM, leaf first); with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// wss://: the private key (PEM: PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519); with
+    /// --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, help = help("drain_delay"), long_help = long_help("drain_delay", Some("seconds, fractions allowed")))]
     drain_delay: Option<Duration>,
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, help = help("health_timeout"), long_help = long_help("health_timeout", Some("seconds, fractions allowed")))]
@@ -206,6 +213,17 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
         b = b.ops_endpoints(false);
     }
     b = given(b, args.drain_delay, ServerBuilder::drain_delay);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        match ringws::TlsConfig::from_pem_files(cert, key) {
+            Ok(tls) => b = b.tls(tls),
+            Err(e) => {
+                return Err(EngineError::Io {
+                    context: "loading the TLS certificate",
+                    source: std::io::Error::other(e),
+                });
+            }
+        }
+    }
     b = given(b, args.health_timeout, ServerBuilder::health_timeout);
     if let Some(policy) = args.deflate.policy() {
         b = b.deflate(policy);

@@ -178,12 +178,49 @@ impl OutQueue {
         }
     }
 
-    /// Appends raw bytes (an HTTP response, a compressed frame) written by `write`.
+    /// Appends raw bytes (an HTTP response, a compressed frame, TLS records) written by `write`.
+    /// A chunk started for bytes that `write` did not write is not kept.
     pub fn push_raw(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         let tail = self.tail();
         let before = tail.len();
         write(tail);
-        self.buffered += tail.len() - before;
+        let added = tail.len() - before;
+        self.buffered += added;
+        if added == 0
+            && let Some(Chunk::Owned(v)) = self.pending.back_mut()
+            && v.is_empty()
+            && let Some(Chunk::Owned(v)) = self.pending.pop_back()
+        {
+            self.spare = v;
+        }
+    }
+
+    /// Chunks waiting (for TLS: one chunk is encrypted from where it lies, several are gathered).
+    pub fn chunk_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Hands every waiting byte to `f`, chunk by chunk in order, and empties the queue. Only for a
+    /// queue that never sends (a TLS connection's plaintext, which is encrypted into the wire
+    /// queue): nothing may be in the air.
+    pub fn drain_chunks(&mut self, mut f: impl FnMut(&[u8])) {
+        debug_assert!(!self.flight.is_busy());
+        for (i, c) in self.pending.iter().enumerate() {
+            f(&c.bytes()[if i == 0 { self.offset } else { 0 }..]);
+        }
+        while let Some(c) = self.pending.pop_front() {
+            if let Chunk::Owned(mut v) = c
+                && v.len() < LARGE
+                && v.capacity() > self.spare.capacity()
+            {
+                v.clear();
+                self.spare = v;
+            }
+        }
+        self.keyed.clear();
+        self.moved = 0;
+        self.offset = 0;
+        self.buffered = 0;
     }
 
     /// Loads the next send into the queue's flight, if bytes are waiting and no send is in the

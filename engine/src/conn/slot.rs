@@ -15,6 +15,7 @@ use super::{Closed, SendResult, mask_key};
 use crate::connect::Connect;
 use crate::deflate::{ConnDeflate, Shared};
 use crate::stats::{CloseStatus, MessageKind, WorkerStats};
+use crate::tls::{self, Session};
 use ringws_protocol::frame::{MAX_CONTROL_PAYLOAD, OpCode};
 use ringws_protocol::handshake::ClientHandshake;
 use ringws_protocol::{CloseCode, CloseFrame, Limits, Receiver, Role};
@@ -68,6 +69,16 @@ pub(crate) struct Extra {
     pub counted_ip: Option<IpAddr>,
     /// A client connection's target and handshake, until the `101`.
     pub dial: Option<Dial>,
+    /// wss://: the TLS session and the plaintext waiting to be encrypted.
+    pub tls: Option<Box<TlsSide>>,
+}
+
+/// A TLS connection's session and its plaintext queue: frames are queued here during a loop turn
+/// and encrypted into the slot's output queue (the wire) at its flush, as few records as the
+/// bytes need.
+pub(crate) struct TlsSide {
+    pub session: Session,
+    pub plain: OutQueue,
 }
 
 impl Extra {
@@ -78,6 +89,7 @@ impl Extra {
             && self.topics.capacity() == 0
             && self.counted_ip.is_none()
             && self.dial.is_none()
+            && self.tls.is_none()
     }
 }
 
@@ -111,9 +123,19 @@ impl<S> Slot<S> {
         self.io & bit != 0
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued and not yet written (plaintext waiting for encryption included).
     pub fn buffered(&self) -> usize {
-        self.out.as_ref().map_or(0, |q| q.buffered())
+        let plain = self
+            .extra
+            .as_ref()
+            .and_then(|e| e.tls.as_ref())
+            .map_or(0, |t| t.plain.buffered());
+        self.out.as_ref().map_or(0, |q| q.buffered()) + plain
+    }
+
+    /// Whether the connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.tls.is_some())
     }
 
     /// Whether a send is in the air (the kernel may be reading the queue's memory).
@@ -356,8 +378,23 @@ impl<S: Default> Slab<S> {
         }
     }
 
-    /// The slot's output queue (taken from the pool if it has none), marked for this turn's flush.
+    /// The queue frames for the slot go to (taken from the pool if it has none; for TLS, the
+    /// plaintext queue), marked for this turn's flush.
     pub fn out(&mut self, slot: u32) -> &mut OutQueue {
+        let s = &mut self.slots[slot as usize];
+        if !s.has(io::DIRTY) {
+            s.io |= io::DIRTY;
+            self.dirty.push(slot);
+        }
+        match s.extra.as_mut().and_then(|e| e.tls.as_mut()) {
+            Some(t) => &mut t.plain,
+            None => s.out.get_or_insert_with(|| self.pool.take()),
+        }
+    }
+
+    /// The slot's wire queue (what sends carry), marked for this turn's flush: for TLS, where
+    /// records go.
+    pub fn wire(&mut self, slot: u32) -> &mut OutQueue {
         let s = &mut self.slots[slot as usize];
         if !s.has(io::DIRTY) {
             s.io |= io::DIRTY;
@@ -380,6 +417,61 @@ impl<S: Default> Slab<S> {
     /// gauge, not per message).
     pub fn queued_bytes(&self) -> u64 {
         self.slots.iter().map(|s| s.buffered() as u64).sum()
+    }
+
+    /// TLS: feeds bytes received on `slot` to its session. Handshake records (and an alert after
+    /// an error) go to the wire queue; decrypted bytes are appended to `plain`. `None` if the
+    /// slot has no TLS session.
+    pub fn tls_input(
+        &mut self,
+        slot: u32,
+        data: &mut [u8],
+        plain: &mut Vec<u8>,
+        records: &mut Vec<u8>,
+    ) -> Option<tls::Input> {
+        let s = &mut self.slots[slot as usize];
+        let tls = s.extra.as_mut()?.tls.as_mut()?;
+        records.clear();
+        let outcome = tls.session.input(data, records, plain);
+        if !records.is_empty() {
+            self.wire(slot).push_raw(|v| v.extend_from_slice(records));
+        }
+        Some(outcome)
+    }
+
+    /// TLS, at the flush: encrypts the plaintext the turn queued for `slot` into its wire queue
+    /// (a single chunk from where it lies, several gathered into `gather` first: one record
+    /// stream either way), then close_notify once a closing connection has nothing more to say.
+    pub fn seal_tls(&mut self, slot: u32, gather: &mut Vec<u8>) {
+        let s = &mut self.slots[slot as usize];
+        let closing = s.machine.phase() == Phase::Closing;
+        let Slot { extra, out, .. } = s;
+        let Some(tls) = extra.as_mut().and_then(|e| e.tls.as_mut()) else {
+            return;
+        };
+        if !tls.session.established() {
+            return;
+        }
+        let wire = out.get_or_insert_with(|| self.pool.take());
+        let TlsSide { session, plain } = &mut **tls;
+        if !plain.is_empty() {
+            if plain.chunk_count() == 1 {
+                plain.drain_chunks(|c| {
+                    wire.push_raw(|v| {
+                        session.seal(c, v);
+                    })
+                });
+            } else {
+                gather.clear();
+                plain.drain_chunks(|c| gather.extend_from_slice(c));
+                wire.push_raw(|v| {
+                    session.seal(gather, v);
+                });
+            }
+        }
+        if closing && plain.is_empty() && !session.close_notify_sent() {
+            wire.push_raw(|v| session.close_notify(v));
+        }
     }
 
     /// Queues a data frame under the backpressure policy.
@@ -412,17 +504,21 @@ impl<S: Default> Slab<S> {
         // The connection's compression state is taken out for the call (a pointer move), so that
         // it, the shared compressors and the queue can be borrowed together.
         let mut extra = self.slots[slot as usize].extra.take();
-        let compressor = extra
-            .as_mut()
-            .and_then(|e| e.deflate.as_mut())
-            .and_then(|d| d.compressor(&mut self.deflate, payload.len()));
+        let (deflate, tls) = match extra.as_deref_mut() {
+            Some(Extra { deflate, tls, .. }) => (deflate.as_mut(), tls.as_mut()),
+            None => (None, None),
+        };
+        let compressor = deflate.and_then(|d| d.compressor(&mut self.deflate, payload.len()));
         // Borrow the queue without `out()` (which borrows the whole slab) while `compressor` lives.
         let s = &mut self.slots[slot as usize];
         if !s.has(io::DIRTY) {
             s.io |= io::DIRTY;
             self.dirty.push(slot);
         }
-        let q = s.out.get_or_insert_with(|| self.pool.take());
+        let q = match tls {
+            Some(t) => &mut t.plain,
+            None => s.out.get_or_insert_with(|| self.pool.take()),
+        };
         let stats = &self.stats;
         match compressor {
             Some(c) => {
@@ -438,8 +534,8 @@ impl<S: Default> Slab<S> {
         let kind = kind_of(opcode);
         stats.sent.inc(kind);
         stats.sent_bytes.add(kind, payload.len() as u64);
-        let buffered = q.buffered();
         s.extra = extra;
+        let buffered = s.buffered();
         match s.machine.queued(buffered, &bp) {
             None => SendResult::Queued,
             Some(pause) => {

@@ -69,15 +69,15 @@ pub(crate) fn monotonic() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// SIGINT and SIGTERM blocked on this thread (and the threads it starts) and read from a
-/// signalfd; the old mask is restored on drop.
+/// SIGINT, SIGTERM and SIGHUP blocked on this thread (and the threads it starts) and read from
+/// a signalfd; the old mask is restored on drop.
 pub(crate) struct Signals {
     fd: OwnedFd,
     old: libc::sigset_t,
 }
 
 impl Signals {
-    /// Blocks SIGINT and SIGTERM on the calling thread and opens a signalfd for them.
+    /// Blocks SIGINT, SIGTERM and SIGHUP on the calling thread and opens a signalfd for them.
     pub fn block() -> io::Result<Self> {
         // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it; pthread_sigmask and
         // signalfd receive valid pointers; results are checked.
@@ -87,6 +87,7 @@ impl Signals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGHUP);
             let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));

@@ -37,6 +37,10 @@ impl<H: Handler> Engine<'_, H> {
             if !s.machine.is_live() {
                 continue;
             }
+            if s.is_tls() {
+                self.core.slab.seal_tls(slot, &mut self.tls.gather);
+            }
+            let s = self.core.slab.get_mut(slot);
             let token = Token::new(Op::Send, slot, s.generation);
             if let (Some(fd), Some(q)) = (s.fd.as_ref(), s.out.as_mut())
                 && let Some(flight) = q.next_send()

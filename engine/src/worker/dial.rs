@@ -9,11 +9,12 @@
 
 use super::Engine;
 use super::recv::Handshake;
-use crate::conn::{Dial, Phase, io};
+use crate::conn::{Dial, OutQueue, Phase, TlsSide, io};
 use crate::connect::{Connect, ConnectError, MAX_DIALING};
 use crate::deflate;
 use crate::handler::Handler;
 use crate::ring::{Clock, Op, Token, sys};
+use crate::tls::Session;
 use ringws_protocol::deflate::Params;
 use ringws_protocol::handshake::{ClientHandshake, ResponseParse};
 use socket2::{Domain, Protocol, SockAddr, Type};
@@ -94,6 +95,21 @@ impl<H: Handler> Engine<'_, H> {
             Err(e) => return self.report(state, e),
         };
         let slot = self.core.slab.alloc(fd, true);
+        if let Some((client, name)) = target.tls_target() {
+            match Session::client(client, name.clone()) {
+                Ok(session) => {
+                    self.core.slab.get_mut(slot).extra().tls = Some(Box::new(TlsSide {
+                        session,
+                        plain: OutQueue::default(),
+                    }))
+                }
+                Err(e) => {
+                    self.core.slab.get_mut(slot).machine.close_now();
+                    self.maybe_release(slot);
+                    return self.report(state, ConnectError::Tls(e));
+                }
+            }
+        }
         let s = self.core.slab.get_mut(slot);
         s.io |= io::CONNECTING;
         s.state = state;
@@ -143,11 +159,17 @@ impl<H: Handler> Engine<'_, H> {
             error!(slot, "connected slot without its target");
             return self.abort(slot, super::close::Cause::Error);
         };
+        // For wss:// the request waits in the plaintext queue until the TLS handshake is done,
+        // which starts here with the ClientHello.
         self.core
             .slab
             .out(slot)
             .push_raw(|out| dial.target.write_request(&dial.handshake, out));
         self.core.slab.get_mut(slot).extra().dial = Some(dial);
+        if self.core.slab.get(slot).is_tls() {
+            let mut plain = Vec::new();
+            self.tls_input(slot, &mut [], &mut plain);
+        }
         self.arm_recv(slot);
     }
 
@@ -243,7 +265,7 @@ impl<H: Handler> Engine<'_, H> {
     }
 
     /// Fails a client connection before its `101`: reports, then shuts the slot down.
-    fn fail_dial(&mut self, slot: u32, error: ConnectError) {
+    pub(super) fn fail_dial(&mut self, slot: u32, error: ConnectError) {
         self.dial_failed(slot, error);
         self.shut_down_slot(slot);
     }

@@ -59,11 +59,19 @@ impl<H: Handler> Engine<'_, H> {
                 );
                 if let Some((status, reason)) = refused {
                     self.core.slab.stats.rejected.inc(reason);
+                    if self.cfg.tls.is_some() {
+                        // No HTTP answer can precede the TLS handshake: dropped at once.
+                        self.core.slab.get_mut(slot).machine.close_now();
+                        self.maybe_release(slot);
+                        return self.rearm_accept();
+                    }
                     self.core
                         .slab
                         .out(slot)
                         .push_raw(|out| write_response(out, status, &[("Retry-After", "1")], b""));
                     self.core.slab.begin_closing(slot);
+                } else if !self.start_tls(slot) {
+                    return self.rearm_accept();
                 }
                 self.arm_recv(slot);
             }
@@ -85,6 +93,11 @@ impl<H: Handler> Engine<'_, H> {
                 }
             }
         }
+        self.rearm_accept();
+    }
+
+    /// Arms the accept again if it ended and accepting is neither paused nor over.
+    fn rearm_accept(&mut self) {
         if !self.accept_armed && self.accept_paused.is_none() && self.shutdown_deadline.is_none() {
             self.arm_accept();
         }

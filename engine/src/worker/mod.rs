@@ -22,6 +22,7 @@ mod close;
 mod dial;
 mod lifecycle;
 mod recv;
+mod tls;
 mod upgrade;
 
 use crate::config::Config;
@@ -153,6 +154,8 @@ struct Engine<'r, H: Handler> {
     fatal: Option<io::Error>,
     /// Client connects in flight and the wake-up timer.
     dial: dial::Dialer,
+    /// TLS scratch buffers.
+    tls: tls::Scratch,
 }
 
 /// A worker: its engine and its receive buffers.
@@ -212,6 +215,8 @@ impl<H: Handler> Worker<'_, H> {
             .ring
             .submit()
             .map_err(|e| EngineError::io("arming the listener", e))?;
+        // The first heartbeat: the worker is serving from here on (a probe right after the ready
+        // line must not find it stalled before its first turn ends).
         self.eng.end_turn(sys::monotonic());
         ready();
         self.eng.start_client();
@@ -372,6 +377,7 @@ pub(crate) fn run<H: Handler>(
             forced: false,
             fatal: None,
             dial: dial::Dialer::default(),
+            tls: tls::Scratch::default(),
         },
     };
     worker.run(&mut cq, ready)

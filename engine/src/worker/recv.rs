@@ -91,16 +91,18 @@ impl<H: Handler> Worker<'_, H> {
             return;
         };
         let phase = s.machine.phase();
+        let tls = s.is_tls();
         eng.core.slab.stats.socket_received_bytes.add(res as u64);
-        match phase {
-            Phase::Handshaking => eng.handshake_input(slot, buf),
-            Phase::Open => {
-                let now = eng.core.slab.time();
-                eng.core.slab.get_mut(slot).machine.received(now);
-                eng.frames(slot, buf);
+        if tls && matches!(phase, Phase::Handshaking | Phase::Open) {
+            // Decrypted into the worker's scratch, then handled as a plain connection's bytes.
+            let mut plain = std::mem::take(&mut eng.tls.plain);
+            plain.clear();
+            if eng.tls_input(slot, buf, &mut plain) && !plain.is_empty() {
+                eng.bytes_in(slot, &mut plain);
             }
-            // Closing: the last response or Close is queued; input is read only to reach the FIN.
-            Phase::Closing | Phase::Closed | Phase::Free => {}
+            eng.tls.plain = plain;
+        } else {
+            eng.bytes_in(slot, buf);
         }
         if let Some(b) = bid {
             self.bufs.recycle(b);
@@ -114,6 +116,20 @@ impl<H: Handler> Worker<'_, H> {
 }
 
 impl<H: Handler> Engine<'_, H> {
+    /// Bytes received on `slot` (decrypted, for TLS): the request head, frames, or nothing once
+    /// closing (the last response or Close is queued; input is read only to reach the FIN).
+    pub(super) fn bytes_in(&mut self, slot: u32, buf: &mut [u8]) {
+        match self.core.slab.get(slot).machine.phase() {
+            Phase::Handshaking => self.handshake_input(slot, buf),
+            Phase::Open => {
+                let now = self.core.slab.time();
+                self.core.slab.get_mut(slot).machine.received(now);
+                self.frames(slot, buf);
+            }
+            Phase::Closing | Phase::Closed | Phase::Free => {}
+        }
+    }
+
     /// Arms the multishot receive of `slot`.
     pub(super) fn arm_recv(&mut self, slot: u32) {
         let s = self.core.slab.get_mut(slot);

@@ -60,9 +60,17 @@ use std::time::{Duration, Instant};
 /// Options of `ringws load`.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
-    /// The server to load: ws://HOST:PORT/PATH.
+    /// The server to load: ws://HOST:PORT/PATH, or wss://HOST:PORT/PATH (TLS; the certificate
+    /// checked against the Mozilla roots unless --ca or --insecure).
     #[arg(long)]
     url: String,
+    /// wss://: trust only the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    ca: Option<std::path::PathBuf>,
+    /// wss://: accept any certificate without verifying it (test servers with throwaway
+    /// certificates only: the traffic is encrypted but not authenticated).
+    #[arg(long)]
+    insecure: bool,
     /// Connections to open.
     #[arg(long, default_value_t = 100)]
     connections: usize,
@@ -936,6 +944,12 @@ fn plan(args: &LoadArgs) -> Result<Plan, String> {
         Some(_) => return Err("--rate must be a positive number of messages per second".into()),
     };
     let mut target = Connect::new(&args.url).map_err(|e| format!("--url {}: {e}", args.url))?;
+    if let Some(ca) = &args.ca {
+        let trust = ringws::TlsClient::with_ca_file(ca).map_err(|e| format!("--ca: {e}"))?;
+        target = target.tls(trust);
+    } else if args.insecure {
+        target = target.tls(ringws::TlsClient::dangerous_accept_any_certificate());
+    }
     if let Some(policy) = args.deflate.policy() {
         target = target.deflate(policy);
     }

@@ -1,8 +1,10 @@
 // Interop client: Node `ws` against a live `ringws serve`.
 //
-// Usage: node client.mjs HOST:PORT. Exits 0 when every check passes; on failure prints which check
+// Usage: node client.mjs HOST:PORT [CA_FILE]. With CA_FILE the checks run over wss:// (TLS, the
+// server's certificate verified against that CA). Exits 0 when every check passes; on failure prints which check
 // failed and exits 1. Every wait is bounded by a timeout, and the whole run by a global one.
 
+import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
 
 const TIMEOUT_MS = 20_000;
@@ -11,7 +13,9 @@ if (!addr) {
   console.error('usage: node client.mjs HOST:PORT');
   process.exit(2);
 }
-const url = `ws://${addr}/interop`;
+const caFile = process.argv[3];
+const url = `${caFile ? 'wss' : 'ws'}://${addr}/interop`;
+const tls = caFile ? { ca: readFileSync(caFile) } : {};
 setTimeout(() => {
   console.error('interop run exceeded 60 s');
   process.exit(1);
@@ -38,7 +42,7 @@ function once(ws, event, what) {
 
 async function open() {
   // The client offers permessage-deflate by default: the server must decline it.
-  const ws = new WebSocket(url, { maxPayload: 4 << 20, handshakeTimeout: TIMEOUT_MS });
+  const ws = new WebSocket(url, { maxPayload: 4 << 20, handshakeTimeout: TIMEOUT_MS, ...tls });
   await once(ws, 'open', 'open');
   assert(ws.extensions === '', `server accepted extensions '${ws.extensions}'`);
   return ws;
