@@ -563,3 +563,46 @@ fn bridge_all_subscribes_once_to_everything_under_the_prefix() {
     );
     assert!(redis.channels("ringws.*").is_empty());
 }
+
+#[test]
+fn the_bridge_options_are_checked_before_anything_starts() {
+    let run = |args: &[&str]| {
+        common::run_bounded(
+            std::process::Command::new(common::binary()).args(args),
+            WITHIN,
+        )
+    };
+    let (status, out) = run(&["serve", "--bridge", "nats://127.0.0.1:4222"]);
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{out}");
+    assert!(
+        out.contains("--bridge is an option of the market feed"),
+        "{out}"
+    );
+    let (status, out) = run(&["serve", "--mode", "feed", "--bridge", "http://127.0.0.1:1"]);
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{out}");
+    assert!(
+        out.contains("expected nats://HOST:PORT or redis://HOST:PORT"),
+        "{out}"
+    );
+    let (status, out) = run(&[
+        "serve",
+        "--mode",
+        "feed",
+        "--bridge",
+        "nats://127.0.0.1:1",
+        "--bridge-prefix",
+        "a b",
+    ]);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{out}");
+    assert!(out.contains("invalid --bridge-prefix"), "{out}");
+    assert!(
+        !out.contains("listening on"),
+        "refused before it started: {out}"
+    );
+    let (status, out) = run(&["ticker"]);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{out}");
+    assert!(out.contains("ringws ticker needs --bridge URL"), "{out}");
+    let (status, out) = run(&["serve", "--mode", "feed", "--bridge-all"]);
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{out}");
+    assert!(out.contains("--bridge <URL>"), "requires --bridge: {out}");
+}

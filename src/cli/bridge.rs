@@ -1,7 +1,9 @@
 //! The broker options shared by `ringws serve --mode feed --bridge URL` and `ringws ticker`.
 
 use clap::Args;
-use ringws_cli::bridge::{BridgeOptions, BrokerUrl, DEFAULT_MAX_BACKOFF, DEFAULT_PREFIX};
+use ringws_cli::bridge::{
+    BridgeOptions, BrokerUrl, DEFAULT_MAX_BACKOFF, DEFAULT_PREFIX, is_subject,
+};
 use std::time::Duration;
 
 /// Options of a broker link.
@@ -41,6 +43,13 @@ impl BridgeArgs {
         let Some(url) = self.bridge.clone() else {
             return Ok(None);
         };
+        if !is_subject(&self.bridge_prefix) {
+            return Err(format!(
+                "invalid --bridge-prefix {:?}: it must be dot-separated tokens without whitespace, \
+                 '*' or '>'",
+                self.bridge_prefix
+            ));
+        }
         let max_backoff = Duration::try_from_secs_f64(self.bridge_max_backoff)
             .ok()
             .filter(|d| (Duration::from_millis(10)..=Duration::from_secs(3600)).contains(d))
