@@ -353,15 +353,16 @@ fn nats_a_node_sent_sigterm_leaves_haproxy_before_it_closes_its_clients() {
 
 #[test]
 fn nats_a_broker_down_at_start_then_restarted_mid_stream_is_reconnected_to() {
-    // The nodes start before the broker exists: they serve, and connect once it is up.
+    // The nodes and the ticker start before the broker exists: they run (the nodes serve), and
+    // connect once it is up.
     let port = free_port();
     let url = format!("nats://127.0.0.1:{port}");
     let mut nodes: Vec<Node> = (0..2).map(|_| Node::start(&url, &[])).collect();
+    let ticker = ticker(&url, SYMBOLS, RATE);
     let early = Subscriber::connect(nodes[0].server.addr, &two_of_four(0))
         .expect("a node serves without its broker");
     drop(early);
     let mut nats = Nats::start_on(port);
-    let ticker = ticker(&url, SYMBOLS, RATE);
     let subs: Vec<Subscriber> = nodes
         .iter()
         .flat_map(|n| subscribers(n.server.addr, 2, two_of_four))
@@ -388,6 +389,11 @@ fn nats_a_broker_down_at_start_then_restarted_mid_stream_is_reconnected_to() {
         let log = n.server.log();
         assert_eq!(
             log.matches(": disconnected (").count(),
+            1,
+            "logged once:\n{log}"
+        );
+        assert_eq!(
+            log.matches("broker not reachable").count(),
             1,
             "logged once:\n{log}"
         );
@@ -605,4 +611,53 @@ fn the_bridge_options_are_checked_before_anything_starts() {
     let (status, out) = run(&["serve", "--mode", "feed", "--bridge-all"]);
     assert_eq!(status.and_then(|s| s.code()), Some(2), "{out}");
     assert!(out.contains("--bridge <URL>"), "requires --bridge: {out}");
+}
+
+/// The next quote's `seq`, or a failure naming what came instead.
+fn next_seq(s: &mut Subscriber) -> u64 {
+    match s.next() {
+        Some(Seen::Quote { seq, .. }) => seq,
+        other => panic!("expected a quote, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_node_that_stopped_receiving_a_topic_hands_out_no_stale_quote() {
+    let nats = Nats::start();
+    let url = nats.url();
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&url, &[])).collect();
+    let _ticker = ticker(&url, SYMBOLS, RATE);
+    let symbol = vec![names()[0].clone()];
+    let none_left = || {
+        nats.subscriptions("ringws")
+            .iter()
+            .all(|(_, s)| s.is_empty())
+    };
+    // Node 1 receives the symbol for a while, then its only client leaves: it unsubscribes.
+    let mut first = Subscriber::connect(nodes[0].server.addr, &symbol).expect("subscriber");
+    next_seq(&mut first);
+    drop(first);
+    assert!(
+        eventually(WITHIN, none_left),
+        "{:?}",
+        nats.subscriptions("ringws")
+    );
+    // Meanwhile the symbol moves on (seen on node 2, which had no snapshot to give either).
+    let mut watch = Subscriber::connect(nodes[1].server.addr, &symbol).expect("watcher");
+    let live = next_seq(&mut watch);
+    let mut seen = live;
+    for _ in 0..1000 {
+        if seen >= live + 5 {
+            break;
+        }
+        seen = next_seq(&mut watch);
+    }
+    assert!(seen >= live + 5, "the ticker stopped at {seen}");
+    // A new client of node 1 gets no quote older than what node 2 already delivered.
+    let mut fresh = Subscriber::connect(nodes[0].server.addr, &symbol).expect("subscriber");
+    let got = next_seq(&mut fresh);
+    assert!(
+        got >= seen,
+        "node 1 handed out seq {got}, stale: node 2 was at {seen}"
+    );
 }

@@ -12,7 +12,8 @@
 //!   whose name cannot be a NATS subject token sequence (whitespace, `*`, `>`, empty tokens) is not
 //!   bridged (logged once).
 //! - **Interest**: a node subscribes on the broker to `PREFIX.TOPIC` while one of its connections is
-//!   subscribed to the topic, and unsubscribes when the last leaves; with `--bridge-all` it
+//!   subscribed to the topic, and unsubscribes when the last leaves (forgetting the topic's last
+//!   publication, which would go stale: a later subscriber gets the next live one instead); with `--bridge-all` it
 //!   subscribes once to everything under the prefix instead (`PREFIX.>` on NATS, `PREFIX.*` on
 //!   Redis).
 //! - **No loops**: what a node receives is published locally and never forwarded. A node does not

@@ -118,6 +118,8 @@ pub(crate) async fn node(mut n: Node) {
                         if let Some(task) = subs.remove(&topic) {
                             // Dropping the subscriber unsubscribes on the server.
                             task.abort();
+                            // What the node last received goes stale from now on.
+                            bridge.forget_last(&topic);
                         }
                         continue;
                     }

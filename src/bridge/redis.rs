@@ -163,6 +163,8 @@ pub(crate) async fn node(mut n: Node) {
                         let r = if wanted && subscribed.insert(Arc::clone(&topic)) {
                             sink.subscribe(channel).await
                         } else if !wanted && subscribed.remove(&topic) {
+                            // What the node last received goes stale from now on.
+                            bridge.forget_last(&topic);
                             sink.unsubscribe(channel).await
                         } else {
                             Ok(())

@@ -39,6 +39,10 @@ pub fn run(args: TickerArgs) -> ExitCode {
         note!("error: invalid --rate: it must be between 1 and {MAX_RATE}");
         return ExitCode::FAILURE;
     }
+    if args.bridge.bridge_all {
+        note!("error: --bridge-all is an option of serve (the ticker subscribes to nothing)");
+        return ExitCode::FAILURE;
+    }
     let opts = match args.bridge.options("ringws ticker".into()) {
         Ok(Some(opts)) => opts,
         Ok(None) => {

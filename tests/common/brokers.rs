@@ -515,8 +515,8 @@ pub fn ticker(url: &str, symbols: usize, rate: u64) -> Proc {
 /// What a feed subscriber saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
-    /// A quote of `symbol` numbered `seq`.
-    Quote { symbol: String, seq: u64 },
+    /// A quote of `symbol` numbered `seq`, published at `ts` (ns since the UNIX epoch).
+    Quote { symbol: String, seq: u64, ts: u64 },
     /// A close frame with this code.
     Close(Option<u16>),
     /// The connection ended without a close frame.
@@ -580,6 +580,7 @@ impl Subscriber {
                             return Some(Seen::Quote {
                                 symbol: v["symbol"].as_str().unwrap().to_owned(),
                                 seq: v["seq"].as_u64().unwrap(),
+                                ts: v["ts"].as_u64().unwrap(),
                             });
                         }
                         Some("subscribed") => {}
@@ -608,7 +609,7 @@ pub fn expect_in_order(sub: &mut Subscriber, want: usize, within: Duration) -> R
             return Ok(());
         }
         match sub.next() {
-            Some(Seen::Quote { symbol, seq }) => {
+            Some(Seen::Quote { symbol, seq, .. }) => {
                 if !sub.symbols.contains(&symbol) {
                     return Err(format!("a quote of {symbol}, not subscribed"));
                 }

@@ -275,6 +275,17 @@ impl Bridge {
         Ok(())
     }
 
+    /// Forgets `topic`'s last publication (kept for
+    /// [`Socket::subscribe_with_last`](crate::Socket::subscribe_with_last)): call it when the node
+    /// stops receiving the topic from the broker (its last local subscriber left), so that a later
+    /// subscriber is not handed a value that went stale meanwhile; it gets the next live one
+    /// instead. Does nothing for a topic that does not exist.
+    pub fn forget_last(&self, topic: &str) {
+        if let Some(t) = self.hub.existing(topic) {
+            t.forget_last();
+        }
+    }
+
     /// Counts `n` local publications that the broker client took from the queue but could not
     /// deliver to the broker (it was disconnected), so that [`stats`](Self::stats) reports every
     /// loss in one place.
@@ -414,6 +425,15 @@ mod tests {
             }
         );
         assert_eq!(t.stats().published, 4, "all four were published here");
+        assert_eq!(t.inner.latest().1.map(|p| p.seq), Some(4));
+        b.forget_last("t");
+        let (seq, last) = t.inner.latest();
+        assert!(
+            seq == 4 && last.is_none(),
+            "forgotten; the numbering goes on"
+        );
+        b.forget_last("no such topic"); // not created
+        assert!(hub.existing("no such topic").is_none());
     }
 
     #[test]

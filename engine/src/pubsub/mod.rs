@@ -204,6 +204,15 @@ impl TopicInner {
         self.node.load(Ordering::Acquire)
     }
 
+    /// Forgets the last publication (its number stays): a subscriber gets no snapshot until the
+    /// next publication.
+    pub fn forget_last(&self) {
+        self.latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last = None;
+    }
+
     /// The number of the last publication and the publication itself. A subscriber registered (and
     /// counted) before this call receives every later publication.
     pub fn latest(&self) -> (u64, Option<Publication>) {
@@ -268,6 +277,12 @@ impl Hub {
         if let Some(link) = self.bridge.get() {
             link.interest(topic);
         }
+    }
+
+    /// The topic named `name` if it exists (never creates one).
+    fn existing(&self, name: &str) -> Option<Arc<TopicInner>> {
+        let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+        topics.get(name).cloned()
     }
 
     /// Every topic, for the bridge.
