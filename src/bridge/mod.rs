@@ -46,6 +46,8 @@ use tokio::sync::{Notify, watch};
 pub const DEFAULT_PREFIX: &str = "ringws";
 /// The default longest wait between two reconnect attempts.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often drops while connected (a broker that does not keep up) are logged at most.
+pub const SLOW_LOG_EVERY: Duration = Duration::from_secs(10);
 /// The first wait before reconnecting (doubled after each failed attempt).
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -224,6 +226,8 @@ pub struct LinkState {
     ever: AtomicBool,
     /// The broker was found unreachable at start and that was logged.
     start_logged: AtomicBool,
+    /// When drops while connected (a slow broker) were last logged.
+    slow_logged: Mutex<Option<Instant>>,
 }
 
 impl LinkState {
@@ -246,10 +250,27 @@ impl LinkState {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Counts `n` publications dropped because the link is down.
+    /// Counts `n` publications dropped: the link is down (reported when it comes back), or the
+    /// broker is too slow to take them (logged at once, then at most every [`SLOW_LOG_EVERY`]).
     pub fn drop_publications(&self, n: u64) {
-        self.dropped.fetch_add(n, Ordering::Relaxed);
-        self.dropped_while_down.fetch_add(n, Ordering::Relaxed);
+        let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        if !self.is_connected() {
+            self.dropped_while_down.fetch_add(n, Ordering::Relaxed);
+            return;
+        }
+        let mut last = self
+            .slow_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|t| t.elapsed() >= SLOW_LOG_EVERY) {
+            *last = Some(Instant::now());
+            drop(last);
+            tracing::warn!(
+                dropped_total = total,
+                "{}: the broker does not keep up; publications dropped ({total} in total)",
+                self.who
+            );
+        }
     }
 
     /// The link is up; logged if it was down.
@@ -443,6 +464,25 @@ mod tests {
             .collect();
         assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1280, 2000, 2000]);
         assert_eq!(backoff(usize::MAX, max), max);
+    }
+
+    #[test]
+    fn drops_are_counted_apart_by_the_state_of_the_link() {
+        let link = LinkState::new("test".into());
+        link.drop_publications(3); // down since the start
+        link.up();
+        assert_eq!(
+            link.dropped_while_down.load(Ordering::Relaxed),
+            0,
+            "reported by up"
+        );
+        link.drop_publications(2); // up: the broker is slow
+        assert_eq!(link.dropped_while_down.load(Ordering::Relaxed), 0);
+        link.down(&"gone");
+        link.drop_publications(4);
+        assert_eq!(link.dropped_while_down.load(Ordering::Relaxed), 4);
+        assert_eq!(link.dropped(), 9);
+        assert!(!link.is_connected());
     }
 
     #[test]
