@@ -661,3 +661,69 @@ fn a_node_that_stopped_receiving_a_topic_hands_out_no_stale_quote() {
         "node 1 handed out seq {got}, stale: node 2 was at {seen}"
     );
 }
+
+#[test]
+fn nginx_with_the_deploy_config_carries_websockets_to_bridged_nodes() {
+    let nginx = common::brokers::require("nginx", "nginx");
+    let nats = Nats::start();
+    let url = nats.url();
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&url, &[])).collect();
+    let _ticker = ticker(&url, SYMBOLS, RATE);
+    // deploy/nginx.conf as written, but for this machine: the test's nodes, a free port, files in
+    // a temporary directory, one worker with few connections.
+    let dir = common::brokers::TempDir::new("nginx");
+    let port = free_port();
+    let cfg = std::fs::read_to_string(common::repo_root().join("deploy/nginx.conf")).unwrap();
+    let upstreams: String = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "        server {} max_fails=2 fail_timeout=5s;\n",
+                n.server.addr
+            )
+        })
+        .collect();
+    let mut lines: Vec<String> = Vec::new();
+    let mut upstream_done = false;
+    for line in cfg.lines() {
+        let t = line.trim();
+        if t.starts_with("server 10.0.0.") {
+            if !upstream_done {
+                lines.push(upstreams.trim_end().to_owned());
+                upstream_done = true;
+            }
+            continue;
+        }
+        lines.push(match t {
+            "worker_processes auto;" => "worker_processes 1;".to_owned(),
+            "worker_connections 200000;" => "    worker_connections 1024;".to_owned(),
+            "listen 80;" => format!("        listen 127.0.0.1:{port};"),
+            _ if t.starts_with("pid ") => format!("pid {}/nginx.pid;", dir.path.display()),
+            _ => line.to_owned(),
+        });
+    }
+    assert!(upstream_done, "deploy/nginx.conf has no upstream servers");
+    let path = dir.path.join("nginx.conf");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let _nginx = common::brokers::Proc::spawn(
+        "nginx",
+        std::process::Command::new(nginx)
+            .arg("-p")
+            .arg(&dir.path)
+            .arg("-c")
+            .arg(&path)
+            .args(["-g", "daemon off;"]),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    common::brokers::wait_listening(addr, "nginx");
+    let subs = subscribers(addr, 4, two_of_four);
+    let per_node: Vec<u64> = nodes.iter().map(Node::connections).collect();
+    assert_eq!(per_node, [2, 2], "least_conn spreads them");
+    let (subs, errors) = all_in_order(subs, 10);
+    assert!(errors.is_empty(), "{errors:#?}");
+    drop(subs);
+    // The nodes' operations endpoints are not reachable through it.
+    assert_eq!(get(addr, "/metrics").map(|(s, _)| s), Some(404));
+    // The feed's page is (plain HTTP through the same location).
+    assert_eq!(get(addr, "/").map(|(s, _)| s), Some(200));
+}

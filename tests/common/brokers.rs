@@ -125,7 +125,17 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM, up to 5 s for it to exit, then SIGKILL: a master process (nginx) takes its workers
+    /// with it only when it is let to.
     fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && child.try_wait().ok().flatten().is_none()
+        {
+            let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+            // SAFETY: kill(2) takes plain integers; `pid` is our own child, not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let _ = wait_timeout(child, Duration::from_secs(5));
+        }
         self.kill();
         if thread::panicking() {
             eprintln!("---- {} output ----\n{}", self.name, self.log());
