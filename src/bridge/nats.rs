@@ -1,7 +1,7 @@
 //! The NATS side of a bridge, with the official `async-nats` client (core NATS only).
 //!
 //! The client keeps one connection to the server, reconnects on its own (with
-//! [`backoff`](super::backoff) as its delay and no limit on attempts, also when the server is down
+//! [`backoff`] as its delay and no limit on attempts, also when the server is down
 //! at start) and replays its subscriptions after a reconnect, so that a restarted server learns the
 //! node's interest again. Connections are made with `no_echo`: the server never sends a node its
 //! own publications back.

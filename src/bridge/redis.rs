@@ -3,7 +3,7 @@
 //! Two connections per node: one in subscribe mode (`SUBSCRIBE`/`UNSUBSCRIBE`, or `PSUBSCRIBE
 //! PREFIX.*` with `--bridge-all`) and a multiplexed one for `PUBLISH`. When either fails the node
 //! logs it once, drops its local publications (counted) while it reconnects with
-//! [`backoff`](super::backoff), and then subscribes again to what its clients want at that moment.
+//! [`backoff`], and then subscribes again to what its clients want at that moment.
 //!
 //! Redis has no `no_echo`: a subscriber gets every message on its channels, its own publications
 //! included. So what a node (or `ringws ticker`) publishes carries a 12-byte envelope: the bytes

@@ -4,7 +4,7 @@
 //! - One topic per symbol (`BTC-USD`, `ETH-USD`, ... then generated `S00015-USD`...), conflating per
 //!   topic: a client that falls behind gets the latest quote of each symbol, not the backlog.
 //! - A ticker thread publishes `rate` quotes per second in total, round-robin over the symbols,
-//!   through [`Topic`] handles of a [`Publisher`](ringws::Publisher), each stamped with its publish
+//!   through [`Topic`] handles of a [`Publisher`], each stamped with its publish
 //!   time ([`Quote`]). With `rate` 0 there is no ticker: a node of several behind a load balancer
 //!   gets its quotes from a message broker instead (`--bridge`, fed by `ringws ticker`, which runs
 //!   the same [`Ticker`] into the broker).

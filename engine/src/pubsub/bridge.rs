@@ -182,9 +182,24 @@ impl Link {
     }
 }
 
-/// This node's end of a broker bridge: see the [module docs](self). Obtained once per server from
+/// This node's end of a bridge to a message broker (NATS, Redis, ...), for several nodes behind a
+/// load balancer that all deliver the same publications. Obtained once per server from
 /// [`Publisher::bridge`](super::Publisher::bridge); `Send + Sync`, for the broker client's thread.
 /// Dropping it detaches the bridge: local publications are no longer queued.
+///
+/// - **Interest out**: when a topic gains its first subscriber on this node (over all workers) or
+///   loses its last, [`poll`](Self::poll) reports a [`BridgeEvent::Interest`] with whether the
+///   node wants the topic *now* (level, not edge), so the client subscribes on the broker only to
+///   what local clients want. [`wanted`](Self::wanted) lists them all (after a reconnect).
+/// - **Publications out**: each publication made on this node is reported once as a
+///   [`BridgeEvent::Publish`], in publish order per topic. At most `capacity` wait; beyond that a
+///   publication is counted as dropped and not queued, so a broker that is down or slow costs
+///   bounded memory and never blocks the publisher (a worker's callback or any thread).
+/// - **Publications in**: [`publish`](Self::publish) publishes what came from the broker to this
+///   node's subscribers (encoded once for the node) and never reports it back: no loops.
+///
+/// The client is woken through the `wake` function given to `Publisher::bridge` whenever the
+/// queue goes from empty to not empty.
 pub struct Bridge {
     hub: Arc<Hub>,
     link: Arc<Link>,

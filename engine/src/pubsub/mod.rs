@@ -492,10 +492,10 @@ impl Publisher {
         Ok(())
     }
 
-    /// Attaches this server's [`Bridge`] to a message broker (see [`bridge`] for what it carries):
+    /// Attaches this server's [`Bridge`] to a message broker (see [`Bridge`] for what it carries):
     /// from now on the node's interest changes and its local publications are queued for the
     /// broker client, at most `capacity` publications (beyond that they are counted as dropped;
-    /// [`bridge::DEFAULT_BRIDGE_CAPACITY`] is a sensible value), and `wake` is called (on the
+    /// [`DEFAULT_BRIDGE_CAPACITY`](bridge::DEFAULT_BRIDGE_CAPACITY) is a sensible value), and `wake` is called (on the
     /// publishing thread: it must not block) whenever the queue goes from empty to not empty.
     /// One bridge per server: [`PubSubError::BridgeAttached`] for a second one.
     pub fn bridge(
