@@ -118,7 +118,10 @@ fn two_of_four(i: usize) -> Vec<String> {
 fn nats_three_nodes_behind_haproxy_deliver_every_quote_in_order_and_subscribe_only_to_interest() {
     let nats = Nats::start();
     let url = nats.url();
-    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&url, &[])).collect();
+    // Two workers each: a topic's first and last subscriber on a node may be on either.
+    let nodes: Vec<Node> = (0..3)
+        .map(|_| Node::start(&url, &["--workers", "2"]))
+        .collect();
     // Every node is connected (its name is on the server) and subscribed to nothing yet.
     assert!(
         eventually(WITHIN, || nats.subscriptions("ringws").len() == 3),
@@ -161,6 +164,12 @@ fn nats_three_nodes_behind_haproxy_deliver_every_quote_in_order_and_subscribe_on
     assert_eq!(bridged.len(), 3, "{subsz:?}");
     for (name, subjects) in &bridged {
         assert!(!subjects.is_empty(), "{name}: no subscription");
+        let mut unique = subjects.clone();
+        unique.dedup();
+        assert_eq!(
+            &unique, subjects,
+            "{name}: one subscription per topic per node"
+        );
         assert!(
             subjects.iter().all(|s| wanted.contains(s)),
             "{name}: {subjects:?}"
@@ -726,4 +735,117 @@ fn nginx_with_the_deploy_config_carries_websockets_to_bridged_nodes() {
     assert_eq!(get(addr, "/metrics").map(|(s, _)| s), Some(404));
     // The feed's page is (plain HTTP through the same location).
     assert_eq!(get(addr, "/").map(|(s, _)| s), Some(200));
+}
+
+/// Binary quotes (`ringws ticker --binary`) cross the broker as binary messages (NATS: the
+/// `Ringws-Binary` header; Redis: the envelope's kind) and reach the clients as binary frames.
+fn binary_quotes_stay_binary(url: &str) {
+    let node = Node::start(url, &[]);
+    let _ticker = common::brokers::ticker_with(url, SYMBOLS, RATE, &["--binary"]);
+    let subs = subscribers(node.server.addr, 2, two_of_four);
+    let (subs, errors) = all_in_order(subs, 10);
+    assert!(errors.is_empty(), "{errors:#?}");
+    drop(subs);
+}
+
+#[test]
+fn nats_binary_quotes_stay_binary() {
+    let nats = Nats::start();
+    binary_quotes_stay_binary(&nats.url());
+}
+
+#[test]
+fn redis_binary_quotes_stay_binary() {
+    let redis = Redis::start();
+    binary_quotes_stay_binary(&redis.url());
+}
+
+/// A raw client of node `addr` subscribed to `symbol`, past its acknowledgement.
+fn raw_subscriber(addr: SocketAddr, symbol: &str) -> common::RawClient {
+    let mut c = common::RawClient::connect(addr);
+    c.send(&common::Frame::text(format!(
+        r#"{{"op":"subscribe","symbols":["{symbol}"]}}"#
+    )));
+    let (opcode, ack) = c.expect_message();
+    assert_eq!(opcode, common::op::TEXT);
+    assert!(ack.starts_with(br#"{"type":"subscribed""#), "{ack:?}");
+    c
+}
+
+#[test]
+fn other_publishers_reach_clients_as_text_or_binary_as_the_readme_says() {
+    use std::io::{BufRead, BufReader, Write};
+    let symbol = names()[0].clone();
+    let subject = format!("ringws.{symbol}");
+
+    // NATS: a plain PUB is text; HPUB with `Ringws-Binary: 1` is binary, even when it is UTF-8.
+    let nats = Nats::start();
+    let node = Node::start(&nats.url(), &[]);
+    let mut client = raw_subscriber(node.server.addr, &symbol);
+    assert!(eventually(WITHIN, || nats
+        .subscriptions("ringws")
+        .iter()
+        .any(|(_, s)| s.contains(&subject))));
+    let mut pubr = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    pubr.set_read_timeout(Some(WITHIN)).unwrap();
+    let headers = "NATS/1.0\r\nRingws-Binary: 1\r\n\r\n";
+    write!(
+        pubr,
+        "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nPUB {subject} 5\r\nhello\r\n\
+         HPUB {subject} {} {}\r\n{headers}abc\r\nPING\r\n",
+        headers.len(),
+        headers.len() + 3
+    )
+    .unwrap();
+    let mut r = BufReader::new(pubr);
+    let mut line = String::new();
+    for _ in 0..10 {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert!(!line.starts_with("-ERR"), "nats-server: {line}");
+        if line.starts_with("PONG") {
+            break;
+        }
+    }
+    assert_eq!(
+        client.expect_message(),
+        (common::op::TEXT, b"hello".to_vec())
+    );
+    assert_eq!(
+        client.expect_message(),
+        (common::op::BINARY, b"abc".to_vec())
+    );
+
+    // Redis: no envelope is text when UTF-8; the envelope's kind decides otherwise.
+    let redis = Redis::start();
+    let node = Node::start(&redis.url(), &[]);
+    let mut client = raw_subscriber(node.server.addr, &symbol);
+    assert!(eventually(WITHIN, || redis.channels("ringws.*") == [subject.clone()]));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    conn.set_read_timeout(Some(WITHIN)).unwrap();
+    let mut binary = vec![0xff, b'R', b'W', b'b'];
+    binary.extend_from_slice(&42u64.to_le_bytes());
+    binary.extend_from_slice(b"abc");
+    for payload in [&b"hello"[..], &binary] {
+        let mut cmd = format!(
+            "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{subject}\r\n${}\r\n",
+            subject.len(),
+            payload.len()
+        )
+        .into_bytes();
+        cmd.extend_from_slice(payload);
+        cmd.extend_from_slice(b"\r\n");
+        conn.write_all(&cmd).unwrap();
+        let mut reply = [0u8; 4];
+        std::io::Read::read_exact(&mut conn, &mut reply).unwrap();
+        assert_eq!(&reply, b":1\r\n", "one subscriber, the node");
+    }
+    assert_eq!(
+        client.expect_message(),
+        (common::op::TEXT, b"hello".to_vec())
+    );
+    assert_eq!(
+        client.expect_message(),
+        (common::op::BINARY, b"abc".to_vec())
+    );
 }

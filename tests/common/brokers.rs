@@ -504,19 +504,27 @@ impl Drop for TempDir {
 
 /// `ringws ticker --bridge URL --symbols N --rate R`, started and waited for.
 pub fn ticker(url: &str, symbols: usize, rate: u64) -> Proc {
+    ticker_with(url, symbols, rate, &[])
+}
+
+/// [`ticker`] with more options (e.g. `--binary`).
+pub fn ticker_with(url: &str, symbols: usize, rate: u64, extra: &[&str]) -> Proc {
     let p = Proc::spawn(
         "ringws ticker",
-        Command::new(binary()).env("RUST_LOG", "warn").args([
-            "ticker",
-            "--bridge",
-            url,
-            "--symbols",
-            &symbols.to_string(),
-            "--rate",
-            &rate.to_string(),
-            "--bridge-max-backoff",
-            "0.2",
-        ]),
+        Command::new(binary())
+            .env("RUST_LOG", "warn")
+            .args([
+                "ticker",
+                "--bridge",
+                url,
+                "--symbols",
+                &symbols.to_string(),
+                "--rate",
+                &rate.to_string(),
+                "--bridge-max-backoff",
+                "0.2",
+            ])
+            .args(extra),
     );
     p.wait_for_output("ticker publishing", START_TIMEOUT);
     p
@@ -596,6 +604,15 @@ impl Subscriber {
                         Some("subscribed") => {}
                         other => panic!("unexpected message {other:?}: {v}"),
                     }
+                }
+                op::BINARY => {
+                    let q = ringws_cli::feed::Quote::from_binary(&frame.payload)
+                        .unwrap_or_else(|| panic!("not a binary quote: {:?}", frame.payload));
+                    return Some(Seen::Quote {
+                        symbol: q.symbol.to_owned(),
+                        seq: q.seq,
+                        ts: q.ts,
+                    });
                 }
                 other => panic!("unexpected frame opcode {other}"),
             }
