@@ -412,7 +412,7 @@ fn nats_a_broker_down_at_start_then_restarted_mid_stream_is_reconnected_to() {
     let log = ticker.log();
     let dropped = log
         .lines()
-        .find(|l| l.contains("publications dropped meanwhile"))
+        .find(|l| l.contains("connected again"))
         .and_then(|l| l.split("; ").nth(1))
         .and_then(|l| l.split(' ').next())
         .and_then(|n| n.parse::<u64>().ok());

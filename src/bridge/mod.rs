@@ -273,7 +273,8 @@ impl LinkState {
         }
     }
 
-    /// The link is up; logged if it was down.
+    /// The link is up: logged (`warn`) if it had been down or found unreachable, `info` for a
+    /// first connect that simply worked.
     pub fn up(&self) {
         if self.connected.swap(true, Ordering::AcqRel) {
             return;
@@ -294,8 +295,17 @@ impl LinkState {
                 self.who,
                 down.as_secs_f64(),
             );
+        } else if self.start_logged.load(Ordering::Acquire) {
+            // It was logged as unreachable: its coming up is a change worth a warning too.
+            tracing::warn!(
+                down_ms = down.as_millis() as u64,
+                dropped,
+                "{}: connected, {:.1} s after start; {dropped} publications dropped meanwhile",
+                self.who,
+                down.as_secs_f64(),
+            );
         } else {
-            tracing::warn!(dropped, "{}: connected", self.who);
+            tracing::info!(dropped, "{}: connected", self.who);
         }
     }
 

@@ -124,11 +124,19 @@ pub(crate) async fn node(mut n: Node) {
     let mut skipped = HashSet::new();
     let mut events = Vec::new();
     let mut out = Vec::new();
+    // The topics subscribed on the broker (kept across connections, to tell which ones the node
+    // no longer wants after an outage).
+    let mut subscribed: HashSet<Arc<str>> = HashSet::new();
     'connection: loop {
         let Some((mut sink, stream, mut conn)) = connect(&client, &mut n, &bridge).await else {
             return;
         };
-        let mut subscribed: HashSet<Arc<str>> = HashSet::new();
+        // Topics the clients left during the outage: their last publication went stale.
+        let wanted: HashSet<Arc<str>> = bridge.wanted().into_iter().collect();
+        for gone in subscribed.difference(&wanted) {
+            bridge.forget_last(gone);
+        }
+        subscribed.clear();
         let ok = if n.opts.all {
             sink.psubscribe(format!("{}.*", n.opts.prefix)).await
         } else {
