@@ -97,11 +97,20 @@ readonly WORK
 PIDS=()
 
 cleanup() {
-    local pid
+    local pid deadline=$((SECONDS + 3)) alive
+    # SIGINT first: nodes skip their drain delay. Background jobs of a script start with SIGINT
+    # ignored and some keep it so: SIGTERM for what is left after 3 s.
     for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
+        kill -INT "$pid" 2>/dev/null || true
+    done
+    while ((SECONDS < deadline)); do
+        alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
     done
     for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
     PIDS=()

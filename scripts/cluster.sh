@@ -75,7 +75,17 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
     local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # SIGINT first: the nodes skip their drain delay (an interactive stop). Background jobs of a
+    # script start with SIGINT ignored, and HAProxy keeps it so: SIGTERM for what is left after 3 s.
+    for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+    local deadline=$((SECONDS + 3)) alive
+    while ((SECONDS < deadline)); do
+        alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
