@@ -849,3 +849,79 @@ fn other_publishers_reach_clients_as_text_or_binary_as_the_readme_says() {
         (common::op::BINARY, b"abc".to_vec())
     );
 }
+
+#[test]
+#[ignore = "needs root: network namespaces, one per node, to stand for separate hosts"]
+fn nodes_on_separate_hosts_in_network_namespaces_behind_haproxy() {
+    let hosts = common::brokers::Hosts::new(3);
+    let nats = Nats::start_at(hosts.gateway);
+    let url = nats.url();
+    // One node per host, listening on that host's address only.
+    let nodes: Vec<(common::brokers::Proc, SocketAddr, SocketAddr)> = hosts
+        .addrs
+        .iter()
+        .enumerate()
+        .map(|(i, &ip)| {
+            let (ws, admin) = (SocketAddr::new(ip, 9001), SocketAddr::new(ip, 9090));
+            let mut cmd = hosts.command(i, &common::binary());
+            cmd.env("RUST_LOG", "warn").args([
+                "serve",
+                "--mode",
+                "feed",
+                "--rate",
+                "0",
+                "--symbols",
+                &SYMBOLS.to_string(),
+                "--workers",
+                "1",
+                "--addr",
+                &ws.to_string(),
+                "--admin-addr",
+                &admin.to_string(),
+                "--bridge",
+                &url,
+                // Stopped with SIGTERM when dropped: no drain to wait for.
+                "--drain-delay",
+                "0",
+            ]);
+            let node = common::brokers::Proc::spawn(&format!("node on {ip}"), &mut cmd);
+            node.wait_for_output("listening on", WITHIN);
+            (node, ws, admin)
+        })
+        .collect();
+    // Each node reached the broker from its own address.
+    let from = || {
+        let mut v: Vec<String> = nats
+            .clients()
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("ringws serve"))
+            .map(|(_, ip)| ip)
+            .collect();
+        v.sort();
+        v
+    };
+    let want: Vec<String> = hosts.addrs.iter().map(|a| a.to_string()).collect();
+    assert!(
+        eventually(WITHIN, || from() == want),
+        "one broker connection per host, from its address: {:?}",
+        from()
+    );
+    let lb = Haproxy::start(
+        &nodes
+            .iter()
+            .map(|(_, ws, admin)| (*ws, admin.port()))
+            .collect::<Vec<_>>(),
+    );
+    let _ticker = ticker(&url, SYMBOLS, RATE);
+    let subs = subscribers(lb.addr, 6, two_of_four);
+    let open = |admin: SocketAddr| match get(admin, "/metrics") {
+        Some((200, text)) => metric(&text, "ringws_connections_open") as u64,
+        _ => u64::MAX,
+    };
+    let per_host: Vec<u64> = nodes.iter().map(|(_, _, admin)| open(*admin)).collect();
+    assert_eq!(per_host, [2, 2, 2], "spread over the hosts");
+    let (subs, errors) = all_in_order(subs, 20);
+    assert!(errors.is_empty(), "{errors:#?}");
+    drop(subs);
+    drop(nodes);
+}

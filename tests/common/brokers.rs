@@ -9,12 +9,14 @@ use super::{
     Frame, READ_TIMEOUT, RawClient, ReadError, binary, eventually, free_port, op, wait_timeout,
 };
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// How long a broker or proxy may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -189,48 +191,70 @@ pub fn metric(text: &str, name: &str) -> f64 {
 pub struct Nats {
     pub port: u16,
     pub monitor: u16,
+    /// The address it listens on (its monitoring page too).
+    pub host: IpAddr,
     proc: Proc,
 }
 
 impl Nats {
     /// Starts one and waits until it accepts clients.
     pub fn start() -> Nats {
-        Nats::on(free_port(), free_port())
+        Nats::on(LOCALHOST, free_port(), free_port())
     }
 
     /// Starts one on client port `port` (e.g. one that nodes already try to reach).
     pub fn start_on(port: u16) -> Nats {
-        Nats::on(port, free_port())
+        Nats::on(LOCALHOST, port, free_port())
     }
 
-    fn on(port: u16, monitor: u16) -> Nats {
+    /// Starts one listening on `host` (an address of this machine other than 127.0.0.1).
+    pub fn start_at(host: IpAddr) -> Nats {
+        Nats::on(host, free_port(), free_port())
+    }
+
+    fn on(host: IpAddr, port: u16, monitor: u16) -> Nats {
         let exe = require("nats-server", "nats-server");
         let proc = Proc::spawn(
             "nats-server",
             Command::new(exe).args([
                 "-a",
-                "127.0.0.1",
+                &host.to_string(),
                 "-p",
                 &port.to_string(),
                 "-m",
                 &monitor.to_string(),
             ]),
         );
-        wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), "nats-server");
-        wait_listening(
-            SocketAddr::from(([127, 0, 0, 1], monitor)),
-            "nats-server monitoring",
-        );
+        wait_listening(SocketAddr::new(host, port), "nats-server");
+        wait_listening(SocketAddr::new(host, monitor), "nats-server monitoring");
         Nats {
             port,
             monitor,
+            host,
             proc,
         }
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// `nats://HOST:PORT`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}", SocketAddr::new(self.host, self.port))
+    }
+
+    /// The client connections: name and remote address, from `/connz`.
+    pub fn clients(&self) -> Vec<(String, String)> {
+        let connz: serde_json::Value =
+            serde_json::from_str(&self.monitoring("/connz?limit=1024")).expect("JSON");
+        connz["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap_or_default().to_owned(),
+                    c["ip"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
     }
 
     /// Kills it (SIGKILL: connections break without a goodbye).
@@ -241,11 +265,11 @@ impl Nats {
     /// Starts it again on the same ports.
     pub fn restart(&mut self) {
         self.proc.kill();
-        *self = Nats::on(self.port, self.monitor);
+        *self = Nats::on(self.host, self.port, self.monitor);
     }
 
     fn monitoring(&self, path: &str) -> String {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.monitor));
+        let addr = SocketAddr::new(self.host, self.monitor);
         let (status, body) = get(addr, path).unwrap_or_else(|| panic!("GET {path} on nats-server"));
         assert_eq!(status, 200, "{path}: {body}");
         body
@@ -665,4 +689,105 @@ pub fn expect_in_order(sub: &mut Subscriber, want: usize, within: Duration) -> R
     Err(format!(
         "not {want} quotes per symbol within {within:?}: {last:?}"
     ))
+}
+
+/// Network namespaces that stand for separate hosts, one veth each into a bridge of the test's own
+/// in the root namespace, on a /24 of 10.213.0.0/16 picked from the process id: the root namespace
+/// is `.1` (where brokers and HAProxy reach them), host `i` is `.(11 + i)`. Made by the test and
+/// removed when dropped (root only).
+pub struct Hosts {
+    ip: PathBuf,
+    tag: String,
+    bridge: String,
+    namespaces: Vec<String>,
+    /// The root namespace's address on the bridge.
+    pub gateway: IpAddr,
+    /// Each host's address.
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Runs `ip ARGS`, failing the test with its output if it fails.
+fn ip(args: &[&str]) {
+    let exe = require("ip", "iproute2");
+    let out = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {}: {}{} (network namespaces need root with CAP_NET_ADMIN and CAP_SYS_ADMIN)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Hosts {
+    /// `n` hosts (at most 200).
+    pub fn new(n: usize) -> Hosts {
+        assert!(n <= 200);
+        let pid = std::process::id();
+        let tag = format!("{}", pid % 100_000);
+        let net = 1 + pid % 250;
+        let mut hosts = Hosts {
+            ip: require("ip", "iproute2"),
+            bridge: format!("rwb{tag}"),
+            namespaces: Vec::new(),
+            gateway: IpAddr::V4(Ipv4Addr::new(10, 213, net as u8, 1)),
+            addrs: Vec::new(),
+            tag,
+        };
+        let gw = format!("{}/24", hosts.gateway);
+        ip(&["link", "add", &hosts.bridge, "type", "bridge"]);
+        ip(&["addr", "add", &gw, "dev", &hosts.bridge]);
+        ip(&["link", "set", &hosts.bridge, "up"]);
+        for i in 0..n {
+            let ns = format!("ringws-{}-{i}", hosts.tag);
+            ip(&["netns", "add", &ns]);
+            hosts.namespaces.push(ns.clone());
+            let (outer, inner) = (
+                format!("rwh{}x{i}", hosts.tag),
+                format!("rwn{}x{i}", hosts.tag),
+            );
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns,
+            ]);
+            ip(&["link", "set", &outer, "master", &hosts.bridge]);
+            ip(&["link", "set", &outer, "up"]);
+            let addr = Ipv4Addr::new(10, 213, net as u8, 11 + i as u8);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                &inner,
+            ]);
+            ip(&["-n", &ns, "link", "set", &inner, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            hosts.addrs.push(IpAddr::V4(addr));
+        }
+        hosts
+    }
+
+    /// A command that runs `program` on host `i` (in its namespace).
+    pub fn command(&self, i: usize, program: &Path) -> Command {
+        let mut c = Command::new(&self.ip);
+        c.args(["netns", "exec", &self.namespaces[i]]).arg(program);
+        c
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end inside it, and so its peer in the bridge.
+        for ns in &self.namespaces {
+            let _ = Command::new(&self.ip).args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new(&self.ip)
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
 }
