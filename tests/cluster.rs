@@ -850,6 +850,43 @@ fn other_publishers_reach_clients_as_text_or_binary_as_the_readme_says() {
     );
 }
 
+/// A node on host `i` of `hosts`: the process, its WebSocket and admin addresses.
+type HostNode = (common::brokers::Proc, SocketAddr, SocketAddr);
+
+/// Starts a feed node bridged to `url` on host `i`, listening on that host's address only.
+fn host_node(hosts: &common::brokers::Hosts, i: usize, url: &str, extra: &[&str]) -> HostNode {
+    let ip = hosts.addrs[i];
+    let (ws, admin) = (SocketAddr::new(ip, 9001), SocketAddr::new(ip, 9090));
+    let mut cmd = hosts.command(i, &common::binary());
+    cmd.env("RUST_LOG", "warn")
+        .args([
+            "serve",
+            "--mode",
+            "feed",
+            "--rate",
+            "0",
+            "--symbols",
+            &SYMBOLS.to_string(),
+            "--workers",
+            "1",
+            "--addr",
+            &ws.to_string(),
+            "--admin-addr",
+            &admin.to_string(),
+            "--bridge",
+            url,
+            "--bridge-max-backoff",
+            "0.2",
+            // Stopped with SIGTERM when dropped: no drain to wait for.
+            "--drain-delay",
+            "0",
+        ])
+        .args(extra);
+    let node = common::brokers::Proc::spawn(&format!("node on {ip}"), &mut cmd);
+    node.wait_for_output("listening on", WITHIN);
+    (node, ws, admin)
+}
+
 #[test]
 #[ignore = "needs root: network namespaces, one per node, to stand for separate hosts"]
 fn nodes_on_separate_hosts_in_network_namespaces_behind_haproxy() {
@@ -857,38 +894,7 @@ fn nodes_on_separate_hosts_in_network_namespaces_behind_haproxy() {
     let nats = Nats::start_at(hosts.gateway);
     let url = nats.url();
     // One node per host, listening on that host's address only.
-    let nodes: Vec<(common::brokers::Proc, SocketAddr, SocketAddr)> = hosts
-        .addrs
-        .iter()
-        .enumerate()
-        .map(|(i, &ip)| {
-            let (ws, admin) = (SocketAddr::new(ip, 9001), SocketAddr::new(ip, 9090));
-            let mut cmd = hosts.command(i, &common::binary());
-            cmd.env("RUST_LOG", "warn").args([
-                "serve",
-                "--mode",
-                "feed",
-                "--rate",
-                "0",
-                "--symbols",
-                &SYMBOLS.to_string(),
-                "--workers",
-                "1",
-                "--addr",
-                &ws.to_string(),
-                "--admin-addr",
-                &admin.to_string(),
-                "--bridge",
-                &url,
-                // Stopped with SIGTERM when dropped: no drain to wait for.
-                "--drain-delay",
-                "0",
-            ]);
-            let node = common::brokers::Proc::spawn(&format!("node on {ip}"), &mut cmd);
-            node.wait_for_output("listening on", WITHIN);
-            (node, ws, admin)
-        })
-        .collect();
+    let nodes: Vec<HostNode> = (0..3).map(|i| host_node(&hosts, i, &url, &[])).collect();
     // Each node reached the broker from its own address.
     let from = || {
         let mut v: Vec<String> = nats
@@ -924,4 +930,58 @@ fn nodes_on_separate_hosts_in_network_namespaces_behind_haproxy() {
     assert!(errors.is_empty(), "{errors:#?}");
     drop(subs);
     drop(nodes);
+}
+
+/// A node whose network drops every packet for a while (no connection is reset: only the
+/// keep-alive pings can tell) keeps running, logs the loss once, reconnects and resubscribes when
+/// the network is back, and serves quotes again.
+fn a_node_survives_a_silent_network_loss(
+    broker_at: impl FnOnce(std::net::IpAddr) -> (Box<dyn std::any::Any>, String),
+) {
+    let hosts = common::brokers::Hosts::new(1);
+    let (_broker, url) = broker_at(hosts.gateway);
+    let (mut node, ws, _) = host_node(&hosts, 0, &url, &["--bridge-ping", "0.3"]);
+    let _ticker = ticker(&url, SYMBOLS, RATE);
+    let subs = vec![Subscriber::connect(ws, &two_of_four(0)).expect("subscriber")];
+    let (subs, errors) = all_in_order(subs, 5);
+    assert!(errors.is_empty(), "{errors:#?}");
+    drop(subs);
+
+    hosts.link(0, false);
+    node.wait_for_output(": disconnected (", WITHIN);
+    hosts.link(0, true);
+    node.wait_for_output("connected again", WITHIN);
+    assert!(node.is_running());
+    let subs = vec![Subscriber::connect(ws, &two_of_four(1)).expect("subscriber after")];
+    let (_, errors) = all_in_order(subs, 5);
+    assert!(
+        errors.is_empty(),
+        "after the network came back: {errors:#?}"
+    );
+    let log = node.log();
+    assert_eq!(
+        log.matches(": disconnected (").count(),
+        1,
+        "logged once:\n{log}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: a network namespace whose link is taken down"]
+fn nats_a_node_survives_a_silent_network_loss() {
+    a_node_survives_a_silent_network_loss(|gw| {
+        let nats = Nats::start_at(gw);
+        let url = nats.url();
+        (Box::new(nats), url)
+    });
+}
+
+#[test]
+#[ignore = "needs root: a network namespace whose link is taken down"]
+fn redis_a_node_survives_a_silent_network_loss() {
+    a_node_survives_a_silent_network_loss(|gw| {
+        let redis = Redis::start_at(gw);
+        let url = redis.url();
+        (Box::new(redis), url)
+    });
 }

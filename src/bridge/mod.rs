@@ -23,7 +23,8 @@
 //! - **Order**: one broker connection per node, one subscription per topic: a topic's publications
 //!   arrive in the order the broker got them, and are published locally in that order.
 //! - **Failure**: the broker down at start, restarted, or unreachable: the node keeps serving its
-//!   clients, logs each change of the link's state once (`warn`), reconnects with exponential
+//!   clients, logs each change of the link's state once (`warn`), notices a silent network (no
+//!   answer to keep-alive pings every `--bridge-ping`, default 2 s), reconnects with exponential
 //!   backoff (10 ms doubling up to `--bridge-max-backoff`, default 2 s), and subscribes again to
 //!   what its clients want then. Local publications that cannot reach the broker are counted and
 //!   dropped: at most `--bridge-queue` wait in the engine's queue, and none are queued while the
@@ -46,6 +47,9 @@ use tokio::sync::{Notify, watch};
 pub const DEFAULT_PREFIX: &str = "ringws";
 /// The default longest wait between two reconnect attempts.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The default interval of the link's keep-alive pings: a link that stays silent (a network that
+/// drops packets without resetting connections) is taken as lost after a few of them.
+pub const DEFAULT_PING: Duration = Duration::from_secs(2);
 /// How often drops while connected (a broker that does not keep up) are logged at most.
 pub const SLOW_LOG_EVERY: Duration = Duration::from_secs(10);
 /// The first wait before reconnecting (doubled after each failed attempt).
@@ -183,6 +187,9 @@ pub struct BridgeOptions {
     pub all: bool,
     /// Longest wait between reconnect attempts.
     pub max_backoff: Duration,
+    /// Keep-alive pings: NATS takes the link as lost after three unanswered ones; on Redis a ping
+    /// (or a publish) not answered within this time ends the connection.
+    pub ping: Duration,
     /// Local publications waiting for the broker at most (beyond: counted and dropped).
     pub capacity: usize,
     /// The name the connection gives the broker (NATS `CONNECT` name, Redis `CLIENT SETNAME`).
@@ -197,6 +204,7 @@ impl BridgeOptions {
             prefix: DEFAULT_PREFIX.to_owned(),
             all: false,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            ping: DEFAULT_PING,
             capacity: ringws::DEFAULT_BRIDGE_CAPACITY,
             name: "ringws".to_owned(),
         }

@@ -38,7 +38,8 @@ pub async fn connect(opts: &BridgeOptions, link: &Arc<LinkState>) -> Result<Clie
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
-        .ping_interval(Duration::from_secs(5))
+        // The client takes the link as lost after three unanswered pings.
+        .ping_interval(opts.ping)
         .reconnect_delay_callback(move |attempt| backoff(attempt, max))
         .event_callback(move |event| {
             let link = Arc::clone(&events);

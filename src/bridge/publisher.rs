@@ -190,7 +190,8 @@ async fn run_redis(
             let Some(item) = item else { return };
             out.clear();
             redis::wrap(&mut out, own, &item.payload, item.binary);
-            if let Err(e) = redis::publish(&mut conn, &subjects[item.index], &out).await {
+            if let Err(e) = redis::publish(&mut conn, &subjects[item.index], &out, opts.ping).await
+            {
                 link.drop_publications(1);
                 link.down(&e);
                 break;

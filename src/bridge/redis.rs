@@ -1,7 +1,8 @@
 //! The Redis side of a bridge (Redis pub/sub, not Streams), with the redis-rs client.
 //!
 //! Two connections per node: one in subscribe mode (`SUBSCRIBE`/`UNSUBSCRIBE`, or `PSUBSCRIBE
-//! PREFIX.*` with `--bridge-all`) and a multiplexed one for `PUBLISH`. When either fails the node
+//! PREFIX.*` with `--bridge-all`) and a multiplexed one for `PUBLISH`. A `PING` on the first every
+//! `--bridge-ping`, and every `PUBLISH`, must be answered within that time. When either fails the node
 //! logs it once, drops its local publications (counted) while it reconnects with
 //! [`backoff`], and then subscribes again to what its clients want at that moment.
 //!
@@ -19,6 +20,7 @@ use ringws::{Bridge, BridgeEvent, Message};
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The envelope's first bytes.
 const MAGIC: [u8; 3] = [0xff, b'R', b'W'];
@@ -62,18 +64,20 @@ async fn open(
     Ok((sink, stream, conn))
 }
 
-/// `PUBLISH channel payload`.
+/// `PUBLISH channel payload`, answered within `within` (else the connection is taken as lost).
 pub async fn publish(
     conn: &mut MultiplexedConnection,
     channel: &str,
     payload: &[u8],
-) -> redis::RedisResult<()> {
-    redis::cmd("PUBLISH")
-        .arg(channel)
-        .arg(payload)
-        .query_async::<i64>(conn)
-        .await
-        .map(drop)
+    within: Duration,
+) -> Result<(), String> {
+    let mut cmd = redis::cmd("PUBLISH");
+    cmd.arg(channel).arg(payload);
+    match tokio::time::timeout(within, cmd.query_async::<i64>(conn)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer to PUBLISH within {within:?}")),
+    }
 }
 
 /// Connects, retrying with backoff until it succeeds or the bridge stops (`None`). While the link
@@ -148,6 +152,8 @@ pub(crate) async fn node(mut n: Node) {
         }
         n.link.up();
         let mut reader = spawn_reader(stream, &bridge, &n.opts.prefix, own);
+        let mut keepalive = tokio::time::interval(n.opts.ping);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lost = loop {
             tokio::select! {
                 () = n.wake.notified() => {}
@@ -157,6 +163,21 @@ pub(crate) async fn node(mut n: Node) {
                 }
                 // The reader ends when the subscribing connection does.
                 _ = &mut reader => break "connection lost".to_owned(),
+                _ = keepalive.tick() => {
+                    // A network that drops packets ends no connection: ask for an answer.
+                    let ping = sink.ping::<redis::Value>();
+                    match tokio::time::timeout(n.opts.ping, ping).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => {
+                            reader.abort();
+                            break e.to_string();
+                        }
+                        Err(_) => {
+                            reader.abort();
+                            break format!("no answer to PING within {:?}", n.opts.ping);
+                        }
+                    }
+                }
             }
             bridge.poll(&mut events);
             let mut dropped = 0;
@@ -193,9 +214,9 @@ pub(crate) async fn node(mut n: Node) {
                         }
                         out.clear();
                         wrap(&mut out, own, o.payload(), o.is_binary());
-                        if let Err(e) = publish(&mut conn, &channel, &out).await {
+                        if let Err(e) = publish(&mut conn, &channel, &out, n.opts.ping).await {
                             dropped += 1;
-                            failed = Some(e.to_string());
+                            failed = Some(e);
                         }
                     }
                 }

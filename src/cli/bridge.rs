@@ -2,7 +2,7 @@
 
 use clap::Args;
 use ringws_cli::bridge::{
-    BridgeOptions, BrokerUrl, DEFAULT_MAX_BACKOFF, DEFAULT_PREFIX, is_subject,
+    BridgeOptions, BrokerUrl, DEFAULT_MAX_BACKOFF, DEFAULT_PING, DEFAULT_PREFIX, is_subject,
 };
 use std::time::Duration;
 
@@ -30,6 +30,11 @@ pub struct BridgeArgs {
     /// 10 ms and doubles).
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_MAX_BACKOFF.as_secs_f64(), requires = "bridge")]
     pub bridge_max_backoff: f64,
+    /// With --bridge: keep-alive ping interval, in seconds: a broker link that stays silent (a
+    /// network that drops packets) is taken as lost after three unanswered pings (NATS) or one
+    /// ping or publish not answered within it (Redis), then reconnected.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_PING.as_secs_f64(), requires = "bridge")]
+    pub bridge_ping: f64,
 }
 
 fn parse_url(s: &str) -> Result<BrokerUrl, String> {
@@ -59,6 +64,10 @@ impl BridgeArgs {
         opts.all = self.bridge_all;
         opts.capacity = self.bridge_queue as usize;
         opts.max_backoff = max_backoff;
+        opts.ping = Duration::try_from_secs_f64(self.bridge_ping)
+            .ok()
+            .filter(|d| (Duration::from_millis(100)..=Duration::from_secs(600)).contains(d))
+            .ok_or("invalid --bridge-ping: it must be between 0.1 and 600 seconds")?;
         opts.name = name;
         Ok(Some(opts))
     }

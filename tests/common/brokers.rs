@@ -334,16 +334,24 @@ pub type PerConnection = Vec<(String, Vec<String>)>;
 /// A `redis-server` on a free port, without persistence.
 pub struct Redis {
     pub port: u16,
+    /// The address it listens on.
+    pub host: IpAddr,
     proc: Proc,
 }
 
 impl Redis {
     /// Starts one and waits until it accepts clients.
     pub fn start() -> Redis {
-        Redis::on(free_port())
+        Redis::on(LOCALHOST, free_port())
     }
 
-    fn on(port: u16) -> Redis {
+    /// Starts one listening on `host` (an address of this machine other than 127.0.0.1; protected
+    /// mode off, as Redis refuses other hosts' clients without a password otherwise).
+    pub fn start_at(host: IpAddr) -> Redis {
+        Redis::on(host, free_port())
+    }
+
+    fn on(host: IpAddr, port: u16) -> Redis {
         let exe = require("redis-server", "redis-server");
         let proc = Proc::spawn(
             "redis-server",
@@ -351,20 +359,22 @@ impl Redis {
                 "--port",
                 &port.to_string(),
                 "--bind",
-                "127.0.0.1",
+                &host.to_string(),
+                "--protected-mode",
+                "no",
                 "--save",
                 "",
                 "--appendonly",
                 "no",
             ]),
         );
-        wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), "redis-server");
-        Redis { port, proc }
+        wait_listening(SocketAddr::new(host, port), "redis-server");
+        Redis { port, host, proc }
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://HOST:PORT`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}", SocketAddr::new(self.host, self.port))
     }
 
     /// Kills it (SIGKILL).
@@ -375,13 +385,13 @@ impl Redis {
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.proc.kill();
-        *self = Redis::on(self.port);
+        *self = Redis::on(self.host, self.port);
     }
 
     /// Sends one command in RESP over a plain socket; the reader, after the reply's first line,
     /// and that line.
     fn command(&self, args: &[&str]) -> (BufReader<TcpStream>, String) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect redis");
+        let mut s = TcpStream::connect((self.host, self.port)).expect("connect redis");
         s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         let mut req = format!("*{}\r\n", args.len());
         for a in args {
@@ -692,7 +702,8 @@ pub fn expect_in_order(sub: &mut Subscriber, want: usize, within: Duration) -> R
 }
 
 /// Network namespaces that stand for separate hosts, one veth each into a bridge of the test's own
-/// in the root namespace, on a /24 of 10.213.0.0/16 picked from the process id: the root namespace
+/// in the root namespace, on a /24 of 10.213.0.0/16 picked from the process id and a count of the
+/// process's `Hosts`: the root namespace
 /// is `.1` (where brokers and HAProxy reach them), host `i` is `.(11 + i)`. Made by the test and
 /// removed when dropped (root only).
 pub struct Hosts {
@@ -700,6 +711,8 @@ pub struct Hosts {
     tag: String,
     bridge: String,
     namespaces: Vec<String>,
+    /// Each host's end of its veth.
+    links: Vec<String>,
     /// The root namespace's address on the bridge.
     pub gateway: IpAddr,
     /// Each host's address.
@@ -727,13 +740,17 @@ impl Hosts {
     /// `n` hosts (at most 200).
     pub fn new(n: usize) -> Hosts {
         assert!(n <= 200);
+        // Unique per test (a counter) and per process (the pid), in names and subnets alike.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n_made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let tag = format!("{}", pid % 100_000);
-        let net = 1 + pid % 250;
+        let tag = format!("{}{}", pid % 10_000, n_made % 10);
+        let net = 1 + ((pid % 50) * 5 + n_made % 5) % 250;
         let mut hosts = Hosts {
             ip: require("ip", "iproute2"),
             bridge: format!("rwb{tag}"),
             namespaces: Vec::new(),
+            links: Vec::new(),
             gateway: IpAddr::V4(Ipv4Addr::new(10, 213, net as u8, 1)),
             addrs: Vec::new(),
             tag,
@@ -768,8 +785,23 @@ impl Hosts {
             ip(&["-n", &ns, "link", "set", &inner, "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
             hosts.addrs.push(IpAddr::V4(addr));
+            hosts.links.push(inner);
         }
         hosts
+    }
+
+    /// Takes host `i`'s network link down (`false`: its packets are dropped, no connection is
+    /// reset) or up again.
+    pub fn link(&self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&[
+            "-n",
+            &self.namespaces[i],
+            "link",
+            "set",
+            &self.links[i],
+            state,
+        ]);
     }
 
     /// A command that runs `program` on host `i` (in its namespace).
@@ -782,8 +814,14 @@ impl Hosts {
 
 impl Drop for Hosts {
     fn drop(&mut self) {
-        // Deleting a namespace deletes the veth end inside it, and so its peer in the bridge.
-        for ns in &self.namespaces {
+        // Deleting a namespace deletes the veth end inside it, and so its peer, once nothing
+        // holds the namespace any more (a socket closing late can): delete the outer ends too.
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let outer = format!("rwh{}x{i}", self.tag);
+            let _ = Command::new(&self.ip)
+                .args(["link", "del", &outer])
+                .stderr(Stdio::null())
+                .status();
             let _ = Command::new(&self.ip).args(["netns", "del", ns]).status();
         }
         let _ = Command::new(&self.ip)
