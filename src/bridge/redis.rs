@@ -131,6 +131,8 @@ pub(crate) async fn node(mut n: Node) {
     // The topics subscribed on the broker (kept across connections, to tell which ones the node
     // no longer wants after an outage).
     let mut subscribed: HashSet<Arc<str>> = HashSet::new();
+    // Connections in a row whose subscriptions failed.
+    let mut refused = 0;
     'connection: loop {
         let Some((mut sink, stream, mut conn)) = connect(&client, &mut n, &bridge).await else {
             return;
@@ -147,9 +149,18 @@ pub(crate) async fn node(mut n: Node) {
             resubscribe(&mut sink, &bridge, &n.opts, &mut subscribed, &mut skipped).await
         };
         if let Err(e) = ok {
+            // Connected, but the subscriptions were refused or the connection died at once: wait
+            // before the next attempt, as for a failed connect (the server may refuse for good,
+            // e.g. an ACL, and must not be hammered).
             n.link.unreachable_at_start(&e);
-            continue;
+            tracing::debug!("bridge to {}: subscribing failed: {e}", n.opts.url.url);
+            refused += 1;
+            tokio::select! {
+                () = tokio::time::sleep(backoff(refused, n.opts.max_backoff)) => continue,
+                _ = n.stopped.changed() => return,
+            }
         }
+        refused = 0;
         n.link.up();
         let mut reader = spawn_reader(stream, &bridge, &n.opts.prefix, own);
         let mut keepalive = tokio::time::interval(n.opts.ping);
