@@ -89,7 +89,9 @@ pub use connect::{Connect, ConnectError, MAX_DIALING};
 pub use context::Context;
 pub use error::EngineError;
 pub use handler::{Decision, Handler, HttpResponse};
-pub use pubsub::bridge::{Bridge, BridgeEvent, BridgeStats, DEFAULT_BRIDGE_CAPACITY, Outgoing};
+pub use pubsub::bridge::{
+    Bridge, BridgeEvent, BridgePublication, BridgeStats, DEFAULT_BRIDGE_CAPACITY,
+};
 pub use pubsub::{MAX_TOPIC_NAME, PubSubError, Publisher, SlowConsumer, Topic, TopicStats};
 pub use ring::probe::{Feature, MemlockNeed, ProbeReport, Support};
 pub use ringws_protocol::CloseCode;

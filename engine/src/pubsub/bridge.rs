@@ -36,7 +36,7 @@ pub const DEFAULT_BRIDGE_CAPACITY: usize = 1 << 16;
 
 /// A publication made on this node, on its way to the broker.
 #[derive(Clone)]
-pub struct Outgoing {
+pub struct BridgePublication {
     topic: Arc<TopicInner>,
     frame: Arc<[u8]>,
     /// Where the payload starts in `frame` (after the WebSocket header).
@@ -44,7 +44,7 @@ pub struct Outgoing {
     binary: bool,
 }
 
-impl Outgoing {
+impl BridgePublication {
     /// The topic's name.
     pub fn topic(&self) -> &str {
         &self.topic.name
@@ -74,9 +74,9 @@ impl Outgoing {
     }
 }
 
-impl fmt::Debug for Outgoing {
+impl fmt::Debug for BridgePublication {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outgoing")
+        f.debug_struct("BridgePublication")
             .field("topic", &self.topic())
             .field("len", &self.payload().len())
             .field("binary", &self.binary)
@@ -97,7 +97,7 @@ pub enum BridgeEvent {
         wanted: bool,
     },
     /// A publication made on this node, to send to the broker once.
-    Publish(Outgoing),
+    Publish(BridgePublication),
 }
 
 /// The bridge's counters.
@@ -114,7 +114,7 @@ pub struct BridgeStats {
 
 #[derive(Default)]
 struct Pending {
-    out: VecDeque<Outgoing>,
+    out: VecDeque<BridgePublication>,
     /// Topics whose interest changed since the last poll, each at most once.
     interest: Vec<Arc<TopicInner>>,
     /// Polling stopped: the bridge was dropped.
@@ -151,7 +151,7 @@ impl Link {
             return;
         }
         let was_empty = p.out.is_empty() && p.interest.is_empty();
-        p.out.push_back(Outgoing {
+        p.out.push_back(BridgePublication {
             topic: Arc::clone(topic),
             frame: Arc::clone(frame),
             start,
