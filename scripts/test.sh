@@ -4,8 +4,10 @@
 #      (tests/interop/.venv, from requirements.txt),
 #   2. the Node packages for the other interop client (npm ci in tests/interop/node),
 #   2b. Debian's chromium (the browser test of the feed page), shellcheck (tests/tuning.rs lints the
-#       tuning scripts with it), prometheus (promtool and a Prometheus server for tests/ops.rs) and
-#       haproxy (tests/ops.rs drains a backend behind it), with apt-get as root if missing,
+#       tuning scripts with it), prometheus (promtool and a Prometheus server for tests/ops.rs),
+#       haproxy (tests/ops.rs drains a backend behind it; tests/cluster.rs balances nodes with it),
+#       nats-server, redis-server and nginx (tests/cluster.rs and tests/deploy.rs), with apt-get as
+#       root if missing,
 #   3. every Rust test of the workspace (unit, integration, interop, benches in test mode), then doc tests.
 #      As root this includes the tests marked #[ignore = "needs root ..."] (sysctl writes, TCP_REPAIR,
 #      mount namespaces, other users); without root they are listed at the end as not run. Tests named
@@ -61,7 +63,13 @@ missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 { command -v prometheus && command -v promtool; } >/dev/null || missing+=(prometheus)
-command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+# tests/cluster.rs runs real brokers and a load balancer in front of several nodes, tests/deploy.rs
+# checks deploy/ with the tools that read it. Some live in /usr/sbin, often not on a user's PATH.
+has() { command -v "$1" >/dev/null || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]; }
+has haproxy || missing+=(haproxy)
+has nats-server || missing+=(nats-server)
+has redis-server || missing+=(redis-server)
+has nginx || missing+=(nginx)
 if ((${#missing[@]})); then
     if $is_root && command -v apt-get >/dev/null; then
         say "installing ${missing[*]} for the tests (apt-get)"

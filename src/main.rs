@@ -41,6 +41,9 @@ enum Command {
     /// and state. Rates are the increase between two scrapes over the time between them. A server
     /// that cannot be read is retried; Ctrl-C or SIGTERM ends the view (exit status 0).
     Top(cli::top::TopArgs),
+    /// Publish the market feed's synthetic quotes into a message broker (NATS or Redis), for
+    /// `serve --mode feed --rate 0 --bridge URL` nodes to deliver; serves no clients.
+    Ticker(cli::ticker::TickerArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Check(args) => return cli::check::run(args),
         Command::Load(args) => return cli::load::run(*args),
         Command::Top(args) => return cli::top::run(args),
+        Command::Ticker(args) => return cli::ticker::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

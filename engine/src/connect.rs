@@ -1,4 +1,4 @@
-//! Outgoing connections: the client side of the engine (RFC 6455 §4.1).
+//! BridgePublication connections: the client side of the engine (RFC 6455 §4.1).
 //!
 //! A worker opens client connections on the same ring, provided-buffer ring, output queues and timer
 //! wheel as the connections it accepts, and delivers their messages to the same [`Handler`]: a

@@ -8,7 +8,8 @@
 //! - [`Server`] / [`ServerBuilder`] / [`ServerHandle`]: settings, start-up, shutdown and signals.
 //! - [`Handler`]: the callbacks; [`Socket`]: a connection lent to a callback.
 //! - [`Publisher`] / [`Topic`] / [`SlowConsumer`]: publish/subscribe with encode-once fan-out to
-//!   subscribers on every worker, and per-topic slow-consumer policies.
+//!   subscribers on every worker, and per-topic slow-consumer policies; [`Bridge`]: the hook a
+//!   message broker client (NATS, Redis) uses to carry publications between several nodes.
 //! - [`Connect`] / [`Context`]: client connections opened by the workers (masked frames, the same
 //!   callbacks); [`ServerBuilder::client_only`] for an engine without a listener.
 //! - [`DeflateConfig`]: permessage-deflate (RFC 7692) for both ([`ServerBuilder::deflate`],
@@ -88,6 +89,9 @@ pub use connect::{Connect, ConnectError, MAX_DIALING};
 pub use context::Context;
 pub use error::EngineError;
 pub use handler::{Decision, Handler, HttpResponse};
+pub use pubsub::bridge::{
+    Bridge, BridgeEvent, BridgePublication, BridgeStats, DEFAULT_BRIDGE_CAPACITY,
+};
 pub use pubsub::{MAX_TOPIC_NAME, PubSubError, Publisher, SlowConsumer, Topic, TopicStats};
 pub use ring::probe::{Feature, MemlockNeed, ProbeReport, Support};
 pub use ringws_protocol::CloseCode;

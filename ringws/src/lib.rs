@@ -45,6 +45,10 @@ pub use ringws_engine::{
     PubSubError, Publisher, Request, SendResult, Server, ServerBuilder, ServerHandle, SlowConsumer,
     Socket, Topic, TopicStats,
 };
+// Several nodes over a message broker: the hook a broker client (NATS, Redis) drives.
+pub use ringws_engine::{
+    Bridge, BridgeEvent, BridgePublication, BridgeStats, DEFAULT_BRIDGE_CAPACITY,
+};
 // The client side: connections opened by the workers, with the same callbacks.
 pub use ringws_engine::{Connect, ConnectError, Context};
 // permessage-deflate (RFC 7692): the policy for `ServerBuilder::deflate` and `Connect::deflate`.

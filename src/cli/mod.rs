@@ -1,11 +1,13 @@
 //! Subcommands of the `ringws` binary, one module each, and what they share: logging, stdout that
 //! tolerates a reader that went away, and error messages in terms of the command-line options.
 
+pub mod bridge;
 pub mod check;
 pub mod deflate;
 pub mod limits;
 pub mod load;
 pub mod serve;
+pub mod ticker;
 pub mod top;
 
 use clap::ValueEnum;

@@ -1,10 +1,12 @@
 //! `ringws serve`: the benchmark echo server, or the market-data feed (`--mode feed`).
 
+use super::bridge::BridgeArgs;
 use super::deflate::DeflateArgs;
 use super::limits::LimitArgs;
 use super::{given, note};
 use clap::{Args, ValueEnum};
 use ringws::{BackpressurePolicy, EngineError, Handler, Message, Server, ServerBuilder, Socket};
+use ringws_cli::bridge::BridgeThread;
 use ringws_cli::feed::{Feed, FeedConfig, Listening};
 use ringws_cli::settings::{help, long_help};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -79,8 +81,8 @@ pub struct ServeArgs {
     ))]
     symbols: Option<usize>,
     #[arg(long, help = format!(
-        "With --mode feed: quotes published per second over all symbols, 1 to 10000000 \
-         [default: {}]",
+        "With --mode feed: quotes published per second over all symbols, up to 10000000; 0: no \
+         ticker (a node fed by `ringws ticker` through --bridge) [default: {}]",
         FeedConfig::default().rate
     ))]
     rate: Option<u64>,
@@ -93,6 +95,8 @@ pub struct ServeArgs {
     deflate_budget: Option<usize>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    bridge: BridgeArgs,
 }
 
 /// Checks `--addr`: `HOST:PORT`, where HOST is an IP address (IPv6 in brackets) or a name to
@@ -123,6 +127,7 @@ impl ServeArgs {
             ("--symbols", self.symbols.is_some()),
             ("--rate", self.rate.is_some()),
             ("--binary", self.binary),
+            ("--bridge", self.bridge.bridge.is_some()),
         ];
         let given: Vec<&str> = feed_only
             .iter()
@@ -232,6 +237,16 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
         b = b.deflate_budget(mib.saturating_mul(1 << 20));
     }
     b = args.limits.apply(b);
+    let bridge = args
+        .bridge
+        .options(format!(
+            "ringws serve {}",
+            args.addr.as_deref().unwrap_or("127.0.0.1:9001")
+        ))
+        .map_err(|e| EngineError::Io {
+            context: "reading the --bridge options",
+            source: std::io::Error::other(e),
+        })?;
     // Tests and scripts wait for exactly this line, printed first.
     let ready = |on: &Listening| {
         note!("listening on {} ({} workers)", on.addr, on.workers);
@@ -255,9 +270,19 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
                 rate: args.rate.unwrap_or(defaults.rate),
                 binary: args.binary,
             })?;
-            feed.serve(b, |on| {
+            feed.serve_with(b, |on, publisher| {
                 ready(on);
                 note!("feed page: {}", page_url(on.addr));
+                let Some(opts) = bridge else {
+                    return Ok(None);
+                };
+                let url = opts.url.url.clone();
+                let thread = BridgeThread::start(publisher, opts).map_err(|e| EngineError::Io {
+                    context: "starting the broker bridge",
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                note!("bridged to {url}");
+                Ok(Some(thread))
             })
         }
     }

@@ -4,8 +4,10 @@
 //! - One topic per symbol (`BTC-USD`, `ETH-USD`, ... then generated `S00015-USD`...), conflating per
 //!   topic: a client that falls behind gets the latest quote of each symbol, not the backlog.
 //! - A ticker thread publishes `rate` quotes per second in total, round-robin over the symbols,
-//!   through [`Topic`] handles of a [`Publisher`](ringws::Publisher), each stamped with its publish
-//!   time ([`Quote`]).
+//!   through [`Topic`] handles of a [`Publisher`], each stamped with its publish
+//!   time ([`Quote`]). With `rate` 0 there is no ticker: a node of several behind a load balancer
+//!   gets its quotes from a message broker instead (`--bridge`, fed by `ringws ticker`, which runs
+//!   the same [`Ticker`] into the broker).
 //! - Clients send JSON control messages ([`control`]) to subscribe and unsubscribe; a new subscriber
 //!   first gets the last quote of each symbol it subscribed to.
 //! - `GET /symbols` lists the symbols as a JSON array; `GET /` serves a live page that subscribes to a
@@ -18,10 +20,11 @@ pub use quote::{BINARY_HEADER, MAX_SYMBOL, Quote, timestamp};
 
 use control::{Control, ControlError};
 use ringws::{
-    EngineError, Handler, HttpResponse, Message, Request, ServerBuilder, SlowConsumer, Socket,
-    Topic,
+    EngineError, Handler, HttpResponse, Message, Publisher, Request, ServerBuilder, SlowConsumer,
+    Socket, Topic,
 };
 use std::collections::HashSet;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,7 +63,8 @@ const KNOWN: [(&str, f64); 15] = [
 pub struct FeedConfig {
     /// Number of symbols, 1 to [`MAX_SYMBOLS`] (default 100).
     pub symbols: usize,
-    /// Quotes per second over all symbols, 1 to [`MAX_RATE`] (default 1000).
+    /// Quotes per second over all symbols, up to [`MAX_RATE`] (default 1000); 0: no ticker (the
+    /// quotes come from a broker through a bridge).
     pub rate: u64,
     /// Publish quotes as binary frames (layout in [`Quote`]'s module docs) instead of JSON text.
     pub binary: bool,
@@ -139,10 +143,10 @@ impl Feed {
                 requirement: "between 1 and 100000",
             });
         }
-        if !(1..=MAX_RATE).contains(&cfg.rate) {
+        if cfg.rate > MAX_RATE {
             return Err(EngineError::InvalidConfig {
                 setting: "rate",
-                requirement: "between 1 and 10000000 quotes per second",
+                requirement: "at most 10000000 quotes per second (0: no ticker)",
             });
         }
         Ok(Self {
@@ -165,6 +169,22 @@ impl Feed {
         builder: ServerBuilder,
         ready: impl FnOnce(&Listening),
     ) -> Result<(), EngineError> {
+        self.serve_with(builder, |on, _| {
+            ready(on);
+            Ok(())
+        })
+    }
+
+    /// [`serve`](Self::serve), with `ready` also given the server's [`Publisher`] (e.g. to attach
+    /// a broker bridge). It runs on the thread that runs the server, after SIGINT/SIGTERM were
+    /// blocked there, so threads it starts inherit that mask. What it returns is dropped once the
+    /// server has stopped (e.g. a guard that stops and joins a thread); an error from it shuts
+    /// the server down and is returned.
+    pub fn serve_with<G>(
+        self,
+        builder: ServerBuilder,
+        ready: impl FnOnce(&Listening, &Publisher) -> Result<G, EngineError>,
+    ) -> Result<(), EngineError> {
         let n = self.names.len();
         let server = builder.max_topics(n.max(1 << 16)).build()?;
         let publisher = server.publisher();
@@ -177,8 +197,10 @@ impl Feed {
                 setting: "max_topics",
                 requirement: "room for one new topic per symbol",
             })?;
-        let mut ticker = Ticker::new(topics, self.cfg);
-        ticker.publish_all(); // every symbol has a last quote before the first client arrives
+        let mut ticker = Ticker::new(&self.names, self.cfg, topics);
+        if self.cfg.rate > 0 {
+            ticker.publish_all(); // every symbol has a last quote before the first client arrives
+        }
         let shared = Arc::new(Shared {
             known: self.names.iter().map(|s| s.as_str().into()).collect(),
             symbols_json: symbols_json(&self.names),
@@ -186,21 +208,38 @@ impl Feed {
         let listening = Listening::of(&server);
         let stop = Arc::new(AtomicBool::new(false));
         let mut thread: Option<JoinHandle<()>> = None;
+        let mut guard: Option<Result<G, EngineError>> = None;
+        let handle = server.handle();
         let result = server.run_with_ready(
             |_| FeedHandler::new(Arc::clone(&shared)),
             || {
                 // Spawned from the thread that runs the server, after it blocked SIGINT/SIGTERM,
                 // so the ticker inherits the mask and the signals reach the server.
-                let stop = Arc::clone(&stop);
-                thread = Some(std::thread::spawn(move || ticker.run(&stop)));
-                ready(&listening);
+                if self.cfg.rate > 0 {
+                    let stop = Arc::clone(&stop);
+                    thread = Some(std::thread::spawn(move || {
+                        ticker.run(&stop);
+                    }));
+                }
+                let g = ready(&listening, &publisher);
+                if g.is_err() {
+                    handle.shutdown();
+                }
+                guard = Some(g);
             },
         );
         stop.store(true, Ordering::Relaxed);
         if let Some(t) = thread {
             let _ = t.join();
         }
-        result
+        match guard {
+            Some(Err(e)) => Err(e),
+            Some(Ok(g)) => {
+                drop(g);
+                result
+            }
+            None => result,
+        }
     }
 }
 
@@ -226,15 +265,32 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Where a [`Ticker`] publishes: the topics of a local server, or a message broker.
+pub trait QuoteSink {
+    /// Publishes `msg`, the quote of symbol number `index` (named `symbol`). Must not block for long:
+    /// the ticker keeps its rate by publishing between 1 ms sleeps.
+    fn publish(&mut self, index: usize, symbol: &str, msg: Message<'_>);
+}
+
+/// The feed's own topics, one per symbol in symbol order.
+impl QuoteSink for Vec<Topic> {
+    fn publish(&mut self, index: usize, _symbol: &str, msg: Message<'_>) {
+        self[index].publish(msg);
+    }
+}
+
 /// One symbol's price state.
 struct Book {
-    topic: Topic,
+    symbol: Box<str>,
     mid: f64,
     seq: u64,
 }
 
-/// Publishes synthetic quotes: a random walk per symbol, round-robin at a fixed total rate.
-struct Ticker {
+/// Publishes synthetic quotes: a random walk per symbol, round-robin at a fixed total rate, each
+/// stamped here with its symbol's `seq` and the publish time `ts` (so that every node behind a
+/// broker delivers the same `seq` for the same quote).
+pub struct Ticker<S> {
+    sink: S,
     books: Vec<Book>,
     cfg: FeedConfig,
     /// xorshift64 state (never zero).
@@ -244,21 +300,36 @@ struct Ticker {
     bytes: Vec<u8>,
 }
 
-impl Ticker {
-    fn new(topics: Vec<Topic>, cfg: FeedConfig) -> Self {
+impl<S> fmt::Debug for Ticker<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticker")
+            .field("symbols", &self.books.len())
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+impl<S: QuoteSink> Ticker<S> {
+    /// A ticker for the symbols `names` (see [`symbol_names`]) publishing into `sink`.
+    pub fn new(names: &[String], cfg: FeedConfig, sink: S) -> Self {
         let mut rng = 0x9e37_79b9_7f4a_7c15;
-        let books = topics
-            .into_iter()
+        let books = names
+            .iter()
             .enumerate()
-            .map(|(i, topic)| {
+            .map(|(i, name)| {
                 let mid = KNOWN.get(i).map_or_else(
                     || 1.0 + (xorshift(&mut rng) % 50_000) as f64 / 100.0,
                     |k| k.1,
                 );
-                Book { topic, mid, seq: 0 }
+                Book {
+                    symbol: name.as_str().into(),
+                    mid,
+                    seq: 0,
+                }
             })
             .collect();
         Self {
+            sink,
             books,
             cfg,
             rng,
@@ -277,7 +348,7 @@ impl Ticker {
         book.seq += 1;
         let half = book.mid * 5e-5;
         let quote = Quote {
-            symbol: book.topic.name(),
+            symbol: &book.symbol,
             bid: book.mid - half,
             ask: book.mid + half,
             seq: book.seq,
@@ -286,24 +357,26 @@ impl Ticker {
         if self.cfg.binary {
             self.bytes.clear();
             quote.write_binary(&mut self.bytes);
-            book.topic.publish(Message::Binary(&self.bytes));
+            self.sink
+                .publish(i, &book.symbol, Message::Binary(&self.bytes));
         } else {
             self.text.clear();
             quote.write_json(&mut self.text);
-            book.topic.publish(Message::Text(&self.text));
+            self.sink
+                .publish(i, &book.symbol, Message::Text(&self.text));
         }
     }
 
     /// One quote for every symbol.
-    fn publish_all(&mut self) {
+    pub fn publish_all(&mut self) {
         for i in 0..self.books.len() {
             self.publish(i);
         }
     }
 
     /// Publishes at `cfg.rate` quotes per second until `stop`, checking it every millisecond. After
-    /// a stall it catches up at most one second's worth.
-    fn run(mut self, stop: &AtomicBool) {
+    /// a stall it catches up at most one second's worth. Returns the sink.
+    pub fn run(mut self, stop: &AtomicBool) -> S {
         let (start, rate, n) = (Instant::now(), u128::from(self.cfg.rate), self.books.len());
         let mut sent: u64 = 0;
         while !stop.load(Ordering::Relaxed) {
@@ -316,6 +389,7 @@ impl Ticker {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        self.sink
     }
 }
 
@@ -435,7 +509,14 @@ mod tests {
             }),
             "symbols"
         );
-        assert_eq!(bad(FeedConfig { rate: 0, ..d }), "rate");
+        assert_eq!(
+            bad(FeedConfig {
+                rate: MAX_RATE + 1,
+                ..d
+            }),
+            "rate"
+        );
+        assert!(Feed::new(FeedConfig { rate: 0, ..d }).is_ok(), "no ticker");
         assert!(Feed::new(d).is_ok());
     }
 

@@ -69,7 +69,9 @@ impl Local {
     /// publishers stop queueing for it.
     pub fn detach(&mut self) {
         for s in self.topics.iter_mut().flatten() {
-            s.topic.uncount(self.worker, s.members.len() as u32);
+            if s.topic.uncount(self.worker, s.members.len() as u32) {
+                self.hub.interest_changed(&s.topic);
+            }
             s.members.clear();
             s.index.clear();
         }
@@ -103,7 +105,9 @@ impl Local {
         }
         // Counted before reading the topic's number: a publish numbered after `seq` sees the count
         // (the topic's lock orders the two) and is queued for this worker.
-        topic.count(self.worker, true);
+        if topic.count(self.worker, true) {
+            self.hub.interest_changed(&topic);
+        }
         let (seq, last) = topic.latest();
         subs.index.insert(slot, subs.members.len() as u32);
         subs.members.push(Member { slot, after: seq });
@@ -156,7 +160,9 @@ impl Local {
         if let Some(moved) = subs.members.get(i as usize) {
             subs.index.insert(moved.slot, i);
         }
-        subs.topic.count(self.worker, false);
+        if subs.topic.count(self.worker, false) {
+            self.hub.interest_changed(&subs.topic);
+        }
     }
 
     /// Publishes from a callback on this worker: other workers get it through their inboxes, this

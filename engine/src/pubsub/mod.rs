@@ -19,19 +19,25 @@
 //! Each worker keeps its own subscriber lists ([`local`]), so delivery takes no lock. A subscriber
 //! whose queued output is over `max_backpressure` is behind; the topic's [`SlowConsumer`] policy then
 //! decides (conflate, drop, disconnect), and only that subscriber is affected.
+//!
+//! A [`Bridge`] ([`bridge`]) connects the hub to a message broker for running several nodes: the
+//! hub tells it when a topic gains its first or loses its last subscriber on the node, queues local
+//! publications for it (bounded), and takes the broker's publications without sending them back.
 
+pub mod bridge;
 mod inbox;
 pub(crate) mod local;
 
 use crate::conn::Message;
 use crate::ring::sys::poke;
+use bridge::{Bridge, Link};
 use inbox::{Inbox, Pushed};
 use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 /// Longest topic name, in bytes.
 pub const MAX_TOPIC_NAME: usize = 256;
@@ -92,6 +98,10 @@ pub enum PubSubError {
     TopicExists,
     /// The connection is not open (it is closing or closed): it cannot subscribe.
     NotOpen,
+    /// [`Publisher::bridge`]: a bridge is already attached to this server (one per server).
+    BridgeAttached,
+    /// [`Publisher::bridge`]: the queue's capacity must be at least 1.
+    InvalidCapacity,
 }
 
 impl fmt::Display for PubSubError {
@@ -101,6 +111,8 @@ impl fmt::Display for PubSubError {
             Self::InvalidName => write!(f, "a topic name must be 1 to {MAX_TOPIC_NAME} bytes"),
             Self::TopicExists => write!(f, "the topic already exists"),
             Self::NotOpen => write!(f, "the connection is not open"),
+            Self::BridgeAttached => write!(f, "a bridge is already attached to this server"),
+            Self::InvalidCapacity => write!(f, "a bridge's queue capacity must be at least 1"),
         }
     }
 }
@@ -154,6 +166,11 @@ pub(crate) struct TopicInner {
     pub policy: SlowConsumer,
     /// Subscribers per worker: a publish skips workers without any.
     subscribers: Box<[AtomicU32]>,
+    /// Subscribers over all workers: its changes from and to zero are the node's interest, which
+    /// a [`Bridge`] reports.
+    node: AtomicU32,
+    /// The topic waits in the bridge's queue of interest changes (queued once until polled).
+    interest_pending: AtomicBool,
     latest: Mutex<Latest>,
     published: AtomicU64,
     pub dropped: AtomicU64,
@@ -163,18 +180,37 @@ pub(crate) struct TopicInner {
 }
 
 impl TopicInner {
-    /// Records one more (`true`) or one fewer subscriber on `worker`.
-    pub fn count(&self, worker: usize, subscribed: bool) {
+    /// Records one more (`true`) or one fewer subscriber on `worker`. Returns whether the node's
+    /// interest changed: the topic gained its first subscriber on the node or lost its last.
+    pub fn count(&self, worker: usize, subscribed: bool) -> bool {
         if subscribed {
             self.subscribers[worker].fetch_add(1, Ordering::AcqRel);
+            self.node.fetch_add(1, Ordering::AcqRel) == 0
         } else {
             self.subscribers[worker].fetch_sub(1, Ordering::AcqRel);
+            self.node.fetch_sub(1, Ordering::AcqRel) == 1
         }
     }
 
-    /// Forgets `n` subscribers of `worker` at once (the worker is exiting).
-    pub fn uncount(&self, worker: usize, n: u32) {
+    /// Forgets `n` subscribers of `worker` at once (the worker is exiting). Returns whether the
+    /// node's interest changed (it lost its last subscribers).
+    pub fn uncount(&self, worker: usize, n: u32) -> bool {
         self.subscribers[worker].fetch_sub(n, Ordering::AcqRel);
+        n > 0 && self.node.fetch_sub(n, Ordering::AcqRel) == n
+    }
+
+    /// Subscribers of the topic over all workers.
+    pub fn node_subscribers(&self) -> u32 {
+        self.node.load(Ordering::Acquire)
+    }
+
+    /// Forgets the last publication (its number stays): a subscriber gets no snapshot until the
+    /// next publication.
+    pub fn forget_last(&self) {
+        self.latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last = None;
     }
 
     /// The number of the last publication and the publication itself. A subscriber registered (and
@@ -219,6 +255,8 @@ pub(crate) struct Hub {
     wakers: Box<[OwnedFd]>,
     default_policy: SlowConsumer,
     max_topics: usize,
+    /// The attached broker bridge, if any.
+    bridge: OnceLock<Arc<Link>>,
 }
 
 impl Hub {
@@ -230,7 +268,27 @@ impl Hub {
             wakers: wakers.into(),
             default_policy,
             max_topics,
+            bridge: OnceLock::new(),
         }
+    }
+
+    /// Tells the bridge (if one is attached) that `topic`'s interest on this node changed.
+    pub fn interest_changed(&self, topic: &Arc<TopicInner>) {
+        if let Some(link) = self.bridge.get() {
+            link.interest(topic);
+        }
+    }
+
+    /// The topic named `name` if it exists (never creates one).
+    fn existing(&self, name: &str) -> Option<Arc<TopicInner>> {
+        let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+        topics.get(name).cloned()
+    }
+
+    /// Every topic, for the bridge.
+    fn topics_snapshot(&self) -> Vec<Arc<TopicInner>> {
+        let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+        topics.values().cloned().collect()
     }
 
     /// The topic named `name`, created with `policy` (or the default) if it does not exist.
@@ -273,6 +331,8 @@ impl Hub {
             name: name.into(),
             policy: policy.unwrap_or(self.default_policy),
             subscribers: self.inboxes.iter().map(|_| AtomicU32::new(0)).collect(),
+            node: AtomicU32::new(0),
+            interest_pending: AtomicBool::new(false),
             latest: Mutex::default(),
             published: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -307,13 +367,27 @@ impl Hub {
     }
 
     /// Encodes `msg` once and delivers it to every worker with subscribers of `topic`, except
-    /// `local` (the calling worker, which delivers the returned publication itself).
+    /// `local` (the calling worker, which delivers the returned publication itself), and queues it
+    /// for the bridge if one is attached.
     pub fn publish(
         &self,
-        topic: &TopicInner,
+        topic: &Arc<TopicInner>,
         msg: Message<'_>,
         local: Option<usize>,
     ) -> Publication {
+        self.publish_from(topic, msg, local, true)
+    }
+
+    /// [`publish`](Self::publish); `forward`: queue it for the bridge (false for what came from
+    /// the broker, which must not go back).
+    pub fn publish_from(
+        &self,
+        topic: &Arc<TopicInner>,
+        msg: Message<'_>,
+        local: Option<usize>,
+        forward: bool,
+    ) -> Publication {
+        let binary = matches!(msg, Message::Binary(_));
         let (opcode, payload) = match msg {
             Message::Text(s) => (OpCode::Text, s.as_bytes()),
             Message::Binary(b) => (OpCode::Binary, b),
@@ -332,6 +406,10 @@ impl Hub {
             frame,
         };
         latest.last = Some(item.clone());
+        if forward && let Some(link) = self.bridge.get() {
+            // Under the topic's lock: the broker gets a topic's publications in number order.
+            link.forward(topic, &item.frame, n, binary);
+        }
         for (w, inbox) in self.inboxes.iter().enumerate() {
             if Some(w) == local || topic.subscribers[w].load(Ordering::Acquire) == 0 {
                 continue;
@@ -412,6 +490,20 @@ impl Publisher {
     pub fn publish(&self, name: &str, msg: Message<'_>) -> Result<(), PubSubError> {
         self.topic(name)?.publish(msg);
         Ok(())
+    }
+
+    /// Attaches this server's [`Bridge`] to a message broker (see [`Bridge`] for what it carries):
+    /// from now on the node's interest changes and its local publications are queued for the
+    /// broker client, at most `capacity` publications (beyond that they are counted as dropped;
+    /// [`DEFAULT_BRIDGE_CAPACITY`](bridge::DEFAULT_BRIDGE_CAPACITY) is a sensible value), and `wake` is called (on the
+    /// publishing thread: it must not block) whenever the queue goes from empty to not empty.
+    /// One bridge per server: [`PubSubError::BridgeAttached`] for a second one.
+    pub fn bridge(
+        &self,
+        capacity: usize,
+        wake: Box<dyn Fn() + Send + Sync>,
+    ) -> Result<Bridge, PubSubError> {
+        Bridge::attach(&self.hub, capacity, wake)
     }
 }
 

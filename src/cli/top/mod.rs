@@ -14,7 +14,7 @@
 
 mod http;
 mod parse;
-mod signals;
+pub(crate) mod signals;
 mod stats;
 mod view;
 

@@ -1,0 +1,201 @@
+//! A publisher into a broker without a node: what `ringws ticker --bridge URL` runs.
+//!
+//! The ticker thread hands each quote to a [`BrokerSink`], which queues it (bounded: `capacity`
+//! quotes; beyond it, or while the link is down, a quote is counted and dropped) for a thread that
+//! runs the broker's client. Quotes keep the `seq` and `ts` the ticker stamped, so every node
+//! delivers the same `seq` for the same quote.
+
+use super::{BridgeError, BridgeOptions, Broker, LinkState, backoff, nats, redis, subject};
+use crate::feed::QuoteSink;
+use bytes::Bytes;
+use ringws::Message;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tokio::sync::{mpsc, watch};
+
+/// One quote on its way to the broker.
+struct Item {
+    index: usize,
+    payload: Bytes,
+    binary: bool,
+}
+
+/// The ticker's side: queues quotes for the publisher thread without ever blocking.
+#[derive(Debug)]
+pub struct BrokerSink {
+    tx: mpsc::Sender<Item>,
+    link: Arc<LinkState>,
+}
+
+impl QuoteSink for BrokerSink {
+    fn publish(&mut self, index: usize, _symbol: &str, msg: Message<'_>) {
+        let (payload, binary) = match msg {
+            Message::Text(t) => (t.as_bytes(), false),
+            Message::Binary(b) => (b, true),
+        };
+        if !self.link.is_connected() {
+            self.link.drop_publications(1);
+            return;
+        }
+        let item = Item {
+            index,
+            payload: Bytes::copy_from_slice(payload),
+            binary,
+        };
+        if self.tx.try_send(item).is_err() {
+            self.link.drop_publications(1);
+        }
+    }
+}
+
+/// The publisher thread; dropping it stops the thread after it has sent what was queued (for at
+/// most a second).
+#[derive(Debug)]
+pub struct PublisherThread {
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+    link: Arc<LinkState>,
+}
+
+impl PublisherThread {
+    /// Starts publishing to the subjects of `topics` (by index) and returns the sink to feed.
+    pub fn start(
+        opts: BridgeOptions,
+        topics: &[String],
+    ) -> Result<(Self, BrokerSink), BridgeError> {
+        opts.check()?;
+        let subjects = topics
+            .iter()
+            .map(|t| subject(&opts.prefix, t).ok_or_else(|| BridgeError::Prefix(t.clone())))
+            .collect::<Result<Vec<String>, _>>()?;
+        if opts.url.broker == Broker::Redis {
+            ::redis::Client::open(opts.url.url.as_str())
+                .map_err(|e| BridgeError::Client(e.to_string()))?;
+        }
+        let link = Arc::new(LinkState::new(format!("ticker to {}", opts.url.url)));
+        let (tx, rx) = mpsc::channel(opts.capacity.max(1));
+        let (stop, stopped) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(BridgeError::Thread)?;
+        let l = Arc::clone(&link);
+        let thread = std::thread::Builder::new()
+            .name("ringws-ticker-link".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match opts.url.broker {
+                        Broker::Nats => run_nats(opts, subjects, rx, stopped, l).await,
+                        Broker::Redis => run_redis(opts, subjects, rx, stopped, l).await,
+                    }
+                });
+            })
+            .map_err(BridgeError::Thread)?;
+        let sink = BrokerSink {
+            tx,
+            link: Arc::clone(&link),
+        };
+        Ok((
+            Self {
+                stop,
+                thread: Some(thread),
+                link,
+            },
+            sink,
+        ))
+    }
+
+    /// The link's state (dropped count, connected).
+    pub fn link(&self) -> &LinkState {
+        &self.link
+    }
+}
+
+impl Drop for PublisherThread {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn run_nats(
+    opts: BridgeOptions,
+    subjects: Vec<String>,
+    mut rx: mpsc::Receiver<Item>,
+    mut stopped: watch::Receiver<bool>,
+    link: Arc<LinkState>,
+) {
+    let client = match nats::connect(&opts, &link).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("ticker to {}: cannot start the client: {e}", opts.url.url);
+            return;
+        }
+    };
+    loop {
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            _ = stopped.changed() => None,
+        };
+        let Some(item) = item else { break };
+        let subject = subjects[item.index].clone();
+        if !nats::publish_bytes(&client, &link, subject, item.payload, item.binary).await {
+            link.drop_publications(1);
+        }
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.flush()).await;
+}
+
+async fn run_redis(
+    opts: BridgeOptions,
+    subjects: Vec<String>,
+    mut rx: mpsc::Receiver<Item>,
+    mut stopped: watch::Receiver<bool>,
+    link: Arc<LinkState>,
+) {
+    let client = match ::redis::Client::open(opts.url.url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("ticker to {}: {e}", opts.url.url);
+            return;
+        }
+    };
+    let own = redis::origin();
+    let mut out = Vec::new();
+    let mut attempt = 0;
+    loop {
+        let mut conn = match client.get_multiplexed_async_connection().await {
+            Ok(c) => {
+                attempt = 0;
+                link.up();
+                c
+            }
+            Err(e) => {
+                link.unreachable_at_start(&e);
+                attempt += 1;
+                // While down the sink drops (it sees the link down); wait out the backoff.
+                tokio::select! {
+                    () = tokio::time::sleep(backoff(attempt, opts.max_backoff)) => continue,
+                    _ = stopped.changed() => return,
+                }
+            }
+        };
+        loop {
+            let item = tokio::select! {
+                item = rx.recv() => item,
+                _ = stopped.changed() => None,
+            };
+            let Some(item) = item else { return };
+            out.clear();
+            redis::wrap(&mut out, own, &item.payload, item.binary);
+            if let Err(e) = redis::publish(&mut conn, &subjects[item.index], &out, opts.ping).await
+            {
+                link.drop_publications(1);
+                link.down(&e);
+                break;
+            }
+        }
+    }
+}
