@@ -517,6 +517,17 @@ fn a_publishing_node_feeds_the_others_without_echo(url: &str) {
     let (subs, errors) = all_in_order(subs, 20);
     assert!(errors.is_empty(), "{errors:#?}");
     drop(subs);
+    // The bridges' counters on /metrics: the publisher queued for the broker (a few may be
+    // dropped before its first connect), the other node received from it, and nothing came back
+    // to the publisher.
+    let scrape = |n: &Node| match get(n.admin, "/metrics") {
+        Some((200, text)) => text,
+        other => panic!("/metrics: {other:?}"),
+    };
+    let (p, o) = (scrape(&publisher), scrape(&other));
+    assert!(metric(&p, "ringws_bridge_queued_total") > 0.0, "{p}");
+    assert_eq!(metric(&p, "ringws_bridge_received_total"), 0.0, "{p}");
+    assert!(metric(&o, "ringws_bridge_received_total") > 0.0, "{o}");
 }
 
 #[test]

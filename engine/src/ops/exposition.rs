@@ -373,6 +373,28 @@ pub(crate) fn engine_metrics(w: &mut Writer, stats: &Stats) {
     w.sample("ringws_ready", &[], u8::from(stats.ready));
     w.family("ringws_draining", "gauge", "1 once a drain has started.");
     w.sample("ringws_draining", &[], u8::from(stats.draining));
+    if let Some(b) = stats.bridge {
+        for (name, help, value) in [
+            (
+                "ringws_bridge_queued_total",
+                "Local publications queued for the broker.",
+                b.queued,
+            ),
+            (
+                "ringws_bridge_dropped_total",
+                "Local publications dropped for the broker (its queue full, or lost by the client).",
+                b.dropped,
+            ),
+            (
+                "ringws_bridge_received_total",
+                "Publications received from the broker and published on this node.",
+                b.received,
+            ),
+        ] {
+            w.family(name, "counter", help);
+            w.sample(name, &[], value);
+        }
+    }
 }
 
 /// An `f64` as the format writes it (`+Inf`, `-Inf`, `NaN`).

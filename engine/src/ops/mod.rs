@@ -87,6 +87,7 @@ impl Ops {
             topics: hub.topics,
             ready: self.accepting.load(Ordering::Acquire) && !draining,
             draining,
+            bridge: hub.bridge,
         }
     }
 

@@ -100,17 +100,7 @@ pub enum BridgeEvent {
     Publish(BridgePublication),
 }
 
-/// The bridge's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BridgeStats {
-    /// Local publications queued for the broker.
-    pub queued: u64,
-    /// Local publications dropped because the queue was full (the broker was down or slow), plus
-    /// those the broker client reported lost ([`Bridge::count_dropped`]).
-    pub dropped: u64,
-    /// Publications received from the broker and published on this node.
-    pub received: u64,
-}
+pub use crate::stats::BridgeStats;
 
 #[derive(Default)]
 struct Pending {
@@ -132,6 +122,15 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// The counters, read now.
+    pub(crate) fn stats(&self) -> BridgeStats {
+        BridgeStats {
+            queued: self.queued.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+        }
+    }
+
     /// Queues a local publication for the broker; counts it as dropped if the queue is full.
     /// Called under the topic's lock (so the broker gets a topic's publications in order).
     pub(super) fn forward(
@@ -310,11 +309,7 @@ impl Bridge {
 
     /// The bridge's counters.
     pub fn stats(&self) -> BridgeStats {
-        BridgeStats {
-            queued: self.link.queued.load(Ordering::Relaxed),
-            dropped: self.link.dropped.load(Ordering::Relaxed),
-            received: self.link.received.load(Ordering::Relaxed),
-        }
+        self.link.stats()
     }
 }
 

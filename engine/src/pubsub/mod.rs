@@ -243,6 +243,8 @@ pub(crate) struct HubSummary {
     pub published: u64,
     /// Subscriptions held by each worker's connections.
     pub subscriptions: Vec<u64>,
+    /// The attached broker bridge's counters.
+    pub bridge: Option<bridge::BridgeStats>,
 }
 
 /// The pub/sub state shared by the workers and every [`Publisher`].
@@ -351,6 +353,7 @@ impl Hub {
             topics: topics.len() as u64,
             published: 0,
             subscriptions: vec![0; self.inboxes.len()],
+            bridge: self.bridge.get().map(|l| l.stats()),
         };
         for t in topics.values() {
             out.published += t.published.load(Ordering::Relaxed);

@@ -267,6 +267,18 @@ pub struct WorkerSnapshot {
     pub heartbeat_age_ms: Option<u64>,
 }
 
+/// A broker bridge's counters ([`Bridge::stats`](crate::Bridge::stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeStats {
+    /// Local publications queued for the broker.
+    pub queued: u64,
+    /// Local publications dropped because the queue was full (the broker was down or slow), plus
+    /// those the broker client reported lost ([`Bridge::count_dropped`](crate::Bridge::count_dropped)).
+    pub dropped: u64,
+    /// Publications received from the broker and published on this node.
+    pub received: u64,
+}
+
 /// The server's counts: every worker's, and what the workers share. Returned by
 /// [`ServerHandle::stats`](crate::ServerHandle::stats), and what `/metrics` exposes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +295,8 @@ pub struct Stats {
     /// Whether a drain has started ([`ServerHandle::drain`](crate::ServerHandle::drain) or
     /// SIGTERM).
     pub draining: bool,
+    /// The broker bridge's counters, if a bridge is attached.
+    pub bridge: Option<BridgeStats>,
 }
 
 impl Stats {
