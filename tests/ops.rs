@@ -20,19 +20,20 @@
 
 mod common;
 
+use common::brokers::{self, Proc};
 use common::{
-    Frame, HttpResponse, InProcess, RawClient, Server, bytes, eventually, http_get, http_request,
-    repo_root, run_bounded, text, upgrade_request, wait_timeout,
+    Frame, InProcess, RawClient, Server, bytes, eventually, http_get, http_request, repo_root,
+    run_bounded, text, upgrade_request, wait_timeout,
 };
 use ringws::{BackpressurePolicy, Handler, Message, SendResult, Socket};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
@@ -283,89 +284,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
-}
-
-/// A program the test started (Prometheus, HAProxy), killed when dropped; its output is kept and
-/// printed if the test fails.
-struct Daemon {
-    /// What it is, for messages.
-    name: &'static str,
-    /// The process.
-    child: Child,
-    /// Its stdout and stderr, line by line.
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    /// Spawns `cmd` with its output captured.
-    fn spawn(name: &'static str, cmd: &mut Command) -> Daemon {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {name} ({cmd:?}): {e}"));
-        let log = Arc::new(Mutex::new(String::new()));
-        for out in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
-        ] {
-            let log = Arc::clone(&log);
-            // Ends at EOF, when the program exits; nothing waits for it.
-            thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        Daemon { name, child, log }
-    }
-
-    /// Everything it printed so far.
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Fails the test (with its output) if the program has exited.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("{} exited ({status}):\n{}", self.name, self.log());
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("---- {} output ----\n{}", self.name, self.log());
-        }
-    }
-}
-
-/// `GET path` over HTTP/1.0 (so that the answer is neither chunked nor kept alive), for servers
-/// other than ringws; the status and body, or `None` if the server is not answering (yet).
-fn get10(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let resp = HttpResponse::parse(head);
-    assert_ne!(
-        resp.header("transfer-encoding"),
-        Some("chunked"),
-        "a chunked answer to an HTTP/1.0 request from {addr}"
-    );
-    Some((resp.status, body.to_owned()))
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -764,7 +682,7 @@ fn promtool_accepts_the_exposition() {
 /// The value of the instant query `query` on the Prometheus at `web`; `None` while the query has
 /// no result (nothing scraped yet) or Prometheus does not answer.
 fn prometheus_query(web: SocketAddr, query: &str) -> Option<f64> {
-    let (status, body) = get10(web, &format!("/api/v1/query?query={query}"))?;
+    let (status, body) = brokers::get(web, &format!("/api/v1/query?query={query}"))?;
     if status != 200 {
         return None;
     }
@@ -797,7 +715,7 @@ fn prometheus_scrapes_the_open_connections() {
     )
     .expect("writing prometheus.yml");
     let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut prometheus = Daemon::spawn(
+    let mut prometheus = Proc::spawn(
         "prometheus",
         Command::new(prometheus_bin)
             .arg(format!("--config.file={}", config.display()))
@@ -808,8 +726,12 @@ fn prometheus_scrapes_the_open_connections() {
             .arg(format!("--web.listen-address={web}")),
     );
     let ready = eventually(DAEMON_READY, || {
-        prometheus.assert_running();
-        get10(web, "/-/ready").is_some_and(|(status, _)| status == 200)
+        assert!(
+            prometheus.is_running(),
+            "prometheus exited:\n{}",
+            prometheus.log()
+        );
+        brokers::get(web, "/-/ready").is_some_and(|(status, _)| status == 200)
     });
     assert!(ready, "Prometheus not ready within {DAEMON_READY:?}");
 
@@ -844,7 +766,11 @@ fn prometheus_scrapes_the_open_connections() {
         c.close_normally();
     }
     sees((K - 2) as f64, Duration::from_secs(30));
-    prometheus.assert_running();
+    assert!(
+        prometheus.is_running(),
+        "prometheus exited:\n{}",
+        prometheus.log()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1024,12 +950,12 @@ fn haproxy_takes_a_draining_backend_out() {
         ),
     )
     .expect("writing haproxy.cfg");
-    let mut haproxy = Daemon::spawn(
+    let mut haproxy = Proc::spawn(
         "haproxy",
         Command::new(haproxy_bin).arg("-db").arg("-f").arg(&config),
     );
     let up = eventually(DAEMON_READY, || {
-        haproxy.assert_running();
+        assert!(haproxy.is_running(), "haproxy exited:\n{}", haproxy.log());
         ["a", "b"]
             .iter()
             .all(|s| haproxy_status(&socket, s).is_some_and(|st| st.starts_with("UP")))
@@ -1126,7 +1052,7 @@ fn haproxy_takes_a_draining_backend_out() {
         c.echo(Frame::text("b serves on"));
         c.close_normally();
     }
-    haproxy.assert_running();
+    assert!(haproxy.is_running(), "haproxy exited:\n{}", haproxy.log());
 }
 
 // ---------------------------------------------------------------------------------------------------
