@@ -346,14 +346,72 @@ impl LinkState {
     }
 }
 
-/// A running bridge: a thread with the broker's client, attached to a server's [`Publisher`].
-/// Dropping it stops the thread (its broker connection closes; the engine stops queueing).
+/// A broker link's thread, running its client on a current-thread tokio runtime; dropping it
+/// tells the client to stop and joins the thread.
 #[derive(Debug)]
-pub struct BridgeThread {
+pub(crate) struct LinkThread {
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
     link: Arc<LinkState>,
 }
+
+impl LinkThread {
+    /// Runs `client(stopped)` on a thread named `name`; `stopped` turns true when this is dropped.
+    pub(crate) fn spawn<F, Fut>(
+        name: &str,
+        link: Arc<LinkState>,
+        client: F,
+    ) -> Result<Self, BridgeError>
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (stop, stopped) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(BridgeError::Thread)?;
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || runtime.block_on(client(stopped)))
+            .map_err(BridgeError::Thread)?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            link,
+        })
+    }
+
+    /// The link's state.
+    pub(crate) fn link(&self) -> &LinkState {
+        &self.link
+    }
+}
+
+impl Drop for LinkThread {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl BrokerUrl {
+    /// Fails early on a URL the broker's client cannot use (Redis parses it up front).
+    pub(crate) fn check_client(&self) -> Result<(), BridgeError> {
+        if self.broker == Broker::Redis {
+            ::redis::Client::open(self.url.as_str())
+                .map_err(|e| BridgeError::Client(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A running bridge: a thread with the broker's client, attached to a server's [`Publisher`].
+/// Dropping it stops the thread (its broker connection closes; the engine stops queueing).
+#[derive(Debug)]
+pub struct BridgeThread(LinkThread);
 
 impl BridgeThread {
     /// Attaches a bridge to `publisher`'s server and starts its thread. The broker need not be
@@ -365,55 +423,29 @@ impl BridgeThread {
         let bridge = publisher
             .bridge(opts.capacity, Box::new(move || w.notify_one()))
             .map_err(BridgeError::Engine)?;
+        opts.url.check_client()?;
         let link = Arc::new(LinkState::new(format!("bridge to {}", opts.url.url)));
-        let (stop, stopped) = watch::channel(false);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(BridgeError::Thread)?;
         let l = Arc::clone(&link);
-        let node = Node {
-            bridge: Arc::new(bridge),
-            wake,
-            opts,
-            link: l,
-            stopped,
-        };
-        if node.opts.url.broker == Broker::Redis {
-            // Fails early on a URL the client cannot use.
-            ::redis::Client::open(node.opts.url.url.as_str())
-                .map_err(|e| BridgeError::Client(e.to_string()))?;
-        }
-        let thread = std::thread::Builder::new()
-            .name("ringws-bridge".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match node.opts.url.broker {
-                        Broker::Nats => nats::node(node).await,
-                        Broker::Redis => redis::node(node).await,
-                    }
-                });
-            })
-            .map_err(BridgeError::Thread)?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-            link,
-        })
+        let bridge = Arc::new(bridge);
+        let thread = LinkThread::spawn("ringws-bridge", link, move |stopped| async move {
+            let node = Node {
+                bridge,
+                wake,
+                opts,
+                link: l,
+                stopped,
+            };
+            match node.opts.url.broker {
+                Broker::Nats => nats::node(node).await,
+                Broker::Redis => redis::node(node).await,
+            }
+        })?;
+        Ok(Self(thread))
     }
 
     /// The link's state.
     pub fn link(&self) -> &LinkState {
-        &self.link
-    }
-}
-
-impl Drop for BridgeThread {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.0.link()
     }
 }
 

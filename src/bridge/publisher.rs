@@ -5,12 +5,13 @@
 //! runs the broker's client. Quotes keep the `seq` and `ts` the ticker stamped, so every node
 //! delivers the same `seq` for the same quote.
 
-use super::{BridgeError, BridgeOptions, Broker, LinkState, backoff, nats, redis, subject};
+use super::{
+    BridgeError, BridgeOptions, Broker, LinkState, LinkThread, backoff, nats, redis, subject,
+};
 use crate::feed::QuoteSink;
 use bytes::Bytes;
 use ringws::Message;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use tokio::sync::{mpsc, watch};
 
 /// One quote on its way to the broker.
@@ -51,11 +52,7 @@ impl QuoteSink for BrokerSink {
 /// The publisher thread; dropping it stops the thread after it has sent what was queued (for at
 /// most a second).
 #[derive(Debug)]
-pub struct PublisherThread {
-    stop: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
-    link: Arc<LinkState>,
-}
+pub struct PublisherThread(LinkThread);
 
 impl PublisherThread {
     /// Starts publishing to the subjects of `topics` (by index) and returns the sink to feed.
@@ -68,55 +65,27 @@ impl PublisherThread {
             .iter()
             .map(|t| subject(&opts.prefix, t).ok_or_else(|| BridgeError::Prefix(t.clone())))
             .collect::<Result<Vec<String>, _>>()?;
-        if opts.url.broker == Broker::Redis {
-            ::redis::Client::open(opts.url.url.as_str())
-                .map_err(|e| BridgeError::Client(e.to_string()))?;
-        }
+        opts.url.check_client()?;
         let link = Arc::new(LinkState::new(format!("ticker to {}", opts.url.url)));
         let (tx, rx) = mpsc::channel(opts.capacity.max(1));
-        let (stop, stopped) = watch::channel(false);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(BridgeError::Thread)?;
         let l = Arc::clone(&link);
-        let thread = std::thread::Builder::new()
-            .name("ringws-ticker-link".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match opts.url.broker {
-                        Broker::Nats => run_nats(opts, subjects, rx, stopped, l).await,
-                        Broker::Redis => run_redis(opts, subjects, rx, stopped, l).await,
-                    }
-                });
-            })
-            .map_err(BridgeError::Thread)?;
-        let sink = BrokerSink {
-            tx,
-            link: Arc::clone(&link),
-        };
-        Ok((
-            Self {
-                stop,
-                thread: Some(thread),
-                link,
+        let thread = LinkThread::spawn(
+            "ringws-ticker-link",
+            Arc::clone(&link),
+            move |stopped| async move {
+                match opts.url.broker {
+                    Broker::Nats => run_nats(opts, subjects, rx, stopped, l).await,
+                    Broker::Redis => run_redis(opts, subjects, rx, stopped, l).await,
+                }
             },
-            sink,
-        ))
+        )?;
+        let sink = BrokerSink { tx, link };
+        Ok((Self(thread), sink))
     }
 
     /// The link's state (dropped count, connected).
     pub fn link(&self) -> &LinkState {
-        &self.link
-    }
-}
-
-impl Drop for PublisherThread {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.0.link()
     }
 }
 
