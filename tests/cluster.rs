@@ -83,8 +83,9 @@ fn subscribers(addr: SocketAddr, n: usize, pick: impl Fn(usize) -> Vec<String>) 
         .collect()
 }
 
-/// Checks every subscriber in parallel with [`expect_in_order`]; the failures, by index.
-fn all_in_order(subs: Vec<Subscriber>, want: usize) -> (Vec<Subscriber>, Vec<String>) {
+/// Checks every subscriber in parallel with [`expect_in_order`] and fails the test (saying `when`)
+/// on any subscriber that missed, repeated or reordered a quote; returns them for more reading.
+fn all_in_order(subs: Vec<Subscriber>, want: usize, when: &str) -> Vec<Subscriber> {
     let handles: Vec<_> = subs
         .into_iter()
         .enumerate()
@@ -104,7 +105,8 @@ fn all_in_order(subs: Vec<Subscriber>, want: usize) -> (Vec<Subscriber>, Vec<Str
             errors.push(e);
         }
     }
-    (subs, errors)
+    assert!(errors.is_empty(), "{when}: {errors:#?}");
+    subs
 }
 
 /// The symbols subscriber `i` of a test wants: two of the first four (so that the broker's
@@ -150,8 +152,7 @@ fn nats_three_nodes_behind_haproxy_deliver_every_quote_in_order_and_subscribe_on
     );
     assert_eq!(per_node.iter().sum::<u64>(), 9, "{per_node:?}");
 
-    let (subs, errors) = all_in_order(subs, 20);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let subs = all_in_order(subs, 20, "quotes in order");
 
     // Interest: each node is subscribed on the broker to some of the four symbols its clients
     // want, and to none of the other eight the ticker publishes.
@@ -195,8 +196,7 @@ fn nats_three_nodes_behind_haproxy_deliver_every_quote_in_order_and_subscribe_on
         "{subject}: {:?}",
         holders(&subject)
     );
-    let (_, errors) = all_in_order(vec![direct], 10);
-    assert!(errors.is_empty(), "{errors:#?}");
+    all_in_order(vec![direct], 10, "quotes in order");
     // (the subscriber was dropped by all_in_order's return: its connection closed)
     assert!(
         eventually(WITHIN, || holders(&subject).is_empty()),
@@ -227,8 +227,7 @@ fn nats_a_node_killed_with_sigkill_loses_its_clients_to_the_others() {
     );
     let _ticker = ticker(&url, SYMBOLS, RATE);
     let subs = subscribers(lb.addr, 9, two_of_four);
-    let (mut subs, errors) = all_in_order(subs, 5);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let mut subs = all_in_order(subs, 5, "quotes in order");
     let on_victim = nodes[1].connections();
     assert!(on_victim >= 1, "no client on node 2");
 
@@ -263,8 +262,7 @@ fn nats_a_node_killed_with_sigkill_loses_its_clients_to_the_others() {
         reconnected as u64, on_victim,
         "every client of node 2, and only those"
     );
-    let (subs, errors) = all_in_order(subs, 10);
-    assert!(errors.is_empty(), "after the kill: {errors:#?}");
+    let subs = all_in_order(subs, 10, "after the kill");
     assert_eq!(nodes[0].connections() + nodes[2].connections(), 9);
     drop(subs);
 }
@@ -284,8 +282,7 @@ fn nats_a_node_sent_sigterm_leaves_haproxy_before_it_closes_its_clients() {
     );
     let _ticker = ticker(&url, SYMBOLS, RATE);
     let subs = subscribers(lb.addr, 6, two_of_four);
-    let (subs, errors) = all_in_order(subs, 3);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let subs = all_in_order(subs, 3, "quotes in order");
     let on_victim = nodes[2].connections();
     assert!(on_victim >= 1, "no client on node 3");
 
@@ -376,8 +373,7 @@ fn nats_a_broker_down_at_start_then_restarted_mid_stream_is_reconnected_to() {
         .iter()
         .flat_map(|n| subscribers(n.server.addr, 2, two_of_four))
         .collect();
-    let (subs, errors) = all_in_order(subs, 5);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let subs = all_in_order(subs, 5, "quotes in order");
 
     nats.kill();
     for n in &nodes {
@@ -391,8 +387,7 @@ fn nats_a_broker_down_at_start_then_restarted_mid_stream_is_reconnected_to() {
         "a node without its broker still accepts clients"
     );
     nats.restart();
-    let (_, errors) = all_in_order(subs, 10);
-    assert!(errors.is_empty(), "after the restart: {errors:#?}");
+    all_in_order(subs, 10, "after the restart");
     for n in &mut nodes {
         assert!(n.server.is_running());
         let log = n.server.log();
@@ -455,8 +450,7 @@ fn redis_three_nodes_behind_haproxy_deliver_every_quote_in_order_and_subscribe_o
         per_node.iter().all(|&c| c >= 1),
         "connections per node: {per_node:?}"
     );
-    let (subs, errors) = all_in_order(subs, 20);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let subs = all_in_order(subs, 20, "quotes in order");
     let wanted: Vec<String> = names()[..4].iter().map(|s| format!("ringws.{s}")).collect();
     assert_eq!(
         redis.channels("ringws.*"),
@@ -481,15 +475,13 @@ fn redis_a_broker_restarted_mid_stream_is_reconnected_to_and_resubscribed() {
         .iter()
         .flat_map(|n| subscribers(n.server.addr, 2, two_of_four))
         .collect();
-    let (subs, errors) = all_in_order(subs, 5);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let subs = all_in_order(subs, 5, "quotes in order");
     redis.kill();
     for n in &nodes {
         n_wait_log(&n.server, "disconnected");
     }
     redis.restart();
-    let (_, errors) = all_in_order(subs, 10);
-    assert!(errors.is_empty(), "after the restart: {errors:#?}");
+    all_in_order(subs, 10, "after the restart");
     for n in &mut nodes {
         assert!(n.server.is_running());
         let log = n.server.log();
@@ -514,8 +506,7 @@ fn a_publishing_node_feeds_the_others_without_echo(url: &str) {
         .flat_map(|n| subscribers(n.server.addr, 2, two_of_four))
         .collect();
     // A duplicate would read as "seq k after k", a loop as a flood of them.
-    let (subs, errors) = all_in_order(subs, 20);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let subs = all_in_order(subs, 20, "quotes in order");
     drop(subs);
     // The bridges' counters on /metrics: the publisher queued for the broker (a few may be
     // dropped before its first connect), the other node received from it, and nothing came back
@@ -574,8 +565,7 @@ fn bridge_all_subscribes_once_to_everything_under_the_prefix() {
         ]),
     );
     let subs = subscribers(node.server.addr, 2, two_of_four);
-    let (subs, errors) = all_in_order(subs, 10);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let subs = all_in_order(subs, 10, "quotes in order");
     drop(subs);
     // Still the one wildcard subscription: clients coming and going change nothing.
     assert_eq!(subjects(&nats), ["md.feed.>"]);
@@ -739,8 +729,7 @@ fn nginx_with_the_deploy_config_carries_websockets_to_bridged_nodes() {
     let subs = subscribers(addr, 4, two_of_four);
     let per_node: Vec<u64> = nodes.iter().map(Node::connections).collect();
     assert_eq!(per_node, [2, 2], "least_conn spreads them");
-    let (subs, errors) = all_in_order(subs, 10);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let subs = all_in_order(subs, 10, "quotes in order");
     drop(subs);
     // The nodes' operations endpoints are not reachable through it.
     assert_eq!(get(addr, "/metrics").map(|(s, _)| s), Some(404));
@@ -754,8 +743,7 @@ fn binary_quotes_stay_binary(url: &str) {
     let node = Node::start(url, &[]);
     let _ticker = common::brokers::ticker_with(url, SYMBOLS, RATE, &["--binary"]);
     let subs = subscribers(node.server.addr, 2, two_of_four);
-    let (subs, errors) = all_in_order(subs, 10);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let subs = all_in_order(subs, 10, "quotes in order");
     drop(subs);
 }
 
@@ -937,8 +925,7 @@ fn nodes_on_separate_hosts_in_network_namespaces_behind_haproxy() {
     };
     let per_host: Vec<u64> = nodes.iter().map(|(_, _, admin)| open(*admin)).collect();
     assert_eq!(per_host, [2, 2, 2], "spread over the hosts");
-    let (subs, errors) = all_in_order(subs, 20);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let subs = all_in_order(subs, 20, "quotes in order");
     drop(subs);
     drop(nodes);
 }
@@ -954,8 +941,7 @@ fn a_node_survives_a_silent_network_loss(
     let (mut node, ws, _) = host_node(&hosts, 0, &url, &["--bridge-ping", "0.3"]);
     let _ticker = ticker(&url, SYMBOLS, RATE);
     let subs = vec![Subscriber::connect(ws, &two_of_four(0)).expect("subscriber")];
-    let (subs, errors) = all_in_order(subs, 5);
-    assert!(errors.is_empty(), "{errors:#?}");
+    let subs = all_in_order(subs, 5, "quotes in order");
     drop(subs);
 
     hosts.link(0, false);
@@ -964,11 +950,7 @@ fn a_node_survives_a_silent_network_loss(
     node.wait_for_output("connected again", WITHIN);
     assert!(node.is_running());
     let subs = vec![Subscriber::connect(ws, &two_of_four(1)).expect("subscriber after")];
-    let (_, errors) = all_in_order(subs, 5);
-    assert!(
-        errors.is_empty(),
-        "after the network came back: {errors:#?}"
-    );
+    all_in_order(subs, 5, "after the network came back");
     let log = node.log();
     assert_eq!(
         log.matches(": disconnected (").count(),
