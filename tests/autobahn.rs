@@ -6,6 +6,9 @@
 //! - cases 12-13 (permessage-deflate, every parameter combination) against `serve --deflate`:
 //!   216 cases.
 //!
+//! - all 517 again over wss:// (`serve --tls-cert`): kosoku speaks ws:// only, so a TLS relay
+//!   (tests/common/tls.rs) carries its bytes unchanged in TLS records to the server's TLS port.
+//!
 //! Every case must end `OK`, `NON-STRICT` or `INFORMATIONAL`, both for its behaviour and its close
 //! behaviour; the test prints the summary and, on failure, each failing case with kosoku's reason.
 //! kosoku comes from `tests/interop/.venv` (installed by `scripts/test.sh`, which also patches a
@@ -14,8 +17,10 @@
 
 mod common;
 
+use common::tls::{Certs, TlsRelay};
 use common::{Server, repo_root, run_bounded};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -26,9 +31,10 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(900);
 /// Outcomes that pass: the case behaved as the RFC requires, or in a way the RFC allows.
 const PASSING: [&str; 3] = ["OK", "NON-STRICT", "INFORMATIONAL"];
 
-/// Runs kosoku with `selection` (its `-i`/`-x` arguments) against `server` and checks the report:
-/// exactly `expected` cases, each passing.
-fn run_cases(server: &Server, selection: &[&str], expected: usize) {
+/// Runs kosoku with `selection` (its `-i`/`-x` arguments) against `server`, reached at `addr` (the
+/// server itself or a relay in front of it), and checks the report: exactly `expected` cases, each
+/// passing. `run` names the run (its reports go to their own folder).
+fn run_cases(server: &Server, addr: SocketAddr, run: &str, selection: &[&str], expected: usize) {
     let root = repo_root();
     let kosoku = root.join("tests/interop/.venv/bin/kosoku");
     assert!(
@@ -36,10 +42,10 @@ fn run_cases(server: &Server, selection: &[&str], expected: usize) {
         "kosoku is missing ({}): run `./scripts/test.sh` once, it installs it",
         kosoku.display()
     );
-    let out = report_dir(selection);
+    let out = report_dir(run, selection);
     let _ = std::fs::remove_dir_all(&out);
     let mut cmd = Command::new(&kosoku);
-    cmd.arg(server.addr.to_string())
+    cmd.arg(addr.to_string())
         .args(selection)
         .args(["-p", "8", "-o"])
         .arg(&out);
@@ -67,7 +73,7 @@ fn run_cases(server: &Server, selection: &[&str], expected: usize) {
         }
     }
     println!(
-        "autobahn {selection:?}: {} cases, by behaviour/close behaviour: {by_outcome:?}",
+        "autobahn {run} {selection:?}: {} cases, by behaviour/close behaviour: {by_outcome:?}",
         results.len()
     );
     assert!(
@@ -89,10 +95,11 @@ fn run_cases(server: &Server, selection: &[&str], expected: usize) {
     );
 }
 
-/// Where a run's reports go: under the target directory, one folder per selection.
-fn report_dir(selection: &[&str]) -> PathBuf {
-    let name: String = selection
-        .concat()
+/// Where a run's reports go: under the target directory, one folder per run and selection.
+fn report_dir(run: &str, selection: &[&str]) -> PathBuf {
+    let name: String = std::iter::once(run)
+        .chain(selection.iter().copied())
+        .collect::<String>()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
@@ -137,11 +144,39 @@ fn read_report(path: &Path) -> Result<BTreeMap<String, Outcome>, String> {
 #[test]
 fn autobahn_cases_1_to_10() {
     let server = Server::start(&[]);
-    run_cases(&server, &["-x", "12.*", "-x", "13.*"], 301);
+    run_cases(
+        &server,
+        server.addr,
+        "ws",
+        &["-x", "12.*", "-x", "13.*"],
+        301,
+    );
+}
+
+/// Every case over wss://: the plain server's cases 1-10, then 12-13 with `--deflate`.
+#[test]
+fn autobahn_all_cases_over_tls() {
+    let certs = Certs::new("autobahn", "localhost");
+    for (extra, selection, expected) in [
+        (None, ["-x", "12.*", "-x", "13.*"], 301),
+        (Some("--deflate"), ["-i", "12.*", "-i", "13.*"], 216),
+    ] {
+        let mut args = certs.args();
+        args.extend(extra.map(str::to_owned));
+        let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let relay = TlsRelay::start(server.addr, &certs.ca_der);
+        run_cases(&server, relay.addr, "wss", &selection, expected);
+    }
 }
 
 #[test]
 fn autobahn_cases_12_and_13_permessage_deflate() {
     let server = Server::start(&["--deflate"]);
-    run_cases(&server, &["-i", "12.*", "-i", "13.*"], 216);
+    run_cases(
+        &server,
+        server.addr,
+        "ws",
+        &["-i", "12.*", "-i", "13.*"],
+        216,
+    );
 }

@@ -8,14 +8,19 @@
 //! still open and answering a ping. A control client's echoes are checked throughout, and the
 //! server must still be running at the end.
 //!
+//! The same fuzzing runs over wss:// too: through a TLS relay (tests/common/tls.rs) every byte
+//! reaches the server in TLS records, so its record layer sees fragments of frames cut anywhere.
+//!
 //! Deterministic: the RNG is seeded (`RINGWS_NETFUZZ_SEED` overrides the default), and a failure
 //! names the seed, client and connection to rerun. Bounded: a fixed number of connections and frames,
 //! every read with a timeout.
 
 mod common;
 
+use common::tls::{Certs, TlsRelay};
 use common::{BackgroundEchoer, Frame, RawClient, Rng, Server, op};
 use ringws_protocol::{Event, Limits, Receiver, Reply, Role};
+use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
@@ -23,6 +28,8 @@ use std::time::Duration;
 const CLIENTS: u64 = 8;
 /// Connections each client opens, one after the other.
 const CONNECTIONS: u64 = 250;
+/// Connections each client opens over TLS (each costs a handshake, and a relay hop).
+const TLS_CONNECTIONS: u64 = 60;
 /// Most frames (valid or mutated) per connection.
 const MAX_FRAMES: u64 = 40;
 /// How long one read may wait for the server.
@@ -245,8 +252,8 @@ fn expected(wire: &[u8]) -> Vec<Expect> {
 /// One fuzzed connection: sends up to [`MAX_FRAMES`] random frames in random writes from a second
 /// thread and checks every answer. Returns how it ended (`"close 1002"`, `"open"`, ...) and the
 /// messages and pongs it got before.
-fn fuzz_connection(server: &Server, rng: &mut Rng, case: &str) -> (String, usize) {
-    let mut client = RawClient::connect(server.addr);
+fn fuzz_connection(addr: SocketAddr, rng: &mut Rng, case: &str) -> (String, usize) {
+    let mut client = RawClient::connect(addr);
     client.set_timeout(READ_TIMEOUT);
     let frames = 1 + rng.below(MAX_FRAMES);
     let mut wire: Vec<u8> = (0..frames)
@@ -317,27 +324,43 @@ fn fuzz_connection(server: &Server, rng: &mut Rng, case: &str) -> (String, usize
 
 #[test]
 fn random_and_mutated_frames_from_many_connections() {
+    let mut server = Server::start(&[]);
+    let addr = server.addr;
+    fuzz(&mut server, addr, CONNECTIONS);
+}
+
+#[test]
+fn random_and_mutated_frames_over_tls() {
+    let certs = Certs::new("netfuzz", "localhost");
+    let args = certs.args();
+    let mut server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let relay = TlsRelay::start(server.addr, &certs.ca_der);
+    fuzz(&mut server, relay.addr, TLS_CONNECTIONS);
+}
+
+/// Runs [`CLIENTS`] fuzzing clients of `connections` connections each against `server`, reached at
+/// `addr` (the server itself, or a TLS relay in front of it), with a control client echoing
+/// throughout, and checks the mix of endings.
+fn fuzz(server: &mut Server, addr: SocketAddr, connections: u64) {
     let seed = std::env::var("RINGWS_NETFUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_6455);
     eprintln!("netfuzz seed {seed} (set RINGWS_NETFUZZ_SEED to rerun another)");
-    let mut server = Server::start(&[]);
-    let control = BackgroundEchoer::start(server.addr);
+    let control = BackgroundEchoer::start(addr);
 
     let outcomes = std::sync::Mutex::new(std::collections::BTreeMap::<String, usize>::new());
     let answers = std::sync::atomic::AtomicUsize::new(0);
     thread::scope(|s| {
         let (outcomes, answers) = (&outcomes, &answers);
-        let server = &server;
         let clients: Vec<_> = (0..CLIENTS)
             .map(|client| {
                 s.spawn(move || {
-                    for conn in 0..CONNECTIONS {
+                    for conn in 0..connections {
                         let mut rng =
                             Rng(seed ^ (client << 32 | conn).wrapping_mul(0x2545_f491_4f6c_dd1d));
                         let case = format!("seed {seed}, client {client}, connection {conn}");
-                        let (how, n) = fuzz_connection(server, &mut rng, &case);
+                        let (how, n) = fuzz_connection(addr, &mut rng, &case);
                         *outcomes.lock().unwrap().entry(how).or_default() += 1;
                         answers.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -356,7 +379,7 @@ fn random_and_mutated_frames_from_many_connections() {
     let outcomes = outcomes.into_inner().unwrap();
     eprintln!(
         "{} fuzzed connections answered as the protocol prescribes ({} echoes and pongs; endings: {outcomes:?}); control client echoed {echoes} messages",
-        CLIENTS * CONNECTIONS,
+        CLIENTS * connections,
         answers.into_inner()
     );
     // The mix exercised what it is meant to: errors of every kind, clean closes, open connections.

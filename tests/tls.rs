@@ -495,3 +495,95 @@ fn plain_and_tls_listen_side_by_side() {
     assert!(is_alert_or_close(&answer), "{answer:02x?}");
     plain.echo(Frame::text("still plain"));
 }
+
+/// tokio-tungstenite over tokio-rustls (the Rust stack most services use as a client): concurrent
+/// connections each echo text and binary messages from a few bytes to several records' worth
+/// (every size crosses a different record and receive-buffer boundary), get their ping answered,
+/// and end with a Close the server answers with the same code.
+#[test]
+fn tokio_tungstenite_over_rustls() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let certs = Certs::new("tungstenite", "localhost");
+    let server = start(&certs, &[]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certs.ca_der.clone()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let addr = server.addr;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let clients = (0..16u8).map(|client| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = ServerName::try_from("localhost").unwrap();
+            let tls = connector.connect(name, tcp).await?;
+            let url = format!("wss://localhost:{}/", addr.port());
+            let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
+                .await
+                .map_err(std::io::Error::other)?;
+            for (i, len) in [1usize, 125, 126, 16_000, 16_384, 70_000, 300_000]
+                .into_iter()
+                .enumerate()
+            {
+                let seed = client.wrapping_mul(31).wrapping_add(i as u8);
+                let sent = if i % 2 == 0 {
+                    Message::text(common::text(len, seed))
+                } else {
+                    Message::binary(common::bytes(len, seed))
+                };
+                ws.send(sent.clone()).await.map_err(std::io::Error::other)?;
+                let got = loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        other => break other,
+                    }
+                };
+                assert!(
+                    matches!(&got, Some(Ok(m)) if *m == sent),
+                    "client {client}: {len} bytes came back as {:?}",
+                    got.map(|m| m.map(|m| m.len()))
+                );
+            }
+            ws.send(Message::Ping(b"tls?".to_vec().into()))
+                .await
+                .map_err(std::io::Error::other)?;
+            let pong = ws.next().await;
+            assert!(
+                matches!(&pong, Some(Ok(Message::Pong(p))) if &p[..] == b"tls?"),
+                "{pong:?}"
+            );
+            ws.close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "bye".into(),
+            }))
+            .await
+            .map_err(std::io::Error::other)?;
+            let close = ws.next().await;
+            assert!(
+                matches!(&close, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::Away),
+                "{close:?}"
+            );
+            Ok::<_, std::io::Error>(())
+        }
+    });
+    let results = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            futures_util::future::join_all(clients),
+        )
+        .await
+    });
+    let results = results.expect("the clients finished within 60 s");
+    for (client, r) in results.into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("client {client}: {e}\n--- server ---\n{}", server.log()));
+    }
+}

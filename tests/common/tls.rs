@@ -90,3 +90,86 @@ impl Drop for Certs {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A TLS client relay in front of a wss:// server: it accepts plain TCP on [`TlsRelay::addr`] and
+/// carries each connection's bytes, unchanged, over a TLS connection of its own (rustls through
+/// tokio-rustls, trusting `ca`) to the server. Clients that speak only ws:// — kosoku running the
+/// Autobahn case files, the raw fuzz client — thereby drive the server's TLS path byte for byte:
+/// every frame they send arrives in TLS records, every answer leaves in them. An end of stream is
+/// passed on as one (a FIN becomes close_notify and FIN, and back), so the close handshake's TCP
+/// side is what the client sees too.
+pub struct TlsRelay {
+    /// Where the plain side listens.
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsRelay {
+    /// Starts a relay to the TLS server at `target`, whose certificate `ca` signed.
+    pub fn start(target: std::net::SocketAddr, ca: &CertificateDer<'static>) -> TlsRelay {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).unwrap();
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let plain = tokio::select! {
+                        _ = &mut stopped => return,
+                        accepted = listener.accept() => match accepted {
+                            Ok((plain, _)) => plain,
+                            Err(_) => continue,
+                        },
+                    };
+                    tokio::spawn(relay(plain, target, connector.clone()));
+                }
+            });
+        });
+        TlsRelay {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+/// One relayed connection: plain on one side, TLS to `target` on the other, until both ends are
+/// done (or either fails: then both are dropped, which closes them).
+async fn relay(
+    mut plain: tokio::net::TcpStream,
+    target: std::net::SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+) {
+    let Ok(tcp) = tokio::net::TcpStream::connect(target).await else {
+        return;
+    };
+    let _ = (plain.set_nodelay(true), tcp.set_nodelay(true));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let Ok(mut tls) = connector.connect(name, tcp).await else {
+        return;
+    };
+    let _ = tokio::io::copy_bidirectional(&mut plain, &mut tls).await;
+}
+
+impl Drop for TlsRelay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

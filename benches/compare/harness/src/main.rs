@@ -83,8 +83,9 @@ impl Server {
         matches!(self, Server::Ringws | Server::Baseline)
     }
 
-    /// Arguments that make the server echo on `addr` with one thread.
-    fn args(self, addr: &str) -> Vec<String> {
+    /// Arguments that make the server echo on `addr` with one thread (over TLS with `tls`'s
+    /// certificate and key).
+    fn args(self, addr: &str, tls: Option<(&Path, &Path)>) -> Vec<String> {
         let mut args = Vec::new();
         if self.is_ringws() {
             args.push("serve".to_owned());
@@ -92,6 +93,14 @@ impl Server {
         args.extend(["--addr".to_owned(), addr.to_owned()]);
         if self.is_ringws() {
             args.extend(["--workers".to_owned(), "1".to_owned()]);
+        }
+        if let Some((cert, key)) = tls {
+            args.extend([
+                "--tls-cert".to_owned(),
+                cert.display().to_string(),
+                "--tls-key".to_owned(),
+                key.display().to_string(),
+            ]);
         }
         args
     }
@@ -164,9 +173,31 @@ struct Args {
     /// Seconds to wait between runs (lets sockets and caches settle).
     #[arg(long, default_value_t = 1.0)]
     pause: f64,
+    /// Serve wss:// with this certificate chain (PEM; with --tls-key): every server is given it
+    /// (`--tls-cert FILE --tls-key FILE`), the load generator connects to wss:// with `--insecure`
+    /// (certificate checks cost the client, not the servers measured).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl Args {
+    /// The certificate and key to serve wss:// with, if given.
+    fn tls(&self) -> Option<(&Path, &Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+
+    /// The URL scheme the load generator uses, and the option it then needs.
+    fn scheme(&self) -> (&'static str, Option<&'static str>) {
+        if self.tls().is_some() {
+            ("wss", Some("--insecure"))
+        } else {
+            ("ws", None)
+        }
+    }
+
     /// The servers to run, in order: `--servers`, or the defaults with `baseline` after ringws
     /// when `--baseline` is given.
     fn servers(&self) -> Vec<Server> {
@@ -347,10 +378,12 @@ fn run(args: &Args) -> Result<ExitCode, HarnessError> {
             server_cpu: args.server_cpu,
             load_cpu: args.load_cpu,
             load_command: format!(
-                "taskset -c {} {} load --url ws://127.0.0.1:PORT/ --connections N --size BYTES --duration {} \
+                "taskset -c {} {} load --url {}://127.0.0.1:PORT/{} --connections N --size BYTES --duration {} \
                  --warmup {} --in-flight {} --binary --workers 1 --json",
                 args.load_cpu,
                 load_bin.display(),
+                args.scheme().0,
+                args.scheme().1.map(|o| format!(" {o}")).unwrap_or_default(),
                 args.duration,
                 args.warmup,
                 args.in_flight
@@ -520,7 +553,7 @@ impl Bench<'_> {
         let program = server
             .program(args)
             .ok_or("no binary for this server (--baseline missing)")?;
-        let server_args = server.args(&addr);
+        let server_args = server.args(&addr, args.tls());
         let mut srv = Child::spawn(
             server.name(),
             args.server_cpu,
@@ -533,10 +566,11 @@ impl Bench<'_> {
         srv.wait_ready(READY_TIMEOUT, self.interrupted)
             .map_err(|e| format!("server not ready: {e}; stderr: {}", srv.stderr_tail()))?;
 
-        let load_args = [
+        let (scheme, tls_option) = args.scheme();
+        let load_args: Vec<String> = [
             "load".to_owned(),
             "--url".into(),
-            format!("ws://{addr}/"),
+            format!("{scheme}://{addr}/"),
             "--connections".into(),
             connections.to_string(),
             "--size".into(),
@@ -551,7 +585,10 @@ impl Bench<'_> {
             "--workers".into(),
             "1".into(),
             "--json".into(),
-        ];
+        ]
+        .into_iter()
+        .chain(tls_option.map(str::to_owned))
+        .collect::<Vec<String>>();
         let mut generator = Child::spawn(
             "load generator",
             args.load_cpu,
@@ -790,13 +827,29 @@ mod tests {
     #[test]
     fn server_command_lines() {
         assert_eq!(
-            Server::Ringws.args("127.0.0.1:1"),
+            Server::Ringws.args("127.0.0.1:1", None),
             ["serve", "--addr", "127.0.0.1:1", "--workers", "1"]
         );
         assert_eq!(
-            Server::Tungstenite.args("127.0.0.1:1"),
+            Server::Tungstenite.args("127.0.0.1:1", None),
             ["--addr", "127.0.0.1:1"]
         );
+        let tls = Some((Path::new("c.pem"), Path::new("k.pem")));
+        assert_eq!(
+            Server::Tungstenite.args("127.0.0.1:1", tls),
+            [
+                "--addr",
+                "127.0.0.1:1",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem"
+            ]
+        );
+        let a =
+            Args::try_parse_from(["compare", "--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        assert_eq!(a.scheme(), ("wss", Some("--insecure")));
+        assert!(Args::try_parse_from(["compare", "--tls-cert", "c.pem"]).is_err());
         let a = Args::try_parse_from(["compare", "--peers-dir", "/p", "--ringws", "/r/ringws"])
             .unwrap();
         assert_eq!(Server::Ringws.program(&a).unwrap(), Path::new("/r/ringws"));
@@ -827,8 +880,8 @@ mod tests {
             Path::new("/b/ringws-before")
         );
         assert_eq!(
-            Server::Baseline.args("127.0.0.1:1"),
-            Server::Ringws.args("127.0.0.1:1"),
+            Server::Baseline.args("127.0.0.1:1", None),
+            Server::Ringws.args("127.0.0.1:1", None),
             "same arguments as ringws"
         );
         // The server differs, the load generator does not.

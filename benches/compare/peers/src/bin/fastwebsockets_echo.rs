@@ -3,7 +3,8 @@
 //! answered by the library (`auto_pong`, `auto_close`). One tokio `current_thread` runtime, no deflate
 //! (fastwebsockets has none).
 //!
-//! Usage: `fastwebsockets_echo --addr 127.0.0.1:PORT`; prints `listening on ADDR` to stderr when ready
+//! Usage: `fastwebsockets_echo --addr 127.0.0.1:PORT [--tls-cert FILE --tls-key FILE]` (wss:// over
+//! tokio-rustls with the files); prints `listening on ADDR` to stderr when ready
 //! and exits on SIGTERM or SIGINT.
 
 use compare_peers::MAX_MESSAGE_SIZE;
@@ -16,7 +17,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::process::ExitCode;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Echoes messages until the peer closes or the connection fails.
 async fn echo(upgrade: UpgradeFut) -> Result<(), WebSocketError> {
@@ -47,8 +48,8 @@ async fn on_request(mut req: Request<Incoming>) -> Result<Response<Empty<Bytes>>
     Ok(response)
 }
 
-/// Serves one TCP connection: HTTP/1.1 with upgrades enabled.
-async fn serve(stream: TcpStream) {
+/// Serves one TCP (or TLS) connection: HTTP/1.1 with upgrades enabled.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S) {
     let conn = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service_fn(on_request))
         .with_upgrades();
@@ -56,5 +57,5 @@ async fn serve(stream: TcpStream) {
 }
 
 fn main() -> ExitCode {
-    compare_peers::run(serve)
+    compare_peers::run(serve, serve)
 }

@@ -2,18 +2,19 @@
 //! pings are answered and a Close is answered by the library. One tokio `current_thread` runtime, no
 //! deflate (tungstenite has none).
 //!
-//! Usage: `tungstenite_echo --addr 127.0.0.1:PORT`; prints `listening on ADDR` to stderr when ready
+//! Usage: `tungstenite_echo --addr 127.0.0.1:PORT [--tls-cert FILE --tls-key FILE]` (wss:// over
+//! tokio-rustls with the files); prints `listening on ADDR` to stderr when ready
 //! and exits on SIGTERM or SIGINT.
 
 use compare_peers::MAX_MESSAGE_SIZE;
 use futures_util::{SinkExt, StreamExt};
 use std::process::ExitCode;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Performs the handshake, then echoes messages until the peer closes or the connection fails.
-async fn serve(stream: TcpStream) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
     // One frame may carry a whole message: the frame limit is the message limit.
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_SIZE))
@@ -30,5 +31,5 @@ async fn serve(stream: TcpStream) {
 }
 
 fn main() -> ExitCode {
-    compare_peers::run(serve)
+    compare_peers::run(serve, serve)
 }
