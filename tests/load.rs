@@ -245,6 +245,68 @@ fn hold_ends_cleanly_on_sigint() {
     assert_eq!(v["errors"]["closed"], 0, "{v}");
 }
 
+/// A connection storm while a worker echoes flat out (what a load generator or a reconnect
+/// storm after a deploy does): 200 connections keep 4 messages each in flight while 3,000 more
+/// connect at once, and every one of them is upgraded, with no echo lost meanwhile. One worker,
+/// so the storm and the echo traffic meet in the same loop turns.
+#[test]
+fn a_connection_storm_during_full_speed_echo_upgrades_every_connection() {
+    let server = Server::start(&["--workers", "1"]);
+    let url = format!("ws://{}/", server.addr);
+    let mut echo = Command::new(binary())
+        .args(["load", "--json", "--workers", "1", "--url", &url])
+        .args(["--connections", "200", "--in-flight", "4", "--size", "64"])
+        .args(["--warmup", "0.2", "--duration", "4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringws load");
+    let stderr = echo.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(r#""phase":"established""#) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let echoing = rx.recv_timeout(Duration::from_secs(10));
+    let storm = echoing.is_ok().then(|| {
+        load(
+            &url,
+            &[
+                "--connections",
+                "3000",
+                "--hold",
+                "--duration",
+                "0.5",
+                "--source-ips",
+                "127.0.0.1-127.0.0.4",
+            ],
+        )
+    });
+    let Some(status) = common::wait_timeout(&mut echo, RUN_TIMEOUT) else {
+        let _ = echo.kill();
+        let _ = echo.wait();
+        panic!("the echo load did not finish");
+    };
+    echoing.expect("the echo connections were established");
+    let (storm_status, storm, storm_out) = storm.unwrap();
+    assert!(storm_status.success(), "{storm_out}");
+    assert_eq!(u(&storm, "connections_established"), 3000, "{storm}");
+    assert_eq!(u(&storm, "connections_failed"), 0, "{storm}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut echo.stdout.take().unwrap(), &mut stdout).unwrap();
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(status.success(), "exit {status}: {v}");
+    assert_eq!(u(&v, "connections_established"), 200, "{v}");
+    assert!(u(&v, "messages") > 0, "{v}");
+    for error in ["mismatch", "closed", "timeout"] {
+        assert_eq!(v["errors"][error], 0, "{error}: {v}");
+    }
+}
+
 /// An in-process server that misbehaves: on `/flip` it echoes with the last byte changed, on
 /// `/close` it closes each connection (4000) after its fifth message.
 struct Evil;

@@ -550,7 +550,7 @@ fn tokio_tungstenite_over_rustls() {
                 assert!(
                     matches!(&got, Some(Ok(m)) if *m == sent),
                     "client {client}: {len} bytes came back as {:?}",
-                    got.map(|m| m.map(|m| m.len()))
+                    got.as_ref().map(|m| m.as_ref().map(Message::len))
                 );
             }
             ws.send(Message::Ping(b"tls?".to_vec().into()))

@@ -32,21 +32,8 @@ impl<H: Handler> Engine<'_, H> {
         self.dial_turn();
         let mut dirty = std::mem::take(&mut self.core.slab.dirty);
         for slot in dirty.drain(..) {
-            let s = self.core.slab.get_mut(slot);
-            s.io &= !io::DIRTY;
-            if !s.machine.is_live() {
-                continue;
-            }
-            if s.is_tls() {
-                self.core.slab.seal_tls(slot, &mut self.tls.gather);
-            }
-            let s = self.core.slab.get_mut(slot);
-            let token = Token::new(Op::Send, slot, s.generation);
-            if let (Some(fd), Some(q)) = (s.fd.as_ref(), s.out.as_mut())
-                && let Some(flight) = q.next_send()
-            {
-                self.ring.send(fd.as_fd(), token, flight);
-            }
+            self.core.slab.get_mut(slot).io &= !io::DIRTY;
+            self.send_queued(slot);
         }
         self.core.slab.dirty = dirty;
         for slot in std::mem::take(&mut self.starved) {
@@ -64,6 +51,25 @@ impl<H: Handler> Engine<'_, H> {
                 // clears RECV_ARMED, and resuming re-arms it.
                 self.ring.cancel(Token::new(Op::Recv, slot, s.generation));
             }
+        }
+    }
+
+    /// Starts the send of what `slot` has queued (sealed into TLS records first), unless a send
+    /// is in flight, nothing is queued or the connection is gone.
+    pub(super) fn send_queued(&mut self, slot: u32) {
+        let s = self.core.slab.get_mut(slot);
+        if !s.machine.is_live() {
+            return;
+        }
+        if s.is_tls() {
+            self.core.slab.seal_tls(slot, &mut self.tls.gather);
+        }
+        let s = self.core.slab.get_mut(slot);
+        let token = Token::new(Op::Send, slot, s.generation);
+        if let (Some(fd), Some(q)) = (s.fd.as_ref(), s.out.as_mut())
+            && let Some(flight) = q.next_send()
+        {
+            self.ring.send(fd.as_fd(), token, flight);
         }
     }
 

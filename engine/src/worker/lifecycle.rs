@@ -82,6 +82,7 @@ impl<H: Handler> Engine<'_, H> {
                     return self.rearm_accept();
                 }
                 self.arm_recv(slot);
+                self.setting_up.push(slot);
             }
         } else if result < 0 {
             match -result {

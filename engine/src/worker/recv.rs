@@ -108,6 +108,10 @@ impl<H: Handler> Worker<'_, H> {
             self.bufs.recycle(b);
         }
         let eng = &mut self.eng;
+        if phase == Phase::Handshaking {
+            // The answer (or the TLS flight) leaves after this batch, not at the turn's end.
+            eng.setting_up.push(slot);
+        }
         if !more && eng.core.slab.get(slot).machine.wants_recv() {
             eng.rearm_recv(slot);
         }

@@ -10,11 +10,13 @@
 
 mod chart;
 mod environment;
+mod probe;
 mod procs;
 mod report;
 
 use clap::{Parser, ValueEnum};
 use environment::Environment;
+use probe::{Prober, Upgrades};
 use procs::{Child, CoreTicks, ProcStat, WaitError};
 use report::{Anchor, Config, CpuWindow, LoadReport, Report, Run};
 use std::fmt;
@@ -181,6 +183,11 @@ struct Args {
     /// The private key (PEM) for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// New connections the harness opens one after another during each measured window (TCP
+    /// connect, upgrade request, 101), timing each: how long a client joining a busy server waits
+    /// (reported as upgrade p50/p99). 0 turns the probes off; they are not made over TLS.
+    #[arg(long, default_value_t = 200)]
+    upgrade_probes: u32,
 }
 
 impl Args {
@@ -499,6 +506,7 @@ struct Bench<'a> {
 struct Outcome {
     load: Option<LoadReport>,
     cpu: Option<CpuWindow>,
+    upgrades: Option<Upgrades>,
     notes: Vec<String>,
 }
 
@@ -533,7 +541,8 @@ impl Bench<'_> {
     fn run(&self, server: Server, connections: u32, size: usize) -> Run {
         let mut out = Outcome::default();
         let error = self.measure(server, connections, size, &mut out).err();
-        let mut run = Run::new(server.name(), connections, size, out.load, out.cpu, error);
+        let mut run = Run::new(server.name(), connections, size, out.load, out.cpu, error)
+            .with_upgrades(out.upgrades);
         run.notes.extend(out.notes);
         run
     }
@@ -598,7 +607,19 @@ impl Bench<'_> {
             true,
         )
         .map_err(|e| e.to_string())?;
-        let followed = self.follow(&mut srv, &mut generator, connections);
+        let prober = match (args.upgrade_probes, args.tls()) {
+            (0, _) | (_, Some(_)) => None,
+            (n, None) => Some(
+                Prober::spawn(
+                    addr.parse().map_err(|e| format!("{addr}: {e}"))?,
+                    n,
+                    Duration::from_secs_f64(args.duration),
+                )
+                .map_err(|e| format!("starting the upgrade probes: {e}"))?,
+            ),
+        };
+        let followed = self.follow(&mut srv, &mut generator, connections, prober.as_ref());
+        out.upgrades = prober.and_then(Prober::finish);
         // Stop the server whatever happened; a server that needed SIGKILL is reported after the
         // numbers are kept.
         let stopped = srv.stop(STOP_GRACE);
@@ -638,12 +659,14 @@ impl Bench<'_> {
     }
 
     /// Follows a load run to the generator's exit, sampling both processes' CPU time at every poll
-    /// and noting when the generator announced its connections established.
+    /// and noting when the generator announced its connections established (the `prober`'s window
+    /// opens when the warm-up after that ends).
     fn follow(
         &self,
         srv: &mut Child,
         generator: &mut Child,
         connections: u32,
+        prober: Option<&Prober>,
     ) -> Result<Followed, String> {
         let started = Instant::now();
         // Connecting has no fixed length: allow a millisecond per connection on top of the slack.
@@ -677,6 +700,9 @@ impl Bench<'_> {
             });
             if established.is_none() && generator.is_ready() {
                 established = Some(now);
+                if let Some(p) = prober {
+                    p.open(now + Duration::from_secs_f64(self.args.warmup));
+                }
             }
             // The leader thread turns zombie first; the process can be reaped once every thread
             // has exited, a poll or so later.

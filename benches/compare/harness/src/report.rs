@@ -1,6 +1,7 @@
 //! What one run measured, the metrics derived from it, ratios to ringws, and the Markdown table.
 
 use crate::environment::Environment;
+use crate::probe::Upgrades;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
@@ -137,6 +138,10 @@ pub struct Metrics {
     pub msgs_per_server_cpu_s: Option<f64>,
     /// Load generator CPU use, percent of one core.
     pub load_cpu_pct: Option<f64>,
+    /// Median time a new client waited for its upgrade while the load ran, microseconds.
+    pub upgrade_p50_us: Option<f64>,
+    /// 99th percentile of the same, microseconds.
+    pub upgrade_p99_us: Option<f64>,
 }
 
 /// One of the [`Metrics`] fields, to walk them in tables and charts.
@@ -154,17 +159,23 @@ pub enum Metric {
     MsgsPerServerCpuS,
     /// [`Metrics::load_cpu_pct`]
     LoadCpu,
+    /// [`Metrics::upgrade_p50_us`]
+    UpgradeP50,
+    /// [`Metrics::upgrade_p99_us`]
+    UpgradeP99,
 }
 
 impl Metric {
     /// Every metric, in table order.
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; 8] = [
         Metric::MsgsPerS,
         Metric::P50,
         Metric::P99,
         Metric::ServerCpu,
         Metric::MsgsPerServerCpuS,
         Metric::LoadCpu,
+        Metric::UpgradeP50,
+        Metric::UpgradeP99,
     ];
 
     /// Column heading / axis title.
@@ -176,6 +187,8 @@ impl Metric {
             Metric::ServerCpu => "server CPU %",
             Metric::MsgsPerServerCpuS => "msg per server CPU-s",
             Metric::LoadCpu => "load-gen CPU %",
+            Metric::UpgradeP50 => "upgrade p50 µs",
+            Metric::UpgradeP99 => "upgrade p99 µs",
         }
     }
 
@@ -183,7 +196,12 @@ impl Metric {
     pub fn better(self) -> &'static str {
         match self {
             Metric::MsgsPerS | Metric::MsgsPerServerCpuS => "higher is better",
-            Metric::P50 | Metric::P99 | Metric::ServerCpu | Metric::LoadCpu => "lower is better",
+            Metric::P50
+            | Metric::P99
+            | Metric::ServerCpu
+            | Metric::LoadCpu
+            | Metric::UpgradeP50
+            | Metric::UpgradeP99 => "lower is better",
         }
     }
 
@@ -196,6 +214,8 @@ impl Metric {
             Metric::ServerCpu => m.server_cpu_pct,
             Metric::MsgsPerServerCpuS => m.msgs_per_server_cpu_s,
             Metric::LoadCpu => m.load_cpu_pct,
+            Metric::UpgradeP50 => m.upgrade_p50_us,
+            Metric::UpgradeP99 => m.upgrade_p99_us,
         }
     }
 
@@ -203,7 +223,12 @@ impl Metric {
     fn format(self, v: f64) -> String {
         match self {
             Metric::MsgsPerS | Metric::MsgsPerServerCpuS => thousands(v),
-            Metric::P50 | Metric::P99 | Metric::ServerCpu | Metric::LoadCpu => format!("{v:.1}"),
+            Metric::P50
+            | Metric::P99
+            | Metric::ServerCpu
+            | Metric::LoadCpu
+            | Metric::UpgradeP50
+            | Metric::UpgradeP99 => format!("{v:.1}"),
         }
     }
 }
@@ -229,6 +254,8 @@ impl Metrics {
                 _ => None,
             },
             load_cpu_pct: cpu.and_then(|c| cpu_pct(c.load_cpu_s)),
+            upgrade_p50_us: None,
+            upgrade_p99_us: None,
         }
     }
 
@@ -245,6 +272,8 @@ impl Metrics {
             server_cpu_pct: r(Metric::ServerCpu),
             msgs_per_server_cpu_s: r(Metric::MsgsPerServerCpuS),
             load_cpu_pct: r(Metric::LoadCpu),
+            upgrade_p50_us: r(Metric::UpgradeP50),
+            upgrade_p99_us: r(Metric::UpgradeP99),
         }
     }
 }
@@ -266,6 +295,9 @@ pub struct Run {
     pub metrics: Metrics,
     /// `metrics` divided by ringws's for the same connections and size.
     pub ratio_to_ringws: Option<Metrics>,
+    /// Upgrade latency while the load ran (`--upgrade-probes`), if probed.
+    #[serde(default)]
+    pub upgrades: Option<Upgrades>,
     /// Why the run failed, if it did (then the numbers above are partial or absent).
     pub error: Option<String>,
     /// Caveats that do not invalidate the run (window overlap, generator saturated, ...).
@@ -326,9 +358,27 @@ impl Run {
             cpu,
             metrics,
             ratio_to_ringws: None,
+            upgrades: None,
             error,
             notes,
         }
+    }
+
+    /// Adds what the upgrade probes measured during the run.
+    pub fn with_upgrades(mut self, upgrades: Option<Upgrades>) -> Run {
+        if let Some(u) = &upgrades {
+            self.metrics.upgrade_p50_us = Some(u.p50_us);
+            self.metrics.upgrade_p99_us = Some(u.p99_us);
+            if u.failed > 0 {
+                self.notes.push(format!(
+                    "{} of {} upgrade probes failed",
+                    u.failed,
+                    u.done + u.failed
+                ));
+            }
+        }
+        self.upgrades = upgrades;
+        self
     }
 
     /// Total of the generator's failure counters and failed connects (0 without a report).
@@ -743,7 +793,7 @@ pub(crate) mod tests {
         let md = report.markdown();
         assert!(md.contains("## 20 B, 100 connections"), "{md}");
         assert!(
-            md.contains("| ringws | 200,000 | 10.0 | 20.0 | 50.0 | 400,000 | 96.0 ⚠ | 0 | 1.5 |"),
+            md.contains("| ringws | 200,000 | 10.0 | 20.0 | 50.0 | 400,000 | 96.0 ⚠ | – | – | 0 | 1.5 |"),
             "{md}"
         );
         assert!(
