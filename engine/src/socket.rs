@@ -1,7 +1,7 @@
 //! The handle callbacks use to talk to a connection.
 
 use crate::conn::{Message, Phase, SendResult};
-use crate::pubsub::{PubSubError, Publisher};
+use crate::pubsub::{Position, PubSubError, Publisher, Recovery};
 use crate::state::Core;
 use ringws_protocol::CloseCode;
 use ringws_protocol::deflate::Params;
@@ -158,6 +158,34 @@ impl<'a, S: Default> Socket<'a, S> {
         let core = &mut *self.core;
         core.pubsub
             .subscribe(&mut core.slab, self.slot, topic, true)
+    }
+
+    /// Subscribes this connection to `topic` from `since`, the position of the last publication it
+    /// received (e.g. before it reconnected): if the topic's history still holds every publication
+    /// after it, they are queued in order and live ones follow with no gap and no duplicate
+    /// ([`Recovery::Recovered`]); otherwise the topic's last publication is queued as a snapshot
+    /// and live ones follow ([`Recovery::NotRecovered`], saying why). A topic keeps history only
+    /// if given one ([`Topic::set_history`](crate::Topic::set_history)).
+    /// [`PubSubError::AlreadySubscribed`] if it is subscribed already.
+    ///
+    /// ```no_run
+    /// # use ringws_engine::{Position, Recovery, Socket};
+    /// fn resume(ws: &mut Socket<'_, ()>, epoch: u64, seq: u64) {
+    ///     match ws.subscribe_since("BTC-USD", Position { epoch, seq }) {
+    ///         Ok(Recovery::Recovered { replayed }) => println!("{replayed} missed, now live"),
+    ///         Ok(Recovery::NotRecovered { reason }) => println!("snapshot ({reason}), then live"),
+    ///         Err(e) => println!("not subscribed: {e}"),
+    ///     }
+    /// }
+    /// ```
+    pub fn subscribe_since(
+        &mut self,
+        topic: &str,
+        since: Position,
+    ) -> Result<Recovery, PubSubError> {
+        let core = &mut *self.core;
+        core.pubsub
+            .subscribe_since(&mut core.slab, self.slot, topic, since)
     }
 
     /// Ends this connection's subscription to `topic`; `false` if it had none.

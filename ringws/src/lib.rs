@@ -45,6 +45,8 @@ pub use ringws_engine::{
     PubSubError, Publisher, Request, SendResult, Server, ServerBuilder, ServerHandle, SlowConsumer,
     Socket, Topic, TopicStats,
 };
+// Sequenced topics, their history and resuming from a position.
+pub use ringws_engine::{History, NotRecovered, Position, Recovery};
 // Several nodes over a message broker: the hook a broker client (NATS, Redis) drives.
 pub use ringws_engine::{
     Bridge, BridgeEvent, BridgePublication, BridgeStats, DEFAULT_BRIDGE_CAPACITY,

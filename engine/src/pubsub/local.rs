@@ -5,7 +5,7 @@
 //! slow-consumer policy applies if the subscriber is behind). A connection's own list of topics
 //! lives in its slot's extras, so that it goes with the connection.
 
-use super::{Hub, PubSubError, Publication, SlowConsumer, TopicInner};
+use super::{Hub, Position, PubSubError, Publication, Recovery, SlowConsumer, TopicInner};
 use crate::conn::{Message, Slab};
 use ringws_protocol::CloseCode;
 use std::collections::HashMap;
@@ -40,7 +40,29 @@ pub(crate) struct Local {
     batch: Vec<Publication>,
 }
 
-/// What [`Local::offer`] did with a publication for one subscriber.
+/// Where a new subscription starts.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// With the next publication.
+    Live,
+    /// With the topic's last publication, if any.
+    Last,
+    /// After this position: the publications since, from the history, if it holds them all; else
+    /// the last publication.
+    Since(Position),
+}
+
+/// What [`Local::join`] did.
+enum Joined {
+    /// The connection was already subscribed: nothing queued.
+    Already,
+    /// Subscribed from [`Start::Live`] or [`Start::Last`].
+    Live,
+    /// Subscribed from [`Start::Since`].
+    Resumed(Recovery),
+}
+
+/// What [`offer`] did with a publication for one subscriber.
 enum Offer {
     /// Queued (or the connection is no longer open and it was skipped).
     Queued,
@@ -87,6 +109,38 @@ impl Local {
         name: &str,
         with_last: bool,
     ) -> Result<bool, PubSubError> {
+        let start = if with_last { Start::Last } else { Start::Live };
+        Ok(!matches!(
+            self.join(slab, slot, name, start)?,
+            Joined::Already
+        ))
+    }
+
+    /// Subscribes connection `slot` to the topic `name` from `since`: the publications after it
+    /// are queued from the topic's history if it still holds them all, else its last publication
+    /// (see [`Recovery`]). [`PubSubError::AlreadySubscribed`] if it was already subscribed.
+    pub fn subscribe_since<S: Default>(
+        &mut self,
+        slab: &mut Slab<S>,
+        slot: u32,
+        name: &str,
+        since: Position,
+    ) -> Result<Recovery, PubSubError> {
+        match self.join(slab, slot, name, Start::Since(since))? {
+            Joined::Already => Err(PubSubError::AlreadySubscribed),
+            Joined::Live => unreachable!("a subscription from a position always resumes"),
+            Joined::Resumed(r) => Ok(r),
+        }
+    }
+
+    /// Adds `slot` to the topic's subscribers here, then queues what `start` asks for.
+    fn join<S: Default>(
+        &mut self,
+        slab: &mut Slab<S>,
+        slot: u32,
+        name: &str,
+        start: Start,
+    ) -> Result<Joined, PubSubError> {
         if !slab.get(slot).machine.is_open() {
             return Err(PubSubError::NotOpen);
         }
@@ -101,21 +155,37 @@ impl Local {
             index: HashMap::new(),
         });
         if subs.index.contains_key(&slot) {
-            return Ok(false);
+            return Ok(Joined::Already);
         }
-        // Counted before reading the topic's number: a publish numbered after `seq` sees the count
-        // (the topic's lock orders the two) and is queued for this worker.
+        // Counted before reading the topic's order: a publish ordered after `after` sees the count
+        // (the topic's lock orders the two) and is queued for this worker; the ones up to `after`
+        // are skipped when they arrive, whether they were queued here from the history or not.
         if topic.count(self.worker, true) {
             self.hub.interest_changed(&topic);
         }
-        let (seq, last) = topic.latest();
+        let mut first = std::mem::take(&mut self.batch);
+        let (after, joined) = match start {
+            Start::Live | Start::Last => {
+                let (after, last) = topic.latest();
+                if let (Start::Last, Some(last)) = (start, last) {
+                    first.push(last);
+                }
+                (after, Joined::Live)
+            }
+            Start::Since(since) => {
+                let (after, r) = topic.resume(since, &self.hub.budget, &mut first);
+                (after, Joined::Resumed(r))
+            }
+        };
         subs.index.insert(slot, subs.members.len() as u32);
-        subs.members.push(Member { slot, after: seq });
+        subs.members.push(Member { slot, after });
         slab.get_mut(slot).extra().topics.push(id as u32);
-        if with_last && let Some(last) = last {
-            let _ = offer(slab, slot, &last, topic.policy);
+        let conflating = matches!(topic.policy, SlowConsumer::Conflate { .. });
+        for item in first.drain(..) {
+            queue(slab, slot, &item, conflating);
         }
-        Ok(true)
+        self.batch = first;
+        Ok(joined)
     }
 
     /// Unsubscribes connection `slot` from the topic `name`; `false` if it was not subscribed.
@@ -201,7 +271,7 @@ impl Local {
         let started = Instant::now();
         let (mut queued, mut dropped, mut conflated, mut disconnected) = (0, 0, 0, 0);
         for m in &subs.members {
-            if item.seq <= m.after {
+            if item.order <= m.after {
                 continue;
             }
             match offer(slab, m.slot, item, topic.policy) {
@@ -255,11 +325,11 @@ fn offer<S: Default>(
             SlowConsumer::Conflate { .. } => {}
         }
     }
-    let compressed = compressed(slab, slot, item, behind);
-    let frame = compressed.as_ref().unwrap_or(&item.frame);
-    let key = (item.topic, item.key);
-    let q = slab.out(slot);
     if behind {
+        let compressed = compressed(slab, slot, item, behind);
+        let frame = compressed.as_ref().unwrap_or(&item.frame);
+        let key = (item.topic, item.key);
+        let q = slab.out(slot);
         // Conflating: replace the frame kept for this key if it still waits, else keep this one.
         if q.replace_keyed(key, frame) {
             return Offer::Conflated;
@@ -267,15 +337,29 @@ fn offer<S: Default>(
         q.push_keyed(key, frame);
         return Offer::Queued;
     }
-    if let SlowConsumer::Conflate { .. } = policy {
-        // Queued in order behind any frame kept for this key from an earlier time behind, which
-        // therefore must no longer take newer values.
-        q.forget_keyed(key);
+    queue(
+        slab,
+        slot,
+        item,
+        matches!(policy, SlowConsumer::Conflate { .. }),
+    );
+    Offer::Queued
+}
+
+/// Queues `item` for open subscriber `slot` in order, whatever its queue holds (a publication
+/// within the limit, or what a new subscription starts with). `conflating`: the topic conflates,
+/// so a frame kept for the same key from an earlier time behind must no longer take newer values.
+fn queue<S: Default>(slab: &mut Slab<S>, slot: u32, item: &Publication, conflating: bool) {
+    let max = slab.config().backpressure.max;
+    let compressed = compressed(slab, slot, item, false);
+    let frame = compressed.as_ref().unwrap_or(&item.frame);
+    let q = slab.out(slot);
+    if conflating {
+        q.forget_keyed((item.topic, item.key));
     }
     q.push_shared(frame);
     let buffered = q.buffered();
     slab.get_mut(slot).machine.publication_queued(buffered, max);
-    Offer::Queued
 }
 
 /// The frame to queue for subscriber `slot` instead of `item`'s plain frame, if the connection
@@ -291,7 +375,7 @@ fn compressed<S: Default>(
     let frame = extra.deflate.as_mut().and_then(|d| {
         d.publication(
             &mut slab.deflate,
-            (item.topic, item.seq),
+            (item.topic, item.order),
             &item.frame,
             behind,
         )
@@ -353,6 +437,7 @@ mod tests {
             vec![eventfd().unwrap(), eventfd().unwrap()],
             policy,
             16,
+            1 << 20,
         ));
         let mut slab = Slab::new(test_config(max_backpressure, BackpressurePolicy::Drop));
         for _ in 0..n {
@@ -409,7 +494,7 @@ mod tests {
         }
         let mut batch = Vec::new();
         hub.drain(1, &mut batch);
-        assert_eq!(batch.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(batch.iter().map(|p| p.order).collect::<Vec<_>>(), [1, 2, 3]);
         core.drain_inbox();
         assert_eq!(core.unsent(0), b"\x82\x01\x00\x82\x01\x01\x82\x01\x02");
     }
@@ -426,6 +511,81 @@ mod tests {
         hub.publish(&topic, Message::Text("3"), None);
         core.drain_inbox();
         assert_eq!(core.unsent(0), b"\x81\x012\x81\x013");
+    }
+
+    #[test]
+    fn resuming_replays_the_missed_publications_once_then_live_ones() {
+        use crate::pubsub::{History, NotRecovered, Position, Recovery};
+        let (mut core, hub) = core(SlowConsumer::CONFLATE_PER_TOPIC, 1 << 20, 3);
+        let topic = hub.topic("t").unwrap();
+        topic.set_history(
+            History {
+                max_len: 3,
+                max_age: None,
+            },
+            &hub.budget,
+        );
+        topic.count(0, true); // someone else here, so publications wait in the inbox
+        for i in 1..=5u8 {
+            hub.publish(&topic, Message::Binary(&[i]), None);
+        }
+        let epoch = topic.position().epoch;
+        let at = |seq| Position { epoch, seq };
+        // 4 and 5 wait in the inbox and are in the history: replayed once, not delivered again.
+        let resumed = core.local.subscribe_since(&mut core.slab, 0, "t", at(3));
+        assert_eq!(resumed, Ok(Recovery::Recovered { replayed: 2 }));
+        assert_eq!(
+            core.local.subscribe_since(&mut core.slab, 0, "t", at(3)),
+            Err(PubSubError::AlreadySubscribed)
+        );
+        // Beyond the window (3 kept: 3, 4, 5): the last one as a snapshot.
+        let too_old = core.local.subscribe_since(&mut core.slab, 1, "t", at(1));
+        assert_eq!(
+            too_old,
+            Ok(Recovery::NotRecovered {
+                reason: NotRecovered::TooOld
+            })
+        );
+        let other = Position {
+            epoch: epoch + 1,
+            seq: 5,
+        };
+        let other = core.local.subscribe_since(&mut core.slab, 2, "t", other);
+        assert_eq!(
+            other,
+            Ok(Recovery::NotRecovered {
+                reason: NotRecovered::OtherEpoch
+            })
+        );
+        core.drain_inbox();
+        hub.publish(&topic, Message::Binary(&[6]), None);
+        core.drain_inbox();
+        assert_eq!(core.unsent(0), b"\x82\x01\x04\x82\x01\x05\x82\x01\x06");
+        assert_eq!(core.unsent(1), b"\x82\x01\x05\x82\x01\x06");
+        assert_eq!(core.unsent(2), b"\x82\x01\x05\x82\x01\x06");
+        let stats = topic.stats();
+        assert_eq!(stats.kept, 3);
+        assert_eq!(stats.kept_bytes as usize, hub.budget.used());
+    }
+
+    #[test]
+    fn a_publisher_that_numbers_its_stream_sets_the_positions() {
+        use crate::pubsub::Position;
+        let (_core, hub) = core(SlowConsumer::DropNewest, 1 << 20, 0);
+        let topic = hub.topic("t").unwrap();
+        let at = Position { epoch: 9, seq: 41 };
+        let publish = |p| hub.publish_from(&topic, Message::Text("x"), None, true, Some(p));
+        assert_eq!(publish(at).unwrap().position, at);
+        assert_eq!(
+            publish(at).unwrap_err(),
+            PubSubError::Stale { latest: at },
+            "a duplicate"
+        );
+        let next = hub.publish(&topic, Message::Text("y"), None);
+        assert_eq!(next.position, Position { epoch: 9, seq: 42 });
+        assert_eq!(next.order, 2, "the order counts publications made");
+        let restarted = Position { epoch: 3, seq: 1 };
+        assert_eq!(publish(restarted).unwrap().position, restarted);
     }
 
     #[test]
