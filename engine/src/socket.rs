@@ -188,6 +188,41 @@ impl<'a, S: Default> Socket<'a, S> {
             .subscribe_since(&mut core.slab, self.slot, topic, since)
     }
 
+    /// Subscribes this connection to several topics at once, each from a position
+    /// ([`subscribe_since`](Self::subscribe_since)) or, without one, from its last publication
+    /// ([`subscribe_with_last`](Self::subscribe_with_last)), and lets `reply` answer the client
+    /// before anything of the topics is queued: it gets each topic's outcome (`Ok(None)`:
+    /// subscribed from its last publication; `Ok(Some(recovery))`: from the position;
+    /// [`PubSubError::AlreadySubscribed`] and other refusals: nothing queued for that topic), and
+    /// the text it returns, if any, is sent first. Then what each topic starts with is queued, in
+    /// the order given, and live publications follow with no gap and no duplicate.
+    ///
+    /// ```no_run
+    /// # use ringws_engine::{Position, Recovery, Socket};
+    /// fn subscribe(ws: &mut Socket<'_, ()>, since: Position) {
+    ///     ws.subscribe_many(&[("BTC-USD", Some(since)), ("ETH-USD", None)], |outcomes| {
+    ///         let recovered = matches!(outcomes[0], Ok(Some(Recovery::Recovered { .. })));
+    ///         Some(format!(r#"{{"type":"subscribed","recovered":{recovered}}}"#))
+    ///     });
+    /// }
+    /// ```
+    pub fn subscribe_many(
+        &mut self,
+        topics: &[(&str, Option<Position>)],
+        reply: impl FnOnce(&[Result<Option<Recovery>, PubSubError>]) -> Option<String>,
+    ) {
+        let core = &mut *self.core;
+        let outcomes: Vec<_> = topics
+            .iter()
+            .map(|&(topic, since)| core.pubsub.hold(&mut core.slab, self.slot, topic, since))
+            .collect();
+        if let Some(text) = reply(&outcomes) {
+            let _ = self.send_text(&text);
+        }
+        let core = &mut *self.core;
+        core.pubsub.release_held(&mut core.slab, self.slot);
+    }
+
     /// Ends this connection's subscription to `topic`; `false` if it had none.
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
         let core = &mut *self.core;

@@ -19,6 +19,7 @@
 use super::Publication;
 use std::collections::VecDeque;
 use std::fmt;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,14 +33,57 @@ pub struct Position {
     pub seq: u64,
 }
 
+/// `EPOCH:SEQ`, the epoch as 16 hex digits: `187d2c1f0a3b4c5d:42`.
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}:{}", self.epoch, self.seq)
     }
 }
 
+/// A [`Position`] could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadPosition;
+
+impl fmt::Display for BadPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected a position EPOCH:SEQ (EPOCH in 1 to 16 hex digits, SEQ decimal)")
+    }
+}
+
+impl std::error::Error for BadPosition {}
+
+/// Parses what [`Display`](fmt::Display) writes.
+impl FromStr for Position {
+    type Err = BadPosition;
+
+    fn from_str(s: &str) -> Result<Self, BadPosition> {
+        let (epoch, seq) = s.split_once(':').ok_or(BadPosition)?;
+        Ok(Self {
+            epoch: parse_epoch(epoch).ok_or(BadPosition)?,
+            seq: seq.parse().map_err(|_| BadPosition)?,
+        })
+    }
+}
+
+/// An epoch written as 1 to 16 hex digits (how positions show it).
+pub fn parse_epoch(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+impl Position {
+    /// A new epoch for a publisher that numbers its own stream: the time in nanoseconds since the
+    /// UNIX epoch, made distinct within the process (never 0), so a restarted publisher's positions
+    /// never pass for its previous ones.
+    pub fn new_epoch() -> u64 {
+        new_epoch()
+    }
+}
+
 /// A new epoch: the time in nanoseconds, made distinct within the process, never 0.
-pub fn new_epoch() -> u64 {
+pub(crate) fn new_epoch() -> u64 {
     static DRAWN: AtomicU64 = AtomicU64::new(0);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -352,6 +396,31 @@ mod tests {
             off.recover(at(1), latest, &budget, &mut r),
             not(NotRecovered::NoHistory)
         );
+    }
+
+    #[test]
+    fn positions_read_back_what_they_write() {
+        let p = Position {
+            epoch: 0x187d_2c1f_0a3b_4c5d,
+            seq: 42,
+        };
+        assert_eq!(p.to_string(), "187d2c1f0a3b4c5d:42");
+        assert_eq!(p.to_string().parse(), Ok(p));
+        assert_eq!("ff:1".parse(), Ok(Position { epoch: 255, seq: 1 }));
+        for bad in [
+            "",
+            ":",
+            "ff",
+            "ff:",
+            ":1",
+            "x:1",
+            "11111111111111111:1",
+            "ff:-1",
+            "+f:1",
+        ] {
+            assert_eq!(bad.parse::<Position>(), Err(BadPosition), "{bad:?}");
+        }
+        assert!(new_epoch() < new_epoch());
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub(crate) struct Local {
     topics: Vec<Option<Subscribers>>,
     /// The batch being delivered (kept for its capacity).
     batch: Vec<Publication>,
+    /// What new subscriptions start with, until released to their connection.
+    held: Vec<Publication>,
 }
 
 /// Where a new subscription starts.
@@ -79,6 +81,7 @@ impl Local {
             worker,
             topics: Vec::new(),
             batch: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -110,15 +113,13 @@ impl Local {
         with_last: bool,
     ) -> Result<bool, PubSubError> {
         let start = if with_last { Start::Last } else { Start::Live };
-        Ok(!matches!(
-            self.join(slab, slot, name, start)?,
-            Joined::Already
-        ))
+        let joined = self.join(slab, slot, name, start);
+        self.release_held(slab, slot);
+        Ok(!matches!(joined?, Joined::Already))
     }
 
-    /// Subscribes connection `slot` to the topic `name` from `since`: the publications after it
-    /// are queued from the topic's history if it still holds them all, else its last publication
-    /// (see [`Recovery`]). [`PubSubError::AlreadySubscribed`] if it was already subscribed.
+    /// Subscribes connection `slot` to the topic `name` from `since` (see
+    /// [`hold`](Self::hold)), and queues what it starts with at once.
     pub fn subscribe_since<S: Default>(
         &mut self,
         slab: &mut Slab<S>,
@@ -126,14 +127,46 @@ impl Local {
         name: &str,
         since: Position,
     ) -> Result<Recovery, PubSubError> {
-        match self.join(slab, slot, name, Start::Since(since))? {
+        let held = self.hold(slab, slot, name, Some(since));
+        self.release_held(slab, slot);
+        held.map(|r| r.expect("a subscription from a position resumes"))
+    }
+
+    /// Subscribes connection `slot` to the topic `name` and holds what the subscription starts
+    /// with until [`release_held`](Self::release_held): from `since`, the publications after it if
+    /// the topic's history still holds them all (`Some(Recovered)`), else its last publication
+    /// (`Some(NotRecovered)`); without a position, its last publication (`None`).
+    /// [`PubSubError::AlreadySubscribed`] if it was already subscribed (nothing held).
+    pub fn hold<S: Default>(
+        &mut self,
+        slab: &mut Slab<S>,
+        slot: u32,
+        name: &str,
+        since: Option<Position>,
+    ) -> Result<Option<Recovery>, PubSubError> {
+        match self.join(slab, slot, name, since.map_or(Start::Last, Start::Since))? {
             Joined::Already => Err(PubSubError::AlreadySubscribed),
-            Joined::Live => unreachable!("a subscription from a position always resumes"),
-            Joined::Resumed(r) => Ok(r),
+            Joined::Live => Ok(None),
+            Joined::Resumed(r) => Ok(Some(r)),
         }
     }
 
-    /// Adds `slot` to the topic's subscribers here, then queues what `start` asks for.
+    /// Queues for connection `slot` what its subscriptions made since the last release start with,
+    /// in the order they were made. Nothing is delivered to it in between (delivery runs on this
+    /// worker's thread, and not while a callback runs), so the held publications and the live ones
+    /// that follow meet with no gap and no duplicate.
+    pub fn release_held<S: Default>(&mut self, slab: &mut Slab<S>, slot: u32) {
+        let mut held = std::mem::take(&mut self.held);
+        for item in held.drain(..) {
+            let conflating = self.topics[item.topic as usize]
+                .as_ref()
+                .is_some_and(|s| matches!(s.topic.policy, SlowConsumer::Conflate { .. }));
+            queue(slab, slot, &item, conflating);
+        }
+        self.held = held;
+    }
+
+    /// Adds `slot` to the topic's subscribers here and holds what `start` asks for.
     fn join<S: Default>(
         &mut self,
         slab: &mut Slab<S>,
@@ -159,32 +192,26 @@ impl Local {
         }
         // Counted before reading the topic's order: a publish ordered after `after` sees the count
         // (the topic's lock orders the two) and is queued for this worker; the ones up to `after`
-        // are skipped when they arrive, whether they were queued here from the history or not.
+        // are skipped when they arrive, whether they are held from the history or not.
         if topic.count(self.worker, true) {
             self.hub.interest_changed(&topic);
         }
-        let mut first = std::mem::take(&mut self.batch);
         let (after, joined) = match start {
             Start::Live | Start::Last => {
                 let (after, last) = topic.latest();
                 if let (Start::Last, Some(last)) = (start, last) {
-                    first.push(last);
+                    self.held.push(last);
                 }
                 (after, Joined::Live)
             }
             Start::Since(since) => {
-                let (after, r) = topic.resume(since, &self.hub.budget, &mut first);
+                let (after, r) = topic.resume(since, &self.hub.budget, &mut self.held);
                 (after, Joined::Resumed(r))
             }
         };
         subs.index.insert(slot, subs.members.len() as u32);
         subs.members.push(Member { slot, after });
         slab.get_mut(slot).extra().topics.push(id as u32);
-        let conflating = matches!(topic.policy, SlowConsumer::Conflate { .. });
-        for item in first.drain(..) {
-            queue(slab, slot, &item, conflating);
-        }
-        self.batch = first;
         Ok(joined)
     }
 

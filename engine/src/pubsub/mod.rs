@@ -33,7 +33,7 @@ use crate::conn::Message;
 use crate::ring::sys::poke;
 use bridge::{Bridge, Link};
 use history::{Backlog, Budget};
-pub use history::{History, NotRecovered, Position, Recovery};
+pub use history::{BadPosition, History, NotRecovered, Position, Recovery, parse_epoch};
 use inbox::{Inbox, Pushed};
 use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 use std::collections::HashMap;

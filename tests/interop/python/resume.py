@@ -1,0 +1,100 @@
+"""The market feed's resume protocol from an independent client (Python `websockets`), for tests/feed.rs.
+
+    resume.py resume ADDR SYMBOL READ AHEAD N
+        Subscribes to SYMBOL, reads READ of its quotes (the last seq read is K), drops the TCP
+        connection (no close frame), then, if AHEAD > 0, watches the symbol on a second connection
+        until the feed is at least AHEAD quotes past K; reconnects and subscribes with `since` =
+        (epoch, K), and prints one JSON line: {"before": [epoch, K], "reply": <the subscribed
+        reply>, "quotes": [[epoch, seq], ...]} with the next N quotes of SYMBOL.
+    resume.py since ADDR SYMBOL EPOCH SEQ N
+        Subscribes with `since` = (EPOCH, SEQ) and prints {"reply": ..., "quotes": [...]}.
+    resume.py position ADDR SYMBOL
+        Prints {"epoch": ..., "seq": ...} of a quote of SYMBOL.
+
+Every read has a timeout; the script fails (exit status 1, message on stderr) on anything else.
+"""
+
+import contextlib
+import json
+import socket
+import sys
+
+from websockets.sync.client import connect
+
+TIMEOUT = 10
+# Every connection, closed when the script ends.
+OPEN = contextlib.ExitStack()
+
+
+def quotes(ws, symbol):
+    """Yields (epoch, seq, message) of SYMBOL's quotes; other messages must not come."""
+    while True:
+        m = json.loads(ws.recv(timeout=TIMEOUT))
+        if m.get("type") != "quote":
+            raise SystemExit(f"expected a quote, got {m}")
+        if m["symbol"] == symbol:
+            yield m["epoch"], m["seq"], m
+
+
+def subscribe(addr, symbol, since=None):
+    ws = OPEN.enter_context(connect(f"ws://{addr}/", open_timeout=TIMEOUT, max_size=1 << 20))
+    msg = {"op": "subscribe", "symbols": [symbol]}
+    if since is not None:
+        msg["since"] = {symbol: {"epoch": since[0], "seq": since[1]}}
+    ws.send(json.dumps(msg))
+    reply = json.loads(ws.recv(timeout=TIMEOUT))
+    if reply.get("type") != "subscribed":
+        raise SystemExit(f"expected the subscribed reply, got {reply}")
+    return ws, reply
+
+
+def drop(ws):
+    """Ends the TCP connection abruptly, as a lost network does (no close frame)."""
+    try:
+        ws.socket.shutdown(socket.SHUT_RDWR)
+    finally:
+        ws.close_socket()
+
+
+def take(ws, symbol, n):
+    out = []
+    for epoch, seq, _ in quotes(ws, symbol):
+        out.append([epoch, seq])
+        if len(out) == n:
+            return out
+
+
+def main():
+    mode, addr, symbol = sys.argv[1:4]
+    if mode == "resume":
+        read, ahead, n = (int(a) for a in sys.argv[4:7])
+        ws, _ = subscribe(addr, symbol)
+        got = take(ws, symbol, read)
+        (epoch, k) = got[-1]
+        drop(ws)
+        if ahead > 0:
+            watch, _ = subscribe(addr, symbol)
+            for _, seq, _ in quotes(watch, symbol):
+                if seq >= k + ahead:
+                    break
+            watch.close()
+        ws, reply = subscribe(addr, symbol, (epoch, k))
+        print(json.dumps({"before": [epoch, k], "reply": reply, "quotes": take(ws, symbol, n)}))
+        ws.close()
+    elif mode == "since":
+        epoch, seq, n = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+        ws, reply = subscribe(addr, symbol, (epoch, seq))
+        print(json.dumps({"reply": reply, "quotes": take(ws, symbol, n)}))
+        ws.close()
+    elif mode == "position":
+        ws, _ = subscribe(addr, symbol)
+        epoch, seq, _ = next(quotes(ws, symbol))
+        print(json.dumps({"epoch": epoch, "seq": seq}))
+        ws.close()
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    with OPEN:
+        main()
