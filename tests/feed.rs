@@ -7,12 +7,11 @@
 
 mod common;
 
-use common::{Frame, RawClient, Server, http_get, op, repo_root, run_bounded};
+use common::{Frame, RawClient, Server, http_get, op};
 use ringws::Message;
 use ringws_cli::feed::{Quote, timestamp};
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn feed(extra: &[&str]) -> Server {
@@ -230,28 +229,9 @@ fn binary_quotes_carry_the_same_fields() {
     }
 }
 
-/// Runs `resume.py ARGS...` (bounded) and returns the JSON line it printed.
+/// Runs `resume.py ARGS...` against `server` and returns the JSON line it printed.
 fn resume_py(server: &Server, args: &[&str]) -> OwnedValue {
-    let root = repo_root();
-    let python = root.join("tests/interop/.venv/bin/python");
-    assert!(
-        python.exists(),
-        "the Python venv with `websockets` is missing: run `./scripts/test.sh` once"
-    );
-    let mut cmd = Command::new(python);
-    cmd.arg(root.join("tests/interop/python/resume.py"))
-        .args(args);
-    let (status, output) = run_bounded(&mut cmd, Duration::from_secs(60));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{cmd:?} failed ({status:?}):\n{output}\n--- server ---\n{}",
-        server.log()
-    );
-    let line = output
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("{cmd:?} printed no JSON:\n{output}"));
-    json(line.as_bytes())
+    common::python_json("resume.py", args, || server.log())
 }
 
 /// (epoch, seq) pairs of the script's `quotes`.

@@ -254,7 +254,6 @@ pub fn error(out: &mut String, e: &ControlError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use simd_json::prelude::*;
 
     fn parse_str(s: &str) -> Result<Vec<String>, ControlError> {
         let mut b = s.as_bytes().to_vec();

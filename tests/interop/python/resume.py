@@ -1,11 +1,12 @@
 """The market feed's resume protocol from an independent client (Python `websockets`), for tests/feed.rs.
 
-    resume.py resume ADDR SYMBOL READ AHEAD N
+    resume.py resume ADDR SYMBOL READ AHEAD N [ADDR2]
         Subscribes to SYMBOL, reads READ of its quotes (the last seq read is K), drops the TCP
         connection (no close frame), then, if AHEAD > 0, watches the symbol on a second connection
-        until the feed is at least AHEAD quotes past K; reconnects and subscribes with `since` =
-        (epoch, K), and prints one JSON line: {"before": [epoch, K], "reply": <the subscribed
-        reply>, "quotes": [[epoch, seq], ...]} with the next N quotes of SYMBOL.
+        (to ADDR2 if given, else ADDR) until the feed is at least AHEAD quotes past K; reconnects
+        (to ADDR2 if given: another node) and subscribes with `since` = (epoch, K), and prints one
+        JSON line: {"before": [epoch, K], "reply": <the subscribed reply>, "quotes": [[epoch, seq],
+        ...]} with the next N quotes of SYMBOL.
     resume.py since ADDR SYMBOL EPOCH SEQ N
         Subscribes with `since` = (EPOCH, SEQ) and prints {"reply": ..., "quotes": [...]}.
     resume.py position ADDR SYMBOL
@@ -68,17 +69,18 @@ def main():
     mode, addr, symbol = sys.argv[1:4]
     if mode == "resume":
         read, ahead, n = (int(a) for a in sys.argv[4:7])
+        again = sys.argv[7] if len(sys.argv) > 7 else addr
         ws, _ = subscribe(addr, symbol)
         got = take(ws, symbol, read)
         (epoch, k) = got[-1]
         drop(ws)
         if ahead > 0:
-            watch, _ = subscribe(addr, symbol)
+            watch, _ = subscribe(again, symbol)
             for _, seq, _ in quotes(watch, symbol):
                 if seq >= k + ahead:
                     break
             watch.close()
-        ws, reply = subscribe(addr, symbol, (epoch, k))
+        ws, reply = subscribe(again, symbol, (epoch, k))
         print(json.dumps({"before": [epoch, k], "reply": reply, "quotes": take(ws, symbol, n)}))
         ws.close()
     elif mode == "since":
