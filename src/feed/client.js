@@ -79,7 +79,8 @@ export class FeedClient {
     this.attempt = 0;
     this.stopped = false;
     this.timer = null;
-    this.connect();
+    // After the constructor returns, so that callbacks may use the client object.
+    queueMicrotask(() => this.connect());
   }
 
   /** Adds symbols (subscribed at once if connected). */
