@@ -20,6 +20,10 @@
 //! whose queued output is over `max_backpressure` is behind; the topic's [`SlowConsumer`] policy then
 //! decides (conflate, drop, disconnect), and only that subscriber is affected.
 //!
+//! Every publication has a [`Position`] (`epoch`, `seq`), and a topic may keep a bounded history of
+//! its publications' frames, so that a subscriber that reconnects resumes from where it was
+//! ([`Socket::subscribe_since`](crate::Socket::subscribe_since); see [`history`]).
+//!
 //! A [`Bridge`] ([`bridge`]) connects the hub to a message broker for running several nodes: the
 //! hub tells it when a topic gains its first or loses its last subscriber on the node, queues local
 //! publications for it (bounded), and takes the broker's publications without sending them back.
