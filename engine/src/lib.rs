@@ -93,8 +93,8 @@ pub use pubsub::bridge::{
     Bridge, BridgeEvent, BridgePublication, BridgeStats, DEFAULT_BRIDGE_CAPACITY,
 };
 pub use pubsub::{
-    BadPosition, History, MAX_TOPIC_NAME, NotRecovered, Position, PubSubError, Publisher, Recovery,
-    SlowConsumer, Topic, TopicStats, parse_epoch,
+    BadPosition, ConflatedMark, History, MAX_TOPIC_NAME, NotRecovered, Position, PubSubError,
+    Publisher, Recovery, SlowConsumer, Topic, TopicStats, parse_epoch,
 };
 pub use ring::probe::{Feature, MemlockNeed, ProbeReport, Support};
 pub use ringws_protocol::CloseCode;

@@ -20,12 +20,13 @@
 // because this client was reading too slowly).
 
 /** Quotes as the feed sends them: JSON text, or binary frames (`--binary`), little-endian:
- *  ts u64 | seq u64 | epoch u64 | bid f64 | ask f64 | n u8 | symbol (n bytes). */
+ *  ts u64 | seq u64 | epoch u64 | bid f64 | ask f64 | n u8 (bit 7: conflated) | symbol (n bytes). */
 export function decodeQuote(data) {
   if (typeof data === "string") return JSON.parse(data);
   const v = new DataView(data);
-  const n = v.getUint8(40);
+  const n = v.getUint8(40) & 0x7f;
   return {
+    conflated: (v.getUint8(40) & 0x80) !== 0,
     type: "quote",
     ts: Number(v.getBigUint64(0, true)),
     seq: Number(v.getBigUint64(8, true)),

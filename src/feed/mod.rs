@@ -23,7 +23,7 @@
 pub mod control;
 mod quote;
 
-pub use quote::{BINARY_HEADER, MAX_SYMBOL, Quote, timestamp};
+pub use quote::{BINARY_HEADER, MAX_SYMBOL, Quote, mark_conflated, timestamp};
 
 use control::{Control, ControlError};
 use ringws::{
@@ -233,6 +233,7 @@ impl Feed {
             })?;
         for t in &topics {
             t.set_history(self.cfg.keep());
+            t.mark_conflated(mark_conflated);
         }
         let mut ticker = Ticker::new(&self.names, self.cfg, topics);
         if self.cfg.rate > 0 {
@@ -395,6 +396,7 @@ impl<S: QuoteSink> Ticker<S> {
             ask: book.mid + half,
             seq: book.seq,
             epoch: self.epoch,
+            conflated: false,
             ts: now_ns(),
         };
         let at = Position {

@@ -15,14 +15,16 @@
 //! | 16 | 8 | `epoch`: the stream `seq` counts in (`u64`; JSON gives it as 16 hex digits) |
 //! | 24 | 8 | `bid` (`f64`) |
 //! | 32 | 8 | `ask` (`f64`) |
-//! | 40 | 1 | n: symbol length, 1 to 32 |
+//! | 40 | 1 | n: symbol length, 1 to 32; bit 7 set: `conflated` |
 //! | 41 | n | symbol, ASCII |
 //!
 //! `ts` is where a load generator finds it without parsing the rest: the first 8 bytes of a binary
 //! quote, the digits between the last `:` and the final `}` of a JSON one ([`timestamp`]). `seq`
 //! counts per symbol within an `epoch`, which changes when the ticker restarts: (`epoch`, `seq`) is
 //! the quote's position, what a client gives back to resume after a reconnect. A gap in `seq`
-//! shows quotes a slow client had conflated away.
+//! shows quotes a slow client had conflated away, and the quote that replaced them says so
+//! (`"conflated":true` before `ts`; bit 7 of the length byte in binary), so a client can tell that
+//! policy gap from a loss.
 
 use ringws::Message;
 use std::fmt::Write;
@@ -32,6 +34,38 @@ pub const MAX_SYMBOL: usize = 32;
 
 /// Size of a binary quote before its symbol.
 pub const BINARY_HEADER: usize = 41;
+/// The bit of a binary quote's length byte that says it is `conflated`.
+const CONFLATED_BIT: u8 = 0x80;
+
+/// Marks an encoded quote (either encoding) as having replaced others: the feed's
+/// [`ConflatedMark`](ringws::ConflatedMark), applied by the engine to the quote a
+/// slow subscriber gets in place of the ones it missed. `false` for anything else.
+///
+/// ```
+/// use ringws_cli::feed::{Quote, mark_conflated};
+/// let q = Quote { symbol: "X", bid: 1.0, ask: 1.5, seq: 3, epoch: 1, conflated: false, ts: 9 };
+/// let (mut json, mut out) = (String::new(), Vec::new());
+/// q.write_json(&mut json);
+/// assert!(mark_conflated(json.as_bytes(), &mut out));
+/// assert!(out.ends_with(br#","conflated":true,"ts":9}"#));
+/// ```
+pub fn mark_conflated(payload: &[u8], out: &mut Vec<u8>) -> bool {
+    if payload.first() == Some(&b'{') {
+        let Some(at) = payload.windows(6).rposition(|w| w == br#","ts":"#) else {
+            return false;
+        };
+        out.extend_from_slice(&payload[..at]);
+        out.extend_from_slice(br#","conflated":true"#);
+        out.extend_from_slice(&payload[at..]);
+        return true;
+    }
+    if Quote::from_binary(payload).is_none() {
+        return false;
+    }
+    out.extend_from_slice(payload);
+    out[BINARY_HEADER - 1] |= CONFLATED_BIT;
+    true
+}
 
 /// One quote.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,6 +80,8 @@ pub struct Quote<'a> {
     pub seq: u64,
     /// The stream `seq` counts in (drawn when the ticker starts).
     pub epoch: u64,
+    /// This quote replaced others the client was too slow to receive ([`mark_conflated`]).
+    pub conflated: bool,
     /// Publish time, ns since the UNIX epoch.
     pub ts: u64,
 }
@@ -65,7 +101,7 @@ impl<'a> Quote<'a> {
     /// Appends the JSON encoding to `out`.
     ///
     /// ```
-    /// let q = ringws_cli::feed::Quote { symbol: "ETH-USD", bid: 3500.5, ask: 3501.0, seq: 7, epoch: 255, ts: 99 };
+    /// let q = ringws_cli::feed::Quote { symbol: "ETH-USD", bid: 3500.5, ask: 3501.0, seq: 7, epoch: 255, conflated: false, ts: 99 };
     /// let mut out = String::new();
     /// q.write_json(&mut out);
     /// assert_eq!(
@@ -78,8 +114,18 @@ impl<'a> Quote<'a> {
         // Writing to a String cannot fail; symbols need no escaping (ASCII letters, digits, '-').
         let _ = write!(
             out,
-            r#"{{"type":"quote","symbol":"{}","bid":{:.d$},"ask":{:.d$},"seq":{},"epoch":"{:016x}","ts":{}}}"#,
-            self.symbol, self.bid, self.ask, self.seq, self.epoch, self.ts
+            r#"{{"type":"quote","symbol":"{}","bid":{:.d$},"ask":{:.d$},"seq":{},"epoch":"{:016x}"{},"ts":{}}}"#,
+            self.symbol,
+            self.bid,
+            self.ask,
+            self.seq,
+            self.epoch,
+            if self.conflated {
+                r#","conflated":true"#
+            } else {
+                ""
+            },
+            self.ts
         );
     }
 
@@ -91,7 +137,7 @@ impl<'a> Quote<'a> {
         out.extend_from_slice(&self.epoch.to_le_bytes());
         out.extend_from_slice(&self.bid.to_le_bytes());
         out.extend_from_slice(&self.ask.to_le_bytes());
-        out.push(symbol.len() as u8);
+        out.push(symbol.len() as u8 | if self.conflated { CONFLATED_BIT } else { 0 });
         out.extend_from_slice(symbol);
     }
 
@@ -99,7 +145,7 @@ impl<'a> Quote<'a> {
     ///
     /// ```
     /// use ringws_cli::feed::Quote;
-    /// let q = Quote { symbol: "BTC-USD", bid: 1.5, ask: 2.5, seq: 3, epoch: 5, ts: 4 };
+    /// let q = Quote { symbol: "BTC-USD", bid: 1.5, ask: 2.5, seq: 3, epoch: 5, conflated: true, ts: 4 };
     /// let mut b = Vec::new();
     /// q.write_binary(&mut b);
     /// assert_eq!(Quote::from_binary(&b), Some(q));
@@ -107,7 +153,7 @@ impl<'a> Quote<'a> {
     pub fn from_binary(b: &'a [u8]) -> Option<Self> {
         let (head, symbol) = b.split_at_checked(BINARY_HEADER)?;
         let u64_at = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().expect("8 bytes"));
-        let n = usize::from(head[40]);
+        let n = usize::from(head[40] & !CONFLATED_BIT);
         if n == 0 || n > MAX_SYMBOL || symbol.len() != n || !symbol.is_ascii() {
             return None;
         }
@@ -115,6 +161,7 @@ impl<'a> Quote<'a> {
             ts: u64_at(0),
             seq: u64_at(8),
             epoch: u64_at(16),
+            conflated: head[40] & CONFLATED_BIT != 0,
             bid: f64::from_bits(u64_at(24)),
             ask: f64::from_bits(u64_at(32)),
             symbol: std::str::from_utf8(symbol).ok()?,
@@ -160,6 +207,7 @@ mod tests {
             ask: 0.1234999,
             seq: 1,
             epoch: 1,
+            conflated: false,
             ts: 2,
         };
         q.write_json(&mut out);
@@ -176,6 +224,7 @@ mod tests {
             ask: 2.0,
             seq: 3,
             epoch: 5,
+            conflated: false,
             ts: 4,
         };
         let mut b = Vec::new();
@@ -190,6 +239,12 @@ mod tests {
         empty[40] = 0;
         assert_eq!(Quote::from_binary(&empty), None, "empty symbol");
         assert_eq!(Quote::from_binary(&[]), None);
+        let mut marked = Vec::new();
+        assert!(mark_conflated(&b, &mut marked));
+        let m = Quote::from_binary(&marked).unwrap();
+        assert!(m.conflated && m.symbol == "BTC-USD" && m.seq == 3);
+        assert!(!mark_conflated(b"garbage", &mut Vec::new()));
+        assert!(!mark_conflated(br#"{"type":"error"}"#, &mut Vec::new()));
     }
 
     #[test]

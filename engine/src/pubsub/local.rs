@@ -5,9 +5,12 @@
 //! slow-consumer policy applies if the subscriber is behind). A connection's own list of topics
 //! lives in its slot's extras, so that it goes with the connection.
 
-use super::{Hub, Position, PubSubError, Publication, Recovery, SlowConsumer, TopicInner};
+use super::{
+    ConflatedMark, Hub, Position, PubSubError, Publication, Recovery, SlowConsumer, TopicInner,
+};
 use crate::conn::{Message, Slab};
 use ringws_protocol::CloseCode;
+use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -297,11 +300,15 @@ impl Local {
         let topic = &subs.topic;
         let started = Instant::now();
         let (mut queued, mut dropped, mut conflated, mut disconnected) = (0, 0, 0, 0);
+        let mut marked = Marked {
+            mark: topic.mark.get().copied(),
+            frame: None,
+        };
         for m in &subs.members {
             if item.order <= m.after {
                 continue;
             }
-            match offer(slab, m.slot, item, topic.policy) {
+            match offer(slab, m.slot, item, topic.policy, &mut marked) {
                 Offer::Queued => queued += 1,
                 Offer::Dropped => dropped += 1,
                 Offer::Conflated => conflated += 1,
@@ -328,13 +335,54 @@ impl Local {
     }
 }
 
+/// A publication's frame rewritten by its topic's conflation mark: made when a subscriber first
+/// needs it, once per delivery on this worker.
+struct Marked {
+    mark: Option<ConflatedMark>,
+    /// `Some(None)`: the mark left this publication as it is.
+    frame: Option<Option<Arc<[u8]>>>,
+}
+
+impl Marked {
+    /// The marked frame of `item`, if its topic marks and the mark applies.
+    fn of(&mut self, item: &Publication) -> Option<&Arc<[u8]>> {
+        let mark = self.mark?;
+        self.frame
+            .get_or_insert_with(|| remark(&item.frame, mark))
+            .as_ref()
+    }
+}
+
+/// `frame` (one whole unmasked frame as the hub encodes it) with its payload rewritten by `mark`.
+fn remark(frame: &[u8], mark: ConflatedMark) -> Option<Arc<[u8]>> {
+    let start = match frame.get(1)? & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let opcode = if frame[0] & 0x0f == 0x2 {
+        OpCode::Binary
+    } else {
+        OpCode::Text
+    };
+    let mut payload = Vec::new();
+    if !mark(frame.get(start..)?, &mut payload) {
+        return None;
+    }
+    let mut header = [0u8; MAX_HEADER_LEN];
+    let n = encode_header(&mut header, true, 0, opcode, None, payload.len() as u64);
+    Some(header[..n].iter().chain(&payload).copied().collect())
+}
+
 /// Queues `item` for one subscriber, or applies `policy` if the subscriber is behind (its queued
-/// output is over `max_backpressure`).
+/// output is over `max_backpressure`). `marked`: the frame for a subscriber whose queued frame it
+/// replaces, if the topic marks those.
 fn offer<S: Default>(
     slab: &mut Slab<S>,
     slot: u32,
     item: &Publication,
     policy: SlowConsumer,
+    marked: &mut Marked,
 ) -> Offer {
     let max = slab.config().backpressure.max;
     let s = slab.get(slot);
@@ -359,6 +407,11 @@ fn offer<S: Default>(
         let q = slab.out(slot);
         // Conflating: replace the frame kept for this key if it still waits, else keep this one.
         if q.replace_keyed(key, frame) {
+            if compressed.is_none()
+                && let Some(m) = marked.of(item)
+            {
+                slab.out(slot).replace_keyed(key, m);
+            }
             return Offer::Conflated;
         }
         q.push_keyed(key, frame);
@@ -667,6 +720,42 @@ mod tests {
                 "the fast subscriber got all: {policy:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_publication_that_replaced_others_is_marked_for_that_subscriber_only() {
+        fn mark(payload: &[u8], out: &mut Vec<u8>) -> bool {
+            out.extend_from_slice(payload);
+            out.push(b'!');
+            true
+        }
+        let (mut core, hub) = core(SlowConsumer::CONFLATE_PER_TOPIC, 10, 2);
+        let topic = super::super::Topic {
+            hub: Arc::clone(&hub),
+            inner: hub.topic("t").unwrap(),
+        };
+        assert!(topic.mark_conflated(mark));
+        assert!(!topic.mark_conflated(mark), "set once");
+        core.subscribe(0, "t", false).unwrap();
+        core.subscribe(1, "t", false).unwrap();
+        for i in 0..4u8 {
+            core.publish("t", Message::Binary(&[i; 8])).unwrap();
+            core.flush(1, 10); // slot 1 keeps up
+        }
+        // Slot 0: 0 and 1 in order, 2 kept for conflation, then 3 replaced it, marked.
+        let frame = |i: u8| [0x82, 8, i, i, i, i, i, i, i, i];
+        let mut want = [frame(0), frame(1)].concat();
+        want.extend_from_slice(&[0x82, 9, 3, 3, 3, 3, 3, 3, 3, 3, b'!']);
+        assert_eq!(core.unsent(0), want);
+        assert!(
+            core.unsent(1).is_empty(),
+            "the fast one got every frame as published"
+        );
+        // A mark that declines leaves the frame as published.
+        assert!(remark(&frame(5), |_, _| false).is_none());
+        let long = [&[0x81, 126, 0, 200][..], &[b'x'; 200]].concat();
+        let marked = remark(&long, mark).unwrap();
+        assert_eq!((marked[0], &marked[1..4]), (0x81, &[126, 0, 201][..]));
     }
 
     #[test]

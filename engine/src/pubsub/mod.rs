@@ -83,6 +83,10 @@ impl SlowConsumer {
     }
 }
 
+/// Rewrites a payload so that it says it replaced others (see [`Topic::mark_conflated`]): appends
+/// the marked payload to the vector; returns `false` to leave the publication as it is.
+pub type ConflatedMark = fn(&[u8], &mut Vec<u8>) -> bool;
+
 /// The key of [`SlowConsumer::CONFLATE_PER_TOPIC`]: the same for every payload.
 fn whole_topic(_: &[u8]) -> u64 {
     0
@@ -202,6 +206,8 @@ pub(crate) struct TopicInner {
     /// The topic waits in the bridge's queue of interest changes (queued once until polled).
     interest_pending: AtomicBool,
     latest: Mutex<Latest>,
+    /// How a conflating topic marks the publication that replaced others, if it does.
+    pub mark: OnceLock<ConflatedMark>,
     published: AtomicU64,
     pub dropped: AtomicU64,
     pub conflated: AtomicU64,
@@ -428,6 +434,7 @@ impl Hub {
                 last: None,
                 backlog: Backlog::default(),
             }),
+            mark: OnceLock::new(),
             published: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             conflated: AtomicU64::new(0),
@@ -675,6 +682,16 @@ impl Topic {
         self.hub
             .publish_from(&self.inner, msg, None, true, Some(position))
             .map(drop)
+    }
+
+    /// On a conflating topic: lets a subscriber that was behind tell a policy gap from a loss. When
+    /// a publication replaces others still queued for a subscriber, that subscriber gets it
+    /// rewritten by `mark` (e.g. with `"conflated":true` added), encoded at most once per worker
+    /// and publication, and only when it happens; everyone else gets the frame as published. Not
+    /// applied to connections that negotiated permessage-deflate (they get the plain publication).
+    /// Set once: `false` if a mark was already set.
+    pub fn mark_conflated(&self, mark: ConflatedMark) -> bool {
+        self.inner.mark.set(mark).is_ok()
     }
 
     /// The position of the topic's latest publication (`seq` 0: none yet).
