@@ -462,6 +462,59 @@ mod tests {
         assert_eq!((b.len(), budget.used()), (0, 0));
     }
 
+    /// Resident bytes of this process (`/proc/self/statm`).
+    fn rss() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    /// Memory per topic of a full 1,000-entry history of 100-byte quotes, as counted against
+    /// `max_history_memory` and as the process's resident size grows, over 1,000 topics
+    /// published through the hub (`cargo test -p ringws-engine --release --lib
+    /// measurement_history_memory -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a check: run with --ignored --nocapture in release mode"]
+    fn measurement_history_memory() {
+        use crate::conn::Message;
+        use crate::pubsub::{Hub, SlowConsumer};
+        const TOPICS: usize = 1000;
+        const ENTRIES: usize = 1000;
+        let hub = Hub::new(
+            vec![crate::ring::sys::eventfd().unwrap()],
+            SlowConsumer::DropNewest,
+            TOPICS,
+            1 << 40,
+        );
+        let keep = History {
+            max_len: ENTRIES,
+            max_age: None,
+        };
+        let topics: Vec<_> = (0..TOPICS)
+            .map(|i| {
+                let t = hub.topic(&format!("t{i}")).unwrap();
+                t.set_history(keep, &hub.budget);
+                t
+            })
+            .collect();
+        let payload = [b'q'; 100];
+        let before = rss();
+        for _ in 0..ENTRIES {
+            for t in &topics {
+                hub.publish(t, Message::Binary(&payload), None);
+            }
+        }
+        let grown = rss() - before;
+        println!(
+            "{TOPICS} topics x {ENTRIES} entries of 100 B: counted {} B per topic ({} B per \
+             entry), resident {} B per topic ({} B per entry)",
+            hub.budget.used() / TOPICS,
+            hub.budget.used() / TOPICS / ENTRIES,
+            grown / TOPICS,
+            grown / TOPICS / ENTRIES
+        );
+    }
+
     #[test]
     fn many_topics_stay_within_the_budget() {
         let cap = 64 << 10;
