@@ -668,6 +668,60 @@ mod tests {
         assert_eq!(publish(restarted).unwrap().position, restarted);
     }
 
+    /// Publish-and-deliver CPU per delivery with a 1,000-entry history on the topic vs none: one
+    /// topic, 100 subscribers on this worker, 100-byte publications, each subscriber's queue
+    /// written out after every publication (as a completed send would). Rounds alternate between
+    /// the two (41 each) and the best round of each is kept, so load from other processes on a shared box
+    /// weighs little (`cargo test -p ringws-engine --release --lib measurement_history_fanout --
+    /// --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a check: run with --ignored --nocapture in release mode"]
+    fn measurement_history_fanout() {
+        use crate::pubsub::History;
+        const SUBSCRIBERS: u32 = 100;
+        const PUBLICATIONS: usize = 2000;
+        let mut setups: Vec<(Core, Arc<Hub>)> = [0, 1000]
+            .into_iter()
+            .map(|max_len| {
+                let (mut core, hub) = core(SlowConsumer::CONFLATE_PER_TOPIC, 1 << 20, SUBSCRIBERS);
+                hub.topic("t").unwrap().set_history(
+                    History {
+                        max_len,
+                        max_age: None,
+                    },
+                    &hub.budget,
+                );
+                for s in 0..SUBSCRIBERS {
+                    core.subscribe(s, "t", false).unwrap();
+                }
+                (core, hub)
+            })
+            .collect();
+        let payload = [b'q'; 100];
+        let mut best = [f64::MAX; 2];
+        for _round in 0..41 {
+            for (i, (core, _)) in setups.iter_mut().enumerate() {
+                let started = Instant::now();
+                for _ in 0..PUBLICATIONS {
+                    core.publish("t", Message::Binary(&payload)).unwrap();
+                    for s in 0..SUBSCRIBERS {
+                        core.flush(s, 102);
+                    }
+                }
+                let ns = started.elapsed().as_nanos() as f64
+                    / (PUBLICATIONS as f64 * f64::from(SUBSCRIBERS));
+                best[i] = best[i].min(ns);
+            }
+        }
+        println!(
+            "per delivery (best of 41 alternating rounds): history off {:.1} ns, 1,000-entry \
+             history {:.1} ns, ratio {:.3}",
+            best[0],
+            best[1],
+            best[1] / best[0]
+        );
+    }
+
     #[test]
     fn slow_subscribers_follow_the_policy_and_fast_ones_get_everything() {
         for policy in [
