@@ -368,3 +368,25 @@ fn binary_quotes_carry_the_epoch_too() {
         "{epochs:?}"
     );
 }
+
+/// `ringws_history_bytes` on the feed's `/metrics`: the quotes kept for resuming (each symbol's
+/// first quote is published before the server starts), none with `--history 0`.
+#[test]
+fn the_history_memory_is_on_the_metrics() {
+    let history_bytes = |server: &Server| {
+        let (head, body) = http_get(server.addr, "/metrics");
+        assert_eq!(head.status, 200);
+        let text = String::from_utf8(body).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("ringws_history_bytes "))
+            .unwrap_or_else(|| panic!("no ringws_history_bytes:\n{text}"))
+            .parse::<u64>()
+            .unwrap()
+    };
+    let kept = feed(&["--rate", "1"]);
+    let bytes = history_bytes(&kept);
+    // 20 symbols, one quote each of ~130 bytes and its bookkeeping.
+    assert!((20 * 130..20 * 1000).contains(&bytes), "{bytes}");
+    let off = feed(&["--rate", "1", "--history", "0"]);
+    assert_eq!(history_bytes(&off), 0);
+}

@@ -320,6 +320,8 @@ impl TopicInner {
 pub(crate) struct HubSummary {
     pub topics: u64,
     pub published: u64,
+    /// Bytes of history kept over all topics.
+    pub history_bytes: u64,
     /// Subscriptions held by each worker's connections.
     pub subscriptions: Vec<u64>,
     /// The attached broker bridge's counters.
@@ -451,6 +453,7 @@ impl Hub {
         let mut out = HubSummary {
             topics: topics.len() as u64,
             published: 0,
+            history_bytes: self.budget.used() as u64,
             subscriptions: vec![0; self.inboxes.len()],
             bridge: self.bridge.get().map(|l| l.stats()),
         };
