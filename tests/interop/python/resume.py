@@ -11,6 +11,13 @@
         Subscribes with `since` = (EPOCH, SEQ) and prints {"reply": ..., "quotes": [...]}.
     resume.py position ADDR SYMBOL
         Prints {"epoch": ..., "seq": ...} of a quote of SYMBOL.
+    resume.py latency ADDR SYMBOL BEHIND RUNS
+        RUNS times: reads a quote (seq K), drops the connection, waits (watching on a second
+        connection) until the feed is at least BEHIND quotes past K, then times a reconnect with
+        `since` K up to the last replayed quote (where the feed was when it answered: the client
+        has caught up), and, as the baseline, a fresh subscribe up to its first quote (the
+        snapshot). Prints {"ms": [...], "replayed": [...], "fresh_ms": [...]} (used by
+        benches/resume.sh).
 
 Every read has a timeout; the script fails (exit status 1, message on stderr) on anything else.
 """
@@ -19,6 +26,7 @@ import contextlib
 import json
 import socket
 import sys
+import time
 
 from websockets.sync.client import connect
 
@@ -88,6 +96,33 @@ def main():
         ws, reply = subscribe(addr, symbol, (epoch, seq))
         print(json.dumps({"reply": reply, "quotes": take(ws, symbol, n)}))
         ws.close()
+    elif mode == "latency":
+        behind, runs = int(sys.argv[4]), int(sys.argv[5])
+        out, replayed, fresh = [], [], []
+        for _ in range(runs):
+            ws, _ = subscribe(addr, symbol)
+            [(epoch, k)] = take(ws, symbol, 1)
+            drop(ws)
+            watch, _ = subscribe(addr, symbol)
+            for _, seq, _ in quotes(watch, symbol):
+                if seq >= k + behind:
+                    break
+            watch.close()
+            start = time.perf_counter()
+            ws, reply = subscribe(addr, symbol, (epoch, k))
+            r = reply["recovered"][symbol]
+            if not r["recovered"]:
+                raise SystemExit(f"not recovered: {reply}")
+            take(ws, symbol, r["replayed"])
+            out.append((time.perf_counter() - start) * 1000)
+            replayed.append(r["replayed"])
+            ws.close()
+            start = time.perf_counter()
+            ws, _ = subscribe(addr, symbol)
+            take(ws, symbol, 1)
+            fresh.append((time.perf_counter() - start) * 1000)
+            ws.close()
+        print(json.dumps({"ms": out, "replayed": replayed, "fresh_ms": fresh}))
     elif mode == "position":
         ws, _ = subscribe(addr, symbol)
         epoch, seq, _ = next(quotes(ws, symbol))
