@@ -390,3 +390,74 @@ fn the_history_memory_is_on_the_metrics() {
     let off = feed(&["--rate", "1", "--history", "0"]);
     assert_eq!(history_bytes(&off), 0);
 }
+
+/// Runs the feed's `/client.js` under Node (`tests/interop/node/feed_client.mjs`, the `ws` package
+/// standing in for the browser's WebSocket) against `server`: 20 quotes, a dropped connection,
+/// 20 more. Returns what the client reported.
+fn client_js(server: &Server, symbol: &str) -> OwnedValue {
+    let root = common::repo_root();
+    let node_dir = root.join("tests/interop/node");
+    assert!(
+        node_dir.join("node_modules/ws/package.json").exists(),
+        "run ./scripts/test.sh once: it installs the Node packages"
+    );
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(node_dir.join("feed_client.mjs"))
+        .arg(server.addr.to_string())
+        .arg(root.join("src/feed/client.js"))
+        .arg(symbol);
+    let (status, output) = common::run_bounded(&mut cmd, Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{cmd:?} failed ({status:?}):\n{output}\n--- server ---\n{}",
+        server.log()
+    );
+    let line = output.lines().rfind(|l| l.starts_with('{')).unwrap();
+    json(line.as_bytes())
+}
+
+#[test]
+fn the_browser_client_reconnects_and_resumes_with_nothing_lost() {
+    let server = feed(&["--rate", "2000"]);
+    let v = client_js(&server, "BTC-USD");
+    let stats = v.get("stats").unwrap();
+    assert_eq!(stats.get_u64("connects"), Some(2), "{v:?}");
+    assert_eq!(v.get_array("recovered").unwrap().len(), 1, "{v:?}");
+    assert!(v.get_array("snapshots").unwrap().is_empty(), "{v:?}");
+    assert!(v.get_array("gaps").unwrap().is_empty(), "{v:?}");
+    // Every quote once, in order, across the reconnect.
+    let seqs: Vec<u64> = v
+        .get_array("seqs")
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    let states: Vec<&str> = v
+        .get_array("states")
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "connecting",
+            "open",
+            "reconnecting",
+            "connecting",
+            "open",
+            "closed"
+        ]
+    );
+}
+
+#[test]
+fn without_history_the_browser_client_reports_a_snapshot() {
+    let server = feed(&["--rate", "2000", "--history", "0"]);
+    let v = client_js(&server, "BTC-USD");
+    let snapshots = v.get_array("snapshots").unwrap();
+    assert_eq!(snapshots.len(), 1, "{v:?}");
+    assert_eq!(snapshots[0].get_str("reason"), Some("no_history"), "{v:?}");
+    assert!(v.get_array("recovered").unwrap().is_empty(), "{v:?}");
+}
