@@ -13,6 +13,7 @@ fn main() -> Result<(), EngineError> {
         symbols: 100,
         rate: 1_000,
         binary: false,
+        ..FeedConfig::default()
     })?;
     let builder = ringws::Server::builder()
         .bind("127.0.0.1:9002")

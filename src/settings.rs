@@ -39,8 +39,10 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("deflate.server_max_window_bits", "--deflate-window-bits"),
     ("deflate.client_max_window_bits", "--deflate-window-bits"),
     // The market feed's settings (ringws_cli::feed::Feed::new).
+    ("max_history_memory", "--max-history-memory"),
     ("symbols", "--symbols"),
     ("rate", "--rate"),
+    ("history", "--history"),
 ];
 
 /// The option that sets the engine setting `setting`, if there is one.
@@ -119,7 +121,8 @@ mod tests {
     fn every_flag_names_a_real_setting() {
         for (name, flag) in FLAGS {
             let engine = Config::SETTINGS.iter().any(|s| s.name == *name);
-            let other = name.starts_with("deflate.") || matches!(*name, "symbols" | "rate");
+            let other =
+                name.starts_with("deflate.") || matches!(*name, "symbols" | "rate" | "history");
             assert!(
                 engine || other,
                 "{flag} sets {name}, which is not a setting"

@@ -1,6 +1,8 @@
 //! The feed's live page in a real browser: headless Chromium loads `GET /` from `ringws serve --mode
-//! feed`, the page subscribes over the browser's own WebSocket, and the test reads the page's table
-//! through the Chrome DevTools Protocol until it sees prices and update counts move.
+//! feed`, the page subscribes over the browser's own WebSocket (through the feed's `/client.js`),
+//! and the test reads the page's table through the Chrome DevTools Protocol until it sees prices
+//! and update counts move; behind HAProxy, the node the page is connected to is killed and the
+//! page reconnects to the other one and shows a recovered stream.
 //!
 //! Needs Debian's `chromium` (scripts/test.sh installs it). Bounded: Chromium start-up, each DevTools
 //! call and the whole wait have deadlines, and Chromium is killed (and its profile removed) on every
@@ -9,6 +11,7 @@
 mod common;
 
 use common::Server;
+use common::brokers::{Haproxy, Nats, get, metric, ticker};
 use common::browser::{Chromium, connect_page, evaluate, require_chromium};
 use simd_json::prelude::*;
 use std::time::{Duration, Instant};
@@ -125,6 +128,136 @@ async fn live_page(server: &Server, scheme: &str, flags: &[String]) {
             a.0
         );
     }
+    drop(ws);
+    drop(chromium);
+}
+
+/// What the page shows of its connection: status text and its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Link {
+    status: String,
+    reconnects: u64,
+    recovered: u64,
+    snapshots: u64,
+    gaps: u64,
+    /// Quotes shown in all.
+    total: u64,
+}
+
+async fn read_link(ws: &mut common::Ws, id: &mut u64) -> Link {
+    const EXPR: &str = "JSON.stringify(Object.fromEntries(['status', 'reconnects', 'recovered', \
+        'snapshots', 'gaps', 'total'].map(k => [k, document.getElementById(k)?.textContent ?? ''])))";
+    let value = evaluate(ws, id, EXPR, Duration::from_secs(10)).await;
+    let v = simd_json::to_owned_value(&mut value.into_bytes()).unwrap();
+    let n = |k: &str| v.get_str(k).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Link {
+        status: v.get_str("status").unwrap_or_default().to_owned(),
+        reconnects: n("reconnects"),
+        recovered: n("recovered"),
+        snapshots: n("snapshots"),
+        gaps: n("gaps"),
+        total: n("total"),
+    }
+}
+
+/// Polls the page (bounded: 30 s) until `done` holds of what it shows.
+async fn wait_link(
+    ws: &mut common::Ws,
+    id: &mut u64,
+    what: &str,
+    done: impl Fn(&Link) -> bool,
+) -> Link {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let link = read_link(ws, id).await;
+        if done(&link) {
+            return link;
+        }
+        assert!(Instant::now() < deadline, "{what}: the page shows {link:?}");
+        // A bounded poll of the page's state (read through DevTools).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two feed nodes bridged through NATS to one `ringws ticker`, behind HAProxy; the page is loaded
+/// through HAProxy. The node holding the page's connection is killed with SIGKILL: the page's
+/// client reconnects (with backoff, through HAProxy, to the other node), resumes every symbol
+/// from its last position, and the page shows three recovered symbols, no snapshot and no gap.
+#[tokio::test]
+async fn the_live_page_resumes_on_another_node_after_its_node_is_killed() {
+    require_chromium();
+    let nats = Nats::start();
+    let url = nats.url();
+    let mut nodes: Vec<(Server, std::net::SocketAddr)> = (0..2)
+        .map(|_| {
+            let admin = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+            let admin_s = admin.to_string();
+            // --bridge-all: each node receives every symbol (and keeps its history) whether or
+            // not its own clients want it, so the page can resume on either.
+            let args = [
+                "--mode",
+                "feed",
+                "--rate",
+                "0",
+                "--symbols",
+                "12",
+                "--bridge",
+                &url,
+                "--bridge-all",
+                "--admin-addr",
+                &admin_s,
+            ];
+            let server = Server::start_with(&args, |cmd| {
+                cmd.env("RUST_LOG", "warn");
+            });
+            (server, admin)
+        })
+        .collect();
+    let lb = Haproxy::start(
+        &nodes
+            .iter()
+            .map(|(s, admin)| (s.addr, admin.port()))
+            .collect::<Vec<_>>(),
+    );
+    let _ticker = ticker(&url, 12, 600);
+    let page = format!("http://{}/?symbols=BTC-USD,ETH-USD,SOL-USD", lb.addr);
+    let mut chromium = Chromium::start(&page);
+    let mut ws = connect_page(&mut chromium, &page).await;
+    let mut id = 0;
+    let before = wait_link(&mut ws, &mut id, "connected", |l| {
+        l.status == "open" && l.total >= 30
+    })
+    .await;
+    assert_eq!(
+        (before.reconnects, before.snapshots, before.gaps),
+        (0, 0, 0),
+        "{before:?}"
+    );
+
+    // The node with the page's connection (the only WebSocket client of either).
+    let open = |admin| match get(admin, "/metrics") {
+        Some((200, text)) => metric(&text, "ringws_connections_open") as u64,
+        _ => 0,
+    };
+    let victim = nodes
+        .iter()
+        .position(|(_, admin)| open(*admin) == 1)
+        .expect("the page is connected to one node");
+    nodes[victim].0.signal(libc::SIGKILL);
+    assert!(nodes[victim].0.wait_exit(Duration::from_secs(10)).is_some());
+
+    let after = wait_link(&mut ws, &mut id, "reconnected and recovered", |l| {
+        l.status == "open" && l.reconnects >= 1 && l.recovered >= 3 && l.total > before.total + 30
+    })
+    .await;
+    assert_eq!(
+        (after.snapshots, after.gaps),
+        (0, 0),
+        "every symbol resumed with nothing lost: {after:?}\n{}",
+        chromium.log()
+    );
+    let survivor = &nodes[1 - victim];
+    assert_eq!(open(survivor.1), 1, "the page is on the other node now");
     drop(ws);
     drop(chromium);
 }

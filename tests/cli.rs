@@ -135,6 +135,10 @@ fn out_of_range_settings_name_the_option() {
             &["--mode", "feed", "--symbols", "0"],
             "error: invalid --symbols: it must be between 1 and 100000",
         ),
+        (
+            &["--mode", "feed", "--history", "2000000"],
+            "error: invalid --history: it must be at most 1000000 quotes per symbol (0: none)",
+        ),
     ] {
         let mut all = vec!["serve", "--addr", "127.0.0.1:0", "--workers", "1"];
         all.extend_from_slice(args);
@@ -165,6 +169,11 @@ fn feed_options_are_refused_outside_the_feed() {
     usage_error(
         &["serve", "--symbols", "5"],
         &["--symbols is an option of the market feed: add --mode feed"],
+        &[],
+    );
+    usage_error(
+        &["serve", "--history", "5"],
+        &["--history is an option of the market feed: add --mode feed"],
         &[],
     );
     usage_error(

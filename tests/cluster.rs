@@ -3,7 +3,8 @@
 //! quote of its symbols in order whichever node it lands on; nodes subscribe on the broker only to
 //! what their clients want (the broker's own monitoring says so); a node killed with SIGKILL loses
 //! its clients to the others; a node sent SIGTERM leaves HAProxy's rotation before it closes its
-//! connections; a broker restarted mid-stream is reconnected to and resubscribed by every node.
+//! connections; a broker restarted mid-stream is reconnected to and resubscribed by every node; a
+//! client that leaves one node resumes on another with no gap (both brokers carry the positions).
 //!
 //! The tools come from Debian's packages (`scripts/test.sh` installs them); a missing one fails the
 //! test with the install command.
@@ -14,6 +15,7 @@ use common::brokers::{
     Haproxy, Nats, Redis, Seen, Subscriber, expect_in_order, get, metric, ticker,
 };
 use common::{Server, eventually, free_port};
+use simd_json::prelude::*;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -519,6 +521,69 @@ fn a_publishing_node_feeds_the_others_without_echo(url: &str) {
     assert!(metric(&p, "ringws_bridge_queued_total") > 0.0, "{p}");
     assert_eq!(metric(&p, "ringws_bridge_received_total"), 0.0, "{p}");
     assert!(metric(&o, "ringws_bridge_received_total") > 0.0, "{o}");
+}
+
+/// A client (Python `websockets`, `tests/interop/python/resume.py`) reads quotes on node A (which
+/// runs the ticker), drops its connection, and resumes on node B from the last position it got:
+/// B numbers the quotes as A did (the broker carries the positions), keeps history of what it
+/// received while it had subscribers, and replays what the client missed with no gap and no
+/// duplicate.
+fn a_client_resumes_on_another_node_with_no_gap(url: &str) {
+    let rate = RATE.to_string();
+    let a = Node::start(url, &["--rate", &rate]);
+    let b = Node::start(url, &[]);
+    let symbol = &names()[1];
+    // A client of B keeps B subscribed on the broker (so B holds the symbol's recent quotes), and
+    // B has received some before the test reads on A.
+    let mut holder = raw_subscriber(b.server.addr, symbol);
+    for _ in 0..3 {
+        holder.expect_message();
+    }
+    let (a_addr, b_addr) = (a.server.addr.to_string(), b.server.addr.to_string());
+    let v = common::python_json(
+        "resume.py",
+        &["resume", &a_addr, symbol, "10", "10", "30", &b_addr],
+        || {
+            format!(
+                "--- A ---\n{}\n--- B ---\n{}",
+                a.server.log(),
+                b.server.log()
+            )
+        },
+    );
+    let reply = v.get("reply").unwrap();
+    let r = reply.get("recovered").and_then(|r| r.get(symbol.as_str()));
+    assert_eq!(r.and_then(|r| r.get_bool("recovered")), Some(true), "{v:?}");
+    let before = v.get_array("before").unwrap();
+    let (epoch, k) = (before[0].as_str().unwrap(), before[1].as_u64().unwrap());
+    let got: Vec<(String, u64)> = v
+        .get_array("quotes")
+        .unwrap()
+        .iter()
+        .map(|q| {
+            let q = q.as_array().unwrap();
+            (q[0].as_str().unwrap().to_owned(), q[1].as_u64().unwrap())
+        })
+        .collect();
+    let want: Vec<(String, u64)> = (k + 1..k + 1 + got.len() as u64)
+        .map(|s| (epoch.to_owned(), s))
+        .collect();
+    assert_eq!(
+        got, want,
+        "K+1, K+2, ... on node B with no gap and no duplicate"
+    );
+}
+
+#[test]
+fn nats_a_client_resumes_on_another_node_with_no_gap() {
+    let nats = Nats::start();
+    a_client_resumes_on_another_node_with_no_gap(&nats.url());
+}
+
+#[test]
+fn redis_a_client_resumes_on_another_node_with_no_gap() {
+    let redis = Redis::start();
+    a_client_resumes_on_another_node_with_no_gap(&redis.url());
 }
 
 #[test]

@@ -415,6 +415,43 @@ fn conflation_keeps_the_latest_per_key_for_a_slow_subscriber() {
     assert_latest_per_key(&got, published);
 }
 
+#[test]
+fn the_publication_that_replaced_others_says_so_to_the_slow_subscriber() {
+    fn mark(p: &[u8], out: &mut Vec<u8>) -> bool {
+        out.extend_from_slice(p);
+        out.push(b'*');
+        true
+    }
+    let (server, fast, mut slow) = slow_setup(SlowConsumer::Conflate { key: first_byte });
+    assert!(server.publisher.topic("s").unwrap().mark_conflated(mark));
+    let published = publish_until(&server.publisher, "s", |s| s.conflated >= 200);
+    let _fast = assert_fast_complete(fast, published);
+    // Per key, consecutive publications are 4 apart (round-robin over 4 keys): a larger step is a
+    // conflation gap, and exactly the publication after one is marked.
+    let mut last: [Option<u64>; 4] = [None; 4];
+    let (mut marked, mut gaps) = (0, 0);
+    for _ in 0..published {
+        let m = text(&mut slow);
+        if m == "END" {
+            break;
+        }
+        let k = KEYS.iter().position(|&k| k == m.as_bytes()[0]).unwrap();
+        let seq: u64 = m[1..9].parse().unwrap();
+        let is_marked = m.ends_with('*');
+        if let Some(prev) = last[k] {
+            let gap = seq > prev + 4;
+            assert_eq!(
+                gap, is_marked,
+                "key {k}: {prev} -> {seq}, marked {is_marked}"
+            );
+            gaps += u64::from(gap);
+        }
+        marked += u64::from(is_marked);
+        last[k] = Some(seq);
+    }
+    assert!(marked > 0 && gaps > 0, "marked {marked}, gaps {gaps}");
+}
+
 /// On resuming, a conflated subscriber catches up with the current value of every key, and per key
 /// values only move forward.
 fn assert_latest_per_key(got: &[(u8, u64)], published: u64) {

@@ -206,6 +206,11 @@ settings! {
     /// subscriptions to new names can claim.
     max_topics: usize = 1 << 16, "65,536",
         check |v| (1..=1 << 24).contains(v), "between 1 and 16777216", setter;
+    /// Pub/sub: bytes of history (publications kept for subscribers that resume from a position)
+    /// over all topics; a publication that finds it spent makes room by dropping its own topic's
+    /// oldest. Only topics given a history keep any (none by default).
+    max_history_memory: usize = 64 << 20, "64 MiB",
+        check |v| *v <= 1 << 40, "at most 1 TiB", setter;
     /// Accepted connections over all workers (0: no limit beyond `max_connections` per worker);
     /// above it new connections are answered 503 before their request is read.
     max_total_connections: usize = 0, "0 (none)",

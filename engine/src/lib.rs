@@ -92,7 +92,10 @@ pub use handler::{Decision, Handler, HttpResponse};
 pub use pubsub::bridge::{
     Bridge, BridgeEvent, BridgePublication, BridgeStats, DEFAULT_BRIDGE_CAPACITY,
 };
-pub use pubsub::{MAX_TOPIC_NAME, PubSubError, Publisher, SlowConsumer, Topic, TopicStats};
+pub use pubsub::{
+    BadPosition, ConflatedMark, History, MAX_TOPIC_NAME, NotRecovered, Position, PubSubError,
+    Publisher, Recovery, SlowConsumer, Topic, TopicStats, parse_epoch,
+};
 pub use ring::probe::{Feature, MemlockNeed, ProbeReport, Support};
 pub use ringws_protocol::CloseCode;
 pub use ringws_protocol::deflate::DeflateConfig;

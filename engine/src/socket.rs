@@ -1,7 +1,7 @@
 //! The handle callbacks use to talk to a connection.
 
 use crate::conn::{Message, Phase, SendResult};
-use crate::pubsub::{PubSubError, Publisher};
+use crate::pubsub::{Position, PubSubError, Publisher, Recovery};
 use crate::state::Core;
 use ringws_protocol::CloseCode;
 use ringws_protocol::deflate::Params;
@@ -158,6 +158,69 @@ impl<'a, S: Default> Socket<'a, S> {
         let core = &mut *self.core;
         core.pubsub
             .subscribe(&mut core.slab, self.slot, topic, true)
+    }
+
+    /// Subscribes this connection to `topic` from `since`, the position of the last publication it
+    /// received (e.g. before it reconnected): if the topic's history still holds every publication
+    /// after it, they are queued in order and live ones follow with no gap and no duplicate
+    /// ([`Recovery::Recovered`]); otherwise the topic's last publication is queued as a snapshot
+    /// and live ones follow ([`Recovery::NotRecovered`], saying why). A topic keeps history only
+    /// if given one ([`Topic::set_history`](crate::Topic::set_history)).
+    /// [`PubSubError::AlreadySubscribed`] if it is subscribed already.
+    ///
+    /// ```no_run
+    /// # use ringws_engine::{Position, Recovery, Socket};
+    /// fn resume(ws: &mut Socket<'_, ()>, epoch: u64, seq: u64) {
+    ///     match ws.subscribe_since("BTC-USD", Position { epoch, seq }) {
+    ///         Ok(Recovery::Recovered { replayed }) => println!("{replayed} missed, now live"),
+    ///         Ok(Recovery::NotRecovered { reason }) => println!("snapshot ({reason}), then live"),
+    ///         Err(e) => println!("not subscribed: {e}"),
+    ///     }
+    /// }
+    /// ```
+    pub fn subscribe_since(
+        &mut self,
+        topic: &str,
+        since: Position,
+    ) -> Result<Recovery, PubSubError> {
+        let core = &mut *self.core;
+        core.pubsub
+            .subscribe_since(&mut core.slab, self.slot, topic, since)
+    }
+
+    /// Subscribes this connection to several topics at once, each from a position
+    /// ([`subscribe_since`](Self::subscribe_since)) or, without one, from its last publication
+    /// ([`subscribe_with_last`](Self::subscribe_with_last)), and lets `reply` answer the client
+    /// before anything of the topics is queued: it gets each topic's outcome (`Ok(None)`:
+    /// subscribed from its last publication; `Ok(Some(recovery))`: from the position;
+    /// [`PubSubError::AlreadySubscribed`] and other refusals: nothing queued for that topic), and
+    /// the text it returns, if any, is sent first. Then what each topic starts with is queued, in
+    /// the order given, and live publications follow with no gap and no duplicate.
+    ///
+    /// ```no_run
+    /// # use ringws_engine::{Position, Recovery, Socket};
+    /// fn subscribe(ws: &mut Socket<'_, ()>, since: Position) {
+    ///     ws.subscribe_many(&[("BTC-USD", Some(since)), ("ETH-USD", None)], |outcomes| {
+    ///         let recovered = matches!(outcomes[0], Ok(Some(Recovery::Recovered { .. })));
+    ///         Some(format!(r#"{{"type":"subscribed","recovered":{recovered}}}"#))
+    ///     });
+    /// }
+    /// ```
+    pub fn subscribe_many(
+        &mut self,
+        topics: &[(&str, Option<Position>)],
+        reply: impl FnOnce(&[Result<Option<Recovery>, PubSubError>]) -> Option<String>,
+    ) {
+        let core = &mut *self.core;
+        let outcomes: Vec<_> = topics
+            .iter()
+            .map(|&(topic, since)| core.pubsub.hold(&mut core.slab, self.slot, topic, since))
+            .collect();
+        if let Some(text) = reply(&outcomes) {
+            let _ = self.send_text(&text);
+        }
+        let core = &mut *self.core;
+        core.pubsub.release_held(&mut core.slab, self.slot);
     }
 
     /// Ends this connection's subscription to `topic`; `false` if it had none.

@@ -78,6 +78,7 @@ mod tests {
             vec![eventfd().unwrap()],
             SlowConsumer::DropNewest,
             16,
+            1 << 20,
         ));
         let slab = Slab::new(test_config(1 << 20, BackpressurePolicy::Drop));
         let mut core: Core<()> = Core::new(slab, Local::new(Arc::clone(&hub), 0));

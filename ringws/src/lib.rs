@@ -45,6 +45,10 @@ pub use ringws_engine::{
     PubSubError, Publisher, Request, SendResult, Server, ServerBuilder, ServerHandle, SlowConsumer,
     Socket, Topic, TopicStats,
 };
+// Sequenced topics, their history and resuming from a position.
+pub use ringws_engine::{
+    BadPosition, ConflatedMark, History, NotRecovered, Position, Recovery, parse_epoch,
+};
 // Several nodes over a message broker: the hook a broker client (NATS, Redis) drives.
 pub use ringws_engine::{
     Bridge, BridgeEvent, BridgePublication, BridgeStats, DEFAULT_BRIDGE_CAPACITY,

@@ -8,13 +8,16 @@
 //!
 //! Payloads are the messages' bytes unchanged, so any NATS client can publish to or read from a
 //! ringws topic. A binary message carries the header `Ringws-Binary: 1`; a message without it is
-//! text when it is UTF-8 ([`super::message`]).
+//! text when it is UTF-8 ([`super::message`]). The publication's position in its topic's stream
+//! travels in the header `Ringws-Position: EPOCH:SEQ` (the epoch in hex), and a node publishes it
+//! at that position ([`Bridge::publish_at`]); a message without it (e.g. from another NATS client)
+//! is numbered by the node.
 
 use super::{BridgeOptions, LinkState, Node, backoff, message, subject, topic_of, unbridgeable};
 use async_nats::{Client, ConnectOptions, Event, HeaderMap, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use ringws::{Bridge, BridgeEvent};
+use ringws::{Bridge, BridgeEvent, Position};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,8 @@ use tokio::task::JoinHandle;
 
 /// The header that marks a binary message.
 pub const BINARY_HEADER: &str = "Ringws-Binary";
+/// The header that carries a publication's position (`EPOCH:SEQ`, the epoch in hex).
+pub const POSITION_HEADER: &str = "Ringws-Position";
 
 /// How long a publish may wait for room in the client's command queue before it is dropped (the
 /// queue fills only while the connection is down or the server is slower than the node).
@@ -67,14 +72,20 @@ pub async fn publish_bytes(
     subject: String,
     payload: Bytes,
     binary: bool,
+    position: Option<Position>,
 ) -> bool {
     if !link.is_connected() {
         return false;
     }
     let send = async {
-        if binary {
+        if binary || position.is_some() {
             let mut headers = HeaderMap::new();
-            headers.insert(BINARY_HEADER, "1");
+            if binary {
+                headers.insert(BINARY_HEADER, "1");
+            }
+            if let Some(p) = position {
+                headers.insert(POSITION_HEADER, p.to_string().as_str());
+            }
             client.publish_with_headers(subject, headers, payload).await
         } else {
             client.publish(subject, payload).await
@@ -147,7 +158,8 @@ pub(crate) async fn node(mut n: Node) {
                     // One copy into the client's buffer type (the engine's frame is shared with
                     // the local subscribers).
                     let payload = Bytes::copy_from_slice(out.payload());
-                    if !publish_bytes(&client, &n.link, subject, payload, out.is_binary()).await {
+                    let (binary, at) = (out.is_binary(), Some(out.position()));
+                    if !publish_bytes(&client, &n.link, subject, payload, binary, at).await {
                         dropped += 1;
                     }
                 }
@@ -173,11 +185,17 @@ fn spawn_reader(mut sub: Subscriber, bridge: &Arc<Bridge>, prefix: &str) -> Join
             let Some(topic) = topic_of(&prefix, m.subject.as_str()) else {
                 continue;
             };
-            let binary = m
-                .headers
-                .as_ref()
-                .is_some_and(|h| h.get(BINARY_HEADER).is_some());
-            if let Err(e) = bridge.publish(topic, message(&m.payload, binary)) {
+            let headers = m.headers.as_ref();
+            let binary = headers.is_some_and(|h| h.get(BINARY_HEADER).is_some());
+            let at = headers
+                .and_then(|h| h.get(POSITION_HEADER))
+                .and_then(|v| v.as_str().parse::<Position>().ok());
+            let msg = message(&m.payload, binary);
+            let published = match at {
+                Some(at) => bridge.publish_at(topic, msg, at),
+                None => bridge.publish(topic, msg),
+            };
+            if let Err(e) = published {
                 tracing::debug!(topic, "bridge: not published here: {e}");
             }
         }

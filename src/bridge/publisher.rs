@@ -2,15 +2,16 @@
 //!
 //! The ticker thread hands each quote to a [`BrokerSink`], which queues it (bounded: `capacity`
 //! quotes; beyond it, or while the link is down, a quote is counted and dropped) for a thread that
-//! runs the broker's client. Quotes keep the `seq` and `ts` the ticker stamped, so every node
-//! delivers the same `seq` for the same quote.
+//! runs the broker's client. Quotes keep the position (`epoch`, `seq`) and `ts` the ticker stamped,
+//! and the broker carries the position beside the payload, so every node gives the same quote the
+//! same position and a client can resume on any node from where it was on another.
 
 use super::{
     BridgeError, BridgeOptions, Broker, LinkState, LinkThread, backoff, nats, redis, subject,
 };
 use crate::feed::QuoteSink;
 use bytes::Bytes;
-use ringws::Message;
+use ringws::{Message, Position};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
@@ -19,6 +20,7 @@ struct Item {
     index: usize,
     payload: Bytes,
     binary: bool,
+    position: Position,
 }
 
 /// The ticker's side: queues quotes for the publisher thread without ever blocking.
@@ -29,7 +31,7 @@ pub struct BrokerSink {
 }
 
 impl QuoteSink for BrokerSink {
-    fn publish(&mut self, index: usize, _symbol: &str, msg: Message<'_>) {
+    fn publish(&mut self, index: usize, _symbol: &str, position: Position, msg: Message<'_>) {
         let (payload, binary) = match msg {
             Message::Text(t) => (t.as_bytes(), false),
             Message::Binary(b) => (b, true),
@@ -42,6 +44,7 @@ impl QuoteSink for BrokerSink {
             index,
             payload: Bytes::copy_from_slice(payload),
             binary,
+            position,
         };
         if self.tx.try_send(item).is_err() {
             self.link.drop_publications(1);
@@ -110,7 +113,15 @@ async fn run_nats(
         };
         let Some(item) = item else { break };
         let subject = subjects[item.index].clone();
-        if !nats::publish_bytes(&client, &link, subject, item.payload, item.binary).await {
+        let sent = nats::publish_bytes(
+            &client,
+            &link,
+            subject,
+            item.payload,
+            item.binary,
+            Some(item.position),
+        );
+        if !sent.await {
             link.drop_publications(1);
         }
     }
@@ -158,7 +169,13 @@ async fn run_redis(
             };
             let Some(item) = item else { return };
             out.clear();
-            redis::wrap(&mut out, own, &item.payload, item.binary);
+            redis::wrap(
+                &mut out,
+                own,
+                &item.payload,
+                item.binary,
+                Some(item.position),
+            );
             if let Err(e) = redis::publish(&mut conn, &subjects[item.index], &out, opts.ping).await
             {
                 link.drop_publications(1);

@@ -7,16 +7,19 @@
 //! [`backoff`], and then subscribes again to what its clients want at that moment.
 //!
 //! Redis has no `no_echo`: a subscriber gets every message on its channels, its own publications
-//! included. So what a node (or `ringws ticker`) publishes carries a 12-byte envelope: the bytes
-//! `FF 'R' 'W'`, `'t'` (text) or `'b'` (binary), and the publisher's 8-byte origin id; a node
-//! drops messages carrying its own id. `FF` never starts UTF-8 text, so a message without the
-//! envelope (published by anything else, e.g. `redis-cli PUBLISH ringws.BTC-USD '{...}'`) is taken
-//! as it is: text when it is UTF-8 ([`super::message`]).
+//! included. So what a node (or `ringws ticker`) publishes carries an envelope: the bytes
+//! `FF 'R' 'W'`, `'t'` (text) or `'b'` (binary), and the publisher's 8-byte origin id (12 bytes);
+//! with `'T'` or `'B'` instead, the publication's position follows, its epoch and seq as 8 bytes
+//! each, little-endian (28 bytes), and a node publishes it at that position
+//! ([`Bridge::publish_at`]). A node drops messages carrying its own id. `FF` never starts UTF-8
+//! text, so a message without the envelope (published by anything else, e.g. `redis-cli PUBLISH
+//! ringws.BTC-USD '{...}'`) is taken as it is: text when it is UTF-8 ([`super::message`]), numbered
+//! by the node.
 
 use super::{BridgeOptions, Node, backoff, message, subject, topic_of, unbridgeable};
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink};
-use ringws::{Bridge, BridgeEvent, Message};
+use ringws::{Bridge, BridgeEvent, Message, Position};
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -24,8 +27,10 @@ use std::time::Duration;
 
 /// The envelope's first bytes.
 const MAGIC: [u8; 3] = [0xff, b'R', b'W'];
-/// The envelope's length.
+/// The envelope's length without a position.
 pub const ENVELOPE: usize = 12;
+/// The envelope's length with a position.
+pub const ENVELOPE_AT: usize = 28;
 
 /// A random origin id for this process's publications.
 pub fn origin() -> u64 {
@@ -34,23 +39,47 @@ pub fn origin() -> u64 {
     h.finish()
 }
 
-/// Appends the envelope and `payload` to `out`.
-pub fn wrap(out: &mut Vec<u8>, origin: u64, payload: &[u8], binary: bool) {
+/// Appends the envelope (with `position`, if any) and `payload` to `out`.
+pub fn wrap(
+    out: &mut Vec<u8>,
+    origin: u64,
+    payload: &[u8],
+    binary: bool,
+    position: Option<Position>,
+) {
     out.extend_from_slice(&MAGIC);
-    out.push(if binary { b'b' } else { b't' });
+    out.push(match (binary, position.is_some()) {
+        (false, false) => b't',
+        (true, false) => b'b',
+        (false, true) => b'T',
+        (true, true) => b'B',
+    });
     out.extend_from_slice(&origin.to_le_bytes());
+    if let Some(p) = position {
+        out.extend_from_slice(&p.epoch.to_le_bytes());
+        out.extend_from_slice(&p.seq.to_le_bytes());
+    }
     out.extend_from_slice(payload);
 }
 
-/// The message inside a payload from Redis, or `None` if it is `own`'s (an echo).
-pub fn unwrap(payload: &[u8], own: u64) -> Option<Message<'_>> {
+/// The message inside a payload from Redis and its position if it carries one, or `None` if it
+/// is `own`'s (an echo).
+pub fn unwrap(payload: &[u8], own: u64) -> Option<(Message<'_>, Option<Position>)> {
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
     match payload {
         [0xff, b'R', b'W', kind @ (b't' | b'b'), rest @ ..] if rest.len() >= 8 => {
             let (id, body) = rest.split_at(8);
-            let id = u64::from_le_bytes(id.try_into().expect("8 bytes"));
-            (id != own).then(|| message(body, *kind == b'b'))
+            (u64_at(id, 0) != own).then(|| (message(body, *kind == b'b'), None))
         }
-        other => Some(message(other, false)),
+        [0xff, b'R', b'W', kind @ (b'T' | b'B'), rest @ ..] if rest.len() >= 24 => {
+            let (head, body) = rest.split_at(24);
+            let at = Position {
+                epoch: u64_at(head, 8),
+                seq: u64_at(head, 16),
+            };
+            (u64_at(head, 0) != own).then(|| (message(body, *kind == b'B'), Some(at)))
+        }
+        other => Some((message(other, false), None)),
     }
 }
 
@@ -224,7 +253,13 @@ pub(crate) async fn node(mut n: Node) {
                             continue;
                         }
                         out.clear();
-                        wrap(&mut out, own, o.payload(), o.is_binary());
+                        wrap(
+                            &mut out,
+                            own,
+                            o.payload(),
+                            o.is_binary(),
+                            Some(o.position()),
+                        );
                         if let Err(e) = publish(&mut conn, &channel, &out, n.opts.ping).await {
                             dropped += 1;
                             failed = Some(e);
@@ -279,10 +314,14 @@ fn spawn_reader(
             let Some(topic) = topic_of(&prefix, m.get_channel_name()) else {
                 continue;
             };
-            let Some(msg) = unwrap(m.get_payload_bytes(), own) else {
+            let Some((msg, at)) = unwrap(m.get_payload_bytes(), own) else {
                 continue; // our own publication
             };
-            if let Err(e) = bridge.publish(topic, msg) {
+            let published = match at {
+                Some(at) => bridge.publish_at(topic, msg, at),
+                None => bridge.publish(topic, msg),
+            };
+            if let Err(e) = published {
                 tracing::debug!(topic, "bridge: not published here: {e}");
             }
         }
@@ -294,17 +333,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_envelope_carries_kind_and_origin_and_drops_echoes() {
+    fn the_envelope_carries_kind_origin_and_position_and_drops_echoes() {
         let mut out = Vec::new();
-        wrap(&mut out, 7, b"hi", false);
+        wrap(&mut out, 7, b"hi", false, None);
         assert_eq!(out.len(), ENVELOPE + 2);
-        assert!(matches!(unwrap(&out, 8), Some(Message::Text("hi"))));
+        assert!(matches!(unwrap(&out, 8), Some((Message::Text("hi"), None))));
         assert!(unwrap(&out, 7).is_none(), "our own");
         out.clear();
-        wrap(&mut out, 7, b"hi", true);
-        assert!(matches!(unwrap(&out, 8), Some(Message::Binary(b"hi"))));
+        wrap(&mut out, 7, b"hi", true, None);
+        assert!(matches!(
+            unwrap(&out, 8),
+            Some((Message::Binary(b"hi"), None))
+        ));
+        let at = Position { epoch: 3, seq: 41 };
+        for binary in [false, true] {
+            out.clear();
+            wrap(&mut out, 7, b"hi", binary, Some(at));
+            assert_eq!(out.len(), ENVELOPE_AT + 2);
+            let (msg, got) = unwrap(&out, 8).unwrap();
+            assert_eq!(got, Some(at));
+            assert_eq!(matches!(msg, Message::Binary(b"hi")), binary);
+            assert!(unwrap(&out, 7).is_none(), "our own");
+        }
+        // A truncated envelope with a position is not one: taken as it is.
+        assert!(matches!(
+            unwrap(&out[..20], 8),
+            Some((Message::Binary(_), None))
+        ));
         // Without the envelope: as it is.
-        assert!(matches!(unwrap(b"{\"a\":1}", 7), Some(Message::Text(_))));
-        assert!(matches!(unwrap(&[0xff, b'R'], 7), Some(Message::Binary(_))));
+        assert!(matches!(
+            unwrap(b"{\"a\":1}", 7),
+            Some((Message::Text(_), None))
+        ));
+        assert!(matches!(
+            unwrap(&[0xff, b'R'], 7),
+            Some((Message::Binary(_), None))
+        ));
     }
 }

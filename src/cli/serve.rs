@@ -89,6 +89,20 @@ pub struct ServeArgs {
     /// With --mode feed: publish quotes as binary frames instead of JSON text (layout in the README).
     #[arg(long)]
     binary: bool,
+    #[arg(long, value_name = "QUOTES", help = format!(
+        "With --mode feed: quotes each symbol keeps for clients that resume after a reconnect, up \
+         to 1000000; 0: none [default: {}]",
+        FeedConfig::default().history
+    ))]
+    history: Option<usize>,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, help = format!(
+        "With --mode feed: how long a kept quote stays at most, in seconds; 0: no age limit \
+         [default: {}]",
+        FeedConfig::default().history_age.as_secs()
+    ))]
+    history_age: Option<Duration>,
+    #[arg(long, value_name = "MIB", help = help("max_history_memory"), long_help = long_help("max_history_memory", Some("MiB")))]
+    max_history_memory: Option<usize>,
     #[command(flatten)]
     deflate: DeflateArgs,
     #[arg(long, value_name = "MIB", requires = "deflate", help = help("deflate_budget"), long_help = long_help("deflate_budget", Some("MiB")))]
@@ -127,6 +141,8 @@ impl ServeArgs {
             ("--symbols", self.symbols.is_some()),
             ("--rate", self.rate.is_some()),
             ("--binary", self.binary),
+            ("--history", self.history.is_some()),
+            ("--history-age", self.history_age.is_some()),
             ("--bridge", self.bridge.bridge.is_some()),
         ];
         let given: Vec<&str> = feed_only
@@ -233,6 +249,9 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     if let Some(policy) = args.deflate.policy() {
         b = b.deflate(policy);
     }
+    if let Some(mib) = args.max_history_memory {
+        b = b.max_history_memory(mib.saturating_mul(1 << 20));
+    }
     if let Some(mib) = args.deflate_budget {
         b = b.deflate_budget(mib.saturating_mul(1 << 20));
     }
@@ -269,6 +288,8 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
                 symbols: args.symbols.unwrap_or(defaults.symbols),
                 rate: args.rate.unwrap_or(defaults.rate),
                 binary: args.binary,
+                history: args.history.unwrap_or(defaults.history),
+                history_age: args.history_age.unwrap_or(defaults.history_age),
             })?;
             feed.serve_with(b, |on, publisher| {
                 ready(on);

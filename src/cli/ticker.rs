@@ -77,6 +77,7 @@ pub fn run(args: TickerArgs) -> ExitCode {
         symbols: args.symbols,
         rate: args.rate,
         binary: args.binary,
+        ..FeedConfig::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
     let s = Arc::clone(&stop);

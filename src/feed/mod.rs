@@ -8,20 +8,27 @@
 //!   time ([`Quote`]). With `rate` 0 there is no ticker: a node of several behind a load balancer
 //!   gets its quotes from a message broker instead (`--bridge`, fed by `ringws ticker`, which runs
 //!   the same [`Ticker`] into the broker).
+//! - Each quote has a position (`epoch`, `seq`): the ticker draws an epoch when it starts and
+//!   numbers each symbol's quotes from 1, and the topics take those positions (also on nodes fed
+//!   through a broker, which carries them). Each symbol keeps its last `history` quotes for at most
+//!   `history_age` (1,000 and 60 s by default) as the frames already sent.
 //! - Clients send JSON control messages ([`control`]) to subscribe and unsubscribe; a new subscriber
-//!   first gets the last quote of each symbol it subscribed to.
-//! - `GET /symbols` lists the symbols as a JSON array; `GET /` serves a live page that subscribes to a
-//!   few symbols (or those named in `?symbols=A,B`) and shows their prices and update counts.
+//!   first gets the last quote of each symbol it subscribed to, or, if it says where it was
+//!   (`since`: after a reconnect), every quote it missed when the history still holds them all.
+//! - `GET /symbols` lists the symbols as a JSON array; `GET /client.js` serves a browser client
+//!   (reconnects with backoff and resumes where it was); `GET /` serves a live page on it that
+//!   subscribes to a few symbols (or those named in `?symbols=A,B`) and shows their prices, update
+//!   counts, the connection's state and what each reconnect recovered.
 
 pub mod control;
 mod quote;
 
-pub use quote::{BINARY_HEADER, MAX_SYMBOL, Quote, timestamp};
+pub use quote::{BINARY_HEADER, MAX_SYMBOL, Quote, mark_conflated, timestamp};
 
 use control::{Control, ControlError};
 use ringws::{
-    EngineError, Handler, HttpResponse, Message, Publisher, Request, ServerBuilder, SlowConsumer,
-    Socket, Topic,
+    EngineError, Handler, History, HttpResponse, Message, Position, Publisher, Request,
+    ServerBuilder, SlowConsumer, Socket, Topic,
 };
 use std::collections::HashSet;
 use std::fmt;
@@ -38,6 +45,10 @@ pub const MAX_RATE: u64 = 10_000_000;
 
 /// The live page served at `GET /`.
 const PAGE: &str = include_str!("page.html");
+/// The browser client served at `GET /client.js`.
+const CLIENT_JS: &str = include_str!("client.js");
+/// Most quotes a symbol keeps as history.
+pub const MAX_HISTORY: usize = 1_000_000;
 
 /// Well-known symbols and a plausible starting mid price for each; further symbols are generated.
 const KNOWN: [(&str, f64); 15] = [
@@ -68,6 +79,11 @@ pub struct FeedConfig {
     pub rate: u64,
     /// Publish quotes as binary frames (layout in [`Quote`]'s module docs) instead of JSON text.
     pub binary: bool,
+    /// Quotes each symbol keeps for clients that resume after a reconnect, up to [`MAX_HISTORY`]
+    /// (default 1000; 0: none, a resuming client gets the last quote).
+    pub history: usize,
+    /// How long a kept quote stays at most (default 60 s; zero: no age limit).
+    pub history_age: Duration,
 }
 
 impl Default for FeedConfig {
@@ -76,6 +92,18 @@ impl Default for FeedConfig {
             symbols: 100,
             rate: 1000,
             binary: false,
+            history: 1000,
+            history_age: Duration::from_secs(60),
+        }
+    }
+}
+
+impl FeedConfig {
+    /// What each symbol's topic keeps.
+    fn keep(&self) -> History {
+        History {
+            max_len: self.history,
+            max_age: (!self.history_age.is_zero()).then_some(self.history_age),
         }
     }
 }
@@ -149,6 +177,12 @@ impl Feed {
                 requirement: "at most 10000000 quotes per second (0: no ticker)",
             });
         }
+        if cfg.history > MAX_HISTORY {
+            return Err(EngineError::InvalidConfig {
+                setting: "history",
+                requirement: "at most 1000000 quotes per symbol (0: none)",
+            });
+        }
         Ok(Self {
             cfg,
             names: symbol_names(cfg.symbols),
@@ -197,6 +231,10 @@ impl Feed {
                 setting: "max_topics",
                 requirement: "room for one new topic per symbol",
             })?;
+        for t in &topics {
+            t.set_history(self.cfg.keep());
+            t.mark_conflated(mark_conflated);
+        }
         let mut ticker = Ticker::new(&self.names, self.cfg, topics);
         if self.cfg.rate > 0 {
             ticker.publish_all(); // every symbol has a last quote before the first client arrives
@@ -267,15 +305,17 @@ pub fn now_ns() -> u64 {
 
 /// Where a [`Ticker`] publishes: the topics of a local server, or a message broker.
 pub trait QuoteSink {
-    /// Publishes `msg`, the quote of symbol number `index` (named `symbol`). Must not block for long:
-    /// the ticker keeps its rate by publishing between 1 ms sleeps.
-    fn publish(&mut self, index: usize, symbol: &str, msg: Message<'_>);
+    /// Publishes `msg`, the quote of symbol number `index` (named `symbol`) at `position` (its
+    /// epoch and seq, as the quote says). Must not block for long: the ticker keeps its rate by
+    /// publishing between 1 ms sleeps.
+    fn publish(&mut self, index: usize, symbol: &str, position: Position, msg: Message<'_>);
 }
 
 /// The feed's own topics, one per symbol in symbol order.
 impl QuoteSink for Vec<Topic> {
-    fn publish(&mut self, index: usize, _symbol: &str, msg: Message<'_>) {
-        self[index].publish(msg);
+    fn publish(&mut self, index: usize, _symbol: &str, position: Position, msg: Message<'_>) {
+        // Positions only move forward: the ticker numbers each symbol's quotes one by one.
+        let _ = self[index].publish_at(position, msg);
     }
 }
 
@@ -287,12 +327,14 @@ struct Book {
 }
 
 /// Publishes synthetic quotes: a random walk per symbol, round-robin at a fixed total rate, each
-/// stamped here with its symbol's `seq` and the publish time `ts` (so that every node behind a
-/// broker delivers the same `seq` for the same quote).
+/// stamped here with its position (the ticker's `epoch`, drawn when it starts, and its symbol's
+/// `seq`) and the publish time `ts`, so that every node behind a broker delivers the same position
+/// for the same quote.
 pub struct Ticker<S> {
     sink: S,
     books: Vec<Book>,
     cfg: FeedConfig,
+    epoch: u64,
     /// xorshift64 state (never zero).
     rng: u64,
     next: usize,
@@ -332,6 +374,7 @@ impl<S: QuoteSink> Ticker<S> {
             sink,
             books,
             cfg,
+            epoch: Position::new_epoch(),
             rng,
             next: 0,
             text: String::new(),
@@ -352,18 +395,24 @@ impl<S: QuoteSink> Ticker<S> {
             bid: book.mid - half,
             ask: book.mid + half,
             seq: book.seq,
+            epoch: self.epoch,
+            conflated: false,
             ts: now_ns(),
+        };
+        let at = Position {
+            epoch: self.epoch,
+            seq: book.seq,
         };
         if self.cfg.binary {
             self.bytes.clear();
             quote.write_binary(&mut self.bytes);
             self.sink
-                .publish(i, &book.symbol, Message::Binary(&self.bytes));
+                .publish(i, &book.symbol, at, Message::Binary(&self.bytes));
         } else {
             self.text.clear();
             quote.write_json(&mut self.text);
             self.sink
-                .publish(i, &book.symbol, Message::Text(&self.text));
+                .publish(i, &book.symbol, at, Message::Text(&self.text));
         }
     }
 
@@ -436,25 +485,38 @@ impl FeedHandler {
             Ok(c) => c,
             Err(e) => return control::error(&mut self.reply, &e),
         };
-        let (subscribe, symbols) = match parsed {
-            Control::Subscribe(s) => (true, s),
-            Control::Unsubscribe(s) => (false, s),
+        let (subscribe, symbols, since) = match parsed {
+            Control::Subscribe { symbols, since } => (true, symbols, since),
+            Control::Unsubscribe(symbols) => (false, symbols, Vec::new()),
         };
         if let Some(bad) = symbols.iter().find(|s| !self.shared.known.contains(&***s)) {
             let e = ControlError::UnknownSymbol(control::clip(bad));
             return control::error(&mut self.reply, &e);
         }
-        control::ack(&mut self.reply, subscribe, &symbols);
-        let _ = ws.send_text(&self.reply);
-        self.reply.clear();
-        for s in &symbols {
-            if subscribe {
-                // Only fails if the connection is closing; known symbols' topics exist.
-                let _ = ws.subscribe_with_last(s);
-            } else {
+        if !subscribe {
+            control::ack(&mut self.reply, false, &symbols);
+            let _ = ws.send_text(&self.reply);
+            self.reply.clear();
+            for s in &symbols {
                 ws.unsubscribe(s);
             }
+            return;
         }
+        // Each symbol from where the client was, if it said, else from its last quote; the reply
+        // (which says what was recovered) goes before any of the quotes.
+        let starts: Vec<(&str, Option<Position>)> = symbols
+            .iter()
+            .map(|s| {
+                let at = since.iter().find(|(name, _)| name == s).map(|(_, p)| *p);
+                (&**s, at)
+            })
+            .collect();
+        let asked: Vec<bool> = starts.iter().map(|(_, at)| at.is_some()).collect();
+        let reply = &mut self.reply;
+        ws.subscribe_many(&starts, |outcomes| {
+            control::subscribed(reply, &symbols, &asked, outcomes);
+            Some(std::mem::take(reply))
+        });
     }
 }
 
@@ -474,10 +536,14 @@ impl Handler for FeedHandler {
                 .header("Content-Type", "text/html; charset=utf-8")
                 .header("Cache-Control", "no-store")
                 .body(PAGE.as_bytes().to_vec()),
+            "/client.js" => HttpResponse::new(200)
+                .header("Content-Type", "text/javascript; charset=utf-8")
+                .header("Cache-Control", "no-store")
+                .body(CLIENT_JS.as_bytes().to_vec()),
             "/symbols" => HttpResponse::new(200)
                 .header("Content-Type", "application/json")
                 .body(self.shared.symbols_json.clone()),
-            _ => HttpResponse::text(404, "not found: try / or /symbols"),
+            _ => HttpResponse::text(404, "not found: try /, /symbols or /client.js"),
         }
     }
 }

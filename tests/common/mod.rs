@@ -326,6 +326,37 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (Option<ExitStatus>,
     (status, out)
 }
 
+/// Runs `tests/interop/python/SCRIPT ARGS...` with the interop venv's Python (bounded) and returns
+/// the last line it printed that starts with `{`, parsed as JSON. Fails the test with everything
+/// it printed and `context()` (e.g. a server's log) if it fails.
+pub fn python_json(
+    script: &str,
+    args: &[&str],
+    context: impl Fn() -> String,
+) -> simd_json::OwnedValue {
+    let root = repo_root();
+    let python = root.join("tests/interop/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "the Python venv with `websockets` is missing: run `./scripts/test.sh` once"
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg(root.join("tests/interop/python").join(script))
+        .args(args);
+    let (status, output) = run_bounded(&mut cmd, Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{cmd:?} failed ({status:?}):\n{output}\n--- context ---\n{}",
+        context()
+    );
+    let line = output
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("{cmd:?} printed no JSON:\n{output}"));
+    simd_json::to_owned_value(&mut line.as_bytes().to_vec())
+        .unwrap_or_else(|e| panic!("{cmd:?} printed no JSON ({e}):\n{output}"))
+}
+
 /// How [`run_until_listening`] ended.
 #[derive(Debug)]
 pub enum Started {

@@ -366,6 +366,12 @@ pub(crate) fn engine_metrics(w: &mut Writer, stats: &Stats) {
     w.family("ringws_topics", "gauge", "Topics that exist.");
     w.sample("ringws_topics", &[], stats.topics);
     w.family(
+        "ringws_history_bytes",
+        "gauge",
+        "Bytes of history kept over all topics (bounded by max_history_memory).",
+    );
+    w.sample("ringws_history_bytes", &[], stats.history_bytes);
+    w.family(
         "ringws_ready",
         "gauge",
         "1 while the server accepts connections and is not draining (what /ready answers).",

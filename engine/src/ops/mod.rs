@@ -85,6 +85,7 @@ impl Ops {
                 .collect(),
             published: hub.published,
             topics: hub.topics,
+            history_bytes: hub.history_bytes,
             ready: self.accepting.load(Ordering::Acquire) && !draining,
             draining,
             bridge: hub.bridge,

@@ -23,7 +23,7 @@
 //! [`Publisher::bridge`](super::Publisher::bridge) whenever the queue goes from empty to not empty;
 //! it must not block (it runs on the publishing thread, a worker included).
 
-use super::{Hub, PubSubError, TopicInner};
+use super::{Hub, Position, PubSubError, TopicInner};
 use crate::conn::Message;
 use std::collections::VecDeque;
 use std::fmt;
@@ -42,6 +42,7 @@ pub struct BridgePublication {
     /// Where the payload starts in `frame` (after the WebSocket header).
     start: usize,
     binary: bool,
+    position: Position,
 }
 
 impl BridgePublication {
@@ -58,6 +59,12 @@ impl BridgePublication {
     /// Whether it was published as a binary message (else text).
     pub fn is_binary(&self) -> bool {
         self.binary
+    }
+
+    /// Its position in the topic's stream, for the broker to carry, so that every node gives it
+    /// the same one ([`Bridge::publish_at`]).
+    pub fn position(&self) -> Position {
+        self.position
     }
 
     /// The message, borrowing the payload.
@@ -139,6 +146,7 @@ impl Link {
         frame: &Arc<[u8]>,
         start: usize,
         binary: bool,
+        position: Position,
     ) {
         let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if p.closed {
@@ -155,6 +163,7 @@ impl Link {
             frame: Arc::clone(frame),
             start,
             binary,
+            position,
         });
         drop(p);
         self.queued.fetch_add(1, Ordering::Relaxed);
@@ -283,8 +292,31 @@ impl Bridge {
     /// with the server's default policy if needed). Encoded once for the node; never queued for
     /// the broker.
     pub fn publish(&self, topic: &str, msg: Message<'_>) -> Result<(), PubSubError> {
+        self.publish_from(topic, msg, None)
+    }
+
+    /// [`publish`](Self::publish) at the position the origin gave it (carried by the broker with
+    /// the message): every node then gives a publication the same position, so a subscriber can
+    /// resume on any of them from where it was on another. [`PubSubError::Stale`] (not published)
+    /// for a position not after the topic's latest in the same epoch, e.g. one the broker
+    /// delivered twice.
+    pub fn publish_at(
+        &self,
+        topic: &str,
+        msg: Message<'_>,
+        position: Position,
+    ) -> Result<(), PubSubError> {
+        self.publish_from(topic, msg, Some(position))
+    }
+
+    fn publish_from(
+        &self,
+        topic: &str,
+        msg: Message<'_>,
+        at: Option<Position>,
+    ) -> Result<(), PubSubError> {
         let t = self.hub.topic(topic)?;
-        self.hub.publish_from(&t, msg, None, false);
+        self.hub.publish_from(&t, msg, None, false, at)?;
         self.link.received.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -340,6 +372,7 @@ mod tests {
             vec![eventfd().unwrap(), eventfd().unwrap()],
             SlowConsumer::DropNewest,
             16,
+            1 << 20,
         ))
     }
 
@@ -435,7 +468,7 @@ mod tests {
             }
         );
         assert_eq!(t.stats().published, 4, "all four were published here");
-        assert_eq!(t.inner.latest().1.map(|p| p.seq), Some(4));
+        assert_eq!(t.inner.latest().1.map(|p| p.order), Some(4));
         b.forget_last("t");
         let (seq, last) = t.inner.latest();
         assert!(

@@ -82,7 +82,8 @@ mod tests {
     fn item(seq: u64) -> Publication {
         Publication {
             topic: 0,
-            seq,
+            order: seq,
+            position: super::super::Position { epoch: 1, seq },
             key: 0,
             frame: Arc::from(&b"x"[..]),
         }
@@ -95,7 +96,7 @@ mod tests {
         assert_eq!(inbox.push(item(2)), Pushed::Queued);
         let mut batch = Vec::new();
         inbox.drain(&mut batch);
-        assert_eq!(batch.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(batch.iter().map(|p| p.order).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(
             inbox.push(item(3)),
             Pushed::First,
@@ -115,7 +116,7 @@ mod tests {
     /// Simulated delivery work per item: `work` rounds of a cheap hash, so the consumer, like a
     /// worker, spends most of its time on delivery rather than on the queue.
     fn deliver(item: &Publication, work: u32) -> u64 {
-        let mut h = item.seq;
+        let mut h = item.order;
         for _ in 0..work {
             h = std::hint::black_box(h.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(7));
         }

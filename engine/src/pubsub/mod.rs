@@ -20,17 +20,24 @@
 //! whose queued output is over `max_backpressure` is behind; the topic's [`SlowConsumer`] policy then
 //! decides (conflate, drop, disconnect), and only that subscriber is affected.
 //!
+//! Every publication has a [`Position`] (`epoch`, `seq`), and a topic may keep a bounded history of
+//! its publications' frames, so that a subscriber that reconnects resumes from where it was
+//! ([`Socket::subscribe_since`](crate::Socket::subscribe_since); see [`history`]).
+//!
 //! A [`Bridge`] ([`bridge`]) connects the hub to a message broker for running several nodes: the
 //! hub tells it when a topic gains its first or loses its last subscriber on the node, queues local
 //! publications for it (bounded), and takes the broker's publications without sending them back.
 
 pub mod bridge;
+pub(crate) mod history;
 mod inbox;
 pub(crate) mod local;
 
 use crate::conn::Message;
 use crate::ring::sys::poke;
 use bridge::{Bridge, Link};
+use history::{Backlog, Budget};
+pub use history::{BadPosition, History, NotRecovered, Position, Recovery, parse_epoch};
 use inbox::{Inbox, Pushed};
 use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 use std::collections::HashMap;
@@ -76,6 +83,10 @@ impl SlowConsumer {
     }
 }
 
+/// Rewrites a payload so that it says it replaced others (see [`Topic::mark_conflated`]): appends
+/// the marked payload to the vector; returns `false` to leave the publication as it is.
+pub type ConflatedMark = fn(&[u8], &mut Vec<u8>) -> bool;
+
 /// The key of [`SlowConsumer::CONFLATE_PER_TOPIC`]: the same for every payload.
 fn whole_topic(_: &[u8]) -> u64 {
     0
@@ -102,6 +113,15 @@ pub enum PubSubError {
     BridgeAttached,
     /// [`Publisher::bridge`]: the queue's capacity must be at least 1.
     InvalidCapacity,
+    /// [`Socket::subscribe_since`](crate::Socket::subscribe_since): the connection is already
+    /// subscribed to the topic (nothing was queued).
+    AlreadySubscribed,
+    /// [`Topic::publish_at`]: the position is not after the topic's latest one in the same epoch
+    /// (a duplicate or a reordered publication); it was not published.
+    Stale {
+        /// The topic's latest position.
+        latest: Position,
+    },
 }
 
 impl fmt::Display for PubSubError {
@@ -113,6 +133,10 @@ impl fmt::Display for PubSubError {
             Self::NotOpen => write!(f, "the connection is not open"),
             Self::BridgeAttached => write!(f, "a bridge is already attached to this server"),
             Self::InvalidCapacity => write!(f, "a bridge's queue capacity must be at least 1"),
+            Self::AlreadySubscribed => write!(f, "already subscribed to the topic"),
+            Self::Stale { latest } => {
+                write!(f, "the position is not after the topic's latest ({latest})")
+            }
         }
     }
 }
@@ -135,6 +159,10 @@ pub struct TopicStats {
     pub disconnected: u64,
     /// Publications that skipped a worker whose inbox was full (its subscribers missed them).
     pub overflowed: u64,
+    /// Publications kept as history now.
+    pub kept: u64,
+    /// Bytes the kept publications are counted as (frames and bookkeeping).
+    pub kept_bytes: u64,
 }
 
 /// One publication: a frame encoded once, numbered within its topic.
@@ -142,8 +170,11 @@ pub struct TopicStats {
 pub(crate) struct Publication {
     /// The topic's id.
     pub topic: u32,
-    /// Its number within the topic (from 1).
-    pub seq: u64,
+    /// Its number within the topic on this server (from 1, never reset): the order of delivery,
+    /// whatever the epochs of the positions.
+    pub order: u64,
+    /// Its position in the topic's stream.
+    pub position: Position,
     /// The conflation key (0 unless the topic conflates).
     pub key: u64,
     /// The whole frame, header and payload.
@@ -151,12 +182,15 @@ pub(crate) struct Publication {
 }
 
 /// What the topic's lock guards.
-#[derive(Default)]
 struct Latest {
-    /// The number of the last publication (0: none yet).
-    seq: u64,
+    /// The order of the last publication (0: none yet).
+    order: u64,
+    /// The position of the last publication (`seq` 0 in the server's epoch: none yet).
+    position: Position,
     /// The last publication, kept for subscribers that ask for it.
     last: Option<Publication>,
+    /// The publications kept as history.
+    backlog: Backlog,
 }
 
 /// A topic as the hub knows it.
@@ -172,6 +206,8 @@ pub(crate) struct TopicInner {
     /// The topic waits in the bridge's queue of interest changes (queued once until polled).
     interest_pending: AtomicBool,
     latest: Mutex<Latest>,
+    /// How a conflating topic marks the publication that replaced others, if it does.
+    pub mark: OnceLock<ConflatedMark>,
     published: AtomicU64,
     pub dropped: AtomicU64,
     pub conflated: AtomicU64,
@@ -213,16 +249,59 @@ impl TopicInner {
             .last = None;
     }
 
-    /// The number of the last publication and the publication itself. A subscriber registered (and
+    /// The order of the last publication and the publication itself. A subscriber registered (and
     /// counted) before this call receives every later publication.
     pub fn latest(&self) -> (u64, Option<Publication>) {
         let l = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
-        (l.seq, l.last.clone())
+        (l.order, l.last.clone())
+    }
+
+    /// For a subscriber registered (and counted) before this call that was at `since`: the order
+    /// of the last publication, and either the publications after `since` (into `replay`) or,
+    /// if they cannot be given, the last publication as a snapshot.
+    pub fn resume(
+        &self,
+        since: Position,
+        budget: &Budget,
+        replay: &mut Vec<Publication>,
+    ) -> (u64, Recovery) {
+        let mut l = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        let latest = l.position;
+        let recovery = l.backlog.recover(since, latest, budget, replay);
+        if let Recovery::NotRecovered { .. } = recovery {
+            replay.extend(l.last.clone());
+        }
+        (l.order, recovery)
+    }
+
+    /// The position of the last publication.
+    pub fn position(&self) -> Position {
+        self.latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .position
+    }
+
+    /// Sets what the topic keeps of its past, trimming what it keeps now to the new bounds.
+    pub fn set_history(&self, keep: History, budget: &Budget) {
+        let mut l = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        l.backlog.keep = keep;
+        if keep.max_len == 0 {
+            l.backlog.clear(budget);
+        } else {
+            l.backlog.trim(std::time::Instant::now(), budget);
+        }
     }
 
     pub(crate) fn stats(&self) -> TopicStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (kept, kept_bytes) = {
+            let l = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+            (l.backlog.len() as u64, l.backlog.bytes() as u64)
+        };
         TopicStats {
+            kept,
+            kept_bytes,
             published: load(&self.published),
             subscribers: self
                 .subscribers
@@ -241,6 +320,8 @@ impl TopicInner {
 pub(crate) struct HubSummary {
     pub topics: u64,
     pub published: u64,
+    /// Bytes of history kept over all topics.
+    pub history_bytes: u64,
     /// Subscriptions held by each worker's connections.
     pub subscriptions: Vec<u64>,
     /// The attached broker bridge's counters.
@@ -257,19 +338,30 @@ pub(crate) struct Hub {
     wakers: Box<[OwnedFd]>,
     default_policy: SlowConsumer,
     max_topics: usize,
+    /// The epoch of the positions this server numbers itself (drawn at start).
+    epoch: u64,
+    /// Bytes of history over all topics, and the most allowed.
+    pub(crate) budget: Budget,
     /// The attached broker bridge, if any.
     bridge: OnceLock<Arc<Link>>,
 }
 
 impl Hub {
-    /// A hub for one worker per waker.
-    pub fn new(wakers: Vec<OwnedFd>, default_policy: SlowConsumer, max_topics: usize) -> Self {
+    /// A hub for one worker per waker, with `max_history_memory` bytes of history over all topics.
+    pub fn new(
+        wakers: Vec<OwnedFd>,
+        default_policy: SlowConsumer,
+        max_topics: usize,
+        max_history_memory: usize,
+    ) -> Self {
         Self {
             topics: RwLock::default(),
             inboxes: wakers.iter().map(|_| Inbox::default()).collect(),
             wakers: wakers.into(),
             default_policy,
             max_topics,
+            epoch: history::new_epoch(),
+            budget: Budget::new(max_history_memory),
             bridge: OnceLock::new(),
         }
     }
@@ -335,7 +427,16 @@ impl Hub {
             subscribers: self.inboxes.iter().map(|_| AtomicU32::new(0)).collect(),
             node: AtomicU32::new(0),
             interest_pending: AtomicBool::new(false),
-            latest: Mutex::default(),
+            latest: Mutex::new(Latest {
+                order: 0,
+                position: Position {
+                    epoch: self.epoch,
+                    seq: 0,
+                },
+                last: None,
+                backlog: Backlog::default(),
+            }),
+            mark: OnceLock::new(),
             published: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             conflated: AtomicU64::new(0),
@@ -352,6 +453,7 @@ impl Hub {
         let mut out = HubSummary {
             topics: topics.len() as u64,
             published: 0,
+            history_bytes: self.budget.used() as u64,
             subscriptions: vec![0; self.inboxes.len()],
             bridge: self.bridge.get().map(|l| l.stats()),
         };
@@ -378,18 +480,25 @@ impl Hub {
         msg: Message<'_>,
         local: Option<usize>,
     ) -> Publication {
-        self.publish_from(topic, msg, local, true)
+        match self.publish_from(topic, msg, local, true, None) {
+            Ok(item) => item,
+            Err(_) => unreachable!("a publication numbered by the hub is never stale"),
+        }
     }
 
     /// [`publish`](Self::publish); `forward`: queue it for the bridge (false for what came from
-    /// the broker, which must not go back).
+    /// the broker, which must not go back); `at`: its position, given by a publisher that numbers
+    /// its own stream (else the next `seq` in the topic's current epoch).
+    /// [`PubSubError::Stale`] (nothing published) for a position not after the latest one in the
+    /// same epoch.
     pub fn publish_from(
         &self,
         topic: &Arc<TopicInner>,
         msg: Message<'_>,
         local: Option<usize>,
         forward: bool,
-    ) -> Publication {
+        at: Option<Position>,
+    ) -> Result<Publication, PubSubError> {
         let binary = matches!(msg, Message::Binary(_));
         let (opcode, payload) = match msg {
             Message::Text(s) => (OpCode::Text, s.as_bytes()),
@@ -401,17 +510,32 @@ impl Hub {
         let frame: Arc<[u8]> = header[..n].iter().chain(payload).copied().collect();
         let key = topic.policy.key(payload);
         let mut latest = topic.latest.lock().unwrap_or_else(PoisonError::into_inner);
-        latest.seq += 1;
+        let position = match at {
+            None => Position {
+                epoch: latest.position.epoch,
+                seq: latest.position.seq + 1,
+            },
+            Some(p) if p.epoch == latest.position.epoch && p.seq <= latest.position.seq => {
+                return Err(PubSubError::Stale {
+                    latest: latest.position,
+                });
+            }
+            Some(p) => p,
+        };
+        latest.order += 1;
+        latest.position = position;
         let item = Publication {
             topic: topic.id,
-            seq: latest.seq,
+            order: latest.order,
+            position,
             key,
             frame,
         };
         latest.last = Some(item.clone());
+        latest.backlog.keep(&item, &self.budget);
         if forward && let Some(link) = self.bridge.get() {
             // Under the topic's lock: the broker gets a topic's publications in number order.
-            link.forward(topic, &item.frame, n, binary);
+            link.forward(topic, &item.frame, n, binary, position);
         }
         for (w, inbox) in self.inboxes.iter().enumerate() {
             if Some(w) == local || topic.subscribers[w].load(Ordering::Acquire) == 0 {
@@ -427,7 +551,7 @@ impl Hub {
         }
         drop(latest);
         topic.published.fetch_add(1, Ordering::Relaxed);
-        item
+        Ok(item)
     }
 
     /// Moves worker `worker`'s pending publications into `into` (empty), in arrival order.
@@ -495,6 +619,12 @@ impl Publisher {
         Ok(())
     }
 
+    /// Bytes of history kept now over all topics (at most the server's `max_history_memory`, plus
+    /// one publication per publishing thread while it makes room).
+    pub fn history_bytes(&self) -> usize {
+        self.hub.budget.used()
+    }
+
     /// Attaches this server's [`Bridge`] to a message broker (see [`Bridge`] for what it carries):
     /// from now on the node's interest changes and its local publications are queued for the
     /// broker client, at most `capacity` publications (beyond that they are counted as dropped;
@@ -543,6 +673,50 @@ impl Topic {
     /// or conflates). The topic keeps the last one for [`Socket::subscribe_with_last`](crate::Socket::subscribe_with_last).
     pub fn publish(&self, msg: Message<'_>) {
         self.hub.publish(&self.inner, msg, None);
+    }
+
+    /// Publishes `msg` at `position`, for a publisher that numbers its own stream (a feed stamping
+    /// its quotes, a bridge passing on the origin's numbering): the topic takes the position's
+    /// epoch, and later [`publish`](Self::publish) calls go on from it. A position that does not
+    /// directly follow the latest one (a new epoch, a `seq` that skips) starts the history
+    /// afresh; one not after the latest in the same epoch is refused with
+    /// [`PubSubError::Stale`] and not published.
+    pub fn publish_at(&self, position: Position, msg: Message<'_>) -> Result<(), PubSubError> {
+        self.hub
+            .publish_from(&self.inner, msg, None, true, Some(position))
+            .map(drop)
+    }
+
+    /// On a conflating topic: lets a subscriber that was behind tell a policy gap from a loss. When
+    /// a publication replaces others still queued for a subscriber, that subscriber gets it
+    /// rewritten by `mark` (e.g. with `"conflated":true` added), encoded at most once per worker
+    /// and publication, and only when it happens; everyone else gets the frame as published. Not
+    /// applied to connections that negotiated permessage-deflate (they get the plain publication).
+    /// Set once: `false` if a mark was already set.
+    pub fn mark_conflated(&self, mark: ConflatedMark) -> bool {
+        self.inner.mark.set(mark).is_ok()
+    }
+
+    /// The position of the topic's latest publication (`seq` 0: none yet).
+    pub fn position(&self) -> Position {
+        self.inner.position()
+    }
+
+    /// Sets what the topic keeps of its past for subscribers that resume from a position
+    /// ([`Socket::subscribe_since`](crate::Socket::subscribe_since)); [`History::OFF`] (the
+    /// default) keeps nothing. Kept publications count against the server's
+    /// `max_history_memory`.
+    ///
+    /// ```no_run
+    /// use ringws_engine::{History, Server, SlowConsumer};
+    /// use std::time::Duration;
+    /// let server = Server::builder().bind("127.0.0.1:9001").build()?;
+    /// let btc = server.publisher().create_topic("BTC-USD", SlowConsumer::CONFLATE_PER_TOPIC).unwrap();
+    /// btc.set_history(History { max_len: 1000, max_age: Some(Duration::from_secs(60)) });
+    /// # Ok::<(), ringws_engine::EngineError>(())
+    /// ```
+    pub fn set_history(&self, keep: History) {
+        self.inner.set_history(keep, &self.hub.budget);
     }
 
     /// The topic's counters.

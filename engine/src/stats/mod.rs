@@ -290,6 +290,8 @@ pub struct Stats {
     pub published: u64,
     /// Topics that exist.
     pub topics: u64,
+    /// Bytes of history kept over all topics (bounded by `max_history_memory`).
+    pub history_bytes: u64,
     /// Whether the server accepts connections and is not draining (what `/ready` answers).
     pub ready: bool,
     /// Whether a drain has started ([`ServerHandle::drain`](crate::ServerHandle::drain) or

@@ -79,7 +79,12 @@ impl Shared {
             .map(OwnedFd::try_clone)
             .collect::<io::Result<_>>()
             .map_err(|e| EngineError::io("duplicating an eventfd", e))?;
-        let hub = Arc::new(Hub::new(hub_wakers, cfg.slow_consumer, cfg.max_topics));
+        let hub = Arc::new(Hub::new(
+            hub_wakers,
+            cfg.slow_consumer,
+            cfg.max_topics,
+            cfg.max_history_memory,
+        ));
         Ok(Self {
             level: AtomicU8::new(0),
             wakers,
