@@ -1,15 +1,19 @@
-//! wss://: TLS for the server's connections with rustls's unbuffered (sans-IO) API.
+//! wss://: TLS for the server's connections, rustls for the handshake and a record layer of our
+//! own after it.
 //!
-//! The unbuffered API leaves every buffer to the caller, as the engine wants: received ciphertext
-//! is handed over straight from the pooled receive buffer (a record split over receives is
-//! gathered in a per-connection buffer only while it is incomplete), handshake records and
-//! encrypted application data are written straight into the connection's output queue. rustls
-//! 0.23 does not yet decrypt in place (its `ReadTraffic` hands back a record it decrypted into
-//! its own buffer; in-place decryption is a TODO upstream), so decrypted bytes are copied once
-//! into the worker's plaintext scratch, where frames are then decoded in place as on a plain
-//! connection. The seam for a kernel-TLS (or own in-place record layer) path is here: after the
-//! handshake the session's traffic secrets could be handed on (`dangerous_extract_secrets`); this
-//! machine's kernel has no `CONFIG_TLS`, so no such path is shipped.
+//! The handshake runs on rustls's unbuffered API, which leaves every buffer to the caller, as the
+//! engine wants: received ciphertext is handed over straight from the pooled receive buffer (a
+//! record split over receives is gathered in a per-connection buffer only while it is
+//! incomplete), handshake records are written straight into the connection's output queue. Once
+//! the handshake is done, the session hands the connection over
+//! (`dangerous_into_kernel_connection`, the seam a kernel-TLS path would use; this machine's
+//! kernel has no `CONFIG_TLS`, so none is shipped) to [`record`]: ring's AEADs, records decrypted
+//! in place in the receive buffer and sealed in place in the output queue, and only rustls's small
+//! `KernelConnection` kept for key updates and session tickets. rustls's connection (its record
+//! layer, deframer and buffers) is dropped: most of an idle TLS connection's memory before.
+//! Decrypted application data stays where it was decrypted: [`Plaintext`] tells the worker which
+//! spans of the receive buffer hold it, and frames are decoded in place there as on a plain
+//! connection (only a record gathered over receives has its data copied).
 //!
 //! Crypto provider: `ring` (assembly AES-GCM and ChaCha20-Poly1305, a plain `cc` build), measured
 //! against aws-lc-rs on this machine: aws-lc-rs encrypts 1.5x faster in bulk, but its C library
@@ -28,6 +32,7 @@ use rustls::unbuffered::{
 };
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -296,6 +301,25 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
+/// The application data of one receive, in order: `bytes` first (decrypted elsewhere: by rustls
+/// during the handshake, or a record gathered over receives), then `spans` of the receive buffer
+/// itself, where records were decrypted in place.
+#[derive(Default)]
+pub(crate) struct Plaintext {
+    /// Decrypted bytes copied here.
+    pub bytes: Vec<u8>,
+    /// Ranges of the receive buffer holding decrypted bytes.
+    pub spans: Vec<Range<usize>>,
+}
+
+impl Plaintext {
+    /// Empties both (keeping their capacity).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+}
+
 /// What a call to [`Session::input`] found.
 #[derive(Debug)]
 pub(crate) enum Input {
@@ -389,8 +413,9 @@ impl Session {
 
     /// Processes received bytes: handshake records to send (or an alert) are appended to
     /// `wire`, decrypted application data to `plain`. Once established, records are decrypted
-    /// in place in `data` (a record split over receives is gathered first).
-    pub fn input(&mut self, data: &mut [u8], wire: &mut Vec<u8>, plain: &mut Vec<u8>) -> Input {
+    /// in place in `data` and `plain` says where (a record split over receives is gathered
+    /// first, and its data copied).
+    pub fn input(&mut self, data: &mut [u8], wire: &mut Vec<u8>, plain: &mut Plaintext) -> Input {
         let Self {
             conn,
             incoming,
@@ -398,8 +423,22 @@ impl Session {
             ..
         } = self;
         let outcome = match conn {
-            Conn::Server(c) => input(&mut **c, incoming, established, data, wire, plain),
-            Conn::Client(c) => input(&mut **c, incoming, established, data, wire, plain),
+            Conn::Server(c) => input(
+                &mut **c,
+                incoming,
+                established,
+                data,
+                wire,
+                &mut plain.bytes,
+            ),
+            Conn::Client(c) => input(
+                &mut **c,
+                incoming,
+                established,
+                data,
+                wire,
+                &mut plain.bytes,
+            ),
             Conn::Records(r) => records_input(r, incoming, data, wire, plain),
             Conn::Failed => {
                 return Input::Failed(rustls::Error::General("the TLS session failed".into()));
@@ -524,7 +563,7 @@ fn records_input(
     incoming: &mut Vec<u8>,
     data: &mut [u8],
     wire: &mut Vec<u8>,
-    plain: &mut Vec<u8>,
+    plain: &mut Plaintext,
 ) -> Input {
     match open_records(records, incoming, data, wire, plain) {
         Ok(Opened::Ok) => Input::Ok,
@@ -543,8 +582,10 @@ fn open_records(
     incoming: &mut Vec<u8>,
     mut data: &mut [u8],
     wire: &mut Vec<u8>,
-    plain: &mut Vec<u8>,
+    plain: &mut Plaintext,
 ) -> Result<Opened, rustls::Error> {
+    // Bytes of `data` that completed a gathered record (the spans below are of `data` whole).
+    let mut skipped = 0;
     if !incoming.is_empty() {
         // The header first (it says how long the record is), then the rest of the record.
         for _ in 0..2 {
@@ -556,18 +597,27 @@ fn open_records(
             incoming.reserve_exact(take);
             incoming.extend_from_slice(&data[..take]);
             data = &mut data[take..];
+            skipped += take;
         }
         match records.record_len(incoming) {
             Some(Ok(len)) if len == incoming.len() => {}
             _ => return Ok(Opened::Ok),
         }
-        let (_, opened) = records.open(incoming, wire, plain);
+        let first = plain.spans.len();
+        let (_, opened) = records.open(incoming, wire, &mut plain.spans);
+        for span in plain.spans.drain(first..) {
+            plain.bytes.extend_from_slice(&incoming[span]);
+        }
         *incoming = Vec::new();
         if opened? == Opened::PeerClosed {
             return Ok(Opened::PeerClosed);
         }
     }
-    let (used, opened) = records.open(data, wire, plain);
+    let first = plain.spans.len();
+    let (used, opened) = records.open(data, wire, &mut plain.spans);
+    for span in &mut plain.spans[first..] {
+        *span = span.start + skipped..span.end + skipped;
+    }
     let opened = opened?;
     if opened == Opened::Ok {
         incoming.extend_from_slice(&data[used..]);

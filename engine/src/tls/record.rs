@@ -33,6 +33,7 @@ use rustls::{
     AlertDescription, ConnectionTrafficSecrets, ContentType, Error, ExtractedSecrets,
     HandshakeType, InvalidMessage, PeerMisbehaved, ProtocolVersion, SupportedCipherSuite,
 };
+use std::ops::Range;
 
 /// Record header: type, version, length.
 const HEADER: usize = 5;
@@ -137,6 +138,16 @@ pub(super) enum Opened {
     PeerClosed,
 }
 
+/// What one record held.
+enum Content {
+    /// Application data, where it lies in the record.
+    Data(Range<usize>),
+    /// An alert or handshake message, handled.
+    Other,
+    /// close_notify.
+    Closed,
+}
+
 /// An established connection's record protection.
 pub(super) struct Records {
     kernel: Kernel,
@@ -200,15 +211,16 @@ impl Records {
         })
     }
 
-    /// Decrypts the complete records at the front of `buf` in place, appending application
-    /// data to `plain`; handshake records to send (a KeyUpdate answer) go to `wire`. Returns
-    /// the bytes consumed (the rest is the start of a record) and what was found; on an error
-    /// the caller sends [`alert_for`] it and ends the connection.
+    /// Decrypts the complete records at the front of `buf` in place, appending where their
+    /// application data now lies in `buf` to `spans` (empty records left out); handshake
+    /// records to send (a KeyUpdate answer) go to `wire`. Returns the bytes consumed (the rest
+    /// is the start of a record) and what was found; on an error the caller sends
+    /// [`alert_for`] it and ends the connection.
     pub fn open(
         &mut self,
         buf: &mut [u8],
         wire: &mut Vec<u8>,
-        plain: &mut Vec<u8>,
+        spans: &mut Vec<Range<usize>>,
     ) -> (usize, Result<Opened, Error>) {
         let mut pos = 0;
         while let Some(len) = self.record_len(&buf[pos..]) {
@@ -218,29 +230,31 @@ impl Records {
                 Err(e) => return (pos, Err(e)),
             };
             let record = &mut buf[pos..pos + len];
+            let at = pos;
             pos += len;
-            match self.open_record(record, wire, plain) {
-                Ok(Opened::Ok) => {}
-                other => return (pos, other),
+            match self.open_record(record, wire) {
+                Ok(Content::Data(span)) => {
+                    if !span.is_empty() {
+                        spans.push(at + span.start..at + span.end);
+                    }
+                }
+                Ok(Content::Other) => {}
+                Ok(Content::Closed) => return (pos, Ok(Opened::PeerClosed)),
+                Err(e) => return (pos, Err(e)),
             }
         }
         (pos, Ok(Opened::Ok))
     }
 
-    /// One complete record.
-    fn open_record(
-        &mut self,
-        record: &mut [u8],
-        wire: &mut Vec<u8>,
-        plain: &mut Vec<u8>,
-    ) -> Result<Opened, Error> {
+    /// One complete record, decrypted where it lies.
+    fn open_record(&mut self, record: &mut [u8], wire: &mut Vec<u8>) -> Result<Content, Error> {
         let (header, body) = record.split_at_mut(HEADER);
         let header: [u8; HEADER] = [header[0], header[1], header[2], header[3], header[4]];
         let outer = ContentType::from(header[0]);
         if self.rx.seq == u64::MAX {
             return Err(Error::General("receive sequence numbers exhausted".into()));
         }
-        let (typ, payload) = if self.tls13 {
+        let (typ, start, len) = if self.tls13 {
             if outer != ContentType::ApplicationData {
                 return Err(inappropriate(outer));
             }
@@ -260,9 +274,14 @@ impl Records {
             if end > MAX_PLAINTEXT {
                 return Err(Error::PeerSentOversizedRecord);
             }
-            let typ = ContentType::from(inner[end]);
-            (typ, &mut inner[..end])
+            (ContentType::from(inner[end]), HEADER, end)
         } else {
+            let start = HEADER
+                + if self.explicit_nonce {
+                    EXPLICIT_NONCE
+                } else {
+                    0
+                };
             let (nonce, sealed) = if self.explicit_nonce {
                 if body.len() < EXPLICIT_NONCE + TAG {
                     return Err(Error::DecryptError);
@@ -294,14 +313,14 @@ impl Records {
             if opened.len() > MAX_PLAINTEXT {
                 return Err(Error::PeerSentOversizedRecord);
             }
-            (outer, opened)
+            (outer, start, opened.len())
         };
         self.rx.seq += 1;
+        let payload = &record[start..start + len];
         match typ {
             ContentType::ApplicationData => {
                 self.key_updates = 0;
-                plain.extend_from_slice(payload);
-                Ok(Opened::Ok)
+                Ok(Content::Data(start..start + len))
             }
             ContentType::Alert => self.alert_received(payload),
             ContentType::Handshake if self.tls13 => self.handshake(payload, wire),
@@ -309,21 +328,21 @@ impl Records {
         }
     }
 
-    fn alert_received(&mut self, payload: &[u8]) -> Result<Opened, Error> {
+    fn alert_received(&mut self, payload: &[u8]) -> Result<Content, Error> {
         let &[level, description] = payload else {
             return Err(InvalidMessage::MessageTooShort.into());
         };
         match AlertDescription::from(description) {
-            AlertDescription::CloseNotify => Ok(Opened::PeerClosed),
+            AlertDescription::CloseNotify => Ok(Content::Closed),
             // Not fatal: user_canceled (close_notify follows), and TLS 1.2's warnings.
-            AlertDescription::UserCanceled => Ok(Opened::Ok),
-            _ if !self.tls13 && level == 1 => Ok(Opened::Ok),
+            AlertDescription::UserCanceled => Ok(Content::Other),
+            _ if !self.tls13 && level == 1 => Ok(Content::Other),
             other => Err(Error::AlertReceived(other)),
         }
     }
 
     /// TLS 1.3 post-handshake messages, each whole in this record.
-    fn handshake(&mut self, mut payload: &[u8], wire: &mut Vec<u8>) -> Result<Opened, Error> {
+    fn handshake(&mut self, mut payload: &[u8], wire: &mut Vec<u8>) -> Result<Content, Error> {
         if payload.is_empty() {
             return Err(InvalidMessage::InvalidEmptyPayload.into());
         }
@@ -365,7 +384,7 @@ impl Records {
             }
         }
         if payload.is_empty() {
-            Ok(Opened::Ok)
+            Ok(Content::Other)
         } else {
             Err(InvalidMessage::MessageTooShort.into())
         }

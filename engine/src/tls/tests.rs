@@ -95,6 +95,18 @@ impl Pair {
         pair
     }
 
+    /// Our side's input; what it decrypted is appended to `plain` (gathered bytes, then the
+    /// spans of `data`).
+    fn input(&mut self, data: &mut [u8], wire: &mut Vec<u8>) -> Input {
+        let mut plain = Plaintext::default();
+        let outcome = self.ours.input(data, wire, &mut plain);
+        self.plain.extend_from_slice(&plain.bytes);
+        for span in plain.spans {
+            self.plain.extend_from_slice(&data[span]);
+        }
+        outcome
+    }
+
     /// What the peer has to send.
     fn peer_output(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -129,7 +141,7 @@ impl Pair {
         for _ in 0..100 {
             let mut data = self.peer_output();
             let mut wire = Vec::new();
-            let outcome = self.ours.input(&mut data, &mut wire, &mut self.plain);
+            let outcome = self.input(&mut data, &mut wire);
             self.give_peer(&wire).unwrap();
             if !matches!(outcome, Input::Ok) || (data.is_empty() && wire.is_empty()) {
                 return outcome;
@@ -201,26 +213,51 @@ fn client_side_takes_session_tickets_after_the_hand_over() {
 }
 
 #[test]
-fn records_split_over_receives_are_gathered() {
-    for suite in [SUITES[0], SUITES[3], SUITES[5]] {
+fn records_are_decrypted_in_place() {
+    for suite in SUITES {
         let mut pair = Pair::server(suite);
-        let msg = message(40_000);
-        pair.peer.writer().write_all(&msg).unwrap();
-        pair.peer.writer().write_all(b"tail").unwrap();
-        let bytes = pair.peer_output();
-        let mut wire = Vec::new();
-        // Uneven pieces: headers and tags split too.
-        for piece in bytes.chunks(3).chain([&[][..]]) {
-            let mut piece = piece.to_vec();
-            assert!(matches!(
-                pair.ours.input(&mut piece, &mut wire, &mut pair.plain),
-                Input::Ok
-            ));
+        for msg in [&b"one"[..], b"", b"three", &message(20_000)] {
+            pair.peer.writer().write_all(msg).unwrap();
         }
-        assert!(wire.is_empty());
-        assert_eq!(pair.plain.len(), msg.len() + 4);
-        assert!(pair.plain[..msg.len()] == msg[..] && pair.plain.ends_with(b"tail"));
-        assert!(pair.ours.incoming.is_empty());
+        let mut data = pair.peer_output();
+        let mut plain = Plaintext::default();
+        let mut wire = Vec::new();
+        assert!(matches!(
+            pair.ours.input(&mut data, &mut wire, &mut plain),
+            Input::Ok
+        ));
+        assert!(plain.bytes.is_empty(), "nothing copied");
+        // One span per non-empty record, in the buffer itself.
+        let lens: Vec<usize> = plain.spans.iter().map(|s| s.len()).collect();
+        assert_eq!(lens, [3, 5, 16384, 20_000 - 16384]);
+        assert_eq!(&data[plain.spans[1].clone()], b"three");
+    }
+}
+
+#[test]
+fn records_split_over_receives_are_gathered() {
+    // Pieces of 3 bytes split headers and tags; longer ones finish one record and carry the
+    // next ones whole (their data then lies in the piece, after the gathered record's end).
+    for step in [3, 1000, 16_500, 20_000] {
+        for suite in [SUITES[0], SUITES[3], SUITES[5]] {
+            let mut pair = Pair::server(suite);
+            let msg = message(40_000);
+            pair.peer.writer().write_all(&msg).unwrap();
+            for tail in [&b"tail"[..], b"and", b"more"] {
+                pair.peer.writer().write_all(tail).unwrap();
+            }
+            let bytes = pair.peer_output();
+            let mut wire = Vec::new();
+            for piece in bytes.chunks(step).chain([&[][..]]) {
+                let mut piece = piece.to_vec();
+                assert!(matches!(pair.input(&mut piece, &mut wire), Input::Ok));
+            }
+            assert!(wire.is_empty());
+            assert_eq!(pair.plain.len(), msg.len() + 11);
+            assert!(pair.plain[..msg.len()] == msg[..], "step {step}");
+            assert!(pair.plain.ends_with(b"tailandmore"), "step {step}");
+            assert!(pair.ours.incoming.is_empty());
+        }
     }
 }
 
@@ -298,7 +335,7 @@ fn expect_failure(
     alert: AlertDescription,
 ) {
     let mut wire = Vec::new();
-    match pair.ours.input(&mut bytes, &mut wire, &mut pair.plain) {
+    match pair.input(&mut bytes, &mut wire) {
         Input::Failed(e) => assert_eq!(e, error),
         other => panic!("{other:?}"),
     }
@@ -308,10 +345,7 @@ fn expect_failure(
     );
     // The session is over.
     let mut wire = Vec::new();
-    assert!(matches!(
-        pair.ours.input(&mut [], &mut wire, &mut pair.plain),
-        Input::Failed(_)
-    ));
+    assert!(matches!(pair.input(&mut [], &mut wire), Input::Failed(_)));
     assert!(!pair.ours.seal(b"x", &mut wire) && wire.is_empty());
 }
 
@@ -366,15 +400,9 @@ fn a_truncated_record_waits_for_the_rest() {
     let mut bytes = pair.peer_output();
     let mut rest = bytes.split_off(bytes.len() / 2);
     let mut wire = Vec::new();
-    assert!(matches!(
-        pair.ours.input(&mut bytes, &mut wire, &mut pair.plain),
-        Input::Ok
-    ));
+    assert!(matches!(pair.input(&mut bytes, &mut wire), Input::Ok));
     assert!(pair.plain.is_empty());
-    assert!(matches!(
-        pair.ours.input(&mut rest, &mut wire, &mut pair.plain),
-        Input::Ok
-    ));
+    assert!(matches!(pair.input(&mut rest, &mut wire), Input::Ok));
     assert_eq!(pair.plain, b"complete me");
 }
 
@@ -388,7 +416,7 @@ fn plaintext_and_unexpected_records_get_unexpected_message() {
         let mut record = bytes.clone();
         record.resize(5 + len, 1);
         let mut wire = Vec::new();
-        match pair.ours.input(&mut record, &mut wire, &mut pair.plain) {
+        match pair.input(&mut record, &mut wire) {
             Input::Failed(rustls::Error::InappropriateMessage { .. }) => {}
             other => panic!("{other:?}"),
         }
@@ -413,7 +441,7 @@ fn a_fatal_alert_from_the_peer_ends_the_session_quietly() {
         assert_eq!(pair.give_peer(&wire), Err(rustls::Error::DecryptError));
         let mut alert = pair.peer_output();
         let mut wire = Vec::new();
-        match pair.ours.input(&mut alert, &mut wire, &mut pair.plain) {
+        match pair.input(&mut alert, &mut wire) {
             Input::Failed(rustls::Error::AlertReceived(AlertDescription::BadRecordMac)) => {}
             other => panic!("{other:?}"),
         }
