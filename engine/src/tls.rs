@@ -1,15 +1,19 @@
-//! wss://: TLS for the server's connections with rustls's unbuffered (sans-IO) API.
+//! wss://: TLS for the server's connections, rustls for the handshake and a record layer of our
+//! own after it.
 //!
-//! The unbuffered API leaves every buffer to the caller, as the engine wants: received ciphertext
-//! is handed over straight from the pooled receive buffer (a record split over receives is
-//! gathered in a per-connection buffer only while it is incomplete), handshake records and
-//! encrypted application data are written straight into the connection's output queue. rustls
-//! 0.23 does not yet decrypt in place (its `ReadTraffic` hands back a record it decrypted into
-//! its own buffer; in-place decryption is a TODO upstream), so decrypted bytes are copied once
-//! into the worker's plaintext scratch, where frames are then decoded in place as on a plain
-//! connection. The seam for a kernel-TLS (or own in-place record layer) path is here: after the
-//! handshake the session's traffic secrets could be handed on (`dangerous_extract_secrets`); this
-//! machine's kernel has no `CONFIG_TLS`, so no such path is shipped.
+//! The handshake runs on rustls's unbuffered API, which leaves every buffer to the caller, as the
+//! engine wants: received ciphertext is handed over straight from the pooled receive buffer (a
+//! record split over receives is gathered in a per-connection buffer only while it is
+//! incomplete), handshake records are written straight into the connection's output queue. Once
+//! the handshake is done, the session hands the connection over
+//! (`dangerous_into_kernel_connection`, the seam a kernel-TLS path would use; this machine's
+//! kernel has no `CONFIG_TLS`, so none is shipped) to [`record`]: ring's AEADs, records decrypted
+//! in place in the receive buffer and sealed in place in the output queue, and only rustls's small
+//! `KernelConnection` kept for key updates and session tickets. rustls's connection (its record
+//! layer, deframer and buffers) is dropped: most of an idle TLS connection's memory before.
+//! Decrypted application data stays where it was decrypted: [`Plaintext`] tells the worker which
+//! spans of the receive buffer hold it, and frames are decoded in place there as on a plain
+//! connection (only a record gathered over receives has its data copied).
 //!
 //! Crypto provider: `ring` (assembly AES-GCM and ChaCha20-Poly1305, a plain `cc` build), measured
 //! against aws-lc-rs on this machine: aws-lc-rs encrypts 1.5x faster in bulk, but its C library
@@ -28,8 +32,15 @@ use rustls::unbuffered::{
 };
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
+
+mod record;
+#[cfg(test)]
+mod tests;
+
+use record::{AlertLevel, Kernel, Opened, Records};
 
 /// Why a TLS configuration could not be made.
 #[derive(Debug)]
@@ -159,6 +170,8 @@ fn server_config(
         .with_single_cert(certs, key)
         .map_err(TlsError::Rustls)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The record layer takes the traffic secrets over once the handshake is done (record.rs).
+    config.enable_secret_extraction = true;
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Rustls)?;
     Ok(config)
 }
@@ -231,6 +244,7 @@ impl TlsClient {
 
     fn finish(mut config: ClientConfig) -> Self {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.enable_secret_extraction = true;
         Self {
             config: Arc::new(config),
         }
@@ -287,6 +301,25 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
+/// The application data of one receive, in order: `bytes` first (decrypted elsewhere: by rustls
+/// during the handshake, or a record gathered over receives), then `spans` of the receive buffer
+/// itself, where records were decrypted in place.
+#[derive(Default)]
+pub(crate) struct Plaintext {
+    /// Decrypted bytes copied here.
+    pub bytes: Vec<u8>,
+    /// Ranges of the receive buffer holding decrypted bytes.
+    pub spans: Vec<Range<usize>>,
+}
+
+impl Plaintext {
+    /// Empties both (keeping their capacity).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+}
+
 /// What a call to [`Session::input`] found.
 #[derive(Debug)]
 pub(crate) enum Input {
@@ -301,29 +334,35 @@ pub(crate) enum Input {
 
 /// rustls's unbuffered connection of either side (they share every state type but not the
 /// entry point).
-trait Records {
+trait Unbuffered {
     type Data;
     fn records<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
 }
 
-impl Records for UnbufferedServerConnection {
+impl Unbuffered for UnbufferedServerConnection {
     type Data = rustls::server::ServerConnectionData;
     fn records<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
         self.process_tls_records(buf)
     }
 }
 
-impl Records for UnbufferedClientConnection {
+impl Unbuffered for UnbufferedClientConnection {
     type Data = rustls::client::ClientConnectionData;
     fn records<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
         self.process_tls_records(buf)
     }
 }
 
-/// The connection of one side.
+/// The state of one side: rustls's connection during the handshake, our record layer after.
 enum Conn {
-    Server(UnbufferedServerConnection),
-    Client(UnbufferedClientConnection),
+    /// A server handshake (boxed: rustls's connection is large, and gone once established).
+    Server(Box<UnbufferedServerConnection>),
+    /// A client handshake.
+    Client(Box<UnbufferedClientConnection>),
+    /// Established and handed over to [`record::Records`].
+    Records(Box<Records>),
+    /// An error ended the session (its state is dropped).
+    Failed,
 }
 
 /// One connection's TLS session.
@@ -334,8 +373,6 @@ pub(crate) struct Session {
     /// The handshake is done: application data can be encrypted.
     established: bool,
     close_notify_sent: bool,
-    /// rustls reported an error: the session is not used again.
-    failed: bool,
 }
 
 /// Bound on the states handled per call (each needs input or output to progress).
@@ -344,16 +381,15 @@ const MAX_STEPS: usize = 1 << 16;
 impl Session {
     /// A server session under `config`.
     pub fn server(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
-        Ok(Self::with(Conn::Server(UnbufferedServerConnection::new(
-            config,
-        )?)))
+        let conn = UnbufferedServerConnection::new(config)?;
+        Ok(Self::with(Conn::Server(Box::new(conn))))
     }
 
     /// A client session to `name` under `client`; its ClientHello is produced by the first
     /// [`input`](Self::input) (with no bytes).
     pub fn client(client: &TlsClient, name: ServerName<'static>) -> Result<Self, rustls::Error> {
         let conn = UnbufferedClientConnection::new(Arc::clone(&client.config), name)?;
-        Ok(Self::with(Conn::Client(conn)))
+        Ok(Self::with(Conn::Client(Box::new(conn))))
     }
 
     fn with(conn: Conn) -> Self {
@@ -362,7 +398,6 @@ impl Session {
             incoming: Vec::new(),
             established: false,
             close_notify_sent: false,
-            failed: false,
         }
     }
 
@@ -376,12 +411,11 @@ impl Session {
         self.close_notify_sent
     }
 
-    /// Processes received bytes: handshake records to send are appended to `wire`, decrypted
-    /// application data to `plain`.
-    pub fn input(&mut self, data: &mut [u8], wire: &mut Vec<u8>, plain: &mut Vec<u8>) -> Input {
-        if self.failed {
-            return Input::Failed(rustls::Error::General("the TLS session failed".into()));
-        }
+    /// Processes received bytes: handshake records to send (or an alert) are appended to
+    /// `wire`, decrypted application data to `plain`. Once established, records are decrypted
+    /// in place in `data` and `plain` says where (a record split over receives is gathered
+    /// first, and its data copied).
+    pub fn input(&mut self, data: &mut [u8], wire: &mut Vec<u8>, plain: &mut Plaintext) -> Input {
         let Self {
             conn,
             incoming,
@@ -389,16 +423,94 @@ impl Session {
             ..
         } = self;
         let outcome = match conn {
-            Conn::Server(c) => input(c, incoming, established, data, wire, plain),
-            Conn::Client(c) => input(c, incoming, established, data, wire, plain),
+            Conn::Server(c) => input(
+                &mut **c,
+                incoming,
+                established,
+                data,
+                wire,
+                &mut plain.bytes,
+            ),
+            Conn::Client(c) => input(
+                &mut **c,
+                incoming,
+                established,
+                data,
+                wire,
+                &mut plain.bytes,
+            ),
+            Conn::Records(r) => records_input(r, incoming, data, wire, plain),
+            Conn::Failed => {
+                return Input::Failed(rustls::Error::General("the TLS session failed".into()));
+            }
         };
-        self.failed = matches!(outcome, Input::Failed(_));
+        match outcome {
+            Input::Failed(_) => self.fail(),
+            Input::Ok if self.established => {
+                if let Err(e) = self.hand_off() {
+                    self.fail();
+                    return Input::Failed(e);
+                }
+            }
+            _ => {}
+        }
         outcome
     }
 
+    /// Drops the session's state: nothing is sent or received again.
+    fn fail(&mut self) {
+        self.conn = Conn::Failed;
+        self.incoming = Vec::new();
+    }
+
+    /// Once the handshake is over, gives rustls's connection up for [`record::Records`] with
+    /// its traffic secrets. Waits (rustls goes on) while rustls holds part of a post-handshake
+    /// message: a complete record left over in `incoming` is one it has consumed but not let go
+    /// of, and already decrypted there.
+    fn hand_off(&mut self) -> Result<(), rustls::Error> {
+        let ready = match &self.conn {
+            Conn::Server(c) => !c.is_handshaking(),
+            Conn::Client(c) => !c.is_handshaking(),
+            Conn::Records(_) | Conn::Failed => false,
+        };
+        let holds_record = matches!(
+            self.incoming.get(3..5),
+            Some(&[hi, lo]) if self.incoming.len() >= 5 + usize::from(u16::from_be_bytes([hi, lo]))
+        );
+        if !ready || holds_record {
+            return Ok(());
+        }
+        let records = match std::mem::replace(&mut self.conn, Conn::Failed) {
+            Conn::Server(c) => {
+                let (secrets, kernel) = c.dangerous_into_kernel_connection()?;
+                Records::new(secrets, Kernel::Server(kernel))?
+            }
+            Conn::Client(c) => {
+                let (secrets, kernel) = c.dangerous_into_kernel_connection()?;
+                Records::new(secrets, Kernel::Client(kernel))?
+            }
+            other => {
+                self.conn = other;
+                return Ok(());
+            }
+        };
+        self.conn = Conn::Records(Box::new(records));
+        Ok(())
+    }
+
     /// Encrypts `plaintext` into records appended to `wire` (records of up to 16 KiB; as few as
-    /// the bytes need). False if the handshake is not done yet (nothing written).
+    /// the bytes need). False if the handshake is not done yet (nothing written) or the
+    /// session can no longer send.
     pub fn seal(&mut self, plaintext: &[u8], wire: &mut Vec<u8>) -> bool {
+        if let Conn::Records(r) = &mut self.conn {
+            if r.seal(plaintext, wire).is_err() {
+                // The key's life is over (TLS 1.2; close_notify went out) or the cipher failed.
+                self.close_notify_sent = true;
+                self.fail();
+                return false;
+            }
+            return true;
+        }
         // Room for the records' headers, tags and content types, so one call usually suffices.
         let hint = plaintext.len() + plaintext.len().div_ceil(16 << 10) * 64 + 64;
         self.with_write(wire, |w, wire| {
@@ -411,28 +523,106 @@ impl Session {
         if self.close_notify_sent {
             return;
         }
-        if self.with_write(wire, |w, wire| {
+        if let Conn::Records(r) = &mut self.conn {
+            r.alert(
+                AlertLevel::Warning,
+                rustls::AlertDescription::CloseNotify,
+                wire,
+            );
+            self.close_notify_sent = true;
+        } else if self.with_write(wire, |w, wire| {
             encrypt_into(wire, 64, |out| w.queue_close_notify(out));
         }) {
             self.close_notify_sent = true;
         }
     }
 
-    /// Runs `f` with the session in its write state (handshake records still to send go to
-    /// `wire` first). False if the session cannot write application data now.
+    /// Runs `f` with rustls's connection in its write state (handshake records still to send
+    /// go to `wire` first). False if the session cannot write application data now.
     fn with_write(
         &mut self,
         wire: &mut Vec<u8>,
         f: impl FnOnce(&mut dyn Encrypt, &mut Vec<u8>),
     ) -> bool {
-        if !self.established || self.failed {
+        if !self.established {
             return false;
         }
         match &mut self.conn {
-            Conn::Server(c) => with_write(c, &mut self.incoming, wire, f),
-            Conn::Client(c) => with_write(c, &mut self.incoming, wire, f),
+            Conn::Server(c) => with_write(&mut **c, &mut self.incoming, wire, f),
+            Conn::Client(c) => with_write(&mut **c, &mut self.incoming, wire, f),
+            Conn::Records(_) | Conn::Failed => false,
         }
     }
+}
+
+/// Established input: completes a record split over receives in `incoming` (taking from
+/// `data` only what it lacks), then decrypts the records in `data` in place; an incomplete
+/// record at the end is kept in `incoming`. After an error the fatal alert is queued to `wire`.
+fn records_input(
+    records: &mut Records,
+    incoming: &mut Vec<u8>,
+    data: &mut [u8],
+    wire: &mut Vec<u8>,
+    plain: &mut Plaintext,
+) -> Input {
+    match open_records(records, incoming, data, wire, plain) {
+        Ok(Opened::Ok) => Input::Ok,
+        Ok(Opened::PeerClosed) => Input::PeerClosed,
+        Err(e) => {
+            if let Some(alert) = record::alert_for(&e) {
+                records.alert(AlertLevel::Fatal, alert, wire);
+            }
+            Input::Failed(e)
+        }
+    }
+}
+
+fn open_records(
+    records: &mut Records,
+    incoming: &mut Vec<u8>,
+    mut data: &mut [u8],
+    wire: &mut Vec<u8>,
+    plain: &mut Plaintext,
+) -> Result<Opened, rustls::Error> {
+    // Bytes of `data` that completed a gathered record (the spans below are of `data` whole).
+    let mut skipped = 0;
+    if !incoming.is_empty() {
+        // The header first (it says how long the record is), then the rest of the record.
+        for _ in 0..2 {
+            let want = match records.record_len(incoming) {
+                None => 5,
+                Some(len) => len?,
+            };
+            let take = want.saturating_sub(incoming.len()).min(data.len());
+            incoming.reserve_exact(take);
+            incoming.extend_from_slice(&data[..take]);
+            data = &mut data[take..];
+            skipped += take;
+        }
+        match records.record_len(incoming) {
+            Some(Ok(len)) if len == incoming.len() => {}
+            _ => return Ok(Opened::Ok),
+        }
+        let first = plain.spans.len();
+        let (_, opened) = records.open(incoming, wire, &mut plain.spans);
+        for span in plain.spans.drain(first..) {
+            plain.bytes.extend_from_slice(&incoming[span]);
+        }
+        *incoming = Vec::new();
+        if opened? == Opened::PeerClosed {
+            return Ok(Opened::PeerClosed);
+        }
+    }
+    let first = plain.spans.len();
+    let (used, opened) = records.open(data, wire, &mut plain.spans);
+    for span in &mut plain.spans[first..] {
+        *span = span.start + skipped..span.end + skipped;
+    }
+    let opened = opened?;
+    if opened == Opened::Ok {
+        incoming.extend_from_slice(&data[used..]);
+    }
+    Ok(opened)
 }
 
 /// Encryption in the write state, whatever the side.
@@ -450,7 +640,7 @@ impl<D> Encrypt for WriteTraffic<'_, D> {
     }
 }
 
-fn input<C: Records>(
+fn input<C: Unbuffered>(
     conn: &mut C,
     incoming: &mut Vec<u8>,
     established: &mut bool,
@@ -535,13 +725,13 @@ fn input<C: Records>(
 /// second look at the input would fail it again). `incoming` is what was left of the input:
 /// rustls must always see the bytes it has not let go of at the front of the buffer (a
 /// handshake message spanning records is located by its position in it).
-fn drain_alerts<C: Records>(conn: &mut C, incoming: &mut [u8], wire: &mut Vec<u8>) {
+fn drain_alerts<C: Unbuffered>(conn: &mut C, incoming: &mut [u8], wire: &mut Vec<u8>) {
     if let Ok(ConnectionState::EncodeTlsData(mut enc)) = conn.records(incoming).state {
         encode_into(wire, |out| enc.encode(out));
     }
 }
 
-fn with_write<C: Records>(
+fn with_write<C: Unbuffered>(
     conn: &mut C,
     incoming: &mut [u8],
     wire: &mut Vec<u8>,

@@ -420,13 +420,13 @@ impl<S: Default> Slab<S> {
     }
 
     /// TLS: feeds bytes received on `slot` to its session. Handshake records (and an alert after
-    /// an error) go to the wire queue; decrypted bytes are appended to `plain`. `None` if the
-    /// slot has no TLS session.
+    /// an error) go to the wire queue; decrypted bytes are decrypted in place in `data` or
+    /// copied, as `plain` says. `None` if the slot has no TLS session.
     pub fn tls_input(
         &mut self,
         slot: u32,
         data: &mut [u8],
-        plain: &mut Vec<u8>,
+        plain: &mut tls::Plaintext,
         records: &mut Vec<u8>,
     ) -> Option<tls::Input> {
         let s = &mut self.slots[slot as usize];

@@ -167,7 +167,7 @@ impl<H: Handler> Engine<'_, H> {
             .push_raw(|out| dial.target.write_request(&dial.handshake, out));
         self.core.slab.get_mut(slot).extra().dial = Some(dial);
         if self.core.slab.get(slot).is_tls() {
-            let mut plain = Vec::new();
+            let mut plain = crate::tls::Plaintext::default();
             self.tls_input(slot, &mut [], &mut plain);
         }
         self.arm_recv(slot);

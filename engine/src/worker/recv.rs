@@ -94,11 +94,11 @@ impl<H: Handler> Worker<'_, H> {
         let tls = s.is_tls();
         eng.core.slab.stats.socket_received_bytes.add(res as u64);
         if tls && matches!(phase, Phase::Handshaking | Phase::Open) {
-            // Decrypted into the worker's scratch, then handled as a plain connection's bytes.
+            // Decrypted (in place, mostly), then handled as a plain connection's bytes.
             let mut plain = std::mem::take(&mut eng.tls.plain);
             plain.clear();
-            if eng.tls_input(slot, buf, &mut plain) && !plain.is_empty() {
-                eng.bytes_in(slot, &mut plain);
+            if eng.tls_input(slot, buf, &mut plain) {
+                eng.plaintext_in(slot, buf, &mut plain);
             }
             eng.tls.plain = plain;
         } else {

@@ -9,14 +9,14 @@ use crate::connect::ConnectError;
 use crate::handler::Handler;
 use crate::policy::peer_addr;
 use crate::stats::{Label, Rejection};
-use crate::tls::{Input, Session};
+use crate::tls::{Input, Plaintext, Session};
 use tracing::{debug, warn};
 
 /// The worker's TLS scratch buffers, kept for their capacity.
 #[derive(Default)]
 pub(super) struct Scratch {
-    /// Decrypted bytes of one receive.
-    pub plain: Vec<u8>,
+    /// Decrypted bytes of one receive (where they lie).
+    pub plain: Plaintext,
     /// Handshake records (or an alert) produced by one receive.
     pub records: Vec<u8>,
     /// Several queued plaintext chunks gathered into one record stream.
@@ -46,20 +46,16 @@ impl<H: Handler> Engine<'_, H> {
         }
     }
 
-    /// Bytes received on TLS connection `slot`: decrypted into `plain`. False if the session
-    /// failed (the alert is queued and the connection closing) or the peer closed it.
-    pub(super) fn tls_input(&mut self, slot: u32, data: &mut [u8], plain: &mut Vec<u8>) -> bool {
+    /// Bytes received on TLS connection `slot`: decrypted (in place in `data`, mostly; `plain`
+    /// says where). False if the session failed (the alert is queued and the connection
+    /// closing) or the peer closed it.
+    pub(super) fn tls_input(&mut self, slot: u32, data: &mut [u8], plain: &mut Plaintext) -> bool {
         let records = &mut self.tls.records;
         match self.core.slab.tls_input(slot, data, plain, records) {
             None | Some(Input::Ok) => true,
             Some(Input::PeerClosed) => {
-                // close_notify: what it sent is in `plain`, then the stream ends.
-                if !plain.is_empty() {
-                    let mut rest = std::mem::take(plain);
-                    self.bytes_in(slot, &mut rest);
-                    *plain = rest;
-                    plain.clear();
-                }
+                // close_notify: what it sent before is handled, then the stream ends.
+                self.plaintext_in(slot, data, plain);
                 self.peer_gone(slot);
                 false
             }
@@ -88,6 +84,21 @@ impl<H: Handler> Engine<'_, H> {
                     _ => self.abort(slot, Cause::Error),
                 }
                 false
+            }
+        }
+    }
+
+    /// The decrypted bytes of one receive to the HTTP and frame handling, in order: those
+    /// copied into `plain`, then the spans of the receive buffer `data` decrypted in place.
+    pub(super) fn plaintext_in(&mut self, slot: u32, data: &mut [u8], plain: &mut Plaintext) {
+        if !plain.bytes.is_empty() {
+            let mut bytes = std::mem::take(&mut plain.bytes);
+            self.bytes_in(slot, &mut bytes);
+            plain.bytes = bytes;
+        }
+        for span in plain.spans.drain(..) {
+            if let Some(bytes) = data.get_mut(span) {
+                self.bytes_in(slot, bytes);
             }
         }
     }
