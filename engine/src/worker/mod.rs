@@ -255,8 +255,9 @@ impl<H: Handler> Worker<'_, H> {
             debug_assert_eq!(
                 self.bufs.out_count(),
                 0,
-                "every receive buffer is back in the ring"
+                "every receive buffer is back in the pool"
             );
+            self.bufs.refill();
             self.eng.tick();
             self.eng.flush();
             self.eng.end_turn(woke);
@@ -351,8 +352,13 @@ pub(crate) fn run<H: Handler>(
     if let Err(e) = ring.register_ring_fd() {
         debug!(worker = index, error = %e, "registering the ring fd failed; using the plain fd");
     }
-    let bufs = Buffers::new(0, cfg.buffer_count, cfg.buffer_size)
-        .map_err(|e| EngineError::io("mapping the receive buffers", e))?;
+    let bufs = Buffers::new(
+        0,
+        cfg.buffer_count,
+        cfg.buffer_size,
+        cfg.incremental_buffers,
+    )
+    .map_err(|e| EngineError::io("mapping the receive buffers", e))?;
     ring.register_buffers(bufs)
         .map_err(|e| EngineError::io("registering the provided buffer ring", e))?;
     let Some((submit, bufs, mut cq)) = ring.split() else {
