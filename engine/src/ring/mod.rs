@@ -77,20 +77,14 @@ impl Ring {
     }
 
     /// Registers `bufs` as the ring's receive buffers (Linux 5.19), for incremental consumption
-    /// (`IOU_PBUF_RING_INC`, Linux 6.12) if `bufs` asks for it and the kernel has it: a kernel
-    /// without it refuses the flag with `EINVAL`, and the ring is then registered without it.
-    pub fn register_buffers(&mut self, mut bufs: Buffers) -> io::Result<()> {
+    /// (`IOU_PBUF_RING_INC`, Linux 6.12) if `bufs` asks for it.
+    pub fn register_buffers(&mut self, bufs: Buffers) -> io::Result<()> {
         let flags = if bufs.incremental() {
             IOU_PBUF_RING_INC
         } else {
             0
         };
-        let mut registered = self.register_buf_ring(&bufs, flags);
-        if flags != 0 && matches!(&registered, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
-            bufs.without_incremental();
-            registered = self.register_buf_ring(&bufs, 0);
-        }
-        registered?;
+        self.register_buf_ring(&bufs, flags)?;
         self.bufs = Some(bufs);
         Ok(())
     }

@@ -352,13 +352,17 @@ pub(crate) fn run<H: Handler>(
     if let Err(e) = ring.register_ring_fd() {
         debug!(worker = index, error = %e, "registering the ring fd failed; using the plain fd");
     }
-    let bufs = Buffers::new(
-        0,
-        cfg.buffer_count,
-        cfg.buffer_size,
-        cfg.incremental_buffers,
-    )
-    .map_err(|e| EngineError::io("mapping the receive buffers", e))?;
+    // Incremental consumption where asked for and the kernel has it (a kernel without it refuses
+    // the throwaway registration with EINVAL).
+    let incremental = cfg.incremental_buffers && ring.try_incremental(1).is_ok();
+    if cfg.incremental_buffers && !incremental {
+        info!(
+            worker = index,
+            "incremental buffer consumption unavailable; one buffer per receive"
+        );
+    }
+    let bufs = Buffers::new(0, cfg.buffer_count, cfg.buffer_size, incremental)
+        .map_err(|e| EngineError::io("mapping the receive buffers", e))?;
     ring.register_buffers(bufs)
         .map_err(|e| EngineError::io("registering the provided buffer ring", e))?;
     let Some((submit, bufs, mut cq)) = ring.split() else {
