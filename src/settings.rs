@@ -16,6 +16,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("max_backpressure", "--max-backpressure"),
     ("buffer_size", "--buffer-size"),
     ("buffer_count", "--buffer-count"),
+    ("incremental_buffers", "--incremental-buffers"),
     ("ring_entries", "--ring-entries"),
     ("socket_send_buffer", "--send-buffer"),
     ("idle_timeout", "--idle-timeout"),

@@ -2,6 +2,9 @@
 //! (5.19), one without that a plain ring. This machine has everything, so the diagnostic knob
 //! `RINGWS_RING_MODE` caps the mode; each mode must serve exactly like the default one: upgrade,
 //! echo of small and buffer-spanning messages, ping/pong, close handshake, graceful exit on SIGTERM.
+//! The receive-buffer paths get the same check with each setting: incremental buffer consumption
+//! (`--incremental-buffers`, Linux 6.12) on and off, and a pool small enough to run dry, under many
+//! connections whose receives share buffers.
 
 mod common;
 
@@ -27,9 +30,9 @@ impl Drop for Served {
     }
 }
 
-/// Starts `ringws serve` on a free port with `RINGWS_RING_MODE=mode`; returns the child, its
-/// address and the stderr lines printed up to the ready line.
-fn start(mode: &str) -> (Served, SocketAddr, Vec<String>) {
+/// Starts `ringws serve` on a free port with `RINGWS_RING_MODE=mode` and `extra` options; returns
+/// the child, its address and the stderr lines printed up to the ready line.
+fn start(mode: &str, extra: &[&str]) -> (Served, SocketAddr, Vec<String>) {
     let child = Command::new(binary())
         .args([
             "serve",
@@ -40,6 +43,7 @@ fn start(mode: &str) -> (Served, SocketAddr, Vec<String>) {
             "--drain-delay",
             "0",
         ])
+        .args(extra)
         .env("RINGWS_RING_MODE", mode)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -72,6 +76,7 @@ fn start(mode: &str) -> (Served, SocketAddr, Vec<String>) {
 }
 
 async fn exercise(addr: SocketAddr) {
+    crowd(addr).await;
     let mut ws = common::ws_connect(addr).await;
     for i in 0..50u8 {
         let small = text(1 + i as usize * 7, i);
@@ -100,8 +105,29 @@ async fn exercise(addr: SocketAddr) {
     }
 }
 
+/// 200 connections at once, each echoing 20 messages of its own content (sizes from 1 byte to
+/// 20 KB) with all of them sending between replies: receives of many connections land in the same
+/// loop turns (and, with incremental consumption, in the same buffer), and a small pool runs dry.
+async fn crowd(addr: SocketAddr) {
+    let clients = (0..200usize).map(|c| async move {
+        let mut ws = common::ws_connect(addr).await;
+        for i in 0..20usize {
+            let len = 1 + (c * 37 + i * 1009) % 20_000;
+            let m = bytes(len, (c + i) as u8);
+            ws.send(Message::binary(m.clone())).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(m));
+        }
+        ws.close(None).await.unwrap();
+    });
+    futures_util::future::join_all(clients).await;
+}
+
 fn serve_in(mode: &str, expect_line: &str) {
-    let (mut child, addr, lines) = start(mode);
+    serve_with(mode, &[], expect_line);
+}
+
+fn serve_with(mode: &str, extra: &[&str], expect_line: &str) {
+    let (mut child, addr, lines) = start(mode, extra);
     assert!(
         lines.iter().any(|l| l.contains(expect_line)),
         "mode {mode}: expected a line with {expect_line:?}; printed:\n{}",
@@ -133,4 +159,33 @@ fn cooperative_task_run_serves() {
 #[test]
 fn plain_ring_serves() {
     serve_in("plain", "mode=Plain");
+}
+
+#[test]
+fn incremental_buffer_consumption_serves() {
+    serve_with(
+        "deferred",
+        &["--incremental-buffers", "true"],
+        "listening on",
+    );
+}
+
+#[test]
+fn whole_buffers_per_receive_serve() {
+    serve_with(
+        "deferred",
+        &["--incremental-buffers", "false"],
+        "listening on",
+    );
+}
+
+#[test]
+fn a_pool_that_runs_dry_serves_with_either_consumption() {
+    for inc in ["true", "false"] {
+        serve_with(
+            "deferred",
+            &["--incremental-buffers", inc, "--buffer-count", "16"],
+            "listening on",
+        );
+    }
 }

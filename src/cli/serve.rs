@@ -44,6 +44,8 @@ pub struct ServeArgs {
     buffer_size: Option<u32>,
     #[arg(long, help = help("buffer_count"), long_help = long_help("buffer_count", None))]
     buffer_count: Option<u16>,
+    #[arg(long, value_name = "BOOL", help = help("incremental_buffers"), long_help = long_help("incremental_buffers", None))]
+    incremental_buffers: Option<bool>,
     #[arg(long, help = help("backlog"), long_help = long_help("backlog", None))]
     backlog: Option<u32>,
     #[arg(long, help = help("max_connections"), long_help = long_help("max_connections", None))]
@@ -216,6 +218,11 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     );
     b = given(b, args.buffer_size, ServerBuilder::buffer_size);
     b = given(b, args.buffer_count, ServerBuilder::buffer_count);
+    b = given(
+        b,
+        args.incremental_buffers,
+        ServerBuilder::incremental_buffers,
+    );
     b = given(b, args.backlog, ServerBuilder::backlog);
     b = given(b, args.max_connections, ServerBuilder::max_connections);
     b = given(b, args.max_backpressure, ServerBuilder::max_backpressure);

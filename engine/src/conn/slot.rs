@@ -182,10 +182,69 @@ pub(crate) struct SlabConfig {
     pub backpressure: Backpressure,
 }
 
+/// Slots per chunk of [`Slots`]: 1024 x ~200 B, a fifth of a MiB allocated at a time.
+const CHUNK: usize = 1024;
+
+/// The slots, stored in chunks of [`CHUNK`] that are allocated as the slab grows and never moved:
+/// a growing `Vec` of slots would copy every slot into an array twice the size and leave the old
+/// one behind in the allocator (at 10,000 idle connections that was ~110 of ~570 bytes of server
+/// memory per connection).
+struct Slots<S> {
+    chunks: Vec<Vec<Slot<S>>>,
+    len: usize,
+}
+
+impl<S> Slots<S> {
+    fn new() -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, slot: Slot<S>) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < CHUNK => chunk.push(slot),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(slot);
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut Slot<S>> {
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot<S>> {
+        self.chunks.iter().flatten()
+    }
+}
+
+impl<S> std::ops::Index<usize> for Slots<S> {
+    type Output = Slot<S>;
+
+    fn index(&self, i: usize) -> &Slot<S> {
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
+impl<S> std::ops::IndexMut<usize> for Slots<S> {
+    fn index_mut(&mut self, i: usize) -> &mut Slot<S> {
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
 /// A worker's connections: the slots, their timers, their queued output and what the worker must
 /// do about them at the end of the turn (flush, arm or cancel receives, deliver `on_close`).
 pub(crate) struct Slab<S> {
-    slots: Vec<Slot<S>>,
+    slots: Slots<S>,
     free: Vec<u32>,
     /// Slots not `Free`.
     live: usize,
@@ -210,7 +269,7 @@ impl<S: Default> Slab<S> {
     /// An empty slab.
     pub fn new(cfg: SlabConfig) -> Self {
         Self {
-            slots: Vec::new(),
+            slots: Slots::new(),
             free: Vec::new(),
             live: 0,
             // Queues for a thousand connections sending in the same turn; spare buffers up to 64 KiB

@@ -2,13 +2,38 @@
 //!
 //! One per worker: `count` buffers of `size` bytes in one anonymous mapping, and a ring of `count`
 //! entries the kernel takes buffers from (registered and unregistered by [`Ring`](super::Ring)).
-//! A receive completion names the buffer it filled; the worker borrows it with [`Buffers::buffer`], decodes frames in place, and gives it back with
-//! [`Buffers::recycle`] as soon as the callbacks for it returned. Because `buffer` borrows the ring
-//! mutably, no slice of a buffer can outlive its return to the kernel: the borrow checker enforces the
-//! rule "a borrowed payload must never outlive its buffer's return to the ring".
+//! A receive completion names the buffer it filled; the worker borrows the bytes with
+//! [`Buffers::received`], decodes frames in place, and hands the buffer back with
+//! [`Buffers::done`] as soon as the callbacks for it returned. Because `received` borrows the pool
+//! mutably, no slice of a buffer can outlive its return to the kernel: the borrow checker enforces
+//! the rule "a borrowed payload must never outlive its buffer's return to the ring".
 //!
-//! A bitmap records which buffers the kernel handed out; recycling a buffer that is not out (a stale or
-//! duplicated id) is refused, so the kernel never sees the same buffer twice.
+//! **A small, hot working set.** The kernel takes buffers from the head of the ring in order, and
+//! buffers given back go to its tail, so a ring holding all `count` buffers makes every receive land
+//! in the buffer used longest ago: with 512 x 32 KiB, a 16 MiB rotation that the kernel's copy, the
+//! unmask and the echo's copy all meet in cold cache. So only `active` buffers sit in the ring at a
+//! time; the others wait on a stack of free buffers, and [`Buffers::refill`] (once per loop turn)
+//! tops the ring up from the top of that stack, with the buffers returned most recently. `active`
+//! follows the load: it grows as soon as a turn takes more than two thirds of it (or a receive finds
+//! the ring empty, `ENOBUFS`) and falls back to the busiest turn's need after [`WINDOW`] quieter
+//! turns, between [`MIN_ACTIVE`] and `count`. Buffers never taken are never touched, so their pages
+//! are never faulted in; the mapping is also kept off transparent huge pages (one huge page would
+//! fault in 64 buffers at once).
+//!
+//! **Incremental consumption** (`IOU_PBUF_RING_INC`, Linux 6.12, when asked for and supported): a
+//! receive takes only the bytes it filled from the buffer at the ring's head, not the whole buffer,
+//! so many small receives (handshakes, 20-byte messages from hundreds of connections) share one
+//! buffer instead of taking one each. A completion then says whether the kernel keeps the buffer
+//! (`IORING_CQE_F_BUF_MORE`); the pool tracks how far into each buffer the kernel has written and
+//! takes a buffer back only from the completion that finished it. The pool's bytes are then
+//! regrouped into [`INC_BUFFER`]-sized buffers, so that messages packed back to back seldom straddle
+//! a buffer end (a straddling message is gathered by copying).
+//!
+//! Each buffer is in exactly one place: in the ring (the kernel may write to it), out (a completion
+//! handed it to the worker) or free (on the stack). A buffer enters the ring only from the free
+//! stack, and a completion is honoured only for a buffer in the ring and only within the part the
+//! kernel has not reported before, so the kernel never sees a buffer twice and never writes to bytes
+//! the worker holds, whatever a completion says (checked in release builds).
 //!
 //! The mappings are released with `munmap`, never by an allocator, and only after the ring that
 //! used them has unregistered the group (see [`Ring`](super::Ring)'s `Drop`).
@@ -17,58 +42,165 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-/// Which buffers are handed out, and the ring's tail: the bookkeeping half of [`Buffers`], kept free
-/// of raw memory so it can be tested on its own.
+/// Buffers the ring holds at least (or `count`, if smaller); 2 with incremental consumption, whose
+/// buffers are [`INC_BUFFER`] bytes.
+pub(crate) const MIN_ACTIVE: u16 = 8;
+
+/// Size of each buffer with incremental consumption: the pool's bytes are regrouped into buffers this
+/// large, so that messages packed back to back seldom straddle a buffer end (a message that does is
+/// gathered by copying): a 16 KiB message straddles one time in sixteen instead of one in two.
+pub(crate) const INC_BUFFER: u32 = 256 << 10;
+
+/// Loop turns over which the busiest one decides how far `active` shrinks.
+const WINDOW: u32 = 512;
+
+/// Where a buffer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In the ring: the kernel may take it and write to it.
+    Ring,
+    /// Handed to the worker by a completion that finished it.
+    Out,
+    /// On the free stack.
+    Free,
+}
+
+/// Where each buffer is, how far into it the kernel has written, the free stack and the ring's
+/// level: the bookkeeping half of [`Buffers`], kept free of raw memory so it can be tested on its
+/// own.
 #[derive(Debug)]
 pub(crate) struct Accounting {
-    out: Vec<u64>,
+    place: Vec<Place>,
+    /// Bytes of each buffer the kernel reported filled so far (incremental mode; else zero).
+    filled: Vec<u32>,
+    /// Free buffers; the top (end) is the one returned last.
+    free: Vec<u16>,
+    size: u32,
+    incremental: bool,
     out_count: usize,
+    /// Buffers in the ring (published and not finished by a completion).
+    in_ring: u16,
+    /// How many buffers `refill` keeps in the ring.
+    active: u16,
+    min_active: u16,
+    /// Buffers finished by completions, and receives that found the ring empty, this turn.
+    taken: u16,
+    dry: u16,
+    /// The most any turn of the current window asked for, and the window's turns so far.
+    peak: u16,
+    turns: u32,
     /// The next tail value to publish (wrapping, as the kernel reads it).
     tail: u16,
 }
 
 impl Accounting {
-    /// `count` buffers, all in the ring.
-    pub fn new(count: u16) -> Self {
+    /// `count` buffers of `size` bytes, all free: the first [`refill`](Self::refill) puts the
+    /// initial `active` of them in the ring.
+    pub fn new(count: u16, size: u32, incremental: bool) -> Self {
+        let min_active = if incremental { 2 } else { MIN_ACTIVE }.min(count);
         Self {
-            out: vec![0; (count as usize).div_ceil(64)],
+            place: vec![Place::Free; count as usize],
+            filled: vec![0; count as usize],
+            // Buffer 0 on top.
+            free: (0..count).rev().collect(),
+            size,
+            incremental,
             out_count: 0,
-            tail: count,
+            in_ring: 0,
+            active: min_active,
+            min_active,
+            taken: 0,
+            dry: 0,
+            peak: 0,
+            turns: 0,
+            tail: 0,
         }
     }
 
-    /// Marks `bid` as handed out by the kernel; false if it already was (or is out of range).
-    pub fn take(&mut self, bid: u16) -> bool {
-        let (word, bit) = (bid as usize / 64, 1u64 << (bid % 64));
-        match self.out.get_mut(word) {
-            Some(w) if *w & bit == 0 => {
-                *w |= bit;
-                self.out_count += 1;
+    /// A completion reported `len` bytes received into `bid`; `kept` is its
+    /// `IORING_CQE_F_BUF_MORE` (the kernel keeps the buffer for more). Returns the range of the
+    /// buffer holding the bytes, or `None` if the completion cannot be trusted: `bid` out of range
+    /// or not in the ring, or the bytes overrun the buffer. A finished buffer is out from here on.
+    pub fn receive(&mut self, bid: u16, len: usize, kept: bool) -> Option<(usize, usize)> {
+        if self.place.get(bid as usize) != Some(&Place::Ring) {
+            return None;
+        }
+        let start = self.filled[bid as usize] as usize;
+        let end = start.checked_add(len)?;
+        if end > self.size as usize {
+            return None;
+        }
+        if self.incremental && kept {
+            self.filled[bid as usize] = end as u32;
+        } else {
+            self.place[bid as usize] = Place::Out;
+            self.out_count += 1;
+            self.in_ring -= 1;
+            self.taken = self.taken.saturating_add(1);
+        }
+        Some((start, end))
+    }
+
+    /// The worker is done with the bytes of `bid`'s last completion: a finished buffer goes on top
+    /// of the free stack (true); one the kernel kept, or one not out, stays where it is (false).
+    pub fn done(&mut self, bid: u16) -> bool {
+        match self.place.get_mut(bid as usize) {
+            Some(p @ Place::Out) => {
+                *p = Place::Free;
+                self.filled[bid as usize] = 0;
+                self.out_count -= 1;
+                self.free.push(bid);
                 true
             }
             _ => false,
         }
     }
 
-    /// Marks `bid` as back in the ring and returns the ring position to write it at; `None` if it was
-    /// not handed out.
-    pub fn give_back(&mut self, bid: u16) -> Option<u16> {
-        let (word, bit) = (bid as usize / 64, 1u64 << (bid % 64));
-        match self.out.get_mut(word) {
-            Some(w) if *w & bit != 0 => {
-                *w &= !bit;
-                self.out_count -= 1;
-                let pos = self.tail;
-                self.tail = self.tail.wrapping_add(1);
-                Some(pos)
-            }
-            _ => None,
+    /// A receive found the ring empty (`ENOBUFS`).
+    pub fn ran_dry(&mut self) {
+        self.dry = self.dry.saturating_add(1);
+    }
+
+    /// The end of a loop turn: adapts `active` to what the turn took and moves buffers from the top
+    /// of the free stack into the ring until it holds `active`, calling `put(position, bid)` for
+    /// each; returns how many were put.
+    pub fn refill(&mut self, mut put: impl FnMut(u16, u16)) -> u16 {
+        let count = self.place.len() as u16;
+        let need = self.taken.saturating_add(self.dry);
+        let want = need.saturating_add(need / 2).clamp(self.min_active, count);
+        if want > self.active {
+            self.active = want;
         }
+        self.peak = self.peak.max(want);
+        self.turns += 1;
+        if self.turns >= WINDOW {
+            self.active = self.peak;
+            self.peak = 0;
+            self.turns = 0;
+        }
+        self.taken = 0;
+        self.dry = 0;
+        let mut put_count = 0;
+        while self.in_ring < self.active {
+            let Some(bid) = self.free.pop() else { break };
+            self.place[bid as usize] = Place::Ring;
+            put(self.tail, bid);
+            self.tail = self.tail.wrapping_add(1);
+            self.in_ring += 1;
+            put_count += 1;
+        }
+        put_count
     }
 
     /// Buffers currently handed out to the worker.
     pub fn out_count(&self) -> usize {
         self.out_count
+    }
+
+    /// How many buffers the ring is kept at.
+    #[cfg(test)]
+    pub fn active(&self) -> u16 {
+        self.active
     }
 }
 
@@ -79,7 +211,8 @@ struct Mapping {
 }
 
 impl Mapping {
-    fn new(len: usize) -> io::Result<Self> {
+    /// Maps `len` bytes; with `no_huge`, kept off transparent huge pages (best effort).
+    fn new(len: usize, no_huge: bool) -> io::Result<Self> {
         // SAFETY: an anonymous private mapping with no address hint has no preconditions; the result
         // is checked against MAP_FAILED.
         let ptr = unsafe {
@@ -94,6 +227,11 @@ impl Mapping {
         };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
+        }
+        if no_huge {
+            // SAFETY: advice on exactly the mapping just created; MADV_NOHUGEPAGE changes no
+            // contents. A failure (a kernel without THP) leaves the mapping as it was.
+            unsafe { libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE) };
         }
         let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(Self { ptr, len })
@@ -119,6 +257,41 @@ struct RawEntry {
 
 const _: () = assert!(size_of::<RawEntry>() == size_of::<io_uring::types::BufRingEntry>());
 
+/// The addresses of a [`Buffers`]' entry ring and buffers, and their shape.
+#[derive(Clone, Copy)]
+struct Layout {
+    entries: NonNull<RawEntry>,
+    buffers: NonNull<u8>,
+    size: u32,
+    mask: u16,
+}
+
+impl Layout {
+    /// The entry at ring position `pos` (modulo the ring size), as a raw pointer.
+    fn entry(self, pos: u16) -> *mut RawEntry {
+        // SAFETY: `pos & mask` < count, so the offset stays inside the entry mapping (the layout
+        // is taken from a live `Buffers`, which owns the mapping).
+        unsafe { self.entries.as_ptr().add((pos & self.mask) as usize) }
+    }
+
+    /// Writes ring entry `pos` to point at the whole of buffer `bid`.
+    fn write_entry(self, pos: u16, bid: u16) {
+        let addr = self.buffers.as_ptr() as u64 + bid as u64 * self.size as u64;
+        let e = self.entry(pos);
+        // SAFETY: `e` points inside the entry mapping (see `entry`). The kernel only reads (and, in
+        // incremental mode, updates) entries between its head and our published tail, and this
+        // position is past the tail (published afterwards), so nothing accesses these fields
+        // concurrently. The fields are written through the raw pointer, one by one: no reference to
+        // the entry is formed, because entry 0 also holds the tail (`resv`), which the kernel may
+        // read at any time.
+        unsafe {
+            std::ptr::addr_of_mut!((*e).addr).write(addr);
+            std::ptr::addr_of_mut!((*e).len).write(self.size);
+            std::ptr::addr_of_mut!((*e).bid).write(bid);
+        }
+    }
+}
+
 /// A provided-buffer ring and its buffers: the memory side. [`Ring`](super::Ring) registers it with
 /// the kernel, and unregisters it before the mappings go away.
 pub(crate) struct Buffers {
@@ -131,28 +304,36 @@ pub(crate) struct Buffers {
 }
 
 impl Buffers {
-    /// Maps `count` buffers of `size` bytes and a ring of `count` entries and fills the ring with
-    /// every buffer, for buffer group `bgid`. Not yet registered.
+    /// Maps `count` buffers of `size` bytes and a ring of `count` entries and puts the first
+    /// buffers in the ring, for buffer group `bgid`; `incremental` asks for incremental
+    /// consumption (the kernel must have it: [`Ring::try_incremental`](super::Ring::try_incremental)),
+    /// for which the same bytes are regrouped into buffers of [`INC_BUFFER`]. Not yet registered.
     ///
     /// `count` must be a power of two of at most 32768 (validated by the config; checked here too).
-    pub fn new(bgid: u16, count: u16, size: u32) -> io::Result<Self> {
+    pub fn new(bgid: u16, count: u16, size: u32, incremental: bool) -> io::Result<Self> {
         if !count.is_power_of_two() || count > 1 << 15 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let entries = Mapping::new(count as usize * size_of::<RawEntry>())?;
-        let buffers = Mapping::new(count as usize * size as usize)?;
+        let total = u64::from(count) * u64::from(size);
+        let (count, size) =
+            if incremental && size < INC_BUFFER && total >= 2 * u64::from(INC_BUFFER) {
+                // At least 2 and at most `count` (size < INC_BUFFER): fits u16.
+                let regrouped = 1u64 << (total / u64::from(INC_BUFFER)).ilog2();
+                (regrouped as u16, INC_BUFFER)
+            } else {
+                (count, size)
+            };
+        let entries = Mapping::new(count as usize * size_of::<RawEntry>(), false)?;
+        let buffers = Mapping::new(count as usize * size as usize, true)?;
         let mut ring = Self {
             entries,
             buffers,
             size,
             mask: count - 1,
             bgid,
-            acct: Accounting::new(count),
+            acct: Accounting::new(count, size, incremental),
         };
-        for bid in 0..count {
-            ring.write_entry(bid, bid);
-        }
-        ring.publish_tail();
+        ring.refill();
         Ok(ring)
     }
 
@@ -171,37 +352,25 @@ impl Buffers {
         self.bgid
     }
 
-    /// The entry at ring position `pos` (modulo the ring size), as a raw pointer.
-    fn entry(&self, pos: u16) -> *mut RawEntry {
-        // SAFETY: `pos & mask` < count, so the offset stays inside the entry mapping.
-        unsafe {
-            self.entries
-                .ptr
-                .as_ptr()
-                .cast::<RawEntry>()
-                .add((pos & self.mask) as usize)
-        }
+    /// Whether the ring is (to be) registered for incremental consumption.
+    pub fn incremental(&self) -> bool {
+        self.acct.incremental
     }
 
-    /// Writes ring entry `pos` to point at buffer `bid`.
-    fn write_entry(&mut self, pos: u16, bid: u16) {
-        let addr = self.buffers.ptr.as_ptr() as u64 + bid as u64 * self.size as u64;
-        let e = self.entry(pos);
-        // SAFETY: `e` points inside the entry mapping (see `entry`). The kernel only reads entries
-        // between its head and our published tail, and this position is past the tail (published
-        // afterwards), so nothing reads these fields concurrently. The fields are written through
-        // the raw pointer, one by one: no reference to the entry is formed, because entry 0 also
-        // holds the tail (`resv`), which the kernel may read at any time.
-        unsafe {
-            std::ptr::addr_of_mut!((*e).addr).write(addr);
-            std::ptr::addr_of_mut!((*e).len).write(self.size);
-            std::ptr::addr_of_mut!((*e).bid).write(bid);
+    /// Where the ring's entries and buffers are: what writing an entry needs, copied out so that
+    /// [`Accounting::refill`] can write entries while the accounting is borrowed.
+    fn layout(&self) -> Layout {
+        Layout {
+            entries: self.entries.ptr.cast(),
+            buffers: self.buffers.ptr,
+            size: self.size,
+            mask: self.mask,
         }
     }
 
     /// Makes every entry written so far visible to the kernel.
     fn publish_tail(&self) {
-        let e = self.entry(0);
+        let e = self.layout().entry(0);
         // SAFETY: the tail is the `resv` field of entry 0, inside the mapping and 2-byte aligned
         // (the mapping is page aligned); it is only ever accessed atomically, by us and by the
         // kernel, and the atomic lives as long as the mapping (`self`). The release store orders
@@ -210,47 +379,57 @@ impl Buffers {
         tail.store(self.acct.tail, Ordering::Release);
     }
 
-    /// Borrows buffer `bid`, which a receive completion reported filled with `len` bytes.
+    /// Borrows the `len` bytes a receive completion reported in buffer `bid`; `kept` is the
+    /// completion's `IORING_CQE_F_BUF_MORE`. Give the buffer back with [`done`](Self::done) once
+    /// the bytes are handled.
     ///
-    /// Returns `None` (and keeps the buffer away from the caller) if `bid` is out of range, already
-    /// handed out, or `len` exceeds the buffer size: a completion that cannot be trusted.
-    pub fn buffer(&mut self, bid: u16, len: usize) -> Option<&mut [u8]> {
-        if len > self.size as usize || bid > self.mask || !self.acct.take(bid) {
-            return None;
-        }
-        // SAFETY: `bid` < count and `len` <= size, so the range lies inside the buffer mapping.
-        // Callers pass only ids taken from receive completions, so the kernel has removed this
-        // buffer from the ring, and the bitmap shows we have not given it back: the kernel does
-        // not write to it. The `&mut self` borrow makes the slice exclusive and ends before
-        // `recycle` can return it.
+    /// Returns `None` (and keeps the buffer away from the caller) if the completion cannot be
+    /// trusted: `bid` out of range or not in the ring, or the bytes overrun the buffer.
+    pub fn received(&mut self, bid: u16, len: usize, kept: bool) -> Option<&mut [u8]> {
+        let (start, end) = self.acct.receive(bid, len, kept)?;
+        // SAFETY: `bid` < count (it has a place) and `start <= end <= size`, so the range lies
+        // inside the buffer mapping. The kernel has reported these bytes written and never writes
+        // them again: a finished buffer is out of the ring until `done` (which needs `&mut self`,
+        // so this borrow ends first), and a kept one is written only past `end`, the point its
+        // next completion starts from. The `&mut self` borrow makes the slice exclusive.
         Some(unsafe {
             std::slice::from_raw_parts_mut(
                 self.buffers
                     .ptr
                     .as_ptr()
-                    .add(bid as usize * self.size as usize),
-                len,
+                    .add(bid as usize * self.size as usize + start),
+                end - start,
             )
         })
     }
 
-    /// Gives buffer `bid` back to the kernel. Ids not handed out are ignored (returns false).
-    pub fn recycle(&mut self, bid: u16) -> bool {
-        match self.acct.give_back(bid) {
-            Some(pos) => {
-                self.write_entry(pos, bid);
-                self.publish_tail();
-                true
-            }
-            None => false,
+    /// The bytes of `bid`'s last completion are handled: a buffer the kernel finished goes back to
+    /// the free stack (and into the ring at the next [`refill`](Self::refill)). Ids not out are
+    /// ignored (returns false).
+    pub fn done(&mut self, bid: u16) -> bool {
+        self.acct.done(bid)
+    }
+
+    /// A completion that carried no usable data (an error result) named buffer `bid`: without
+    /// incremental consumption the kernel consumed it, so it goes straight back; with it, the
+    /// kernel only ever advances a buffer by bytes it reports, so the buffer stays in the ring.
+    pub fn unused(&mut self, bid: u16) {
+        if !self.acct.incremental && self.acct.receive(bid, 0, false).is_some() {
+            self.acct.done(bid);
         }
     }
 
-    /// Marks a buffer the kernel handed out with a completion that carried no usable data (an error
-    /// result that still consumed a buffer), then gives it straight back.
-    pub fn recycle_unused(&mut self, bid: u16) {
-        if bid <= self.mask && self.acct.take(bid) {
-            self.recycle(bid);
+    /// A receive found the ring empty (`ENOBUFS`): the next refill grows the ring.
+    pub fn ran_dry(&mut self) {
+        self.acct.ran_dry();
+    }
+
+    /// The end of a loop turn: adapts how many buffers the ring holds to the turn's need and tops
+    /// it up with the buffers returned last.
+    pub fn refill(&mut self) {
+        let layout = self.layout();
+        if self.acct.refill(|pos, bid| layout.write_entry(pos, bid)) > 0 {
+            self.publish_tail();
         }
     }
 
@@ -264,46 +443,127 @@ impl Buffers {
 mod tests {
     use super::*;
 
-    #[test]
-    fn accounting_tracks_out_buffers_and_tail() {
-        let mut a = Accounting::new(8);
-        assert_eq!(a.tail, 8);
-        assert!(a.take(3));
-        assert!(!a.take(3), "a buffer cannot be handed out twice");
-        assert!(!a.take(64), "out of range");
-        assert_eq!(a.out_count(), 1);
-        assert_eq!(a.give_back(3), Some(8));
-        assert_eq!(a.give_back(3), None, "double recycle is refused");
-        assert_eq!(a.out_count(), 0);
-        assert!(a.take(0) && a.take(7));
-        assert_eq!(a.give_back(7), Some(9));
-        assert_eq!(a.give_back(0), Some(10));
+    /// Refills `a` and returns the (position, bid) pairs it put in the ring.
+    fn refill(a: &mut Accounting) -> Vec<(u16, u16)> {
+        let mut put = Vec::new();
+        a.refill(|pos, bid| put.push((pos, bid)));
+        put
     }
 
     #[test]
-    fn accounting_tail_wraps() {
-        let mut a = Accounting::new(1 << 15);
-        a.tail = u16::MAX;
-        assert!(a.take(1));
-        assert_eq!(a.give_back(1), Some(u16::MAX));
-        assert_eq!(a.tail, 0);
+    fn only_active_buffers_are_in_the_ring_and_only_those_are_honoured() {
+        let mut a = Accounting::new(64, 1024, false);
+        let put = refill(&mut a);
+        assert_eq!(put.len(), MIN_ACTIVE as usize);
+        assert_eq!(put[0], (0, 0), "buffer 0 first, at position 0");
+        assert_eq!(
+            a.receive(MIN_ACTIVE, 10, false),
+            None,
+            "a free buffer is not in the ring"
+        );
+        assert_eq!(a.receive(64, 10, false), None, "out of range");
+        assert_eq!(a.receive(3, 2048, false), None, "over the buffer size");
+        assert_eq!(a.receive(3, 100, false), Some((0, 100)));
+        assert_eq!(a.receive(3, 100, false), None, "already out");
+        assert_eq!(a.out_count(), 1);
+        assert!(a.done(3));
+        assert!(!a.done(3), "a buffer is given back once");
+        assert_eq!(a.out_count(), 0);
+    }
+
+    #[test]
+    fn the_buffer_returned_last_goes_into_the_ring_first() {
+        let mut a = Accounting::new(64, 1024, false);
+        refill(&mut a);
+        for bid in [2, 5] {
+            a.receive(bid, 1, false).unwrap();
+        }
+        assert!(a.done(2) && a.done(5));
+        // Two taken in a turn: no growth; the ring is topped up with 5, then 2.
+        assert_eq!(refill(&mut a), vec![(8, 5), (9, 2)]);
+    }
+
+    #[test]
+    fn the_ring_grows_with_the_turns_need_and_shrinks_after_a_quiet_window() {
+        let mut a = Accounting::new(1024, 1024, false);
+        refill(&mut a);
+        for bid in 0..8 {
+            a.receive(bid, 1, false).unwrap();
+            a.done(bid);
+        }
+        a.ran_dry();
+        a.ran_dry();
+        // 10 asked for: the ring is kept at 15.
+        assert_eq!(refill(&mut a).len(), 15);
+        assert_eq!(a.active(), 15);
+        // The window that saw the busy turn keeps 15; the next, quiet one shrinks it.
+        for _ in 0..2 * WINDOW {
+            refill(&mut a);
+        }
+        assert_eq!(a.active(), MIN_ACTIVE, "a quiet window shrinks the ring");
+        let mut b = Accounting::new(4, 1024, false);
+        assert_eq!(refill(&mut b).len(), 4, "never beyond count");
+        b.ran_dry();
+        refill(&mut b);
+        assert_eq!(b.active(), 4);
+    }
+
+    #[test]
+    fn incremental_receives_share_a_buffer_until_it_is_finished() {
+        let mut a = Accounting::new(8, 1000, true);
+        refill(&mut a);
+        assert_eq!(a.receive(0, 300, true), Some((0, 300)));
+        assert!(!a.done(0), "a kept buffer stays in the ring");
+        assert_eq!(a.receive(0, 600, true), Some((300, 900)));
+        assert_eq!(a.receive(0, 200, false), None, "past the buffer's end");
+        assert_eq!(a.receive(0, 100, false), Some((900, 1000)));
+        assert_eq!(a.out_count(), 1);
+        assert!(a.done(0));
+        a.refill(|_, _| {});
+        assert_eq!(
+            a.receive(0, 10, false),
+            Some((0, 10)),
+            "a new round starts at 0"
+        );
+    }
+
+    #[test]
+    fn incremental_pools_are_regrouped_into_large_buffers() {
+        let inc = Buffers::new(0, 512, 32 << 10, true).unwrap();
+        assert_eq!((inc.count(), inc.acct.size), (64, INC_BUFFER));
+        let whole = Buffers::new(0, 512, 32 << 10, false).unwrap();
+        assert_eq!((whole.count(), whole.acct.size), (512, 32 << 10));
+        let small = Buffers::new(0, 4, 1024, true).unwrap();
+        assert_eq!(small.count(), 4, "too small to regroup");
     }
 
     #[test]
     fn buffers_are_handed_out_and_taken_back() {
-        let mut br = Buffers::new(7, 4, 1024).unwrap();
-        assert!(Buffers::new(7, 3, 1024).is_err(), "a power of two");
+        let mut br = Buffers::new(7, 4, 1024, false).unwrap();
+        assert!(Buffers::new(7, 3, 1024, false).is_err(), "a power of two");
         assert_eq!(br.group(), 7);
-        assert!(br.buffer(4, 10).is_none(), "bid out of range");
-        assert!(br.buffer(1, 2048).is_none(), "len over the buffer size");
-        let buf = br.buffer(1, 1024).unwrap();
+        assert!(br.received(4, 10, false).is_none(), "bid out of range");
+        assert!(
+            br.received(1, 2048, false).is_none(),
+            "len over the buffer size"
+        );
+        let buf = br.received(1, 1024, false).unwrap();
         buf.fill(0xab);
         assert_eq!(br.out_count(), 1);
-        assert!(br.buffer(1, 1).is_none(), "already out");
-        assert!(br.recycle(1));
-        assert!(!br.recycle(1));
+        assert!(br.received(1, 1, false).is_none(), "already out");
+        assert!(br.done(1));
+        assert!(!br.done(1));
         assert_eq!(br.out_count(), 0);
-        br.recycle_unused(2);
+        br.unused(2);
         assert_eq!(br.out_count(), 0);
+        br.refill();
+        let mut inc = Buffers::new(7, 4, 1024, true).unwrap();
+        inc.received(0, 10, true).unwrap().fill(1);
+        inc.unused(0);
+        assert_eq!(
+            inc.received(0, 10, true).map(|b| b[0]),
+            Some(0),
+            "the next bytes, untouched"
+        );
     }
 }

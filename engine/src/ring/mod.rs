@@ -40,6 +40,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 use tracing::error;
 
+/// `IOU_PBUF_RING_INC` (include/uapi/linux/io_uring.h): the flag registering a provided-buffer
+/// ring for incremental consumption; the `io-uring` crate keeps its raw constants private.
+const IOU_PBUF_RING_INC: u16 = 2;
+
 /// One io_uring instance and its registered provided-buffer ring.
 pub(crate) struct Ring {
     /// Declared before `bufs`: dropped (the ring closed) before the buffers are unmapped.
@@ -72,21 +76,46 @@ impl Ring {
         self.uring.submitter().register_ring_fd().map(drop)
     }
 
-    /// Registers `bufs` as the ring's receive buffers (Linux 5.19).
+    /// Registers `bufs` as the ring's receive buffers (Linux 5.19), for incremental consumption
+    /// (`IOU_PBUF_RING_INC`, Linux 6.12) if `bufs` asks for it.
     pub fn register_buffers(&mut self, bufs: Buffers) -> io::Result<()> {
+        let flags = if bufs.incremental() {
+            IOU_PBUF_RING_INC
+        } else {
+            0
+        };
+        self.register_buf_ring(&bufs, flags)?;
+        self.bufs = Some(bufs);
+        Ok(())
+    }
+
+    /// Whether the kernel registers a buffer ring for incremental consumption (`EINVAL`: it has no
+    /// such flag), tried with a throwaway buffer group `bgid` that is unregistered at once.
+    pub fn try_incremental(&self, bgid: u16) -> io::Result<()> {
+        let bufs = Buffers::new(bgid, 2, 512, true)?;
+        self.register_buf_ring(&bufs, IOU_PBUF_RING_INC)?;
+        if let Err(e) = self.uring.submitter().unregister_buf_ring(bgid) {
+            // Still registered: the mapping must outlive the ring, so it is never unmapped.
+            std::mem::forget(bufs);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Registers the entry ring of `bufs` with `flags`.
+    fn register_buf_ring(&self, bufs: &Buffers, flags: u16) -> io::Result<()> {
         // SAFETY: the entry ring is a page-aligned mapping of `count` entries, owned by `bufs`,
-        // which the ring keeps until its `Drop` has unregistered the group (and the ring itself is
-        // closed before the mapping goes: field order).
+        // which the ring keeps (`register_buffers` stores it on success) until its `Drop` has
+        // unregistered the group (and the ring itself is closed before the mapping goes: field
+        // order); a failed registration leaves nothing registered.
         unsafe {
             self.uring.submitter().register_buf_ring_with_flags(
                 bufs.ring_addr(),
                 bufs.count(),
                 bufs.group(),
-                0,
-            )?;
+                flags,
+            )
         }
-        self.bufs = Some(bufs);
-        Ok(())
     }
 
     /// The submission side, the receive buffers and the completion queue, to use together; `None`
@@ -394,6 +423,12 @@ impl Cqe {
     /// The provided buffer the completion filled (or consumed), if any.
     pub fn buffer(&self) -> Option<u16> {
         cqueue::buffer_select(self.flags)
+    }
+
+    /// Whether the kernel keeps the completion's buffer for more receives
+    /// (`IORING_CQE_F_BUF_MORE`, incremental consumption only).
+    pub fn buffer_kept(&self) -> bool {
+        cqueue::buffer_more(self.flags)
     }
 
     /// The socket an accept completion delivered, owned by the caller from now on; `None` for

@@ -70,10 +70,11 @@ enum Id {
     PbufRing,
     AcceptMultishot,
     RecvMultishot,
+    PbufRingInc,
 }
 
 /// Name, first kernel and whether it is required, indexed by [`Id`].
-const TABLE: [(&str, &str, bool); 13] = [
+const TABLE: [(&str, &str, bool); 14] = [
     (
         "IORING_SETUP_DEFER_TASKRUN (else COOP_TASKRUN, 5.19)",
         "6.1",
@@ -99,6 +100,11 @@ const TABLE: [(&str, &str, bool); 13] = [
     ),
     ("IORING_ACCEPT_MULTISHOT (multishot accept)", "5.19", true),
     ("IORING_RECV_MULTISHOT (multishot receive)", "6.0", true),
+    (
+        "IOU_PBUF_RING_INC (incremental buffer consumption)",
+        "6.12",
+        false,
+    ),
 ];
 
 /// The opcodes the workers submit.
@@ -242,7 +248,7 @@ pub(crate) fn probe_here() -> ProbeReport {
     for (id, code) in OPS {
         found.set(id, yes_if(probe.is_supported(code)));
     }
-    let registered = Buffers::new(0, 2, 512).and_then(|b| ring.register_buffers(b));
+    let registered = Buffers::new(0, 2, 512, false).and_then(|b| ring.register_buffers(b));
     if let Err(e) = registered {
         found.set(
             Id::PbufRing,
@@ -257,6 +263,13 @@ pub(crate) fn probe_here() -> ProbeReport {
     if probe.is_supported(opcode::RecvMulti::CODE) {
         found.set(Id::RecvMultishot, probe_multishot_recv(&mut ring.uring, 0));
     }
+    found.set(
+        Id::PbufRingInc,
+        match ring.try_incremental(1) {
+            Ok(()) => Support::Yes,
+            Err(e) => no_if_einval("registering an incremental buffer ring", e),
+        },
+    );
     report(found)
 }
 

@@ -270,8 +270,9 @@ impl<H: Handler> Worker<'_, H> {
             debug_assert_eq!(
                 self.bufs.out_count(),
                 0,
-                "every receive buffer is back in the ring"
+                "every receive buffer is back in the pool"
             );
+            self.bufs.refill();
             self.eng.tick();
             self.eng.flush();
             self.eng.end_turn(woke);
@@ -386,7 +387,16 @@ pub(crate) fn run<H: Handler>(
     if let Err(e) = ring.register_ring_fd() {
         debug!(worker = index, error = %e, "registering the ring fd failed; using the plain fd");
     }
-    let bufs = Buffers::new(0, cfg.buffer_count, cfg.buffer_size)
+    // Incremental consumption where asked for and the kernel has it (a kernel without it refuses
+    // the throwaway registration with EINVAL).
+    let incremental = cfg.incremental_buffers && ring.try_incremental(1).is_ok();
+    if cfg.incremental_buffers && !incremental {
+        info!(
+            worker = index,
+            "incremental buffer consumption unavailable; one buffer per receive"
+        );
+    }
+    let bufs = Buffers::new(0, cfg.buffer_count, cfg.buffer_size, incremental)
         .map_err(|e| EngineError::io("mapping the receive buffers", e))?;
     ring.register_buffers(bufs)
         .map_err(|e| EngineError::io("registering the provided buffer ring", e))?;

@@ -25,6 +25,7 @@ impl<H: Handler> Worker<'_, H> {
     /// the stream, or an error.
     pub(super) fn on_recv(&mut self, token: Token, cqe: Cqe) {
         let bid = cqe.buffer();
+        let kept = cqe.buffer_kept();
         let more = cqe.more();
         let res = cqe.result;
         let eng = &mut self.eng;
@@ -32,7 +33,13 @@ impl<H: Handler> Worker<'_, H> {
         let Some(s) = eng.core.slab.find(slot, |g| token.is_generation(g)) else {
             error!(slot, "receive completion for a stale slot");
             if let Some(b) = bid {
-                self.bufs.recycle_unused(b);
+                if res > 0 {
+                    // Received for nobody: the bytes are dropped, the buffer kept track of.
+                    let _ = self.bufs.received(b, res as usize, kept);
+                    self.bufs.done(b);
+                } else {
+                    self.bufs.unused(b);
+                }
             }
             return;
         };
@@ -41,12 +48,13 @@ impl<H: Handler> Worker<'_, H> {
         }
         if res <= 0 {
             if let Some(b) = bid {
-                self.bufs.recycle_unused(b);
+                self.bufs.unused(b);
             }
             match -res {
                 0 => eng.peer_gone(slot),
                 // ENOBUFS ends the multishot receive; the data waits in the socket until the re-arm.
                 libc::ENOBUFS => {
+                    self.bufs.ran_dry();
                     eng.core.slab.stats.buffers_exhausted.inc();
                     if !more {
                         if eng.policy.log.allow(eng.core.slab.now_ms()) {
@@ -76,7 +84,7 @@ impl<H: Handler> Worker<'_, H> {
             eng.maybe_release(slot);
             return;
         }
-        let Some(buf) = bid.and_then(|b| self.bufs.buffer(b, res as usize)) else {
+        let Some(buf) = bid.and_then(|b| self.bufs.received(b, res as usize, kept)) else {
             error!(
                 slot,
                 ?bid,
@@ -84,7 +92,7 @@ impl<H: Handler> Worker<'_, H> {
                 "receive completion without a usable buffer"
             );
             if let Some(b) = bid {
-                self.bufs.recycle_unused(b);
+                self.bufs.unused(b);
             }
             eng.abort(slot, super::close::Cause::Error);
             eng.maybe_release(slot);
@@ -105,7 +113,7 @@ impl<H: Handler> Worker<'_, H> {
             eng.bytes_in(slot, buf);
         }
         if let Some(b) = bid {
-            self.bufs.recycle(b);
+            self.bufs.done(b);
         }
         let eng = &mut self.eng;
         if phase == Phase::Handshaking {
