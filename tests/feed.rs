@@ -393,7 +393,8 @@ fn the_history_memory_is_on_the_metrics() {
 
 /// Runs the feed's `/client.js` under Node (`tests/interop/node/feed_client.mjs`, the `ws` package
 /// standing in for the browser's WebSocket) against `server`: 20 quotes, a dropped connection,
-/// 20 more. Returns what the client reported.
+/// 20 more (with a repeated subscribe among them, which must not count as a snapshot). Returns what
+/// the client reported.
 fn client_js(server: &Server, symbol: &str) -> OwnedValue {
     let root = common::repo_root();
     let node_dir = root.join("tests/interop/node");

@@ -146,6 +146,8 @@ export class FeedClient {
           this.stats.recovered++;
           this.stats.replayed += r.replayed;
           this.on.recovered({ symbol: s, replayed: r.replayed });
+        } else if (r?.reason === "already_subscribed") {
+          // The subscription this connection holds goes on unchanged: nothing starts afresh.
         } else {
           // The symbol's next quote starts afresh: its last quote (snapshot), or the next live one.
           this.snapshotDue.set(s, r ? r.reason : "new");

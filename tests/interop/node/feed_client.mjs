@@ -3,8 +3,9 @@
 // (reconnect, resume with `since`, onRecovered / onSnapshot / onGap) on a real server.
 //
 // Usage: node feed_client.mjs HOST:PORT CLIENT_JS SYMBOL. Subscribes to SYMBOL, reads 20 quotes,
-// destroys the TCP connection, waits until the client has reconnected and read 20 more quotes,
-// then prints one JSON line: {"states": [...], "recovered": [...], "snapshots": [...], "gaps":
+// destroys the TCP connection, waits until the client has reconnected and read 20 more quotes (after
+// the 5th of them it subscribes to SYMBOL again, which the server answers `already_subscribed`:
+// the subscription goes on, no snapshot), then prints one JSON line: {"states": [...], "recovered": [...], "snapshots": [...], "gaps":
 // [...], "seqs": [...], "stats": {...}}. Bounded by a 30 s global timeout.
 
 import WebSocket from 'ws';
@@ -36,7 +37,9 @@ await new Promise((resolve) => {
       if (!dropped && out.seqs.length === 20) {
         dropped = true;
         feed.ws._socket.destroy(); // the network goes away: no close frame
-      } else if (dropped && ++after === 20) {
+      } else if (dropped && ++after === 5) {
+        feed.sendSubscribe([symbol]);
+      } else if (dropped && after === 20) {
         out.stats = feed.stats;
         feed.close();
         resolve();
