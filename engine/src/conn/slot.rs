@@ -75,10 +75,11 @@ pub(crate) struct Extra {
 
 /// A TLS connection's session and its plaintext queue: frames are queued here during a loop turn
 /// and encrypted into the slot's output queue (the wire) at its flush, as few records as the
-/// bytes need.
+/// bytes need. The plaintext queue comes from the slab's pool like the wire's and goes back to it
+/// once sealed, so an idle TLS connection holds none.
 pub(crate) struct TlsSide {
     pub session: Session,
-    pub plain: OutQueue,
+    pub plain: Option<Box<OutQueue>>,
 }
 
 impl Extra {
@@ -129,7 +130,8 @@ impl<S> Slot<S> {
             .extra
             .as_ref()
             .and_then(|e| e.tls.as_ref())
-            .map_or(0, |t| t.plain.buffered());
+            .and_then(|t| t.plain.as_ref())
+            .map_or(0, |q| q.buffered());
         self.out.as_ref().map_or(0, |q| q.buffered()) + plain
     }
 
@@ -446,7 +448,7 @@ impl<S: Default> Slab<S> {
             self.dirty.push(slot);
         }
         match s.extra.as_mut().and_then(|e| e.tls.as_mut()) {
-            Some(t) => &mut t.plain,
+            Some(t) => t.plain.get_or_insert_with(|| self.pool.take()),
             None => s.out.get_or_insert_with(|| self.pool.take()),
         }
     }
@@ -513,7 +515,7 @@ impl<S: Default> Slab<S> {
         }
         let wire = out.get_or_insert_with(|| self.pool.take());
         let TlsSide { session, plain } = &mut **tls;
-        if !plain.is_empty() {
+        if let Some(plain) = plain.as_mut().filter(|q| !q.is_empty()) {
             if plain.chunk_count() == 1 {
                 plain.drain_chunks(|c| {
                     wire.push_raw(|v| {
@@ -528,7 +530,10 @@ impl<S: Default> Slab<S> {
                 });
             }
         }
-        if closing && plain.is_empty() && !session.close_notify_sent() {
+        if let Some(q) = plain.take_if(|q| q.is_empty()) {
+            self.pool.give(q);
+        }
+        if closing && plain.is_none() && !session.close_notify_sent() {
             wire.push_raw(|v| session.close_notify(v));
         }
     }
@@ -575,7 +580,7 @@ impl<S: Default> Slab<S> {
             self.dirty.push(slot);
         }
         let q = match tls {
-            Some(t) => &mut t.plain,
+            Some(t) => t.plain.get_or_insert_with(|| self.pool.take()),
             None => s.out.get_or_insert_with(|| self.pool.take()),
         };
         let stats = &self.stats;

@@ -9,7 +9,7 @@
 
 use super::Engine;
 use super::recv::Handshake;
-use crate::conn::{Dial, OutQueue, Phase, TlsSide, io};
+use crate::conn::{Dial, Phase, TlsSide, io};
 use crate::connect::{Connect, ConnectError, MAX_DIALING};
 use crate::deflate;
 use crate::handler::Handler;
@@ -100,7 +100,7 @@ impl<H: Handler> Engine<'_, H> {
                 Ok(session) => {
                     self.core.slab.get_mut(slot).extra().tls = Some(Box::new(TlsSide {
                         session,
-                        plain: OutQueue::default(),
+                        plain: None,
                     }))
                 }
                 Err(e) => {

@@ -4,7 +4,7 @@
 
 use super::Engine;
 use super::close::Cause;
-use crate::conn::{OutQueue, Phase, TlsSide};
+use crate::conn::{Phase, TlsSide};
 use crate::connect::ConnectError;
 use crate::handler::Handler;
 use crate::policy::peer_addr;
@@ -34,7 +34,7 @@ impl<H: Handler> Engine<'_, H> {
             Ok(session) => {
                 self.core.slab.get_mut(slot).extra().tls = Some(Box::new(TlsSide {
                     session,
-                    plain: OutQueue::default(),
+                    plain: None,
                 }));
                 true
             }
