@@ -168,10 +168,9 @@ settings! {
     /// Let receives share a receive buffer, each taking only the bytes it filled
     /// (`IOU_PBUF_RING_INC`, Linux 6.12; ignored on older kernels): small receives from many
     /// connections (a burst of handshakes) fill one buffer instead of one buffer each, and the
-    /// pool's bytes are regrouped into 256 KiB buffers so that messages seldom straddle two. Off by
-    /// default: receives then come in larger pieces, which grow partial-message buffers in other
-    /// steps (a 700 KiB message held 1.23 MiB instead of 1 MiB against `max_assembly_memory`).
-    incremental_buffers: bool = false, "false",
+    /// pool's bytes are regrouped into 256 KiB buffers so that messages seldom straddle two. Off,
+    /// every receive takes a whole buffer (more memory per idle connection after a burst).
+    incremental_buffers: bool = true, "true",
         check |_| true, "true or false", setter;
     /// Time allowed from accept to a complete upgrade request (for a client, from the start of the
     /// connect to the `101`).

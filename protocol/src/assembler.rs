@@ -235,7 +235,7 @@ impl Assembler {
                 if kind == DataKind::Text {
                     self.utf8.feed(chunk)?;
                 }
-                // Grows by what actually arrived (amortised doubling), never by what the peer declared.
+                self.grow_for(chunk.len());
                 self.data.extend_from_slice(chunk);
             }
         }
@@ -251,6 +251,21 @@ impl Assembler {
             return Ok(Some(done));
         }
         Ok(None)
+    }
+
+    /// Makes room for `more` arriving bytes of the data message in progress: the capacity grows
+    /// in powers of two, capped at what its frames have declared (itself within the message
+    /// limit, checked by [`begin_frame`](Self::begin_frame)). So the buffer is never larger than
+    /// the message limit nor the declared bytes, and at most twice what has arrived, whatever
+    /// size the receives come in.
+    fn grow_for(&mut self, more: usize) {
+        let need = self.data.len() + more;
+        if need <= self.data.capacity() {
+            return;
+        }
+        let declared = usize::try_from(self.declared).unwrap_or(usize::MAX);
+        let cap = need.next_power_of_two().min(declared).max(need);
+        self.data.reserve_exact(cap - self.data.len());
     }
 
     /// The assembled data message (valid after [`Assembled::Data`]).
@@ -304,6 +319,37 @@ mod tests {
             a.begin_frame(&h(true, OpCode::Text, 2)),
             Err(Error::ExpectedContinuation)
         );
+    }
+
+    #[test]
+    fn assembly_buffer_stays_within_the_declared_bytes_and_the_limit_for_any_receive_size() {
+        // A 700 KiB message in two frames, fed in receives of several sizes (32 KiB buffers, 256 KiB
+        // incremental ones, odd pieces): the buffer never exceeds the bytes declared so far nor
+        // the 1 MiB limit, and is never more than twice what has arrived.
+        let total = 700 << 10;
+        for step in [1000, 32 << 10, (256 << 10) - 14, 256 << 10, 300_001] {
+            let mut a = Assembler::new(1 << 20);
+            let frames = [
+                h(false, OpCode::Binary, 350 << 10),
+                h(true, OpCode::Continuation, 350 << 10),
+            ];
+            let (mut arrived, mut declared) = (0usize, 0usize);
+            for f in &frames {
+                a.begin_frame(f).unwrap();
+                declared += f.payload_len as usize;
+                let mut left = f.payload_len as usize;
+                while left > 0 {
+                    let n = left.min(step);
+                    left -= n;
+                    a.push(f, &vec![7; n], left == 0).unwrap();
+                    arrived += n;
+                    let cap = a.assembly_bytes();
+                    assert!(cap <= declared && cap <= 1 << 20, "step {step}: {cap}");
+                    assert!(cap <= 2 * arrived, "step {step}: {cap} for {arrived}");
+                }
+            }
+            assert_eq!(a.data().len(), total);
+        }
     }
 
     #[test]
