@@ -173,6 +173,16 @@ settings! {
     /// steps (a 700 KiB message held 1.23 MiB instead of 1 MiB against `max_assembly_memory`).
     incremental_buffers: bool = false, "false",
         check |_| true, "true or false", setter;
+    /// Leave out the submission queue's index array (`IORING_SETUP_NO_SQARRAY`, Linux 6.6; ignored
+    /// on older kernels): the kernel takes entries from the queue in order, one indirection and
+    /// 4 bytes per entry less. `false` keeps the array (a diagnostic switch).
+    no_sq_array: bool = true, "true",
+        check |_| true, "true or false", setter;
+    /// Post no completion for a cancel that succeeds (`IOSQE_CQE_SKIP_SUCCESS`, Linux 5.17; ignored
+    /// on older kernels): the worker has nothing to do on it, and a failed cancel still completes.
+    /// `false` asks for every completion (a diagnostic switch).
+    skip_cancel_completions: bool = true, "true",
+        check |_| true, "true or false", setter;
     /// Time allowed from accept to a complete upgrade request (for a client, from the start of the
     /// connect to the `101`).
     handshake_timeout: Duration = Duration::from_secs(10), "10 s",
@@ -544,7 +554,12 @@ impl MemlockNeed {
     /// assert!(need.total >= need.per_worker + need.probe);
     /// ```
     pub fn of(cfg: &Config) -> Self {
-        Self::new(cfg.workers, cfg.ring_entries, cfg.buffer_count)
+        Self::new(
+            cfg.workers,
+            cfg.ring_entries,
+            cfg.buffer_count,
+            cfg.no_sq_array,
+        )
     }
 }
 
