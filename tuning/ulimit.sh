@@ -29,17 +29,15 @@ round_up() {
 
 # ring_bytes ENTRIES: the bytes the kernel charges for one ring of ENTRIES submission entries: the
 # SQE array (64 B each) and the region with the ring header (64 B), the CQEs (16 B each, four times
-# the entries), with no SQ index array (the engine's default `no_sq_array`: IORING_SETUP_NO_SQARRAY,
-# which every kernel that charges RLIMIT_MEMLOCK to a ring the engine can run on has; with
-# --no-sq-array false add 4 B per entry); entries are clamped (IORING_SETUP_CLAMP) and rounded up
-# to powers of two, each part to whole pages.
+# the entries) and the SQ index array (4 B each; none with --no-sq-array true, off by default);
+# entries are clamped (IORING_SETUP_CLAMP) and rounded up to powers of two, each part to whole pages.
 ring_bytes() {
     local entries=$1 sq=1 cq=1 want
     want=$((entries < 1 ? 1 : entries > 32768 ? 32768 : entries))
     while ((sq < want)); do sq=$((sq * 2)); done
     want=$((entries * 4 < 1 ? 1 : entries * 4 > 65536 ? 65536 : entries * 4))
     while ((cq < want)); do cq=$((cq * 2)); done
-    echo $(($(round_up $((sq * 64))) + $(round_up $(((64 + cq * 16 + 63) / 64 * 64)))))
+    echo $(($(round_up $((sq * 64))) + $(round_up $(((64 + cq * 16 + 63) / 64 * 64 + sq * 4)))))
 }
 
 # memlock_need: sets WORKER_MEMLOCK and PROBE_MEMLOCK (bytes) and MEMLOCK_NEED_KIB, the locked

@@ -175,13 +175,13 @@ settings! {
         check |_| true, "true or false", setter;
     /// Leave out the submission queue's index array (`IORING_SETUP_NO_SQARRAY`, Linux 6.6; ignored
     /// on older kernels): the kernel takes entries from the queue in order, one indirection and
-    /// 4 bytes per entry less. `false` keeps the array (a diagnostic switch).
-    no_sq_array: bool = true, "true",
+    /// 4 bytes per entry less. Off by default: no gain measured here (docs/benchmarks.md).
+    no_sq_array: bool = false, "false",
         check |_| true, "true or false", setter;
     /// Post no completion for a cancel that succeeds (`IOSQE_CQE_SKIP_SUCCESS`, Linux 5.17; ignored
     /// on older kernels): the worker has nothing to do on it, and a failed cancel still completes.
-    /// `false` asks for every completion (a diagnostic switch).
-    skip_cancel_completions: bool = true, "true",
+    /// Off by default: no gain measured here (docs/benchmarks.md).
+    skip_cancel_completions: bool = false, "false",
         check |_| true, "true or false", setter;
     /// Time allowed from accept to a complete upgrade request (for a client, from the start of the
     /// connect to the `101`).
