@@ -73,10 +73,12 @@ enum Id {
     PbufRingInc,
     NoSqArray,
     CqeSkipSuccess,
+    RecvSendBundle,
+    OpSendZc,
 }
 
 /// Name, first kernel and whether it is required, indexed by [`Id`].
-const TABLE: [(&str, &str, bool); 16] = [
+const TABLE: [(&str, &str, bool); 18] = [
     (
         "IORING_SETUP_DEFER_TASKRUN (else COOP_TASKRUN, 5.19)",
         "6.1",
@@ -115,6 +117,16 @@ const TABLE: [(&str, &str, bool); 16] = [
     (
         "IOSQE_CQE_SKIP_SUCCESS (no completion for a successful cancel)",
         "5.17",
+        false,
+    ),
+    (
+        "IORING_RECVSEND_BUNDLE (receive bundles; not used, docs/design.md)",
+        "6.10",
+        false,
+    ),
+    (
+        "IORING_OP_SEND_ZC (zero-copy send; not used, docs/design.md)",
+        "6.0",
         false,
     ),
 ];
@@ -267,6 +279,14 @@ pub(crate) fn probe_here() -> ProbeReport {
     for (id, code) in OPS {
         found.set(id, yes_if(probe.is_supported(code)));
     }
+    found.set(
+        Id::RecvSendBundle,
+        yes_if(ring.uring.params().is_feature_recvsend_bundle()),
+    );
+    found.set(
+        Id::OpSendZc,
+        yes_if(probe.is_supported(opcode::SendZc::CODE)),
+    );
     let registered = Buffers::new(0, 2, 512, false).and_then(|b| ring.register_buffers(b));
     if let Err(e) = registered {
         found.set(
