@@ -17,6 +17,8 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("buffer_size", "--buffer-size"),
     ("buffer_count", "--buffer-count"),
     ("incremental_buffers", "--incremental-buffers"),
+    ("no_sq_array", "--no-sq-array"),
+    ("skip_cancel_completions", "--skip-cancel-completions"),
     ("ring_entries", "--ring-entries"),
     ("socket_send_buffer", "--send-buffer"),
     ("idle_timeout", "--idle-timeout"),

@@ -4,7 +4,10 @@
 //! echo of small and buffer-spanning messages, ping/pong, close handshake, graceful exit on SIGTERM.
 //! The receive-buffer paths get the same check with each setting: incremental buffer consumption
 //! (`--incremental-buffers`, Linux 6.12) on and off, and a pool small enough to run dry, under many
-//! connections whose receives share buffers.
+//! connections whose receives share buffers. The newer ring paths get it too, each on and off: a
+//! ring without the submission queue's index array (`--no-sq-array`, Linux 6.6) and cancels that
+//! post no completion when they succeed (`--skip-cancel-completions`; every close cancels a
+//! receive, the shutdown cancels the accept).
 
 mod common;
 
@@ -185,6 +188,24 @@ fn a_pool_that_runs_dry_serves_with_either_consumption() {
         serve_with(
             "deferred",
             &["--incremental-buffers", inc, "--buffer-count", "16"],
+            "listening on",
+        );
+    }
+}
+
+#[test]
+fn a_ring_with_and_without_the_sq_index_array_serves() {
+    for on in ["true", "false"] {
+        serve_with("deferred", &["--no-sq-array", on], "listening on");
+    }
+}
+
+#[test]
+fn cancels_with_and_without_completions_on_success_serve() {
+    for on in ["true", "false"] {
+        serve_with(
+            "deferred",
+            &["--skip-cancel-completions", on],
             "listening on",
         );
     }

@@ -29,8 +29,8 @@ round_up() {
 
 # ring_bytes ENTRIES: the bytes the kernel charges for one ring of ENTRIES submission entries: the
 # SQE array (64 B each) and the region with the ring header (64 B), the CQEs (16 B each, four times
-# the entries) and the SQ index array (4 B each); entries are clamped (IORING_SETUP_CLAMP) and
-# rounded up to powers of two, each part to whole pages.
+# the entries) and the SQ index array (4 B each; none with --no-sq-array true, off by default);
+# entries are clamped (IORING_SETUP_CLAMP) and rounded up to powers of two, each part to whole pages.
 ring_bytes() {
     local entries=$1 sq=1 cq=1 want
     want=$((entries < 1 ? 1 : entries > 32768 ? 32768 : entries))

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     buffer_count: Option<u16>,
     #[arg(long, value_name = "BOOL", help = help("incremental_buffers"), long_help = long_help("incremental_buffers", None))]
     incremental_buffers: Option<bool>,
+    #[arg(long, value_name = "BOOL", help = help("no_sq_array"), long_help = long_help("no_sq_array", None))]
+    no_sq_array: Option<bool>,
+    #[arg(long, value_name = "BOOL", help = help("skip_cancel_completions"), long_help = long_help("skip_cancel_completions", None))]
+    skip_cancel_completions: Option<bool>,
     #[arg(long, help = help("backlog"), long_help = long_help("backlog", None))]
     backlog: Option<u32>,
     #[arg(long, help = help("max_connections"), long_help = long_help("max_connections", None))]
@@ -222,6 +226,12 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
         b,
         args.incremental_buffers,
         ServerBuilder::incremental_buffers,
+    );
+    b = given(b, args.no_sq_array, ServerBuilder::no_sq_array);
+    b = given(
+        b,
+        args.skip_cancel_completions,
+        ServerBuilder::skip_cancel_completions,
     );
     b = given(b, args.backlog, ServerBuilder::backlog);
     b = given(b, args.max_connections, ServerBuilder::max_connections);

@@ -49,18 +49,25 @@ pub(crate) struct Ring {
     /// Declared before `bufs`: dropped (the ring closed) before the buffers are unmapped.
     uring: IoUring,
     mode: TaskRun,
+    /// Whether the ring was set up without the submission queue's index array.
+    no_sq_array: bool,
+    /// Whether successful cancels post no completion (`IOSQE_CQE_SKIP_SUCCESS`).
+    skip_cancel_completions: bool,
     /// The receive buffers, once registered.
     bufs: Option<Buffers>,
 }
 
 impl Ring {
     /// Creates a ring of `entries` submission entries (four times as many completion entries) in
-    /// the best task-run mode the kernel supports.
-    pub fn new(entries: u32) -> Result<Self, EngineError> {
-        let (uring, mode) = setup::new_ring(entries)?;
+    /// the best task-run mode the kernel supports, without the submission queue's index array if
+    /// `no_sq_array` asks for it and the kernel has `IORING_SETUP_NO_SQARRAY` (Linux 6.6).
+    pub fn new(entries: u32, no_sq_array: bool) -> Result<Self, EngineError> {
+        let (uring, mode, no_sq_array) = setup::new_ring(entries, no_sq_array)?;
         Ok(Self {
             uring,
             mode,
+            no_sq_array,
+            skip_cancel_completions: false,
             bufs: None,
         })
     }
@@ -68,6 +75,18 @@ impl Ring {
     /// How the ring was set up.
     pub fn mode(&self) -> TaskRun {
         self.mode
+    }
+
+    /// Whether the ring was set up without the submission queue's index array.
+    pub fn no_sq_array(&self) -> bool {
+        self.no_sq_array
+    }
+
+    /// Asks (`on`) for no completion of cancels that succeed, where the kernel has
+    /// `IOSQE_CQE_SKIP_SUCCESS` (`IORING_FEAT_CQE_SKIP`, Linux 5.17); returns whether it does.
+    pub fn skip_cancel_completions(&mut self, on: bool) -> bool {
+        self.skip_cancel_completions = on && self.uring.params().is_feature_skip_cqe_on_success();
+        self.skip_cancel_completions
     }
 
     /// Registers the ring's own descriptor (Linux 5.18), so that `io_uring_enter` skips a file
@@ -123,8 +142,9 @@ impl Ring {
     pub fn split(&mut self) -> Option<(Submit<'_>, &mut Buffers, CompletionQueue<'_>)> {
         let bufs = self.bufs.as_mut()?;
         let group = bufs.group();
+        let skip_cancel = self.skip_cancel_completions;
         let (submitter, sq, cq) = self.uring.split();
-        Some((Submit::new(submitter, sq, group), bufs, cq))
+        Some((Submit::new(submitter, sq, group, skip_cancel), bufs, cq))
     }
 }
 
@@ -155,6 +175,8 @@ pub(crate) struct Submit<'r> {
     submitter: Submitter<'r>,
     sq: SubmissionQueue<'r>,
     group: u16,
+    /// Whether cancels carry `IOSQE_CQE_SKIP_SUCCESS`.
+    skip_cancel: bool,
     /// The `timespec`s timeouts read, by [`Clock`]. The kernel reads one when the timeout is
     /// submitted, so each is rewritten only after the previous timeout using it was submitted.
     timespecs: [Box<Timespec>; 2],
@@ -176,11 +198,17 @@ pub(crate) struct Counts {
 }
 
 impl<'r> Submit<'r> {
-    fn new(submitter: Submitter<'r>, sq: SubmissionQueue<'r>, group: u16) -> Self {
+    fn new(
+        submitter: Submitter<'r>,
+        sq: SubmissionQueue<'r>,
+        group: u16,
+        skip_cancel: bool,
+    ) -> Self {
         Self {
             submitter,
             sq,
             group,
+            skip_cancel,
             timespecs: [Box::new(Timespec::new()), Box::new(Timespec::new())],
             unsubmitted: [false; 2],
             connects: HashMap::new(),
@@ -347,10 +375,18 @@ impl<'r> Submit<'r> {
         unsafe { self.push(&opcode::Nop::new().build().user_data(token.encode())) };
     }
 
-    /// Cancels the operation tagged `target`.
+    /// Cancels the operation tagged `target`. Nothing waits for the cancel's own completion (the
+    /// target's completion reports the outcome), so where the ring allows it a successful cancel
+    /// posts none (`IOSQE_CQE_SKIP_SUCCESS`); a failed one (the target already finished) still does.
     pub fn cancel(&mut self, target: Token) {
+        let flags = if self.skip_cancel {
+            squeue::Flags::SKIP_SUCCESS
+        } else {
+            squeue::Flags::empty()
+        };
         let e = opcode::AsyncCancel::new(target.encode())
             .build()
+            .flags(flags)
             .user_data(Token::new(Op::Cancel, target.slot, 0).encode());
         // SAFETY: a cancel references no user memory.
         unsafe { self.push(&e) };

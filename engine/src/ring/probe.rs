@@ -71,10 +71,14 @@ enum Id {
     AcceptMultishot,
     RecvMultishot,
     PbufRingInc,
+    NoSqArray,
+    CqeSkipSuccess,
+    RecvSendBundle,
+    OpSendZc,
 }
 
 /// Name, first kernel and whether it is required, indexed by [`Id`].
-const TABLE: [(&str, &str, bool); 14] = [
+const TABLE: [(&str, &str, bool); 18] = [
     (
         "IORING_SETUP_DEFER_TASKRUN (else COOP_TASKRUN, 5.19)",
         "6.1",
@@ -103,6 +107,26 @@ const TABLE: [(&str, &str, bool); 14] = [
     (
         "IOU_PBUF_RING_INC (incremental buffer consumption)",
         "6.12",
+        false,
+    ),
+    (
+        "IORING_SETUP_NO_SQARRAY (no submission index array)",
+        "6.6",
+        false,
+    ),
+    (
+        "IOSQE_CQE_SKIP_SUCCESS (no completion for a successful cancel)",
+        "5.17",
+        false,
+    ),
+    (
+        "IORING_RECVSEND_BUNDLE (receive bundles; not used, docs/design.md)",
+        "6.10",
+        false,
+    ),
+    (
+        "IORING_OP_SEND_ZC (zero-copy send; not used, docs/design.md)",
+        "6.0",
         false,
     ),
 ];
@@ -214,7 +238,7 @@ fn no_if_einval(context: &'static str, e: io::Error) -> Support {
 /// of its own).
 pub(crate) fn probe_here() -> ProbeReport {
     let mut found = Found::default();
-    let mut ring = match Ring::new(8) {
+    let mut ring = match Ring::new(8, true) {
         Ok(r) => r,
         Err(e) => {
             return ProbeReport {
@@ -229,6 +253,13 @@ pub(crate) fn probe_here() -> ProbeReport {
         features: collect(found),
     };
     found.set(Id::DeferTaskrun, yes_if(mode == TaskRun::Deferred));
+    // The ring is built without the index array where the kernel accepts that (else without the
+    // flag, after its EINVAL); the kernel reports the skip-on-success feature at setup.
+    found.set(Id::NoSqArray, yes_if(ring.no_sq_array()));
+    found.set(
+        Id::CqeSkipSuccess,
+        yes_if(ring.skip_cancel_completions(true)),
+    );
     found.set(
         Id::RingFd,
         match ring.register_ring_fd() {
@@ -248,6 +279,14 @@ pub(crate) fn probe_here() -> ProbeReport {
     for (id, code) in OPS {
         found.set(id, yes_if(probe.is_supported(code)));
     }
+    found.set(
+        Id::RecvSendBundle,
+        yes_if(ring.uring.params().is_feature_recvsend_bundle()),
+    );
+    found.set(
+        Id::OpSendZc,
+        yes_if(probe.is_supported(opcode::SendZc::CODE)),
+    );
     let registered = Buffers::new(0, 2, 512, false).and_then(|b| ring.register_buffers(b));
     if let Err(e) = registered {
         found.set(
@@ -395,14 +434,23 @@ pub struct MemlockNeed {
 impl MemlockNeed {
     /// The charge for `workers` rings of `ring_entries` with `buffer_count` provided buffers each,
     /// computed the way the kernel sizes the memory (`IORING_SETUP_CLAMP`, power-of-two queues,
-    /// 64-byte SQEs, 16-byte CQEs and buffer ring entries, 4-byte SQ index). `MemlockNeed::of`
-    /// computes it for a `Config`.
-    pub(crate) fn new(workers: usize, ring_entries: u32, buffer_count: u16) -> Self {
+    /// 64-byte SQEs, 16-byte CQEs and buffer ring entries, 4-byte SQ index unless `no_sq_array`).
+    /// `MemlockNeed::of` computes it for a `Config`.
+    ///
+    /// `no_sq_array` is taken as granted: every kernel that charges `RLIMIT_MEMLOCK` and runs the
+    /// engine (6.14 on; 5.12 to 6.13 charge the cgroup, and multishot receive needs 6.0) has
+    /// `IORING_SETUP_NO_SQARRAY` (6.6).
+    pub(crate) fn new(
+        workers: usize,
+        ring_entries: u32,
+        buffer_count: u16,
+        no_sq_array: bool,
+    ) -> Self {
         let page = page_size();
-        let per_worker =
-            ring_bytes(ring_entries, page) + round_up(u64::from(buffer_count) * 16, page);
-        // The probe: an 8-entry ring and a 2-entry buffer ring.
-        let probe = ring_bytes(8, page) + round_up(2 * 16, page);
+        let per_worker = ring_bytes(ring_entries, page, !no_sq_array)
+            + round_up(u64::from(buffer_count) * 16, page);
+        // The probe: an 8-entry ring without the index array and a 2-entry buffer ring.
+        let probe = ring_bytes(8, page, false) + round_up(2 * 16, page);
         let workers = u64::try_from(workers).unwrap_or(u64::MAX);
         Self {
             per_worker,
@@ -416,9 +464,10 @@ fn round_up(bytes: u64, page: u64) -> u64 {
     bytes.div_ceil(page) * page
 }
 
-/// Bytes charged for a ring built by [`Ring::new`]`(entries)`: the SQE array, and the region
-/// holding the ring header (one 64-byte cache line), the CQEs and the SQ index array.
-fn ring_bytes(entries: u32, page: u64) -> u64 {
+/// Bytes charged for a ring built by [`Ring::new`]`(entries, !sq_array)`: the SQE array, and the
+/// region holding the ring header (one 64-byte cache line), the CQEs and, if `sq_array`, the SQ
+/// index array.
+fn ring_bytes(entries: u32, page: u64, sq_array: bool) -> u64 {
     const MAX_ENTRIES: u32 = 32768; // IORING_MAX_ENTRIES
     const MAX_CQ_ENTRIES: u32 = 2 * MAX_ENTRIES;
     let sq = u64::from(entries.clamp(1, MAX_ENTRIES).next_power_of_two());
@@ -428,7 +477,8 @@ fn ring_bytes(entries: u32, page: u64) -> u64 {
             .clamp(1, MAX_CQ_ENTRIES)
             .next_power_of_two(),
     );
-    let rings = (64 + cq * 16).next_multiple_of(64) + sq * 4;
+    let index = if sq_array { sq * 4 } else { 0 };
+    let rings = (64 + cq * 16).next_multiple_of(64) + index;
     round_up(sq * 64, page) + round_up(rings, page)
 }
 
@@ -507,21 +557,28 @@ mod tests {
             eprintln!("SKIP memlock_of_the_defaults...: the measurement used 4 KiB pages");
             return;
         }
-        assert_eq!(ring_bytes(2048, 4096), 268 << 10);
-        let need = MemlockNeed::new(2, 2048, 512);
+        // Without the SQ index array (8 KiB of it) the ring region is 2 pages smaller: 260 KiB.
+        assert_eq!(ring_bytes(2048, 4096, true), 268 << 10);
+        assert_eq!(ring_bytes(2048, 4096, false), 260 << 10);
+        let need = MemlockNeed::new(2, 2048, 512, false);
         assert_eq!(need.per_worker, (268 + 8) << 10);
         assert_eq!(need.probe, 12 << 10);
         assert_eq!(need.total, 2 * need.per_worker + need.probe);
-        let bigger = MemlockNeed::new(2, 2048, 1024);
+        let bigger = MemlockNeed::new(2, 2048, 1024, false);
         assert_eq!(bigger.per_worker, (268 + 16) << 10);
+        assert_eq!(
+            MemlockNeed::new(2, 2048, 512, true).per_worker,
+            (260 + 8) << 10
+        );
     }
 
     #[test]
     fn ring_sizes_round_and_clamp_like_the_kernel() {
         // 3 entries become 4 SQEs (1 page) and 16 CQEs; 32768 clamps the CQ to 65536 entries.
-        assert_eq!(ring_bytes(3, 4096), 4096 + 4096);
+        assert_eq!(ring_bytes(3, 4096, true), 4096 + 4096);
+        assert_eq!(ring_bytes(3, 4096, false), 4096 + 4096);
         assert_eq!(
-            ring_bytes(32768, 4096),
+            ring_bytes(32768, 4096, true),
             32768 * 64 + (64 + 65536 * 16 + 32768 * 4_u64).next_multiple_of(4096)
         );
     }

@@ -2,7 +2,9 @@
 //!
 //! Each worker builds its ring on its own thread with `SINGLE_ISSUER | DEFER_TASKRUN` (6.1): completions
 //! are produced only when the worker waits for them, never as interrupts in the middle of a callback.
-//! Kernels without it fall back to `COOP_TASKRUN` (5.19), then to no flags.
+//! Kernels without it fall back to `COOP_TASKRUN` (5.19), then to no flags. Where the kernel has it
+//! (6.6) the ring also leaves out the submission queue's index array (`IORING_SETUP_NO_SQARRAY`,
+//! setting `no_sq_array`).
 //!
 //! The environment variable `RINGWS_RING_MODE` (`deferred`, `cooperative` or `plain`) caps the mode
 //! tried first: a diagnostic and test knob that runs the fallbacks on a kernel that has everything.
@@ -34,29 +36,44 @@ impl TaskRun {
 }
 
 /// Creates a ring with `entries` submission entries and four times as many completion entries, with
-/// the best task-run mode the kernel accepts (and `RINGWS_RING_MODE` allows).
-pub(crate) fn new_ring(entries: u32) -> Result<(IoUring, TaskRun), EngineError> {
+/// the best task-run mode the kernel accepts (and `RINGWS_RING_MODE` allows), and without the
+/// submission queue's index array (`IORING_SETUP_NO_SQARRAY`, Linux 6.6) if `no_sq_array` asks
+/// for it and the kernel accepts it. Returns the ring, its mode and whether the array was left out.
+pub(crate) fn new_ring(
+    entries: u32,
+    no_sq_array: bool,
+) -> Result<(IoUring, TaskRun, bool), EngineError> {
     let cq = entries.saturating_mul(4);
     let allowed = TaskRun::allowed();
-    let attempts = [TaskRun::Deferred, TaskRun::Cooperative, TaskRun::Plain];
+    let modes = [TaskRun::Deferred, TaskRun::Cooperative, TaskRun::Plain];
+    let arrays: &[bool] = if no_sq_array {
+        &[true, false]
+    } else {
+        &[false]
+    };
     let mut last = None;
-    for mode in attempts.into_iter().filter(|m| *m >= allowed) {
-        let mut b = IoUring::builder();
-        b.setup_cqsize(cq).setup_clamp();
-        match mode {
-            TaskRun::Deferred => {
-                b.setup_single_issuer().setup_defer_taskrun();
+    for mode in modes.into_iter().filter(|m| *m >= allowed) {
+        for &no_array in arrays {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(cq).setup_clamp();
+            if no_array {
+                b.setup_no_sqarray();
             }
-            TaskRun::Cooperative => {
-                b.setup_coop_taskrun();
+            match mode {
+                TaskRun::Deferred => {
+                    b.setup_single_issuer().setup_defer_taskrun();
+                }
+                TaskRun::Cooperative => {
+                    b.setup_coop_taskrun();
+                }
+                TaskRun::Plain => {}
             }
-            TaskRun::Plain => {}
-        }
-        match b.build(entries) {
-            Ok(ring) => return Ok((ring, mode)),
-            // EINVAL: this kernel does not know the flag; try the next mode.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
-            Err(e) => return Err(EngineError::from_setup(e)),
+            match b.build(entries) {
+                Ok(ring) => return Ok((ring, mode, no_array)),
+                // EINVAL: this kernel does not know a flag; try the next combination.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+                Err(e) => return Err(EngineError::from_setup(e)),
+            }
         }
     }
     Err(EngineError::from_setup(last.unwrap_or_else(|| {

@@ -376,12 +376,24 @@ pub(crate) fn run<H: Handler>(
     handler: H,
     ready: impl FnOnce(),
 ) -> Result<(), EngineError> {
-    let mut ring = Ring::new(cfg.ring_entries)?;
+    let mut ring = Ring::new(cfg.ring_entries, cfg.no_sq_array)?;
     if ring.mode() != TaskRun::Deferred {
         info!(
             worker = index,
             mode = ?ring.mode(),
             "DEFER_TASKRUN unavailable; using a fallback"
+        );
+    }
+    if cfg.no_sq_array && !ring.no_sq_array() {
+        info!(
+            worker = index,
+            "IORING_SETUP_NO_SQARRAY unavailable; keeping the index array"
+        );
+    }
+    if cfg.skip_cancel_completions && !ring.skip_cancel_completions(true) {
+        info!(
+            worker = index,
+            "IOSQE_CQE_SKIP_SUCCESS unavailable; cancels complete"
         );
     }
     if let Err(e) = ring.register_ring_fd() {
