@@ -170,7 +170,7 @@ settings! {
     /// connections (a burst of handshakes) fill one buffer instead of one buffer each, and the
     /// pool's bytes are regrouped into 256 KiB buffers so that messages seldom straddle two. Off,
     /// every receive takes a whole buffer (more memory per idle connection after a burst).
-    incremental_buffers: bool = false, "false",
+    incremental_buffers: bool = true, "true",
         check |_| true, "true or false", setter;
     /// Leave out the submission queue's index array (`IORING_SETUP_NO_SQARRAY`, Linux 6.6; ignored
     /// on older kernels): the kernel takes entries from the queue in order, one indirection and

@@ -206,11 +206,18 @@ impl<H: Handler> Engine<'_, H> {
             return;
         };
         let now_ms = self.core.slab.now_ms();
-        let before = rx.assembly_bytes();
+        let mut accounted = rx.assembly_bytes();
         let inflated_before = rx.inflate_totals();
         let mut delivered = false;
+        let mut within_cap = true;
         let mut pos = 0;
         while pos < buf.len() && self.core.slab.get(slot).machine.is_open() {
+            // Growth is accounted after each frame taken into assembly (the decoder stops there),
+            // so a connection over the cap is closed before anything behind that frame is acted on.
+            within_cap = self.account_assembly(slot, now_ms, &mut accounted, rx.assembly_bytes());
+            if !within_cap {
+                break;
+            }
             match rx.read(&mut buf[pos..]) {
                 Ok((used, event)) => {
                     pos += used;
@@ -263,11 +270,8 @@ impl<H: Handler> Engine<'_, H> {
             stats.deflate_received_compressed.add(in1 - in0);
             stats.deflate_received_uncompressed.add(out1 - out0);
         }
-        let (after, busy) = (rx.assembly_bytes(), rx.in_progress());
-        let counters = &self.shared.counters;
-        if !self
-            .policy
-            .assembly(counters, now_ms, self.core.slab.get(slot), before, after)
+        let busy = rx.in_progress();
+        if !within_cap || !self.account_assembly(slot, now_ms, &mut accounted, rx.assembly_bytes())
         {
             let slab = &mut self.core.slab;
             slab.stats
@@ -278,8 +282,13 @@ impl<H: Handler> Engine<'_, H> {
                 CloseCode::MESSAGE_TOO_BIG,
                 "server assembly memory full",
             );
-            self.policy
-                .assembly(counters, now_ms, self.core.slab.get(slot), after, 0);
+            self.policy.assembly(
+                &self.shared.counters,
+                now_ms,
+                self.core.slab.get(slot),
+                accounted,
+                0,
+            );
             rx = self.fresh_decoder(slot);
             self.deliver_closes();
         } else {
@@ -290,6 +299,25 @@ impl<H: Handler> Engine<'_, H> {
             }
         }
         self.core.slab.get_mut(slot).rx = Some(rx);
+    }
+
+    /// Accounts `slot`'s assembly memory going from `accounted` to `held` against
+    /// `max_assembly_memory` (`accounted` becomes `held`); false if it is now over the cap.
+    fn account_assembly(
+        &mut self,
+        slot: u32,
+        now_ms: u64,
+        accounted: &mut usize,
+        held: usize,
+    ) -> bool {
+        let from = std::mem::replace(accounted, held);
+        self.policy.assembly(
+            &self.shared.counters,
+            now_ms,
+            self.core.slab.get(slot),
+            from,
+            held,
+        )
     }
 
     /// A new decoder for `slot`'s role (its old one is dropped with whatever it held).

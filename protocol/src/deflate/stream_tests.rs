@@ -81,7 +81,7 @@ fn feed(rx: &mut Receiver, stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Option
                         Some(Event::Binary(b)) => events.push(Owned::Binary(b.to_vec())),
                         Some(Event::Ping(b)) => events.push(Owned::Ping(b.to_vec())),
                         Some(other) => panic!("unexpected {other:?}"),
-                        None => break,
+                        None => {}
                     }
                 }
                 Err(e) => return (events, Some(e)),
@@ -187,15 +187,21 @@ fn bomb_closes_with_1009_and_bounded_memory() {
     let mut peak = 0;
     let mut result = Ok(());
     // Receive buffers are unmasked in place: feed a copy.
-    for chunk in stream.clone().chunks_mut(32768) {
-        match rx.read(chunk) {
-            Ok((_, ev)) => assert_eq!(ev, None),
-            Err(e) => {
-                result = Err(e);
-                break;
+    'chunks: for chunk in stream.clone().chunks_mut(32768) {
+        let mut pos = 0;
+        while pos < chunk.len() {
+            match rx.read(&mut chunk[pos..]) {
+                Ok((used, ev)) => {
+                    assert_eq!(ev, None);
+                    pos += used;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break 'chunks;
+                }
             }
+            peak = peak.max(rx.buffered());
         }
-        peak = peak.max(rx.buffered());
     }
     assert_eq!(result, Err(Error::MessageTooLarge));
     assert_eq!(
