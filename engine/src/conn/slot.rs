@@ -8,12 +8,13 @@
 //! and output queues come from the worker's pool only while bytes are queued.
 
 use super::machine::{Admit, Backpressure, CloseStep, Machine, Phase, Timeouts};
-use super::outq::{OutQueue, Pool};
+use super::outq::{LARGE, OutQueue, Pool};
 use super::time::Time;
 use super::wheel::{Entry, Tick, Wheel, tick_at_or_after};
 use super::{Closed, SendResult, mask_key};
 use crate::connect::Connect;
 use crate::deflate::{ConnDeflate, Shared};
+use crate::ring::Lending;
 use crate::stats::{CloseStatus, MessageKind, WorkerStats};
 use crate::tls::{self, Session};
 use ringws_protocol::frame::{MAX_CONTROL_PAYLOAD, OpCode};
@@ -265,6 +266,9 @@ pub(crate) struct Slab<S> {
     now_ms: u64,
     /// The worker's counters (the worker's own, shared with scrapes).
     pub stats: Arc<WorkerStats>,
+    /// Lends large payloads of the receive being handled to sends instead of copying them (set by
+    /// the worker once its receive buffers exist).
+    pub lending: Option<Lending>,
 }
 
 impl<S: Default> Slab<S> {
@@ -285,6 +289,7 @@ impl<S: Default> Slab<S> {
             cfg,
             now_ms: 0,
             stats: Arc::default(),
+            lending: None,
         }
     }
 
@@ -579,13 +584,20 @@ impl<S: Default> Slab<S> {
             s.io |= io::DIRTY;
             self.dirty.push(slot);
         }
+        // A large payload still in the receive buffer it arrived in (an echo, a forward) is sent
+        // from there; TLS and compression write new bytes anyway, and a client masks.
+        let lent = match (&tls, &compressor, mask, &self.lending) {
+            (None, None, None, Some(lending)) if payload.len() >= LARGE => lending.lend(payload),
+            _ => None,
+        };
         let q = match tls {
             Some(t) => t.plain.get_or_insert_with(|| self.pool.take()),
             None => s.out.get_or_insert_with(|| self.pool.take()),
         };
         let stats = &self.stats;
-        match compressor {
-            Some(c) => {
+        match (lent, compressor) {
+            (Some(lent), _) => q.push_frame_lent(opcode, lent),
+            (None, Some(c)) => {
                 let before = q.buffered();
                 q.push_raw(|out| c.write_frame(opcode, payload, mask, out));
                 stats.deflate_sent_uncompressed.add(payload.len() as u64);
@@ -593,7 +605,7 @@ impl<S: Default> Slab<S> {
                     .deflate_sent_compressed
                     .add(q.buffered().saturating_sub(before) as u64);
             }
-            None => q.push_frame_masked(opcode, payload, mask),
+            (None, None) => q.push_frame_masked(opcode, payload, mask),
         }
         let kind = kind_of(opcode);
         stats.sent.inc(kind);

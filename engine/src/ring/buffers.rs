@@ -35,11 +35,22 @@
 //! kernel has not reported before, so the kernel never sees a buffer twice and never writes to bytes
 //! the worker holds, whatever a completion says (checked in release builds).
 //!
+//! **Lending.** A large message echoed or forwarded from the receive buffer it arrived in is sent
+//! from there, not copied into the output queue: [`Lending::lend`] hands out a [`Lent`] run of a
+//! buffer's received bytes, and a buffer with live leases, once the worker is done with it, is
+//! *held* (neither in the ring nor free) until its last lease ends; the next
+//! [`refill`](Buffers::refill) frees it. So the kernel never writes to bytes a send may be
+//! reading. At most a quarter of the buffers may hold leases at a time (a peer that stops reading
+//! cannot pin the pool): past that, the caller copies.
+//!
 //! The mappings are released with `munmap`, never by an allocator, and only after the ring that
-//! used them has unregistered the group (see [`Ring`](super::Ring)'s `Drop`).
+//! used them has unregistered the group (see [`Ring`](super::Ring)'s `Drop`) and the last lease
+//! of their bytes has ended (the buffer mapping is shared with the leases).
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::ptr::NonNull;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 /// Buffers the ring holds at least (or `count`, if smaller); 2 with incremental consumption, whose
@@ -61,6 +72,8 @@ enum Place {
     Ring,
     /// Handed to the worker by a completion that finished it.
     Out,
+    /// Done with by the worker while sends still read lent bytes of it.
+    Held,
     /// On the free stack.
     Free,
 }
@@ -142,13 +155,32 @@ impl Accounting {
     }
 
     /// The worker is done with the bytes of `bid`'s last completion: a finished buffer goes on top
-    /// of the free stack (true); one the kernel kept, or one not out, stays where it is (false).
-    pub fn done(&mut self, bid: u16) -> bool {
+    /// of the free stack (true), or is held while `leased` (false); one the kernel kept, or one not
+    /// out, stays where it is (false).
+    pub fn done(&mut self, bid: u16, leased: bool) -> bool {
         match self.place.get_mut(bid as usize) {
             Some(p @ Place::Out) => {
+                self.out_count -= 1;
+                if leased {
+                    *p = Place::Held;
+                    return false;
+                }
                 *p = Place::Free;
                 self.filled[bid as usize] = 0;
-                self.out_count -= 1;
+                self.free.push(bid);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The last lease of `bid` ended: a held buffer goes on top of the free stack (true); a buffer
+    /// anywhere else stays there (it is freed by `done` as usual).
+    pub fn unheld(&mut self, bid: u16) -> bool {
+        match self.place.get_mut(bid as usize) {
+            Some(p @ Place::Held) => {
+                *p = Place::Free;
+                self.filled[bid as usize] = 0;
                 self.free.push(bid);
                 true
             }
@@ -292,11 +324,116 @@ impl Layout {
     }
 }
 
+/// The buffer mapping and its leases: shared by [`Buffers`], the worker's [`Lending`] handle and
+/// every [`Lent`] run, so the bytes stay mapped while any send may read them.
+struct Book {
+    buffers: Mapping,
+    /// Live leases per buffer.
+    leases: Box<[Cell<u32>]>,
+    /// Buffers with at least one live lease, and the most there may be.
+    leased: Cell<u16>,
+    max_leased: u16,
+    /// Buffers whose last lease ended since the last refill.
+    ended: RefCell<Vec<u16>>,
+}
+
+/// The worker's handle for lending received bytes to sends (see the module docs). It knows the
+/// receive being handled (its buffer and bytes), set with [`set_window`](Self::set_window), and
+/// lends only bytes inside it.
+pub(crate) struct Lending {
+    book: Rc<Book>,
+    /// The buffer and the address range of the receive being handled, if one is.
+    window: Option<(u16, usize, usize)>,
+}
+
+impl Lending {
+    /// Marks `bytes` (of buffer `bid`, from [`Buffers::received`]) as the receive being handled,
+    /// or none (`None`) once it is handled.
+    pub fn set_window(&mut self, window: Option<(u16, &[u8])>) {
+        self.window = window.map(|(bid, b)| {
+            let start = b.as_ptr() as usize;
+            (bid, start, start + b.len())
+        });
+    }
+
+    /// A lease on `payload` if it lies in the receive being handled and the pool can spare the
+    /// buffer; `None` and the caller copies.
+    pub fn lend(&self, payload: &[u8]) -> Option<Lent> {
+        let (bid, start, end) = self.window?;
+        let at = payload.as_ptr() as usize;
+        if at < start || at + payload.len() > end {
+            return None;
+        }
+        let book = &self.book;
+        let count = &book.leases[bid as usize];
+        if count.get() == 0 {
+            if book.leased.get() >= book.max_leased {
+                return None;
+            }
+            book.leased.set(book.leased.get() + 1);
+        }
+        count.set(count.get() + 1);
+        Some(Lent {
+            book: Rc::clone(book),
+            bid,
+            offset: at - book.buffers.ptr.as_ptr() as usize,
+            len: payload.len(),
+        })
+    }
+}
+
+/// Received bytes lent to a send: the buffer holding them stays out of the ring until this is
+/// dropped.
+pub(crate) struct Lent {
+    book: Rc<Book>,
+    bid: u16,
+    /// Into the buffer mapping.
+    offset: usize,
+    len: usize,
+}
+
+impl Lent {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `offset..offset + len` lies inside buffer `bid` of the mapping (checked against
+        // the receive's own bytes in `Lending::lend`), which `self.book` keeps mapped. Those bytes
+        // were reported written by a completion, and the kernel does not write them while this
+        // lease lives: a buffer it finished is held out of the ring until the lease count drops
+        // to zero (`Buffers::done`/`refill`), and one it kept (incremental) is written only past
+        // what it reported. The worker does not write them either: in-place decoding only touches
+        // bytes of frames not yet delivered, and these were a delivered payload.
+        unsafe {
+            std::slice::from_raw_parts(self.book.buffers.ptr.as_ptr().add(self.offset), self.len)
+        }
+    }
+}
+
+impl std::fmt::Debug for Lent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lent")
+            .field("bid", &self.bid)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let book = &self.book;
+        let count = &book.leases[self.bid as usize];
+        count.set(count.get() - 1);
+        if count.get() == 0 {
+            book.leased.set(book.leased.get() - 1);
+            book.ended.borrow_mut().push(self.bid);
+        }
+    }
+}
+
 /// A provided-buffer ring and its buffers: the memory side. [`Ring`](super::Ring) registers it with
 /// the kernel, and unregisters it before the mappings go away.
 pub(crate) struct Buffers {
     entries: Mapping,
-    buffers: Mapping,
+    book: Rc<Book>,
     size: u32,
     mask: u16,
     bgid: u16,
@@ -324,10 +461,16 @@ impl Buffers {
                 (count, size)
             };
         let entries = Mapping::new(count as usize * size_of::<RawEntry>(), false)?;
-        let buffers = Mapping::new(count as usize * size as usize, true)?;
+        let book = Rc::new(Book {
+            buffers: Mapping::new(count as usize * size as usize, true)?,
+            leases: (0..count).map(|_| Cell::new(0)).collect(),
+            leased: Cell::new(0),
+            max_leased: (count / 4).max(1),
+            ended: RefCell::new(Vec::new()),
+        });
         let mut ring = Self {
             entries,
-            buffers,
+            book,
             size,
             mask: count - 1,
             bgid,
@@ -362,7 +505,7 @@ impl Buffers {
     fn layout(&self) -> Layout {
         Layout {
             entries: self.entries.ptr.cast(),
-            buffers: self.buffers.ptr,
+            buffers: self.book.buffers.ptr,
             size: self.size,
             mask: self.mask,
         }
@@ -394,7 +537,8 @@ impl Buffers {
         // next completion starts from. The `&mut self` borrow makes the slice exclusive.
         Some(unsafe {
             std::slice::from_raw_parts_mut(
-                self.buffers
+                self.book
+                    .buffers
                     .ptr
                     .as_ptr()
                     .add(bid as usize * self.size as usize + start),
@@ -404,10 +548,23 @@ impl Buffers {
     }
 
     /// The bytes of `bid`'s last completion are handled: a buffer the kernel finished goes back to
-    /// the free stack (and into the ring at the next [`refill`](Self::refill)). Ids not out are
-    /// ignored (returns false).
+    /// the free stack (and into the ring at the next [`refill`](Self::refill)), or is held while
+    /// sends read bytes lent from it. Ids not out are ignored (returns false).
     pub fn done(&mut self, bid: u16) -> bool {
-        self.acct.done(bid)
+        let leased = self
+            .book
+            .leases
+            .get(bid as usize)
+            .is_some_and(|c| c.get() > 0);
+        self.acct.done(bid, leased)
+    }
+
+    /// The handle that lends received bytes to sends (one per worker).
+    pub fn lending(&self) -> Lending {
+        Lending {
+            book: Rc::clone(&self.book),
+            window: None,
+        }
     }
 
     /// A completion that carried no usable data (an error result) named buffer `bid`: without
@@ -415,7 +572,7 @@ impl Buffers {
     /// kernel only ever advances a buffer by bytes it reports, so the buffer stays in the ring.
     pub fn unused(&mut self, bid: u16) {
         if !self.acct.incremental && self.acct.receive(bid, 0, false).is_some() {
-            self.acct.done(bid);
+            self.done(bid);
         }
     }
 
@@ -427,6 +584,11 @@ impl Buffers {
     /// The end of a loop turn: adapts how many buffers the ring holds to the turn's need and tops
     /// it up with the buffers returned last.
     pub fn refill(&mut self) {
+        for bid in self.book.ended.borrow_mut().drain(..) {
+            if self.book.leases[bid as usize].get() == 0 {
+                self.acct.unheld(bid);
+            }
+        }
         let layout = self.layout();
         if self.acct.refill(|pos, bid| layout.write_entry(pos, bid)) > 0 {
             self.publish_tail();
@@ -466,8 +628,8 @@ mod tests {
         assert_eq!(a.receive(3, 100, false), Some((0, 100)));
         assert_eq!(a.receive(3, 100, false), None, "already out");
         assert_eq!(a.out_count(), 1);
-        assert!(a.done(3));
-        assert!(!a.done(3), "a buffer is given back once");
+        assert!(a.done(3, false));
+        assert!(!a.done(3, false), "a buffer is given back once");
         assert_eq!(a.out_count(), 0);
     }
 
@@ -478,7 +640,7 @@ mod tests {
         for bid in [2, 5] {
             a.receive(bid, 1, false).unwrap();
         }
-        assert!(a.done(2) && a.done(5));
+        assert!(a.done(2, false) && a.done(5, false));
         // Two taken in a turn: no growth; the ring is topped up with 5, then 2.
         assert_eq!(refill(&mut a), vec![(8, 5), (9, 2)]);
     }
@@ -489,7 +651,7 @@ mod tests {
         refill(&mut a);
         for bid in 0..8 {
             a.receive(bid, 1, false).unwrap();
-            a.done(bid);
+            a.done(bid, false);
         }
         a.ran_dry();
         a.ran_dry();
@@ -513,12 +675,12 @@ mod tests {
         let mut a = Accounting::new(8, 1000, true);
         refill(&mut a);
         assert_eq!(a.receive(0, 300, true), Some((0, 300)));
-        assert!(!a.done(0), "a kept buffer stays in the ring");
+        assert!(!a.done(0, false), "a kept buffer stays in the ring");
         assert_eq!(a.receive(0, 600, true), Some((300, 900)));
         assert_eq!(a.receive(0, 200, false), None, "past the buffer's end");
         assert_eq!(a.receive(0, 100, false), Some((900, 1000)));
         assert_eq!(a.out_count(), 1);
-        assert!(a.done(0));
+        assert!(a.done(0, false));
         a.refill(|_, _| {});
         assert_eq!(
             a.receive(0, 10, false),
@@ -535,6 +697,77 @@ mod tests {
         assert_eq!((whole.count(), whole.acct.size), (512, 32 << 10));
         let small = Buffers::new(0, 4, 1024, true).unwrap();
         assert_eq!(small.count(), 4, "too small to regroup");
+    }
+
+    #[test]
+    fn lent_bytes_hold_their_buffer_until_the_last_lease_ends() {
+        let mut br = Buffers::new(0, 8, 1024, false).unwrap();
+        let mut lending = br.lending();
+        let buf = br.received(0, 100, false).unwrap();
+        buf.fill(5);
+        buf[10] = 9;
+        lending.set_window(Some((0, buf)));
+        let (inside, outside) = (&buf[10..60], [5u8; 50]);
+        let a = lending.lend(inside).expect("inside the receive");
+        let b = lending.lend(&buf[60..100]).expect("a second lease");
+        assert!(lending.lend(&outside).is_none(), "not in the receive");
+        assert!(
+            lending
+                .lend(&buf[90..])
+                .is_some_and(|l| l.bytes().len() == 10)
+        );
+        assert_eq!(a.bytes(), inside);
+        assert!(!br.done(0), "held, not freed, while leased");
+        assert_eq!(br.acct.place[0], Place::Held);
+        assert_eq!(br.out_count(), 0, "a held buffer is not out");
+        lending.set_window(None);
+        assert!(lending.lend(&outside).is_none(), "no receive being handled");
+        drop(a);
+        br.refill();
+        assert_eq!(br.acct.place[0], Place::Held, "one lease left");
+        drop(b);
+        br.refill();
+        assert_eq!(br.acct.place[0], Place::Ring, "back in the ring");
+    }
+
+    #[test]
+    fn a_lease_ended_before_its_buffer_is_done_frees_it_as_usual() {
+        let mut br = Buffers::new(0, 8, 1024, false).unwrap();
+        let mut lending = br.lending();
+        let buf = br.received(0, 100, false).unwrap();
+        lending.set_window(Some((0, buf)));
+        drop(lending.lend(&buf[..50]));
+        assert!(br.done(0), "no lease left: freed");
+        br.refill();
+        assert_eq!(br.acct.place[0], Place::Ring);
+    }
+
+    #[test]
+    fn at_most_a_quarter_of_the_buffers_hold_leases() {
+        let mut br = Buffers::new(0, 8, 1024, false).unwrap();
+        let mut lending = br.lending();
+        let mut leases = Vec::new();
+        for bid in 0..3 {
+            let buf = br.received(bid, 100, false).unwrap();
+            lending.set_window(Some((bid, buf)));
+            leases.push(lending.lend(&buf[..10]));
+            leases.push(lending.lend(&buf[10..20]));
+        }
+        let granted: Vec<bool> = leases.iter().map(Option::is_some).collect();
+        assert_eq!(granted, [true, true, true, true, false, false]);
+    }
+
+    #[test]
+    fn lent_bytes_stay_mapped_after_the_pool_is_gone() {
+        let mut br = Buffers::new(0, 8, 1024, false).unwrap();
+        let mut lending = br.lending();
+        let buf = br.received(0, 4, false).unwrap();
+        buf.copy_from_slice(b"kept");
+        lending.set_window(Some((0, buf)));
+        let lent = lending.lend(buf).unwrap();
+        drop(br);
+        drop(lending);
+        assert_eq!(lent.bytes(), b"kept");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! or a logic slip) leaks its memory and logs it instead of freeing it. The invariant holds in
 //! release builds; it does not rest on a `debug_assert!`.
 
+use super::buffers::Lent;
 use super::token::Token;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub(crate) enum Chunk {
     Owned(Vec<u8>),
     /// One frame shared with other connections' queues (a publication, encoded once).
     Shared(Arc<[u8]>),
+    /// A payload sent from the receive buffer it arrived in (an echo or a forward: no copy).
+    Lent(Lent),
 }
 
 impl Chunk {
@@ -35,6 +38,7 @@ impl Chunk {
         match self {
             Self::Owned(v) => v,
             Self::Shared(f) => f,
+            Self::Lent(l) => l.bytes(),
         }
     }
 }

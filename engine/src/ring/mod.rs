@@ -20,7 +20,7 @@ mod setup;
 pub(crate) mod sys;
 mod token;
 
-pub(crate) use buffers::Buffers;
+pub(crate) use buffers::{Buffers, Lending, Lent};
 #[cfg(test)]
 pub(crate) use flight::MAX_IOV;
 pub(crate) use flight::{Chunk, Flight};

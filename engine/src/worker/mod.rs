@@ -420,6 +420,7 @@ pub(crate) fn run<H: Handler>(
     };
     let mut slab = Slab::new(cfg.slab_config());
     slab.stats = Arc::clone(&shared.ops.workers[index]);
+    slab.lending = Some(bufs.lending());
     let core = Core::new(slab, Local::new(shared.hub.clone(), index));
     let mut worker = Worker {
         bufs,

@@ -101,6 +101,11 @@ impl<H: Handler> Worker<'_, H> {
         let phase = s.machine.phase();
         let tls = s.is_tls();
         eng.core.slab.stats.socket_received_bytes.add(res as u64);
+        // Payloads of this receive sent on from a callback are lent, not copied (large ones).
+        let lending = eng.core.slab.lending.as_mut();
+        if let (Some(l), Some(b)) = (lending, bid) {
+            l.set_window(Some((b, buf)));
+        }
         if tls && matches!(phase, Phase::Handshaking | Phase::Open) {
             // Decrypted (in place, mostly), then handled as a plain connection's bytes.
             let mut plain = std::mem::take(&mut eng.tls.plain);
@@ -111,6 +116,9 @@ impl<H: Handler> Worker<'_, H> {
             eng.tls.plain = plain;
         } else {
             eng.bytes_in(slot, buf);
+        }
+        if let Some(l) = eng.core.slab.lending.as_mut() {
+            l.set_window(None);
         }
         if let Some(b) = bid {
             self.bufs.done(b);
