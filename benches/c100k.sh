@@ -466,7 +466,7 @@ series() {
             r(.ratio), r(.cpu_ratio), i(.echo_messages_per_second), .loadavg,
             (if .failed == 0 and .errors == 0 and .established == $n then "ok" else "FAILED" end)] | map(tostring) | @tsv),
           ($rows | group_by(.server) | .[] | . as $g
-            | ["median", $g[0].server, "\($g | map(select(.established == $n)) | length)/\($g | length) complete", "-",
+            | ["median", $g[0].server, "\($g | map(select(.established == $n)) | length)/\($g | length) all upgraded", "-",
                i($g | map(.handshakes_per_second // empty) | med), i($g | map(.handshakes_per_second_per_worker // empty) | med), "-",
                i($g | map(.connections_per_server_cpu_second // empty) | med), r($g | map(.ratio // empty) | med),
                r($g | map(.cpu_ratio // empty) | med), i($g | map(.echo_messages_per_second // empty) | med), "-", "-"]

@@ -129,7 +129,7 @@ fn storms_repeated_under_echo_load_upgrade_every_connection() {
             "{run}"
         );
     }
-    assert!(report.contains("2/2 complete"), "{report}");
+    assert!(report.contains("2/2 all upgraded"), "{report}");
 }
 
 #[test]
