@@ -20,6 +20,15 @@
 # every process the script started (SIGINT, then SIGKILL after a grace period) and reverts the sysctls
 # it applied. Exit status: 0 every connection up and down with zero errors, 1 failure, 2 usage.
 # benches/c100k/README.md explains the choices and lists measured numbers.
+#
+# Connection storms: the clients' establish phase is a storm (every client process dials at once).
+# The report gives its handshakes per second per server worker and per server CPU-second (utime +
+# stime of the server processes over the storm). `--echo E` runs `ringws load` with E connections
+# echoing flat out (4 messages in flight each) against the same servers from before the storm until
+# it is over; `--server fastwebsockets|tungstenite` serves with benches/compare's peers (several
+# `--share-port` processes, as ringws); `--runs N` and a list in `--server` repeat the whole run N
+# times for each server in turn (each run a fresh invocation of this script, in its own namespace)
+# and print the rates side by side with each peer's ratio to ringws in the same round.
 
 set -euo pipefail
 
@@ -41,12 +50,20 @@ NETNS=1
 LOAD=0
 TUNE=0
 KEEP=0
+SERVER=ringws
+PEER_DIR=$ROOT/benches/compare/target/release
+RUNS=1
+ECHO=0
+# The arguments a run of a --runs/--server series passes on to each run (all but those and --out).
+PASS=()
 # Seconds a process gets to exit after SIGINT before it is killed.
 readonly GRACE=10
 # Descriptors a process needs besides its connections (listener, ring, event fds, stdio).
 readonly FD_SLACK=256
 # Warm-up connections per server process: more handshakes than a worker has receive buffers (512).
 readonly WARMUP_PER_SERVER=1000
+# Messages in flight on each --echo connection.
+readonly ECHO_IN_FLIGHT=4
 
 usage() {
     cat <<EOF
@@ -67,14 +84,24 @@ message over each and back, closes them all, and reports the cost.
   --load            use \`ringws load --hold --ping-once\` as the client instead: each client process
                     sends its round-trip messages as soon as its own connections are up, and the
                     percentiles are each process's (the report gives the worst of them)
+  --server LIST     what serves: ringws (default), fastwebsockets, tungstenite (benches/compare's
+                    peers, from --peer-dir, run with --share-port), or a comma-separated list of
+                    them, run one after the other (each run as with --runs)
+  --peer-dir DIR    where the peers' binaries are (default benches/compare/target/release; build
+                    them with cargo build --release --manifest-path benches/compare/Cargo.toml)
+  --echo E          E more connections (\`ringws load\`, --message-size bytes, $ECHO_IN_FLIGHT in flight)
+                    echo flat out from before the clients' storm until it is over (default 0)
+  --runs N          repeat the whole run N times (for each --server in turn) and print every run's
+                    storm rate with each peer's ratio to ringws in the same round
   --tune            (root) apply tuning/sysctl.sh for N connections first, revert it at exit
   --no-netns        run in this network namespace; by default (as root) the run gets a network
                     namespace of its own, so /proc/net/sockstat and ss count only its sockets
-  --out FILE        also write the numbers as one JSON object to FILE
+  --out FILE        also write the numbers as one JSON object to FILE (with --runs or a list:
+                    one JSON object per run, one per line)
   --keep            keep the work directory (process logs, latency samples) after the run
   -h, --help        this text
 
-Exit status: 0 every connection up and down with zero errors, 1 failure, 2 usage.
+Exit status: 0 every connection up and down with zero errors (in every run), 1 failure, 2 usage.
 EOF
 }
 
@@ -261,6 +288,29 @@ json_field() {
     printf '%s' "${v:-$4}"
 }
 
+# cpu_ticks PID...: utime + stime of the processes (all their threads), in clock ticks.
+cpu_ticks() {
+    local pid total=0 t
+    for pid in "$@"; do
+        # The fields after the command name, which may hold spaces: utime and stime are the 12th and 13th.
+        t=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")
+        total=$((total + t))
+    done
+    printf '%s' "$total"
+}
+
+# start_server NAME CPU MAX_CONNECTIONS: starts one server process of the --server kind on the shared
+# port, one worker (the peers: one tokio current_thread runtime).
+start_server() {
+    case $SERVER in
+    ringws)
+        start "$1" "$2" "$BINARY" serve --addr "127.0.0.1:$PORT" --share-port \
+            --workers 1 --idle-timeout 0 --max-connections "$3"
+        ;;
+    *) start "$1" "$2" "$PEER_DIR/${SERVER}_echo" --addr "127.0.0.1:$PORT" --share-port ;;
+    esac
+}
+
 # start_client NAME CPU COUNT SOURCES LATENCY_FILE: starts a client of COUNT connections from the
 # SOURCES address block.
 start_client() {
@@ -277,6 +327,11 @@ start_client() {
 # per SUM COUNT: SUM / COUNT with one decimal ("-" without a count).
 per() {
     awk -v s="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", s / n; else printf "-" }'
+}
+
+# jnum VALUE: VALUE for JSON: null for per's "-".
+jnum() {
+    [[ $1 == - ]] && printf null || printf '%s' "$1"
 }
 
 # cache_delta BEFORE AFTER NAME: bytes the slab cache NAME grew by between two slab_bytes snapshots.
@@ -301,8 +356,12 @@ percentiles() {
 parse_args() {
     while (($#)); do
         case $1 in
-        --connections | --per-process | --port | --message-size | --dial | --timeout | --binary | --client | --out)
+        --connections | --per-process | --port | --message-size | --dial | --timeout | --binary | --client | --out | --server | --peer-dir | --runs | --echo)
             (($# >= 2)) || usage_error "$1 needs a value"
+            case $1 in
+            --out | --server | --runs) ;;
+            *) PASS+=("$1" "$2") ;;
+            esac
             case $1 in
             --connections) CONNECTIONS=$2 ;;
             --per-process) PER_PROCESS=$2 ;;
@@ -313,13 +372,17 @@ parse_args() {
             --binary) BINARY=$2 ;;
             --client) CLIENT=$2 ;;
             --out) OUT=$2 ;;
+            --server) SERVER=$2 ;;
+            --peer-dir) PEER_DIR=$2 ;;
+            --runs) RUNS=$2 ;;
+            --echo) ECHO=$2 ;;
             esac
             shift
             ;;
-        --tune) TUNE=1 ;;
-        --no-netns) NETNS=0 ;;
-        --load) LOAD=1 ;;
-        --keep) KEEP=1 ;;
+        --tune) TUNE=1 && PASS+=("$1") ;;
+        --no-netns) NETNS=0 && PASS+=("$1") ;;
+        --load) LOAD=1 && PASS+=("$1") ;;
+        --keep) KEEP=1 && PASS+=("$1") ;;
         -h | --help)
             usage
             exit 0
@@ -329,7 +392,7 @@ parse_args() {
         shift
     done
     local name value
-    for name in CONNECTIONS PER_PROCESS PORT MESSAGE_SIZE DIAL TIMEOUT; do
+    for name in CONNECTIONS PER_PROCESS PORT MESSAGE_SIZE DIAL TIMEOUT RUNS; do
         value=${!name}
         [[ $value =~ ^[1-9][0-9]{0,8}$ ]] || usage_error "--${name,,} takes a positive whole number, not '$value'"
     done
@@ -338,10 +401,86 @@ parse_args() {
     ((MESSAGE_SIZE <= 1048576)) || usage_error "--message-size must be at most 1048576"
     ((TIMEOUT <= 86400)) || usage_error "--timeout must be at most 86400"
     ((DIAL <= 65536)) || usage_error "--dial must be at most 65536"
+    ((RUNS <= 100)) || usage_error "--runs must be at most 100"
+    if [[ ! $ECHO =~ ^[0-9]{1,6}$ ]] || ((ECHO > 100000)); then
+        usage_error "--echo takes a whole number up to 100000, not '$ECHO'"
+    fi
+    local kind
+    for kind in ${SERVER//,/ }; do
+        [[ $kind =~ ^(ringws|fastwebsockets|tungstenite)$ ]] ||
+            usage_error "--server takes ringws, fastwebsockets or tungstenite (or a list), not '$kind'"
+    done
+    [[ -n ${SERVER//,/} ]] || usage_error "--server needs at least one server"
+}
+
+# series: --runs N or a --server list: every run is this script again with one server, in turn
+# (ringws first in each round, as listed otherwise), its JSON collected; then one row per run with
+# the storm's rates and each peer's ratio to ringws in the same round, and the medians over rounds.
+series() {
+    local kinds=() kind r n=0 total status=0 json
+    read -r -a kinds <<<"${SERVER//,/ }"
+    total=$((RUNS * ${#kinds[@]}))
+    # Every run ends within its --timeout (plus the grace of its teardown).
+    DEADLINE=$((SECONDS + total * (TIMEOUT + 3 * GRACE)))
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    WORK=$(mktemp -d /tmp/c100k-series.XXXXXX)
+    for ((r = 1; r <= RUNS; r++)); do
+        for kind in "${kinds[@]}"; do
+            n=$((n + 1))
+            json=$WORK/run$r-$kind.json
+            log "run $n/$total: round $r, $kind (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+            "$0" "${PASS[@]}" --server "$kind" --out "$json" >"$WORK/run$r-$kind.log" 2>&1 &
+            PIDS+=("$!")
+            wait_exit "$!" $((TIMEOUT + 3 * GRACE))
+            forget "${PIDS[-1]}"
+            if [[ $EXIT_STATUS != 0 ]]; then
+                status=1
+                log "run $n ($kind) FAILED ($EXIT_STATUS); its last lines:"
+                tail -n 12 "$WORK/run$r-$kind.log" | sed 's/^/    /' >&2
+            fi
+            [[ -s $json ]] || printf '{"server":"%s","failed":1,"established":0}\n' "$kind" >"$json"
+            sed "s/^{/{\"round\":$r,/" "$json" >>"$WORK/series.json"
+        done
+    done
+    [[ -z $OUT ]] || cp -- "$WORK/series.json" "$OUT"
+    printf '\nStorms of %s connections (%s client and server processes, 1 worker each), %s rounds%s; Linux %s, %s CPUs\n' \
+        "$CONNECTIONS" "$(jq -s 'map(.servers // 0) | max' "$WORK/series.json")" "$RUNS" \
+        "$( ((ECHO)) && printf ', %s connections echoing %s B x %s in flight meanwhile' "$ECHO" "$MESSAGE_SIZE" "$ECHO_IN_FLIGHT")" \
+        "$(</proc/sys/kernel/osrelease)" "$(nproc)"
+    jq -rs --argjson n "$CONNECTIONS" '
+        def r(x): if x == null then "-" else (x * 100 | round / 100 | tostring) end;
+        def i(x): if x == null then "-" else (x | round | tostring) end;
+        def med: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+                 else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+        (map(select(.server == "ringws")) | map({key: (.round | tostring), value: .}) | from_entries) as $base
+        | map(. + {ratio: (if (.handshakes_per_second // 0) > 0 and ($base[.round | tostring].handshakes_per_second // 0) > 0
+                           then .handshakes_per_second / $base[.round | tostring].handshakes_per_second else null end),
+                   cpu_ratio: (if (.connections_per_server_cpu_second // 0) > 0 and ($base[.round | tostring].connections_per_server_cpu_second // 0) > 0
+                           then .connections_per_server_cpu_second / $base[.round | tostring].connections_per_server_cpu_second else null end)}) as $rows
+        | (["round", "server", "upgraded", "storm s", "conn/s", "per worker", "server CPU s", "conn/CPU-s",
+            "conn/s ÷ ringws", "conn/CPU-s ÷ ringws", "echo msg/s", "load avg", "result"] | @tsv),
+          ($rows[] | [.round, .server, "\(.established)/\($n)", .establish_seconds, i(.handshakes_per_second),
+            i(.handshakes_per_second_per_worker), .server_cpu_seconds, i(.connections_per_server_cpu_second),
+            r(.ratio), r(.cpu_ratio), i(.echo_messages_per_second), .loadavg,
+            (if .failed == 0 and .errors == 0 and .established == $n then "ok" else "FAILED" end)] | map(tostring) | @tsv),
+          ($rows | group_by(.server) | .[] | . as $g
+            | ["median", $g[0].server, "\($g | map(select(.established == $n)) | length)/\($g | length) all upgraded", "-",
+               i($g | map(.handshakes_per_second // empty) | med), i($g | map(.handshakes_per_second_per_worker // empty) | med), "-",
+               i($g | map(.connections_per_server_cpu_second // empty) | med), r($g | map(.ratio // empty) | med),
+               r($g | map(.cpu_ratio // empty) | med), i($g | map(.echo_messages_per_second // empty) | med), "-", "-"]
+            | map(tostring) | @tsv)
+    ' "$WORK/series.json" | column -t -s $'\t'
+    return "$status"
 }
 
 main() {
     parse_args "$@"
+    if ((RUNS > 1)) || [[ $SERVER == *,* ]]; then
+        series
+        return
+    fi
     if ((NETNS && EUID == 0)) && [[ -z ${C100K_NETNS:-} ]]; then
         # Again, inside a new network namespace (its own loopback, sockets, ports and per-namespace
         # sysctls); nothing has been started yet.
@@ -376,12 +515,18 @@ main() {
         log "building $BINARY"
         cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin ringws >&2
     fi
+    if [[ $SERVER != ringws && ! -x $PEER_DIR/${SERVER}_echo ]]; then
+        die "$PEER_DIR/${SERVER}_echo is missing: cargo build --release --manifest-path benches/compare/Cargo.toml"
+    fi
     if ((!LOAD)) && [[ ! -x $CLIENT ]]; then
         log "building $CLIENT"
         cargo build --release --manifest-path "$ROOT/benches/c100k/Cargo.toml" >&2
     fi
     WORK=$(mktemp -d /tmp/c100k.XXXXXX)
 
+    local loadavg
+    loadavg=$(cut -d' ' -f1 /proc/loadavg)
+    log "load average $(cut -d' ' -f1-3 /proc/loadavg); server: $SERVER"
     log "$CONNECTIONS connections: $servers servers and $clients clients of at most $PER_PROCESS each, nofile $nofile, $cpus CPUs, Linux $kernel${C100K_NETNS:+, own network namespace}"
     if ((TUNE)); then
         ((EUID == 0)) || die "--tune needs root"
@@ -397,8 +542,7 @@ main() {
     # since SO_REUSEPORT spreads them only about evenly.
     local i server_pids=() idle_rss warm_rss
     for ((i = 0; i < servers; i++)); do
-        start "server$i" $((i % cpus)) "$BINARY" serve --addr "127.0.0.1:$PORT" --share-port \
-            --workers 1 --idle-timeout 0 --max-connections $((nofile - FD_SLACK))
+        start_server "server$i" $((i % cpus)) $((nofile - FD_SLACK))
         server_pids+=("$LAST_PID")
         wait_for_line "$WORK/server$i.log" "^listening on " "$LAST_PID" 20 ||
             die "server $i did not start: $(tail -n 3 "$WORK/server$i.log")"
@@ -431,8 +575,25 @@ main() {
     base_counters=$(tcp_counters)
     log "servers up: ${server_pids[*]}; RSS $idle_rss KiB idle, $warm_rss KiB after the warm-up"
 
-    # Clients, each with its own block of source addresses.
-    local per count ip=2 client_pids=()
+    # With --echo: the echo load first (on the last CPU, as benches/compare runs its load generator),
+    # its connections up and through its one-second warm-up before the storm starts.
+    local echo_pid=
+    if ((ECHO)); then
+        start echo $((cpus - 1)) "$BINARY" load --url "ws://127.0.0.1:$PORT/" --connections "$ECHO" \
+            --size "$MESSAGE_SIZE" --in-flight "$ECHO_IN_FLIGHT" --warmup 1 --duration "$TIMEOUT" \
+            --workers 1 --json
+        echo_pid=$LAST_PID
+        wait_for_line "$WORK/echo.log" '"phase":"established"' "$echo_pid" 60 ||
+            die "the echo load did not start: $(tail -n 3 "$WORK/echo.log")"
+        (($(json_field "$WORK/echo.log" established connections_failed 1) == 0)) ||
+            die "the echo load could not open its connections: $(tail -n 3 "$WORK/echo.log")"
+        sleep 1
+        log "echo load up: $ECHO connections, $ECHO_IN_FLIGHT messages of $MESSAGE_SIZE B in flight each"
+    fi
+
+    # Clients, each with its own block of source addresses: the storm.
+    local per count ip=2 client_pids=() cpu_before cpu_after
+    cpu_before=$(cpu_ticks "${server_pids[@]}")
     per=$(((CONNECTIONS + clients - 1) / clients))
     for ((i = 0; i < clients; i++)); do
         count=$((i == clients - 1 ? CONNECTIONS - per * (clients - 1) : per))
@@ -446,6 +607,27 @@ main() {
         wait_for_line "$WORK/client$i.log" '"phase":"established"' "${client_pids[i]}" "$TIMEOUT" ||
             die "client $i did not establish its connections: $(tail -n 3 "$WORK/client$i.log")"
     done
+    cpu_after=$(cpu_ticks "${server_pids[@]}")
+    local storm_counters
+    storm_counters=$(tcp_counters)
+    # The echo load must have run through the whole storm; it is stopped now (SIGINT: it reports what
+    # it measured), and its connections are gone before the servers' connections are counted.
+    local echo_rate=- echo_errors=0 echo_state=
+    if ((ECHO)); then
+        alive "$echo_pid" || die "the echo load ended before the storm did: $(tail -n 3 "$WORK/echo.log")"
+        kill -INT "$echo_pid"
+        wait_exit "$echo_pid" 30
+        echo_state=$EXIT_STATUS
+        forget "$echo_pid"
+        echo_rate=$(json_field "$WORK/echo.log" "" msgs_per_s -)
+        echo_errors=$(($(json_field "$WORK/echo.log" "" mismatch 0) + $(json_field "$WORK/echo.log" "" connections_failed 0) + $(json_field "$WORK/echo.log" "" closed 0)))
+        log "echo load stopped (exit $echo_state): $echo_rate messages/s, $echo_errors errors"
+        [[ $echo_rate != - ]] || die "the echo load reported nothing: $(tail -n 3 "$WORK/echo.log")"
+        settle=$(deadline_in 15)
+        while (($(server_connections) > CONNECTIONS)) && ((SECONDS < settle)); do
+            sleep 0.2
+        done
+    fi
     # Time to establish: the slowest client's, from its start to its last connection open or failed.
     # (ringws load reports its connection rate instead: established / rate.)
     local opened=0 dial_errors=0 slowest=0 v n log
@@ -463,10 +645,18 @@ main() {
         opened=$((opened + n))
         slowest=$(awk -v a="$slowest" -v b="$v" 'BEGIN { print (b > a ? b : a) }')
     done
-    local up up_counters
+    local up up_counters clk cpu_seconds kinds
     up=$(server_connections)
-    up_counters=$(tcp_counters)
+    up_counters=$storm_counters
     log "established: $opened client and $up server connections ($dial_errors errors), the last client done after $slowest s"
+    if ((dial_errors)); then
+        for i in "${!client_pids[@]}"; do
+            kinds=$(sed -n 's/.*"phase":"established".*"error_kinds":\({[^}]*}\).*/\1/p' "$WORK/client$i.log" | tail -n 1)
+            [[ -z $kinds || $kinds == "{}" ]] || log "client $i errors: $kinds"
+        done
+    fi
+    clk=$(getconf CLK_TCK)
+    cpu_seconds=$(awk -v t=$((cpu_after - cpu_before)) -v c="$clk" 'BEGIN { printf "%.2f", t / c }')
 
     # Snapshot with every connection up and idle.
     local up_sock up_slab up_slab_kib up_unrecl_kib up_rss
@@ -569,18 +759,22 @@ main() {
         d=$(cache_delta "$base_slab" "$up_slab" "$name")
         ((d <= 0)) || caches+="$name $(per "$d" "$up"), "
     done
-    errors=$((dial_errors + ping_errors + close_errors))
+    errors=$((dial_errors + ping_errors + close_errors + echo_errors))
     read -r -a c0 <<<"$base_counters"
     read -r -a c1 <<<"$up_counters"
     read -r -a p <<<"$lat"
 
-    printf '\nC100K: %s connections, Linux %s, %s CPUs\n' "$CONNECTIONS" "$kernel" "$cpus"
-    printf '  processes      %s servers (1 worker each, port %s shared), %s clients, source IPs 127.0.0.2-127.0.0.%s\n' \
-        "$servers" "$PORT" "$clients" $((ip - 1))
+    printf '\nC100K: %s connections, Linux %s, %s CPUs, load average %s at the start\n' "$CONNECTIONS" "$kernel" "$cpus" "$loadavg"
+    printf '  processes      %s %s servers (1 worker each, port %s shared), %s clients, source IPs 127.0.0.2-127.0.0.%s\n' \
+        "$servers" "$SERVER" "$PORT" "$clients" $((ip - 1))
     printf '  established    %s (server side %s) in %s s: %s handshakes/s; %s errors\n' \
         "$opened" "$up" "$slowest" "$(per "$opened" "$slowest")" "$dial_errors"
     printf '                 meanwhile: %s listen-queue overflows, %s SYN retransmits, %s packets dropped by full CPU backlogs\n' \
         $((c1[0] - c0[0])) $((c1[1] - c0[1])) $((c1[2] - c0[2]))
+    printf '  storm          %s handshakes/s per worker; server CPU %s s over the storm: %s connections per server CPU-second\n' \
+        "$(per "$opened" "$(awk -v s="$slowest" -v n="$servers" 'BEGIN { print s * n }')")" "$cpu_seconds" "$(per "$opened" "$cpu_seconds")"
+    ((ECHO == 0)) || printf '                 meanwhile %s connections echoed %s B x %s in flight: %s messages/s, %s errors (CPU above includes the echoes)\n' \
+        "$ECHO" "$MESSAGE_SIZE" "$ECHO_IN_FLIGHT" "$echo_rate" "$echo_errors"
     printf '  server RSS     %s KiB idle, %s KiB warm, %s KiB with all up: %s B per connection over warm\n' \
         "$idle_rss" "$warm_rss" "$up_rss" "$(per "$rss_warm" "$up")"
     printf '                 (%s B per connection over idle, including each server'\''s fixed start-up costs)\n' \
@@ -599,8 +793,11 @@ main() {
         "$( ((failed)) && printf 'FAILED (see above)' || printf 'every process exited 0, no server log lines')"
     if [[ -n $OUT ]]; then
         {
-            printf '{"connections":%s,"servers":%s,"clients":%s,"established":%s,"server_side":%s,"establish_seconds":%s,"handshakes_per_second":%s,' \
-                "$CONNECTIONS" "$servers" "$clients" "$opened" "$up" "$slowest" "$(per "$opened" "$slowest")"
+            printf '{"server":"%s","loadavg":%s,"connections":%s,"servers":%s,"clients":%s,"established":%s,"server_side":%s,"establish_seconds":%s,"handshakes_per_second":%s,' \
+                "$SERVER" "$loadavg" "$CONNECTIONS" "$servers" "$clients" "$opened" "$up" "$slowest" "$(jnum "$(per "$opened" "$slowest")")"
+            printf '"handshakes_per_second_per_worker":%s,"server_cpu_seconds":%s,"connections_per_server_cpu_second":%s,' \
+                "$(jnum "$(per "$opened" "$(awk -v s="$slowest" -v n="$servers" 'BEGIN { print s * n }')")")" "$cpu_seconds" "$(jnum "$(per "$opened" "$cpu_seconds")")"
+            printf '"echo":%s,"echo_messages_per_second":%s,"echo_errors":%s,' "$ECHO" "$(jnum "$echo_rate")" "$echo_errors"
             printf '"listen_overflows":%s,"syn_retransmits":%s,"backlog_drops":%s,' \
                 $((c1[0] - c0[0])) $((c1[1] - c0[1])) $((c1[2] - c0[2]))
             printf '"server_rss_kib":{"idle":%s,"warm":%s,"up":%s},"server_rss_bytes_per_connection":%s,' \

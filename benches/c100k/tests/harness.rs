@@ -77,13 +77,71 @@ fn six_hundred_connections_up_echoed_and_down() {
 }
 
 #[test]
+fn storms_repeated_under_echo_load_upgrade_every_connection() {
+    let out = std::env::temp_dir().join(format!("c100k-storm-{}.json", std::process::id()));
+    let run = Command::new(repo().join("benches/c100k.sh"))
+        .args([
+            "--connections",
+            "600",
+            "--per-process",
+            "300",
+            "--dial",
+            "300",
+        ])
+        .args([
+            "--port",
+            "19072",
+            "--echo",
+            "20",
+            "--runs",
+            "2",
+            "--timeout",
+            "120",
+        ])
+        .args(["--server", "ringws", "--out"])
+        .arg(&out)
+        .args(["--client", env!("CARGO_BIN_EXE_c100k-client")])
+        .output()
+        .expect("run benches/c100k.sh");
+    let report = String::from_utf8_lossy(&run.stdout);
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{:?}\n{report}\n{log}", run.status);
+    let json = std::fs::read_to_string(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    // One JSON object per run, each with the storm under echo load complete.
+    let runs: Vec<&str> = json.lines().collect();
+    assert_eq!(runs.len(), 2, "{json}");
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(number(run, "round"), (i + 1) as f64, "{run}");
+        for (key, want) in [
+            ("established", 600.0),
+            ("servers", 2.0),
+            ("echo", 20.0),
+            ("echo_errors", 0.0),
+            ("errors", 0.0),
+            ("failed", 0.0),
+        ] {
+            assert_eq!(number(run, key), want, "{key}: {run}");
+        }
+        assert!(number(run, "echo_messages_per_second") > 0.0, "{run}");
+        assert!(
+            number(run, "handshakes_per_second_per_worker") > 0.0,
+            "{run}"
+        );
+    }
+    assert!(report.contains("2/2 all upgraded"), "{report}");
+}
+
+#[test]
 fn the_script_is_shellcheck_clean() {
     let Ok(version) = Command::new("shellcheck").arg("--version").output() else {
         eprintln!("SKIP the_script_is_shellcheck_clean: shellcheck is not installed");
         return;
     };
     assert!(version.status.success());
+    // -x: follow the `source` of benches/lib/procs.sh (its path is given by a directive).
     let run = Command::new("shellcheck")
+        .arg("-x")
         .arg(repo().join("benches/c100k.sh"))
         .output()
         .unwrap();
@@ -101,6 +159,9 @@ fn usage_errors_exit_2() {
         &["--bogus"],
         &["--port", "70000"],
         &["--dial"],
+        &["--server", "nginx"],
+        &["--echo", "x"],
+        &["--runs", "0"],
     ] {
         let run = Command::new(repo().join("benches/c100k.sh"))
             .args(args)

@@ -5,7 +5,10 @@
 //! as `ringws serve --workers 1` does. The harness starts them with `--addr 127.0.0.1:PORT`, waits for
 //! the `listening on ADDR` line on stderr and stops them with SIGTERM. With `--tls-cert FILE
 //! --tls-key FILE` (PEM) they serve wss://: tokio-rustls (rustls with the `ring` provider, as
-//! ringws) accepts TLS first, then the usual upgrade runs over the TLS stream.
+//! ringws) accepts TLS first, then the usual upgrade runs over the TLS stream. With `--share-port`
+//! the listener sets SO_REUSEPORT, as `ringws serve --share-port` does, so several processes can
+//! serve one port (`benches/c100k.sh --server`: more connections than one process has descriptors
+//! for).
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -34,16 +37,20 @@ pub struct Options {
     pub addr: SocketAddr,
     /// Certificate chain and private key (PEM files) to serve wss:// with; plain ws:// without.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// SO_REUSEPORT on the listener: other processes may listen on the same port.
+    pub share_port: bool,
 }
 
-/// Reads `--addr HOST:PORT` and optionally `--tls-cert FILE --tls-key FILE` from the process
-/// arguments.
+/// Reads `--addr HOST:PORT` and optionally `--tls-cert FILE --tls-key FILE` and `--share-port`
+/// from the process arguments.
 ///
 /// Returns a usage message as the error for anything else, so `main` can print it and exit non-zero.
 pub fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
     let program = args.next().unwrap_or_else(|| "peer".to_owned());
-    let usage = format!("usage: {program} --addr HOST:PORT [--tls-cert FILE --tls-key FILE]");
-    let (mut addr, mut cert, mut key) = (None, None, None);
+    let usage = format!(
+        "usage: {program} --addr HOST:PORT [--tls-cert FILE --tls-key FILE] [--share-port]"
+    );
+    let (mut addr, mut cert, mut key, mut share_port) = (None, None, None, false);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| usage.clone());
         match arg.as_str() {
@@ -57,6 +64,7 @@ pub fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, 
             }
             "--tls-cert" => cert = Some(PathBuf::from(value()?)),
             "--tls-key" => key = Some(PathBuf::from(value()?)),
+            "--share-port" => share_port = true,
             _ => return Err(usage),
         }
     }
@@ -68,6 +76,7 @@ pub fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, 
     Ok(Options {
         addr: addr.ok_or(usage)?,
         tls,
+        share_port,
     })
 }
 
@@ -87,14 +96,16 @@ pub fn acceptor(cert: &std::path::Path, key: &std::path::Path) -> io::Result<Tls
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Binds a listener on `addr` with SO_REUSEADDR and ringws's backlog.
-pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds a listener on `addr` with SO_REUSEADDR (and SO_REUSEPORT with `share_port`) and ringws's
+/// backlog.
+pub fn listen(addr: SocketAddr, share_port: bool) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    socket.set_reuseport(share_port)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
@@ -179,7 +190,9 @@ where
         .enable_io()
         .build()
         .and_then(|rt| {
-            rt.block_on(async { serve_until_signal(listen(options.addr)?, serve, tls).await })
+            rt.block_on(async {
+                serve_until_signal(listen(options.addr, options.share_port)?, serve, tls).await
+            })
         });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -206,6 +219,7 @@ mod tests {
         let o = parse_options(args(&["peer", "--addr", "127.0.0.1:9001"])).unwrap();
         assert_eq!(o.addr, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(o.tls, None);
+        assert!(!o.share_port);
         let o = parse_options(args(&[
             "peer",
             "--tls-cert",
@@ -214,9 +228,11 @@ mod tests {
             "127.0.0.1:9001",
             "--tls-key",
             "k.pem",
+            "--share-port",
         ]))
         .unwrap();
         assert_eq!(o.tls, Some(("c.pem".into(), "k.pem".into())));
+        assert!(o.share_port);
     }
 
     #[test]

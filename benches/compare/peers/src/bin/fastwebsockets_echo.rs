@@ -3,9 +3,9 @@
 //! answered by the library (`auto_pong`, `auto_close`). One tokio `current_thread` runtime, no deflate
 //! (fastwebsockets has none).
 //!
-//! Usage: `fastwebsockets_echo --addr 127.0.0.1:PORT [--tls-cert FILE --tls-key FILE]` (wss:// over
-//! tokio-rustls with the files); prints `listening on ADDR` to stderr when ready
-//! and exits on SIGTERM or SIGINT.
+//! Usage: `fastwebsockets_echo --addr 127.0.0.1:PORT [--tls-cert FILE --tls-key FILE] [--share-port]`
+//! (wss:// over tokio-rustls with the files; SO_REUSEPORT with `--share-port`); prints
+//! `listening on ADDR` to stderr when ready and exits on SIGTERM or SIGINT.
 
 use compare_peers::MAX_MESSAGE_SIZE;
 use fastwebsockets::upgrade::{UpgradeFut, upgrade};

@@ -2,9 +2,9 @@
 //! pings are answered and a Close is answered by the library. One tokio `current_thread` runtime, no
 //! deflate (tungstenite has none).
 //!
-//! Usage: `tungstenite_echo --addr 127.0.0.1:PORT [--tls-cert FILE --tls-key FILE]` (wss:// over
-//! tokio-rustls with the files); prints `listening on ADDR` to stderr when ready
-//! and exits on SIGTERM or SIGINT.
+//! Usage: `tungstenite_echo --addr 127.0.0.1:PORT [--tls-cert FILE --tls-key FILE] [--share-port]`
+//! (wss:// over tokio-rustls with the files; SO_REUSEPORT with `--share-port`); prints
+//! `listening on ADDR` to stderr when ready and exits on SIGTERM or SIGINT.
 
 use compare_peers::MAX_MESSAGE_SIZE;
 use futures_util::{SinkExt, StreamExt};
