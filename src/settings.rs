@@ -19,6 +19,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("incremental_buffers", "--incremental-buffers"),
     ("no_sq_array", "--no-sq-array"),
     ("skip_cancel_completions", "--skip-cancel-completions"),
+    ("msg_ring", "--msg-ring"),
     ("ring_entries", "--ring-entries"),
     ("socket_send_buffer", "--send-buffer"),
     ("idle_timeout", "--idle-timeout"),

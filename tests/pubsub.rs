@@ -173,7 +173,21 @@ fn a_paused_connection_receives_nothing_until_resumed() {
 
 #[test]
 fn publications_reach_subscribers_on_every_worker() {
-    let server = TestServer::start(2, |b| b, |_| {});
+    reach_every_worker(true);
+}
+
+/// The same with workers waking each other by eventfd instead of through their rings
+/// (`msg_ring` off; on by default).
+#[test]
+fn publications_reach_every_worker_woken_by_eventfd() {
+    reach_every_worker(false);
+}
+
+/// Subscribers on both of two workers get every publication, in order, from a foreign thread
+/// (which always wakes workers by eventfd) and from a callback (which wakes the other worker
+/// through its ring if `msg_ring`).
+fn reach_every_worker(msg_ring: bool) {
+    let server = TestServer::start(2, |b| b.msg_ring(msg_ring), |_| {});
     let mut subs = Vec::new();
     let mut on = [0usize; 2];
     for _ in 0..64 {
@@ -651,7 +665,7 @@ fn measurement_fanout() {
         })
         .collect();
     let topic = server.publisher.topic("fan").unwrap();
-    let cpu_before = worker_cpu();
+    let cpu_before = thread_cpu("ringws-w0");
     let start = Instant::now();
     let mut sent = 0u64;
     while start.elapsed() < Duration::from_secs(secs) {
@@ -671,7 +685,7 @@ fn measurement_fanout() {
         delivered.load(Ordering::Relaxed) >= sent * subs
     });
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = worker_cpu() - cpu_before;
+    let cpu = thread_cpu("ringws-w0") - cpu_before;
     stop.store(true, Ordering::Relaxed);
     let mut lat: Vec<u32> = readers
         .into_iter()
@@ -697,11 +711,11 @@ fn measurement_fanout() {
     );
 }
 
-/// CPU time (user + system, seconds) of this process's worker thread `ringws-w0`, from /proc.
-fn worker_cpu() -> f64 {
+/// CPU time (user + system, seconds) of this process's thread named `name`, from /proc.
+fn thread_cpu(name: &str) -> f64 {
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() != "ringws-w0" {
+        if comm.trim() != name {
             continue;
         }
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
@@ -712,5 +726,143 @@ fn worker_cpu() -> f64 {
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         return (ticks(11) + ticks(12)) as f64 / hz;
     }
-    panic!("no worker thread ringws-w0");
+    panic!("no thread {name}");
+}
+
+/// Wake-ups between workers through their rings (`msg_ring` on, `IORING_OP_MSG_RING`) against
+/// eventfds (off), in one run: 2 workers, one connection on worker 0 publishing from its callback
+/// (`pub` commands of 64-byte payloads on a schedule of one per `GAP_US` microseconds, default
+/// 200, so nearly every publication finds worker 1's inbox empty and wakes it) and `SUBS` subscribers (default 100) on
+/// worker 1, read by one client thread with poll(2). Reports both workers' CPU per delivery.
+/// `ROUNDS` rounds (default 3) of both settings in turn, `SECS` seconds each (default 3).
+///
+/// `cargo test --release --test pubsub measurement_cross_worker_wakes -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, not a check: run with --ignored --nocapture in release mode"]
+fn measurement_cross_worker_wakes() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (subs, gap, secs, rounds) = (
+        env("SUBS", 100) as usize,
+        Duration::from_micros(env("GAP_US", 200)),
+        Duration::from_secs(env("SECS", 3)),
+        env("ROUNDS", 3),
+    );
+    for round in 0..rounds {
+        for msg_ring in [true, false] {
+            let (sent, delivered, w0, w1) = cross_worker_round(msg_ring, subs, gap, secs);
+            println!(
+                "round {round} msg_ring {msg_ring}: {sent} publications, {delivered} deliveries \
+                 of {} expected; worker CPU w0 {w0:.2} s + w1 {w1:.2} s = {:.0} ns per delivery, \
+                 {:.0} ns per publication",
+                sent * subs as u64,
+                (w0 + w1) * 1e9 / delivered.max(1) as f64,
+                (w0 + w1) * 1e9 / sent.max(1) as f64,
+            );
+        }
+    }
+}
+
+/// One run of [`measurement_cross_worker_wakes`]: publications sent, deliveries read, and the CPU
+/// seconds of workers 0 and 1 over the run.
+fn cross_worker_round(
+    msg_ring: bool,
+    subs: usize,
+    gap: Duration,
+    secs: Duration,
+) -> (u64, u64, f64, f64) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let server = TestServer::start(
+        2,
+        |b| b.msg_ring(msg_ring).max_connections(4 * subs + 64),
+        |_| {},
+    );
+    let on = |c: &mut RawClient, want: usize| command(c, "sub other") == want;
+    let mut publisher = (0..64)
+        .map(|_| RawClient::connect(server.addr))
+        .find_map(|mut c| on(&mut c, 0).then_some(c))
+        .expect("a connection on worker 0");
+    let mut streams = Vec::new();
+    for _ in 0..4 * subs + 64 {
+        let (c, w) = subscriber(server.addr, "fan");
+        if w == 1 {
+            let s = c.try_clone_stream();
+            s.set_nonblocking(true).unwrap();
+            streams.push((c, s));
+            if streams.len() == subs {
+                break;
+            }
+        }
+    }
+    assert_eq!(streams.len(), subs, "subscribers on worker 1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let mine: Vec<_> = streams
+            .iter()
+            .map(|(_, s)| s.try_clone().unwrap())
+            .collect();
+        let (stop, delivered) = (Arc::clone(&stop), Arc::clone(&delivered));
+        std::thread::spawn(move || {
+            let mut fds: Vec<libc::pollfd> = mine
+                .iter()
+                .map(|s| libc::pollfd {
+                    fd: s.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            let mut buf = vec![0u8; 64 << 10];
+            // Every delivery is a 66-byte frame (2-byte header, 64-byte payload).
+            let mut bytes = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: `fds` is a valid array of pollfd structs for sockets owned here.
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, 10) };
+                for (i, pfd) in fds.iter().enumerate() {
+                    if pfd.revents != 0 {
+                        while let Ok(n @ 1..) = (&mine[i]).read(&mut buf) {
+                            bytes += n as u64;
+                        }
+                    }
+                }
+                delivered.store(bytes / 66, Ordering::Relaxed);
+            }
+        })
+    };
+    let cpu = || (thread_cpu("ringws-w0"), thread_cpu("ringws-w1"));
+    let before = cpu();
+    let frame = Frame::text(format!("pub fan {}", "x".repeat(64)));
+    let start = Instant::now();
+    let mut sent = 0u64;
+    // Paced on a schedule, one per `gap`, so both settings publish the same count at the same rate
+    // (a late thread sends what is due at once).
+    while start.elapsed() < secs {
+        let due = (start.elapsed().as_nanos() / gap.as_nanos()) as u64;
+        while sent < due {
+            publisher.send(&frame);
+            sent += 1;
+        }
+        std::thread::sleep(gap / 2);
+    }
+    // Bounded: a shortfall shows in the report line rather than failing (a measurement).
+    eventually(Duration::from_secs(10), || {
+        delivered.load(Ordering::Relaxed) >= sent * subs as u64
+    });
+    let after = cpu();
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    (
+        sent,
+        delivered.load(Ordering::Relaxed),
+        after.0 - before.0,
+        after.1 - before.1,
+    )
 }

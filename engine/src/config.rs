@@ -182,6 +182,13 @@ settings! {
     /// Off by default: no gain measured here (docs/benchmarks.md).
     skip_cancel_completions: bool = false, "false",
         check |_| true, "true or false", setter;
+    /// Wake another worker for the publications of a callback through its ring
+    /// (`IORING_OP_MSG_RING`, Linux 5.18; ignored on older kernels): the publishing worker's ring
+    /// posts a completion to the subscriber's worker's ring instead of writing its eventfd, and
+    /// the woken worker has no eventfd to read. Publishers outside the workers and shutdown still
+    /// write the eventfd.
+    msg_ring: bool = true, "true",
+        check |_| true, "true or false", setter;
     /// Time allowed from accept to a complete upgrade request (for a client, from the start of the
     /// connect to the `101`).
     handshake_timeout: Duration = Duration::from_secs(10), "10 s",

@@ -43,6 +43,9 @@ pub(crate) struct Local {
     batch: Vec<Publication>,
     /// What new subscriptions start with, until released to their connection.
     held: Vec<Publication>,
+    /// Other workers to wake for this worker's publications, if the worker wakes them itself
+    /// ([`Local::wake_through_ring`]); else the hub writes their eventfds at once.
+    wakes: Option<Vec<usize>>,
 }
 
 /// Where a new subscription starts.
@@ -85,6 +88,7 @@ impl Local {
             topics: Vec::new(),
             batch: Vec::new(),
             held: Vec::new(),
+            wakes: None,
         }
     }
 
@@ -274,9 +278,24 @@ impl Local {
         msg: Message<'_>,
     ) -> Result<(), PubSubError> {
         let topic = self.hub.topic(name)?;
-        let item = self.hub.publish(&topic, msg, Some(self.worker));
+        let item = match &mut self.wakes {
+            Some(wakes) => self.hub.publish_deferring(&topic, msg, self.worker, wakes),
+            None => self.hub.publish(&topic, msg, Some(self.worker)),
+        };
         self.deliver(slab, &item);
         Ok(())
+    }
+
+    /// From now on the worker wakes the other workers for its publications itself: they are
+    /// collected for [`wakes`](Self::wakes) instead of woken at once.
+    pub fn wake_through_ring(&mut self) {
+        self.wakes.get_or_insert_with(Vec::new);
+    }
+
+    /// The workers to wake, collected since [`wake_through_ring`](Self::wake_through_ring)
+    /// (`None` before it); the caller drains it.
+    pub fn wakes(&mut self) -> Option<&mut Vec<usize>> {
+        self.wakes.as_mut()
     }
 
     /// Delivers everything waiting in this worker's inbox. Connections closed by a `Disconnect`

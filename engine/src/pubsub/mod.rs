@@ -499,6 +499,36 @@ impl Hub {
         forward: bool,
         at: Option<Position>,
     ) -> Result<Publication, PubSubError> {
+        self.publish_waking(topic, msg, local, forward, at, None)
+    }
+
+    /// [`publish`](Self::publish) from worker `worker`, which wakes the other workers itself
+    /// (through its ring): the workers to wake are pushed to `wakes` instead of their eventfds
+    /// written.
+    pub fn publish_deferring(
+        &self,
+        topic: &Arc<TopicInner>,
+        msg: Message<'_>,
+        worker: usize,
+        wakes: &mut Vec<usize>,
+    ) -> Publication {
+        match self.publish_waking(topic, msg, Some(worker), true, None, Some(wakes)) {
+            Ok(item) => item,
+            Err(_) => unreachable!("a publication numbered by the hub is never stale"),
+        }
+    }
+
+    /// [`publish_from`](Self::publish_from); a worker whose inbox the publication made non-empty
+    /// is pushed to `wakes` if given, else woken through its eventfd.
+    fn publish_waking(
+        &self,
+        topic: &Arc<TopicInner>,
+        msg: Message<'_>,
+        local: Option<usize>,
+        forward: bool,
+        at: Option<Position>,
+        mut wakes: Option<&mut Vec<usize>>,
+    ) -> Result<Publication, PubSubError> {
         let binary = matches!(msg, Message::Binary(_));
         let (opcode, payload) = match msg {
             Message::Text(s) => (OpCode::Text, s.as_bytes()),
@@ -542,7 +572,10 @@ impl Hub {
                 continue;
             }
             match inbox.push(item.clone()) {
-                Pushed::First => poke(self.wakers[w].as_fd()),
+                Pushed::First => match wakes.as_deref_mut() {
+                    Some(wakes) => wakes.push(w),
+                    None => poke(self.wakers[w].as_fd()),
+                },
                 Pushed::Queued => {}
                 Pushed::Full => {
                     topic.overflowed.fetch_add(1, Ordering::Relaxed);

@@ -95,6 +95,15 @@ impl Ring {
         self.uring.submitter().register_ring_fd().map(drop)
     }
 
+    /// A second descriptor of this ring, for other workers' rings to post wake-ups to
+    /// ([`Submit::msg_ring`]). It keeps the ring's file open: its holder closes it before the ring
+    /// is dropped.
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        // SAFETY: the ring's descriptor stays open as long as `self` (registering the ring fd keeps
+        // the plain one), and the borrow ends here after the duplicate is made.
+        unsafe { BorrowedFd::borrow_raw(self.uring.as_raw_fd()) }.try_clone_to_owned()
+    }
+
     /// Registers `bufs` as the ring's receive buffers (Linux 5.19), for incremental consumption
     /// (`IOU_PBUF_RING_INC`, Linux 6.12) if `bufs` asks for it.
     pub fn register_buffers(&mut self, bufs: Buffers) -> io::Result<()> {
@@ -367,6 +376,24 @@ impl<'r> Submit<'r> {
         // only once no queued entry references it (`unsubmitted`), and the box lives as long as
         // this `Submit`.
         unsafe { self.push(&op.build().user_data(token.encode())) };
+    }
+
+    /// Posts a completion tagged `data` (result 0) to the ring `target` (`IORING_OP_MSG_RING`,
+    /// Linux 5.18) and submits at once: a wake-up must not wait for this ring's next turn. The
+    /// kernel takes its reference to `target` when the entry is submitted, so the caller keeps the
+    /// descriptor open until this returns. A successful post completes nothing here
+    /// (`IOSQE_CQE_SKIP_SUCCESS`, 5.17); a failed one completes under `token`.
+    pub fn msg_ring(&mut self, target: BorrowedFd<'_>, data: Token, token: Token) {
+        let e = opcode::MsgRingData::new(types::Fd(target.as_raw_fd()), 0, data.encode(), None)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(token.encode());
+        // SAFETY: a message references no user memory.
+        if unsafe { self.push(&e) }
+            && let Err(e) = self.submit()
+        {
+            self.fatal = Some(e);
+        }
     }
 
     /// A no-op that completes at once (a wake-up that is already due).

@@ -75,10 +75,11 @@ enum Id {
     CqeSkipSuccess,
     RecvSendBundle,
     OpSendZc,
+    OpMsgRing,
 }
 
 /// Name, first kernel and whether it is required, indexed by [`Id`].
-const TABLE: [(&str, &str, bool); 18] = [
+const TABLE: [(&str, &str, bool); 19] = [
     (
         "IORING_SETUP_DEFER_TASKRUN (else COOP_TASKRUN, 5.19)",
         "6.1",
@@ -129,6 +130,11 @@ const TABLE: [(&str, &str, bool); 18] = [
         "6.0",
         false,
     ),
+    (
+        "IORING_OP_MSG_RING (wake-ups between workers; else eventfds)",
+        "5.18",
+        false,
+    ),
 ];
 
 /// The opcodes the workers submit.
@@ -175,6 +181,11 @@ impl ProbeReport {
     /// Every feature the engine uses, required ones and those with a fallback, in probe order.
     pub fn features(&self) -> &[Feature] {
         &self.features
+    }
+
+    /// Whether workers can wake each other through their rings (`IORING_OP_MSG_RING`).
+    pub(crate) fn msg_ring(&self) -> bool {
+        matches!(self.features[Id::OpMsgRing as usize].support, Support::Yes)
     }
 
     /// The ring's task-run mode, or the error the engine refuses to start with: the setup error,
@@ -286,6 +297,10 @@ pub(crate) fn probe_here() -> ProbeReport {
     found.set(
         Id::OpSendZc,
         yes_if(probe.is_supported(opcode::SendZc::CODE)),
+    );
+    found.set(
+        Id::OpMsgRing,
+        yes_if(probe.is_supported(opcode::MsgRingData::CODE)),
     );
     let registered = Buffers::new(0, 2, 512, false).and_then(|b| ring.register_buffers(b));
     if let Err(e) = registered {

@@ -25,6 +25,11 @@ pub(crate) enum Op {
     Connect = 7,
     /// The wake-up a handler asked for with `Context::wake_at`.
     Wakeup = 8,
+    /// A wake-up another worker's ring posted to this one (`IORING_OP_MSG_RING`): publications
+    /// arrived.
+    Woken = 9,
+    /// A wake-up this worker posted to worker `slot`'s ring; completes only if it failed.
+    Posted = 10,
 }
 
 impl Op {
@@ -38,6 +43,8 @@ impl Op {
             6 => Self::Cancel,
             7 => Self::Connect,
             8 => Self::Wakeup,
+            9 => Self::Woken,
+            10 => Self::Posted,
             _ => return None,
         })
     }
@@ -106,6 +113,6 @@ mod tests {
         let t = Token::new(Op::Recv, u32::MAX, u32::MAX);
         assert_eq!(Token::decode(t.encode()), Some(t));
         assert_eq!(Token::decode(0), None);
-        assert_eq!(Token::decode(9 << 56), None);
+        assert_eq!(Token::decode(11 << 56), None);
     }
 }

@@ -41,8 +41,8 @@ use io_uring::cqueue::CompletionQueue;
 use ringws_protocol::deflate::ContextBudget;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
@@ -52,6 +52,16 @@ pub(crate) struct Shared {
     pub level: AtomicU8,
     /// One eventfd per worker, polled by its ring.
     pub wakers: Vec<OwnedFd>,
+    /// Whether workers wake each other through their rings (`msg_ring` and the kernel has
+    /// `IORING_OP_MSG_RING`).
+    pub msg_ring: bool,
+    /// With `msg_ring`, a descriptor of each running worker's ring, which other workers post
+    /// wake-ups to. A worker puts its own here once its ring exists and takes it out (closing it)
+    /// before the ring is dropped; a poster holds the read lock until the kernel took its
+    /// reference to the ring, so a descriptor is never posted to after it was closed. (If the
+    /// kernel defers the submission, `EBUSY`, the message goes with the poster's next one: a
+    /// target closed in between fails it, and the poster then writes the eventfd.)
+    pub rings: Box<[RwLock<Option<OwnedFd>>]>,
     /// Wakes the thread waiting in `run` (a worker exited, or shutdown was requested).
     pub main_wake: OwnedFd,
     /// Workers that have exited.
@@ -87,7 +97,9 @@ impl Shared {
         ));
         Ok(Self {
             level: AtomicU8::new(0),
+            rings: wakers.iter().map(|_| RwLock::new(None)).collect(),
             wakers,
+            msg_ring: cfg.msg_ring && probe.msg_ring(),
             main_wake: eventfd()?,
             exited: AtomicUsize::new(0),
             ops: Ops::new(cfg, Arc::clone(&hub), probe),
@@ -205,6 +217,8 @@ impl<H: Handler> Worker<'_, H> {
             Op::Cancel => {}
             Op::Connect => self.eng.on_connect(token, cqe.result),
             Op::Wakeup => self.eng.on_wakeup(token.generation),
+            Op::Woken => self.eng.woken(),
+            Op::Posted => self.eng.on_posted(token.slot, cqe.result),
         }
     }
 
@@ -265,6 +279,7 @@ impl<H: Handler> Worker<'_, H> {
                 for cqe in batch.drain(..) {
                     self.handle(cqe);
                 }
+                self.eng.post_wakes();
                 self.eng.hurry();
             }
             debug_assert_eq!(
@@ -275,6 +290,7 @@ impl<H: Handler> Worker<'_, H> {
             self.bufs.refill();
             self.eng.tick();
             self.eng.flush();
+            self.eng.post_wakes();
             self.eng.end_turn(woke);
             if let Some(e) = self.eng.fatal.take().or_else(|| self.eng.ring.take_fatal()) {
                 return Err(EngineError::io("submitting to the ring", e));
@@ -349,9 +365,18 @@ impl<H: Handler> Engine<'_, H> {
         self.ring.timeout(Clock::Tick, at, Token::worker(Op::Tick));
     }
 
-    /// The worker was woken: publications arrived, or shutdown was requested.
+    /// The worker's eventfd was written: publications arrived, or shutdown was requested.
     fn on_wake(&mut self, more: bool) {
         sys::drain_eventfd(self.shared.wakers[self.index].as_fd());
+        self.woken();
+        if !more {
+            self.arm_wake();
+        }
+    }
+
+    /// The worker was woken (eventfd or ring message): publications arrived, or shutdown was
+    /// requested.
+    fn woken(&mut self) {
         let core = &mut self.core;
         core.pubsub.drain_inbox(&mut core.slab);
         self.deliver_closes();
@@ -360,8 +385,43 @@ impl<H: Handler> Engine<'_, H> {
             1 => self.begin_shutdown(),
             _ => self.force_close(),
         }
-        if !more {
-            self.arm_wake();
+    }
+
+    /// Wakes the workers whose inboxes this worker's publications made non-empty: through their
+    /// rings (`IORING_OP_MSG_RING`, submitted at once), or the eventfd of one without a ring
+    /// (not yet running, or exited). Called after each batch of completions and at the end of the
+    /// turn, so a wake-up waits for at most one batch's work.
+    fn post_wakes(&mut self) {
+        let Some(wakes) = self.core.pubsub.wakes() else {
+            return;
+        };
+        for w in wakes.drain(..) {
+            let ring = self.shared.rings[w]
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            match ring.as_ref() {
+                Some(fd) => self.ring.msg_ring(
+                    fd.as_fd(),
+                    Token::worker(Op::Woken),
+                    Token::new(Op::Posted, w as u32, 0),
+                ),
+                None => poke(self.shared.wakers[w].as_fd()),
+            }
+        }
+    }
+
+    /// A wake-up posted to worker `target`'s ring completed with `result`: if it failed (the
+    /// target's ring is gone or full), the worker is woken through its eventfd instead.
+    fn on_posted(&mut self, target: u32, result: i32) {
+        if result >= 0 {
+            return;
+        }
+        debug!(
+            worker = self.index,
+            target, result, "ring wake-up failed; writing the eventfd"
+        );
+        if let Some(fd) = self.shared.wakers.get(target as usize) {
+            poke(fd.as_fd());
         }
     }
 }
@@ -412,6 +472,23 @@ pub(crate) fn run<H: Handler>(
         .map_err(|e| EngineError::io("mapping the receive buffers", e))?;
     ring.register_buffers(bufs)
         .map_err(|e| EngineError::io("registering the provided buffer ring", e))?;
+    if shared.msg_ring {
+        match ring.try_clone_fd() {
+            Ok(fd) => {
+                *shared.rings[index]
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(fd);
+            }
+            Err(e) => {
+                debug!(worker = index, error = %e, "duplicating the ring fd failed; woken by eventfd");
+            }
+        }
+    } else if cfg.msg_ring {
+        info!(
+            worker = index,
+            "IORING_OP_MSG_RING unavailable; workers wake each other by eventfd"
+        );
+    }
     let Some((submit, bufs, mut cq)) = ring.split() else {
         return Err(EngineError::io(
             "splitting the ring",
@@ -421,7 +498,11 @@ pub(crate) fn run<H: Handler>(
     let mut slab = Slab::new(cfg.slab_config());
     slab.stats = Arc::clone(&shared.ops.workers[index]);
     slab.lending = Some(bufs.lending());
-    let core = Core::new(slab, Local::new(shared.hub.clone(), index));
+    let mut local = Local::new(shared.hub.clone(), index);
+    if shared.msg_ring {
+        local.wake_through_ring();
+    }
+    let core = Core::new(slab, local);
     let mut worker = Worker {
         bufs,
         eng: Engine {
@@ -449,5 +530,13 @@ pub(crate) fn run<H: Handler>(
             tls: tls::Scratch::default(),
         },
     };
-    worker.run(&mut cq, ready)
+    let result = worker.run(&mut cq, ready);
+    // Closed before the ring is dropped: nothing posts to it from here on.
+    drop(
+        shared.rings[index]
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(),
+    );
+    result
 }
