@@ -1,15 +1,16 @@
-//! Criterion benches of the protocol crate's hot paths: unmasking, frame header decoding and the
-//! opening handshake. Run with `cargo bench --bench protocol` (a few minutes), or filter, e.g.
+//! Criterion benches of the protocol crate's hot paths: unmasking, frame header decoding, the
+//! receiver over whole and split frames, and the opening handshake. Run with `cargo bench --bench protocol` (a few minutes), or filter, e.g.
 //! `cargo bench --bench protocol -- unmask`.
 //!
 //! Ids are stable (`unmask/<function>/<bytes>`, `frame_decode/{small,len64}`,
-//! `handshake/parse_and_accept`) so runs can be compared with `--save-baseline` / `--baseline`.
+//! `receive/{whole_16x64,split_1k}`, `handshake/parse_and_accept`) so runs can be compared with `--save-baseline` / `--baseline`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main};
-use ringws_protocol::Role;
 use ringws_protocol::frame::{DecodeRules, Decoded, decode_header};
+use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 use ringws_protocol::handshake::{DEFAULT_MAX_HEADER_BYTES, Parse, accept_key, parse_request};
 use ringws_protocol::mask::{simd_level, unmask, unmask_naive, unmask_word};
+use ringws_protocol::{Limits, Receiver, Role};
 use std::time::Duration;
 
 /// Payload sizes: a tiny message, the largest control payload, then 1 KiB to 1 MiB.
@@ -84,6 +85,64 @@ fn bench_frame_decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// A masked client Binary frame (binary so that unmasking the same bytes again stays valid input).
+fn masked_frame(payload_len: usize) -> Vec<u8> {
+    let mut head = [0; MAX_HEADER_LEN];
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let n = encode_header(
+        &mut head,
+        true,
+        0,
+        OpCode::Binary,
+        Some(key),
+        payload_len as u64,
+    );
+    let mut frame = head[..n].to_vec();
+    frame.extend((0..payload_len).map(|i| i as u8));
+    frame
+}
+
+/// Feeds `pieces` (receive buffers, in order) to `rx` and returns the events' payload bytes.
+fn receive(rx: &mut Receiver, pieces: &mut [&mut [u8]]) -> usize {
+    let mut bytes = 0;
+    for piece in pieces.iter_mut() {
+        let mut pos = 0;
+        while pos < piece.len() {
+            let (used, event) = rx.read(&mut piece[pos..]).expect("valid frames");
+            pos += used;
+            if let Some(ringws_protocol::Event::Binary(b)) = event {
+                bytes += b.len();
+            }
+        }
+        rx.release();
+    }
+    bytes
+}
+
+/// The receive path per call of [`Receiver::read`]: 64 small frames whole in one buffer (the
+/// common case, delivered in place), and a 1 KiB frame split over two buffers (assembled).
+fn bench_receive(c: &mut Criterion) {
+    let mut group = c.benchmark_group("receive");
+    let mut rx = Receiver::new(Role::Server, Limits::default());
+    let mut whole: Vec<u8> = (0..64).flat_map(|_| masked_frame(16)).collect();
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("whole_16x64", |b| {
+        b.iter(|| receive(&mut rx, &mut [black_box(&mut whole[..])]))
+    });
+    let mut split = masked_frame(1024);
+    let (first, second) = split.split_at_mut(500);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("split_1k", |b| {
+        b.iter(|| {
+            receive(
+                &mut rx,
+                &mut [black_box(&mut *first), black_box(&mut *second)],
+            )
+        })
+    });
+    group.finish();
+}
+
 /// What Chrome sends to open a WebSocket (headers in Chrome's order).
 const CHROME_REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\n\
 Host: example.com:9001\r\n\
@@ -123,6 +182,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = bench_unmask, bench_frame_decode, bench_handshake
+    targets = bench_unmask, bench_frame_decode, bench_receive, bench_handshake
 }
 criterion_main!(benches);

@@ -112,6 +112,14 @@ impl Assembler {
         self.data.capacity() + self.control.as_ref().map_or(0, |_| size_of::<ControlBuf>())
     }
 
+    /// Whether nothing is held: no data message in progress, no assembly buffer, no inflater.
+    pub fn is_empty(&self) -> bool {
+        !self.in_message()
+            && self.declared == 0
+            && self.assembly_bytes() == 0
+            && self.inflate.is_none()
+    }
+
     /// Whether a fragmented data message is in progress.
     pub fn in_message(&self) -> bool {
         self.kind.is_some()

@@ -3,8 +3,8 @@
 //! [`Receiver::read`] takes the bytes of one receive buffer, decodes frame headers, unmasks payloads
 //! **in place** and returns at most one [`Event`] per call. A message whose frame sits whole inside the
 //! buffer is returned as a slice of that buffer: no copy. Anything that spans buffers (a header split in
-//! two, a long frame, a fragmented message) is carried in the receiver's own state and the
-//! [`Assembler`]'s buffers, which exist only while needed.
+//! two, a long frame, a fragmented message) is carried in a boxed state and the [`Assembler`]'s
+//! buffers, which exist only while needed: an idle receiver is 32 bytes.
 //!
 //! ```
 //! use ringws_protocol::{Event, Limits, Receiver, Role};
@@ -71,9 +71,28 @@ enum Ready {
 }
 
 /// Decodes one connection's incoming byte stream into [`Event`]s.
+///
+/// Small while nothing is in progress (32 bytes): a frame that sits whole in the buffer is decoded
+/// and delivered without touching any other state. Whatever spans receive buffers (a split header,
+/// a frame's payload still to come, a fragmented message) lives in a boxed part holding the
+/// [`Assembler`], which exists
+/// only until that frame or message has been delivered, and for the connection's life with
+/// permessage-deflate (the inflater keeps its context there).
 #[derive(Debug)]
 pub struct Receiver {
-    rules: DecodeRules,
+    limits: Limits,
+    /// The state of a frame or message spanning receive buffers, while there is one.
+    span: Option<Box<Spanning>>,
+    role: Role,
+    /// permessage-deflate was negotiated: RSV1 is allowed on a data message's first frame.
+    deflate: bool,
+    /// A Close arrived or a violation was found: further input is ignored.
+    done: bool,
+}
+
+/// What a [`Receiver`] holds only while a frame or message spans receive buffers.
+#[derive(Debug)]
+struct Spanning {
     asm: Assembler,
     /// The frame whose payload is being read, if any.
     current: Option<FrameHeader>,
@@ -82,24 +101,38 @@ pub struct Receiver {
     /// A header split across receive buffers.
     partial: [u8; MAX_HEADER_LEN],
     partial_len: u8,
-    /// A Close arrived or a violation was found: further input is ignored.
-    done: bool,
+}
+
+impl Spanning {
+    fn new(asm: Assembler) -> Box<Self> {
+        Box::new(Self {
+            asm,
+            current: None,
+            remaining: 0,
+            partial: [0; MAX_HEADER_LEN],
+            partial_len: 0,
+        })
+    }
+
+    /// Whether a frame or message is partly received.
+    fn in_progress(&self) -> bool {
+        self.partial_len != 0 || self.current.is_some() || self.asm.in_message()
+    }
+
+    /// Whether nothing is held: no frame or message in progress, no buffer, no inflater.
+    fn is_empty(&self) -> bool {
+        !self.in_progress() && self.asm.is_empty()
+    }
 }
 
 impl Receiver {
     /// A receiver for the given role (a server requires masked frames, a client unmasked) and limits.
     pub fn new(role: Role, limits: Limits) -> Self {
         Self {
-            rules: DecodeRules {
-                role,
-                max_frame_size: limits.max_frame_size,
-                allowed_rsv: 0,
-            },
-            asm: Assembler::new(limits.max_message_size),
-            current: None,
-            remaining: 0,
-            partial: [0; MAX_HEADER_LEN],
-            partial_len: 0,
+            limits,
+            span: None,
+            role,
+            deflate: false,
             done: false,
         }
     }
@@ -120,40 +153,49 @@ impl Receiver {
     /// # Ok::<(), ringws_protocol::Error>(())
     /// ```
     pub fn with_deflate(role: Role, limits: Limits, inflate: Decompressor) -> Self {
-        let mut rx = Self::new(role, limits);
-        rx.rules.allowed_rsv = RSV1;
-        rx.asm = Assembler::with_deflate(limits.max_message_size, inflate);
-        rx
+        Self {
+            span: Some(Spanning::new(Assembler::with_deflate(
+                limits.max_message_size,
+                inflate,
+            ))),
+            deflate: true,
+            ..Self::new(role, limits)
+        }
     }
 
     /// Bytes held in assembly buffers and an allocated inflate context (for memory accounting); 0
     /// between messages unless the peer's compression keeps its context.
     pub fn buffered(&self) -> usize {
-        self.asm.buffered()
+        self.span.as_ref().map_or(0, |s| s.asm.buffered())
     }
 
     /// Frees the assembly buffer the last returned event borrowed (the next [`read`](Self::read)
     /// does it too): call it once the event has been handled, so that a connection that goes quiet
     /// after a message that spanned receive buffers does not keep that buffer.
     pub fn release(&mut self) {
-        self.asm.release();
+        if let Some(span) = &mut self.span {
+            span.asm.release();
+            if span.is_empty() {
+                self.span = None;
+            }
+        }
     }
 
     /// Bytes held in assembly buffers for the message or control frame in progress, without the
     /// inflate context (for a global cap on assembly memory); 0 between messages.
     pub fn assembly_bytes(&self) -> usize {
-        self.asm.assembly_bytes()
+        self.span.as_ref().map_or(0, |s| s.asm.assembly_bytes())
     }
 
     /// With permessage-deflate: compressed payload bytes received and the bytes they inflated to,
     /// over the connection's life (for metrics); `None` without the extension.
     pub fn inflate_totals(&self) -> Option<(u64, u64)> {
-        self.asm.inflate_totals()
+        self.span.as_ref().and_then(|s| s.asm.inflate_totals())
     }
 
     /// Whether a frame or a fragmented message is partly received (the connection is not idle).
     pub fn in_progress(&self) -> bool {
-        self.partial_len != 0 || self.current.is_some() || self.asm.in_message()
+        self.span.as_ref().is_some_and(|s| s.in_progress())
     }
 
     /// Decodes from `buf`, the bytes just received, unmasking payloads in place.
@@ -165,7 +207,7 @@ impl Receiver {
     /// on the rest (`&mut buf[consumed..]`) until the buffer is used up. On `Err(e)` the connection must be failed
     /// with `e.reply()`; after an error or a Close event, further input is ignored.
     pub fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<(usize, Option<Event<'a>>), Error> {
-        self.asm.release();
+        self.release();
         if self.done {
             return Ok((buf.len(), None));
         }
@@ -182,7 +224,7 @@ impl Receiver {
         let event = match ready {
             Ready::InBuf { op, start, end } => event(op, &buf[start..end]),
             Ready::Assembled(Assembled::Data(DataKind::Text)) => {
-                let data = self.asm.data();
+                let data = assembled(self.span.as_deref(), Assembler::data);
                 debug_assert!(
                     std::str::from_utf8(data).is_ok(),
                     "the assembler completed a text message that is not UTF-8"
@@ -207,10 +249,13 @@ impl Receiver {
                 let text = unsafe { std::str::from_utf8_unchecked(data) };
                 Ok(Event::Text(text))
             }
-            Ready::Assembled(Assembled::Data(DataKind::Binary)) => {
-                Ok(Event::Binary(self.asm.data()))
+            Ready::Assembled(Assembled::Data(DataKind::Binary)) => Ok(Event::Binary(assembled(
+                self.span.as_deref(),
+                Assembler::data,
+            ))),
+            Ready::Assembled(Assembled::Control(op)) => {
+                event(op, assembled(self.span.as_deref(), Assembler::control))
             }
-            Ready::Assembled(Assembled::Control(op)) => event(op, self.asm.control()),
         };
         match event {
             Ok(event) => {
@@ -224,15 +269,87 @@ impl Receiver {
         }
     }
 
+    /// The header rules of this connection.
+    fn rules(&self) -> DecodeRules {
+        DecodeRules {
+            role: self.role,
+            max_frame_size: self.limits.max_frame_size,
+            allowed_rsv: if self.deflate { RSV1 } else { 0 },
+        }
+    }
+
     /// Runs the frame state machine over `buf` until an event is ready or the buffer is used up.
     fn advance(&mut self, buf: &mut [u8]) -> Result<(usize, Option<Ready>), Error> {
+        let rules = self.rules();
+        let span = match &mut self.span {
+            Some(span) => span,
+            None => {
+                if let Some(step) = whole_frame(buf, &rules, self.limits.max_message_size)? {
+                    return Ok(step);
+                }
+                self.span
+                    .insert(Spanning::new(Assembler::new(self.limits.max_message_size)))
+            }
+        };
+        span.advance(buf, &rules)
+    }
+}
+
+/// A payload in the assembler, as `part` reads it (empty without a spanning state, which cannot
+/// be after an [`Assembled`] from [`Receiver::advance`]).
+fn assembled(span: Option<&Spanning>, part: fn(&Assembler) -> &[u8]) -> &[u8] {
+    span.map_or(&[], |s| part(&s.asm))
+}
+
+/// With nothing in progress, the frame at the start of `buf` if it is whole there, final, not a
+/// continuation and uncompressed, within the message limit: unmasked and delivered in place
+/// without touching a [`Spanning`]. `None` for anything else (the caller goes the general way,
+/// which also reports what is wrong with it); an error only from decoding the header.
+fn whole_frame(
+    buf: &mut [u8],
+    rules: &DecodeRules,
+    max_message_size: u64,
+) -> Result<Option<(usize, Option<Ready>)>, Error> {
+    if buf.is_empty() {
+        return Ok(Some((0, None)));
+    }
+    let Decoded::Header(h) = decode_header(buf, rules)? else {
+        return Ok(None);
+    };
+    let start = h.header_len as usize;
+    let whole = (buf.len() - start) as u64 >= h.payload_len;
+    let single = h.fin && h.opcode != OpCode::Continuation && h.rsv == 0;
+    if !whole || !single || (!h.opcode.is_control() && h.payload_len > max_message_size) {
+        return Ok(None);
+    }
+    let end = start + h.payload_len as usize;
+    if let Some(key) = h.mask {
+        unmask(&mut buf[start..end], key, 0);
+    }
+    Ok(Some((
+        end,
+        Some(Ready::InBuf {
+            op: h.opcode,
+            start,
+            end,
+        }),
+    )))
+}
+
+impl Spanning {
+    /// Runs the frame state machine over `buf` until an event is ready or the buffer is used up.
+    fn advance(
+        &mut self,
+        buf: &mut [u8],
+        rules: &DecodeRules,
+    ) -> Result<(usize, Option<Ready>), Error> {
         let mut pos = 0;
         loop {
             let Some(h) = self.current else {
                 if pos == buf.len() {
                     return Ok((pos, None));
                 }
-                let Some((h, used)) = self.header(&buf[pos..])? else {
+                let Some((h, used)) = self.header(&buf[pos..], rules)? else {
                     return Ok((buf.len(), None));
                 };
                 pos += used;
@@ -279,10 +396,14 @@ impl Receiver {
 
     /// Decodes the next header from `input`, completing a header carried from the previous buffer.
     /// Returns the header and the bytes of `input` it used, or `None` if `input` was all absorbed.
-    fn header(&mut self, input: &[u8]) -> Result<Option<(FrameHeader, usize)>, Error> {
+    fn header(
+        &mut self,
+        input: &[u8],
+        rules: &DecodeRules,
+    ) -> Result<Option<(FrameHeader, usize)>, Error> {
         let have = self.partial_len as usize;
         if have == 0 {
-            return match decode_header(input, &self.rules)? {
+            return match decode_header(input, rules)? {
                 Decoded::Header(h) => Ok(Some((h, h.header_len as usize))),
                 Decoded::Partial(_) => {
                     // Partial means input is shorter than the header, so it fits in `partial`.
@@ -294,7 +415,7 @@ impl Receiver {
         }
         let take = (MAX_HEADER_LEN - have).min(input.len());
         self.partial[have..have + take].copy_from_slice(&input[..take]);
-        match decode_header(&self.partial[..have + take], &self.rules)? {
+        match decode_header(&self.partial[..have + take], rules)? {
             Decoded::Header(h) => {
                 self.partial_len = 0;
                 Ok(Some((h, h.header_len as usize - have)))
@@ -414,6 +535,31 @@ mod tests {
             range.contains(&s.as_ptr()),
             "zero copy: the payload borrows the receive buffer"
         );
+    }
+
+    #[test]
+    fn an_idle_receiver_is_small() {
+        assert!(size_of::<Receiver>() <= 32, "{}", size_of::<Receiver>());
+        assert!(size_of::<Option<Receiver>>() <= 32);
+    }
+
+    #[test]
+    fn spanning_state_exists_only_while_a_frame_spans_buffers() {
+        let mut rx = server();
+        let mut whole = frame(true, 0, OpCode::Binary, b"whole", KEY);
+        assert!(rx.read(&mut whole).unwrap().1.is_some());
+        assert!(rx.span.is_none(), "a whole frame needs no spanning state");
+        let mut split = frame(true, 0, OpCode::Binary, &[7; 300], KEY);
+        let (first, second) = split.split_at_mut(1);
+        assert_eq!(rx.read(first).unwrap(), (1, None));
+        assert!(rx.span.is_some() && rx.in_progress());
+        assert_eq!(rx.read(second).unwrap().1, Some(Event::Binary(&[7; 300])));
+        rx.release();
+        assert!(
+            rx.span.is_none(),
+            "freed once the assembled message is released"
+        );
+        assert_eq!((rx.buffered(), rx.in_progress()), (0, false));
     }
 
     #[test]
