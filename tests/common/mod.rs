@@ -326,6 +326,46 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (Option<ExitStatus>,
     (status, out)
 }
 
+/// The interop venv's program `tool` (`tests/interop/.venv/bin/TOOL`: `python`, `kosoku`). Fails
+/// the test, naming the fix, when it is missing: `./scripts/test.sh` creates the venv and installs
+/// `tests/interop/python/requirements.txt` into it.
+pub fn venv_bin(tool: &str) -> PathBuf {
+    let path = repo_root().join("tests/interop/.venv/bin").join(tool);
+    assert!(
+        path.exists(),
+        "{} is missing: run `./scripts/test.sh` once, it creates the interop venv and installs \
+         tests/interop/python/requirements.txt (websockets, prometheus_client, kosoku) into it",
+        path.display()
+    );
+    path
+}
+
+/// A command that runs `tests/interop/python/SCRIPT` with the interop venv's Python (which has
+/// `websockets` and `prometheus_client`); the caller adds the script's arguments. Fails the test,
+/// naming the fix, when the venv is missing (see [`venv_bin`]).
+pub fn python(script: &str) -> Command {
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(repo_root().join("tests/interop/python").join(script));
+    cmd
+}
+
+/// A command that runs `tests/interop/node/SCRIPT` under Node, in that folder; the caller adds the
+/// script's arguments. Fails the test, naming the fix, when the folder's `node_modules` (the `ws`
+/// package) is missing: `./scripts/test.sh` installs it.
+pub fn node(script: &str) -> Command {
+    let dir = repo_root().join("tests/interop/node");
+    let ws = dir.join("node_modules/ws/package.json");
+    assert!(
+        ws.exists(),
+        "{} is missing: run `./scripts/test.sh` once, it installs the Node packages of \
+         tests/interop/node",
+        ws.display()
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join(script)).current_dir(dir);
+    cmd
+}
+
 /// Runs `tests/interop/python/SCRIPT ARGS...` with the interop venv's Python (bounded) and returns
 /// the last line it printed that starts with `{`, parsed as JSON. Fails the test with everything
 /// it printed and `context()` (e.g. a server's log) if it fails.
@@ -334,15 +374,8 @@ pub fn python_json(
     args: &[&str],
     context: impl Fn() -> String,
 ) -> simd_json::OwnedValue {
-    let root = repo_root();
-    let python = root.join("tests/interop/.venv/bin/python");
-    assert!(
-        python.exists(),
-        "the Python venv with `websockets` is missing: run `./scripts/test.sh` once"
-    );
-    let mut cmd = Command::new(python);
-    cmd.arg(root.join("tests/interop/python").join(script))
-        .args(args);
+    let mut cmd = python(script);
+    cmd.args(args);
     let (status, output) = run_bounded(&mut cmd, Duration::from_secs(60));
     assert!(
         status.is_some_and(|s| s.success()),
