@@ -295,15 +295,19 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// How long [`run_bounded`] waits for the output of a finished process to be read to its end.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs `cmd` with stdout and stderr captured, killing it after `timeout`. Returns its exit status
-/// (`None` on timeout) and everything it printed.
-pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (Option<ExitStatus>, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
+/// Spawns `cmd` with no stdin and its stdout and stderr piped; fails the test when it cannot start.
+pub fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"))
+}
+
+/// Runs `cmd` with stdout and stderr captured, killing it after `timeout`. Returns its exit status
+/// (`None` on timeout) and everything it printed.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (Option<ExitStatus>, String) {
+    let mut child = spawn_piped(cmd);
     let log = Arc::new(Mutex::new(String::new()));
     let done = [
         capture(child.stdout.take().expect("piped"), &log, "", None),
@@ -366,6 +370,32 @@ pub fn node(script: &str) -> Command {
     cmd
 }
 
+/// Runs `cmd` (no stdin) to its end and returns its status with its stdout and stderr kept apart,
+/// each read to its end on a thread of its own (so a chatty command cannot block on a full pipe).
+/// Fails the test when it runs past `timeout`.
+pub fn output_bounded(cmd: &mut Command, timeout: Duration) -> std::process::Output {
+    let mut child = spawn_piped(cmd);
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let Some(status) = wait_timeout(&mut child, timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} did not finish within {timeout:?}");
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
 /// Runs `tests/interop/python/SCRIPT ARGS...` with the interop venv's Python (bounded) and returns
 /// the last line it printed that starts with `{`, parsed as JSON. Fails the test with everything
 /// it printed and `context()` (e.g. a server's log) if it fails.
@@ -404,12 +434,7 @@ pub enum Started {
 /// Runs `cmd` (a server) until it prints a `listening on` line on stderr, exits, or `timeout`
 /// passes, then kills it if it still runs. Returns how it ended and everything it printed.
 pub fn run_until_listening(cmd: &mut Command, timeout: Duration) -> (Started, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let mut child = spawn_piped(cmd);
     let log = Arc::new(Mutex::new(String::new()));
     let (ready_tx, ready_rx) = mpsc::channel();
     let done = [
