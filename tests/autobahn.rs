@@ -35,13 +35,7 @@ const PASSING: [&str; 3] = ["OK", "NON-STRICT", "INFORMATIONAL"];
 /// server itself or a relay in front of it), and checks the report: exactly `expected` cases, each
 /// passing. `run` names the run (its reports go to their own folder).
 fn run_cases(server: &Server, addr: SocketAddr, run: &str, selection: &[&str], expected: usize) {
-    let root = repo_root();
-    let kosoku = root.join("tests/interop/.venv/bin/kosoku");
-    assert!(
-        kosoku.exists(),
-        "kosoku is missing ({}): run `./scripts/test.sh` once, it installs it",
-        kosoku.display()
-    );
+    let kosoku = common::venv_bin("kosoku");
     let out = report_dir(run, selection);
     let _ = std::fs::remove_dir_all(&out);
     let mut cmd = Command::new(&kosoku);

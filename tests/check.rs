@@ -11,42 +11,16 @@ mod common;
 use ringws::engine::{MemlockNeed, ProbeReport, Server};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 /// Bound on one `ringws check` run (it probes io_uring and runs a shell script: well under a second).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs a command with a deadline, keeping stdout and stderr apart (each read to its end on a
-/// thread of its own, so a chatty command cannot block on a full pipe).
+/// Runs a command with a deadline, keeping stdout and stderr apart.
 fn run(cmd: &mut Command) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
-    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
-    let Some(status) = common::wait_timeout(&mut child, CHECK_TIMEOUT) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{cmd:?} did not finish within {CHECK_TIMEOUT:?}");
-    };
-    Output {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    }
+    common::output_bounded(cmd, CHECK_TIMEOUT)
 }
 
 fn check(args: &[&str]) -> Output {

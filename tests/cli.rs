@@ -16,22 +16,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `ringws ARGS` with a deadline, keeping stdout and stderr apart.
 fn ringws(args: &[&str]) -> Output {
-    let mut child = Command::new(binary())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", binary().display()));
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("ringws {args:?} did not finish within {RUN_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("output")
+    common::output_bounded(Command::new(binary()).args(args), RUN_TIMEOUT)
 }
 
 fn stdout(out: &Output) -> String {

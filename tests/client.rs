@@ -7,6 +7,8 @@
 //!
 //! Every wait is bounded: each client engine must finish within `DEADLINE`, servers stop on drop.
 
+mod common;
+
 use futures_util::{SinkExt, StreamExt};
 use ringws::{
     CloseCode, Connect, Context, Decision, DeflateConfig, Handler, Message, Request, Server,
@@ -14,7 +16,7 @@ use ringws::{
 };
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -442,19 +444,9 @@ struct PythonServer {
 
 impl PythonServer {
     fn start() -> Self {
-        let python =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/.venv/bin/python");
-        assert!(
-            python.exists(),
-            "the Python venv with `websockets` is missing ({}): run `./scripts/test.sh` once",
-            python.display()
-        );
         // An echo server; it also accepts permessage-deflate, and answers `?extensions` with the
         // agreed Sec-WebSocket-Extensions value.
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/interop/python/deflate.py");
-        let mut child = Command::new(python)
-            .arg(script)
+        let mut child = common::python("deflate.py")
             .arg("server")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

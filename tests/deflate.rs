@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{Frame, HttpResponse, RawClient, Server, op, repo_root, run_bounded, upgrade_request};
+use common::{Frame, HttpResponse, RawClient, Server, op, run_bounded, upgrade_request};
 use futures_util::{SinkExt, StreamExt};
 use ringws::protocol::deflate::{Compressor, Decompressor};
 use ringws::protocol::frame::RSV1;
@@ -28,17 +28,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs `deflate.py MODE ADDR ARGS...` against `server`; returns its output once it succeeded.
 fn python(mode: &str, server: &Server, args: &[&str]) -> String {
-    let root = repo_root();
-    let python = root.join("tests/interop/.venv/bin/python");
-    assert!(
-        python.exists(),
-        "the Python venv with `websockets` is missing: run `./scripts/test.sh` once"
-    );
-    let mut cmd = Command::new(python);
-    cmd.arg(root.join("tests/interop/python/deflate.py"))
-        .arg(mode)
-        .arg(server.addr.to_string())
-        .args(args);
+    let mut cmd = common::python("deflate.py");
+    cmd.arg(mode).arg(server.addr.to_string()).args(args);
     let (status, output) = run_bounded(&mut cmd, RUN_TIMEOUT);
     assert!(
         status.is_some_and(|s| s.success()),

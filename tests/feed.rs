@@ -396,16 +396,9 @@ fn the_history_memory_is_on_the_metrics() {
 /// 20 more (with a repeated subscribe among them, which must not count as a snapshot). Returns what
 /// the client reported.
 fn client_js(server: &Server, symbol: &str) -> OwnedValue {
-    let root = common::repo_root();
-    let node_dir = root.join("tests/interop/node");
-    assert!(
-        node_dir.join("node_modules/ws/package.json").exists(),
-        "run ./scripts/test.sh once: it installs the Node packages"
-    );
-    let mut cmd = std::process::Command::new("node");
-    cmd.arg(node_dir.join("feed_client.mjs"))
-        .arg(server.addr.to_string())
-        .arg(root.join("src/feed/client.js"))
+    let mut cmd = common::node("feed_client.mjs");
+    cmd.arg(server.addr.to_string())
+        .arg(common::repo_root().join("src/feed/client.js"))
         .arg(symbol);
     let (status, output) = common::run_bounded(&mut cmd, Duration::from_secs(60));
     assert!(

@@ -8,21 +8,12 @@
 
 mod common;
 
-use common::{Server, repo_root, run_bounded};
-use std::path::Path;
+use common::{Server, run_bounded};
 use std::process::Command;
 use std::time::Duration;
 
 /// The bound on one script run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn require(path: &Path, what: &str) {
-    assert!(
-        path.exists(),
-        "{what} is missing ({}): run `./scripts/test.sh` once, it installs the interop clients",
-        path.display()
-    );
-}
 
 fn run_script(mut cmd: Command, server: &Server) {
     let (status, output) = run_bounded(&mut cmd, SCRIPT_TIMEOUT);
@@ -43,28 +34,16 @@ fn run_script(mut cmd: Command, server: &Server) {
 
 #[test]
 fn python_websockets_client() {
-    let root = repo_root();
-    let python = root.join("tests/interop/.venv/bin/python");
-    require(&python, "the Python venv with `websockets`");
     let server = Server::start(&["--max-message-size", "4194304"]);
-    let mut cmd = Command::new(python);
-    cmd.arg(root.join("tests/interop/python/client.py"))
-        .arg(server.addr.to_string());
+    let mut cmd = common::python("client.py");
+    cmd.arg(server.addr.to_string());
     run_script(cmd, &server);
 }
 
 #[test]
 fn node_ws_client() {
-    let root = repo_root();
-    let node_dir = root.join("tests/interop/node");
-    require(
-        &node_dir.join("node_modules/ws/package.json"),
-        "the Node `ws` package",
-    );
     let server = Server::start(&["--max-message-size", "4194304"]);
-    let mut cmd = Command::new("node");
-    cmd.arg(node_dir.join("client.mjs"))
-        .arg(server.addr.to_string())
-        .current_dir(&node_dir);
+    let mut cmd = common::node("client.mjs");
+    cmd.arg(server.addr.to_string());
     run_script(cmd, &server);
 }

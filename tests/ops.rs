@@ -30,9 +30,9 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -101,24 +101,10 @@ impl Exposition {
     }
 }
 
-/// The venv's Python, which has `prometheus_client`; fails the test with the fix when missing.
-fn venv_python() -> PathBuf {
-    let python = repo_root().join("tests/interop/.venv/bin/python");
-    assert!(
-        python.exists(),
-        "the Python venv with prometheus_client is missing ({}): run `./scripts/test.sh` once, it \
-         installs tests/interop/python/requirements.txt into it",
-        python.display()
-    );
-    python
-}
-
 /// Parses `text` with `prometheus_client.parser.text_string_to_metric_families` (through
 /// `tests/interop/python/metrics_json.py`); a text the parser rejects fails the test.
 fn parse(text: &str) -> Exposition {
-    let script = repo_root().join("tests/interop/python/metrics_json.py");
-    let mut child = Command::new(venv_python())
-        .arg(&script)
+    let mut child = common::python("metrics_json.py")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -231,59 +217,6 @@ fn admin_addr(server: &Server) -> SocketAddr {
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let (resp, body) = http_get(addr, path);
     (resp.status, String::from_utf8_lossy(&body).into_owned())
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Other processes
-
-/// Where `tool` is: on PATH, or in an sbin directory (Debian puts `haproxy` in /usr/sbin, which
-/// is not on every user's PATH). Fails the test when it is nowhere, saying which Debian package
-/// has it.
-fn find_tool(tool: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{tool}` not found: install the Debian package `{package}` (as root: apt-get \
-                 install {package}; `./scripts/test.sh` installs it)"
-            )
-        })
-}
-
-/// A port that was free a moment ago on 127.0.0.1 (for programs that cannot bind port 0 and say
-/// which port they got).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Creates `ringws-ops-<tag>-<pid>` (emptied first if a previous run left it).
-    fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("ringws-ops-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("creating a temp dir");
-        TempDir(path)
-    }
-
-    /// The directory.
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -651,15 +584,15 @@ fn busy_server(extra: &[&str]) -> Server {
 /// server that has served traffic (so that the label sets shown only when non-zero are there).
 #[test]
 fn promtool_accepts_the_exposition() {
-    let promtool = find_tool("promtool", "prometheus");
+    let promtool = brokers::require("promtool", "prometheus");
     let server = busy_server(&[]);
     let text = scrape(server.addr);
     assert!(
         text.contains(r#"ringws_protocol_violations_total{worker="0",code="1009"} 1"#),
         "the scrape should show the traffic:\n{text}"
     );
-    let dir = TempDir::new("promtool");
-    let file = dir.path().join("metrics.txt");
+    let dir = brokers::TempDir::new("promtool");
+    let file = dir.path.join("metrics.txt");
     fs::write(&file, &text).expect("writing the exposition");
     // promtool reads the exposition from stdin only; run_bounded gives its programs none.
     let (status, out) = run_bounded(
@@ -699,13 +632,13 @@ fn prometheus_query(web: SocketAddr, query: &str) -> Option<f64> {
 /// end to end with the consumer it is written for.
 #[test]
 fn prometheus_scrapes_the_open_connections() {
-    let prometheus_bin = find_tool("prometheus", "prometheus");
+    let prometheus_bin = brokers::require("prometheus", "prometheus");
     // Two workers: the query sums their series. The scrapes go to the admin listener, so they
     // are no connections of the WebSocket port.
     let server = Server::start(&["--workers", "2", "--admin-addr", "127.0.0.1:0"]);
     let admin = admin_addr(&server);
-    let dir = TempDir::new("prometheus");
-    let config = dir.path().join("prometheus.yml");
+    let dir = brokers::TempDir::new("prometheus");
+    let config = dir.path.join("prometheus.yml");
     fs::write(
         &config,
         format!(
@@ -714,14 +647,14 @@ fn prometheus_scrapes_the_open_connections() {
         ),
     )
     .expect("writing prometheus.yml");
-    let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let web = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let mut prometheus = Proc::spawn(
         "prometheus",
         Command::new(prometheus_bin)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
-                dir.path().join("data").display()
+                dir.path.join("data").display()
             ))
             .arg(format!("--web.listen-address={web}")),
     );
@@ -910,15 +843,15 @@ fn upgrades(admin: SocketAddr) -> f64 {
 /// the draining one keeps echoing until its Close 1001.
 #[test]
 fn haproxy_takes_a_draining_backend_out() {
-    let haproxy_bin = find_tool("haproxy", "haproxy");
+    let haproxy_bin = brokers::require("haproxy", "haproxy");
     const DELAY: Duration = Duration::from_secs(3);
     let mut a = Server::start(&["--admin-addr", "127.0.0.1:0", "--drain-delay", "3"]);
     let b = Server::start(&["--admin-addr", "127.0.0.1:0", "--drain-delay", "3"]);
     let (a_admin, b_admin) = (admin_addr(&a), admin_addr(&b));
-    let dir = TempDir::new("haproxy");
-    let socket = dir.path().join("haproxy.sock");
-    let config = dir.path().join("haproxy.cfg");
-    let front = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = brokers::TempDir::new("haproxy");
+    let socket = dir.path.join("haproxy.sock");
+    let config = dir.path.join("haproxy.cfg");
+    let front = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     // The backend of docs/operations.md: health checks on /ready of the admin listener (every
     // 100 ms here), one failure takes a server out; WebSocket tunnels may idle for an hour.
     fs::write(
@@ -1250,7 +1183,7 @@ fn every_metric_family_is_documented() {
 /// `/ready` check and the tunnel timeout in it.
 #[test]
 fn the_documented_haproxy_config_is_valid() {
-    let haproxy = find_tool("haproxy", "haproxy");
+    let haproxy = brokers::require("haproxy", "haproxy");
     let path = repo_root().join("docs/operations.md");
     let doc =
         fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -1270,8 +1203,8 @@ fn the_documented_haproxy_config_is_valid() {
             "the HAProxy snippet lacks `{line}`:\n{config}"
         );
     }
-    let dir = TempDir::new("haproxy-doc");
-    let file = dir.path().join("haproxy.cfg");
+    let dir = brokers::TempDir::new("haproxy-doc");
+    let file = dir.path.join("haproxy.cfg");
     fs::write(&file, &config).expect("writing the snippet");
     let (status, out) = run_bounded(
         Command::new(haproxy).arg("-c").arg("-f").arg(&file),

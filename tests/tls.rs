@@ -7,7 +7,7 @@
 mod common;
 
 use common::tls::Certs;
-use common::{Frame, Rng, Server, eventually, repo_root, run_bounded};
+use common::{Frame, Rng, Server, eventually, run_bounded};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -108,35 +108,19 @@ fn run_interop(mut cmd: Command, server: &Server) {
 
 #[test]
 fn python_websockets_over_tls_1_3_and_1_2() {
-    let root = repo_root();
-    let python = root.join("tests/interop/.venv/bin/python");
-    assert!(
-        python.exists(),
-        "run ./scripts/test.sh once: it installs the Python venv"
-    );
     let certs = Certs::new("python", "python");
     let server = start(&certs, &["--max-message-size", "4194304"]);
-    let mut cmd = Command::new(python);
-    cmd.arg(root.join("tests/interop/python/client.py"))
-        .arg(server.addr.to_string())
-        .arg(&certs.ca);
+    let mut cmd = common::python("client.py");
+    cmd.arg(server.addr.to_string()).arg(&certs.ca);
     run_interop(cmd, &server);
 }
 
 #[test]
 fn node_ws_over_tls() {
-    let node_dir = repo_root().join("tests/interop/node");
-    assert!(
-        node_dir.join("node_modules/ws/package.json").exists(),
-        "run ./scripts/test.sh once: it installs the Node packages"
-    );
     let certs = Certs::new("node", "node");
     let server = start(&certs, &["--max-message-size", "4194304"]);
-    let mut cmd = Command::new("node");
-    cmd.arg(node_dir.join("client.mjs"))
-        .arg(server.addr.to_string())
-        .arg(&certs.ca)
-        .current_dir(&node_dir);
+    let mut cmd = common::node("client.mjs");
+    cmd.arg(server.addr.to_string()).arg(&certs.ca);
     run_interop(cmd, &server);
 }
 
@@ -294,15 +278,8 @@ fn the_engines_own_client_loads_a_tls_server() {
 
 /// Runs `deflate.py MODE ADDR ARGS...` over wss:// (`RINGWS_TLS_CA`) against `server`.
 fn deflate_py(certs: &Certs, server: &Server, mode: &str, args: &[&str]) -> String {
-    let root = repo_root();
-    let python = root.join("tests/interop/.venv/bin/python");
-    assert!(
-        python.exists(),
-        "run ./scripts/test.sh once: it installs the Python venv"
-    );
-    let mut cmd = Command::new(python);
-    cmd.arg(root.join("tests/interop/python/deflate.py"))
-        .arg(mode)
+    let mut cmd = common::python("deflate.py");
+    cmd.arg(mode)
         .arg(server.addr.to_string())
         .args(args)
         .env("RINGWS_TLS_CA", &certs.ca);

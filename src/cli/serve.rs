@@ -94,7 +94,7 @@ pub struct ServeArgs {
         FeedConfig::default().rate
     ))]
     rate: Option<u64>,
-    /// With --mode feed: publish quotes as binary frames instead of JSON text (layout in the README).
+    /// With --mode feed: publish quotes as binary frames instead of JSON text (layout in docs/cli.md).
     #[arg(long)]
     binary: bool,
     #[arg(long, value_name = "QUOTES", help = format!(

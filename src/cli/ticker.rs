@@ -24,7 +24,7 @@ pub struct TickerArgs {
     /// Quotes published per second over all symbols, 1 to 10000000.
     #[arg(long, default_value_t = FeedConfig::default().rate)]
     rate: u64,
-    /// Publish quotes as binary messages instead of JSON text (layout in the README).
+    /// Publish quotes as binary messages instead of JSON text (layout in docs/cli.md).
     #[arg(long)]
     binary: bool,
 }

@@ -21,25 +21,30 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// How long a broker or proxy may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The path of `tool`, or a failed test that says how to install it.
+/// The path of `tool`: in one of the system's bin or sbin directories (Debian puts `haproxy` in
+/// /usr/sbin, which is not on every user's PATH), else on PATH. Fails the test when it is nowhere,
+/// saying which Debian package has it.
 pub fn require(tool: &str, package: &str) -> PathBuf {
-    for dir in [
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    [
         "/usr/sbin",
         "/usr/bin",
         "/usr/local/sbin",
         "/usr/local/bin",
         "/sbin",
         "/bin",
-    ] {
-        let p = Path::new(dir).join(tool);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "{tool} not found: run scripts/test.sh, which installs it, or as root: \
-         apt-get install {package}"
-    );
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .chain(std::env::split_paths(&path))
+    .map(|dir| dir.join(tool))
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| {
+        panic!(
+            "{tool} not found: run scripts/test.sh, which installs it, or as root: \
+             apt-get install {package}"
+        )
+    })
 }
 
 /// A process started by a test, its output captured (and printed if the test fails), killed on

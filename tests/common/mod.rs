@@ -295,15 +295,19 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// How long [`run_bounded`] waits for the output of a finished process to be read to its end.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs `cmd` with stdout and stderr captured, killing it after `timeout`. Returns its exit status
-/// (`None` on timeout) and everything it printed.
-pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (Option<ExitStatus>, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
+/// Spawns `cmd` with no stdin and its stdout and stderr piped; fails the test when it cannot start.
+pub fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"))
+}
+
+/// Runs `cmd` with stdout and stderr captured, killing it after `timeout`. Returns its exit status
+/// (`None` on timeout) and everything it printed.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (Option<ExitStatus>, String) {
+    let mut child = spawn_piped(cmd);
     let log = Arc::new(Mutex::new(String::new()));
     let done = [
         capture(child.stdout.take().expect("piped"), &log, "", None),
@@ -326,6 +330,72 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (Option<ExitStatus>,
     (status, out)
 }
 
+/// The interop venv's program `tool` (`tests/interop/.venv/bin/TOOL`: `python`, `kosoku`). Fails
+/// the test, naming the fix, when it is missing: `./scripts/test.sh` creates the venv and installs
+/// `tests/interop/python/requirements.txt` into it.
+pub fn venv_bin(tool: &str) -> PathBuf {
+    let path = repo_root().join("tests/interop/.venv/bin").join(tool);
+    assert!(
+        path.exists(),
+        "{} is missing: run `./scripts/test.sh` once, it creates the interop venv and installs \
+         tests/interop/python/requirements.txt (websockets, prometheus_client, kosoku) into it",
+        path.display()
+    );
+    path
+}
+
+/// A command that runs `tests/interop/python/SCRIPT` with the interop venv's Python (which has
+/// `websockets` and `prometheus_client`); the caller adds the script's arguments. Fails the test,
+/// naming the fix, when the venv is missing (see [`venv_bin`]).
+pub fn python(script: &str) -> Command {
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(repo_root().join("tests/interop/python").join(script));
+    cmd
+}
+
+/// A command that runs `tests/interop/node/SCRIPT` under Node, in that folder; the caller adds the
+/// script's arguments. Fails the test, naming the fix, when the folder's `node_modules` (the `ws`
+/// package) is missing: `./scripts/test.sh` installs it.
+pub fn node(script: &str) -> Command {
+    let dir = repo_root().join("tests/interop/node");
+    let ws = dir.join("node_modules/ws/package.json");
+    assert!(
+        ws.exists(),
+        "{} is missing: run `./scripts/test.sh` once, it installs the Node packages of \
+         tests/interop/node",
+        ws.display()
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join(script)).current_dir(dir);
+    cmd
+}
+
+/// Runs `cmd` (no stdin) to its end and returns its status with its stdout and stderr kept apart,
+/// each read to its end on a thread of its own (so a chatty command cannot block on a full pipe).
+/// Fails the test when it runs past `timeout`.
+pub fn output_bounded(cmd: &mut Command, timeout: Duration) -> std::process::Output {
+    let mut child = spawn_piped(cmd);
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let Some(status) = wait_timeout(&mut child, timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} did not finish within {timeout:?}");
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
 /// Runs `tests/interop/python/SCRIPT ARGS...` with the interop venv's Python (bounded) and returns
 /// the last line it printed that starts with `{`, parsed as JSON. Fails the test with everything
 /// it printed and `context()` (e.g. a server's log) if it fails.
@@ -334,15 +404,8 @@ pub fn python_json(
     args: &[&str],
     context: impl Fn() -> String,
 ) -> simd_json::OwnedValue {
-    let root = repo_root();
-    let python = root.join("tests/interop/.venv/bin/python");
-    assert!(
-        python.exists(),
-        "the Python venv with `websockets` is missing: run `./scripts/test.sh` once"
-    );
-    let mut cmd = Command::new(python);
-    cmd.arg(root.join("tests/interop/python").join(script))
-        .args(args);
+    let mut cmd = python(script);
+    cmd.args(args);
     let (status, output) = run_bounded(&mut cmd, Duration::from_secs(60));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -371,12 +434,7 @@ pub enum Started {
 /// Runs `cmd` (a server) until it prints a `listening on` line on stderr, exits, or `timeout`
 /// passes, then kills it if it still runs. Returns how it ended and everything it printed.
 pub fn run_until_listening(cmd: &mut Command, timeout: Duration) -> (Started, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let mut child = spawn_piped(cmd);
     let log = Arc::new(Mutex::new(String::new()));
     let (ready_tx, ready_rx) = mpsc::channel();
     let done = [
