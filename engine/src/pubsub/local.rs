@@ -278,10 +278,9 @@ impl Local {
         msg: Message<'_>,
     ) -> Result<(), PubSubError> {
         let topic = self.hub.topic(name)?;
-        let item = match &mut self.wakes {
-            Some(wakes) => self.hub.publish_deferring(&topic, msg, self.worker, wakes),
-            None => self.hub.publish(&topic, msg, Some(self.worker)),
-        };
+        let item = self
+            .hub
+            .publish_collecting(&topic, msg, Some(self.worker), self.wakes.as_mut());
         self.deliver(slab, &item);
         Ok(())
     }

@@ -480,7 +480,19 @@ impl Hub {
         msg: Message<'_>,
         local: Option<usize>,
     ) -> Publication {
-        match self.publish_from(topic, msg, local, true, None) {
+        self.publish_collecting(topic, msg, local, None)
+    }
+
+    /// [`publish`](Self::publish); with `wakes` (a worker that wakes the others itself, through
+    /// its ring), the workers to wake are pushed there instead of their eventfds written.
+    pub fn publish_collecting(
+        &self,
+        topic: &Arc<TopicInner>,
+        msg: Message<'_>,
+        local: Option<usize>,
+        wakes: Option<&mut Vec<usize>>,
+    ) -> Publication {
+        match self.publish_waking(topic, msg, local, true, None, wakes) {
             Ok(item) => item,
             Err(_) => unreachable!("a publication numbered by the hub is never stale"),
         }
@@ -500,22 +512,6 @@ impl Hub {
         at: Option<Position>,
     ) -> Result<Publication, PubSubError> {
         self.publish_waking(topic, msg, local, forward, at, None)
-    }
-
-    /// [`publish`](Self::publish) from worker `worker`, which wakes the other workers itself
-    /// (through its ring): the workers to wake are pushed to `wakes` instead of their eventfds
-    /// written.
-    pub fn publish_deferring(
-        &self,
-        topic: &Arc<TopicInner>,
-        msg: Message<'_>,
-        worker: usize,
-        wakes: &mut Vec<usize>,
-    ) -> Publication {
-        match self.publish_waking(topic, msg, Some(worker), true, None, Some(wakes)) {
-            Ok(item) => item,
-            Err(_) => unreachable!("a publication numbered by the hub is never stale"),
-        }
     }
 
     /// [`publish_from`](Self::publish_from); a worker whose inbox the publication made non-empty

@@ -47,7 +47,9 @@ fn run(settings: u8, data: &[u8], cuts: &[u8]) -> Vec<(u8, usize, u64)> {
                     if let Some(ev) = ev {
                         out.push(digest(&ev));
                     } else {
-                        assert_eq!(pos, chunk.len());
+                        // No event: the input was used up, or a frame went into assembly (the
+                        // decoder stops there so that its owner can account the memory).
+                        assert!(used > 0 || pos == chunk.len());
                     }
                 }
                 Err(e) => {
