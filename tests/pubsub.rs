@@ -133,6 +133,19 @@ fn expect_sequence(c: &mut RawClient, prefix: &str, n: usize) {
     }
 }
 
+/// `poll` entries waiting for input on each of `streams`.
+fn readable(streams: &[std::net::TcpStream]) -> Vec<libc::pollfd> {
+    use std::os::fd::AsRawFd;
+    streams
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect()
+}
+
 #[test]
 fn fast_subscribers_get_every_publication_in_order() {
     let server = TestServer::start(1, |b| b, |_| {});
@@ -585,7 +598,6 @@ fn disconnect_closes_the_slow_subscriber_with_1008() {
 #[ignore = "a measurement, not a check: run with --ignored --nocapture in release mode"]
 fn measurement_fanout() {
     use std::io::Read;
-    use std::os::fd::AsRawFd;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -624,14 +636,7 @@ fn measurement_fanout() {
             let stop = Arc::clone(&stop);
             let delivered = Arc::clone(&delivered);
             std::thread::spawn(move || {
-                let mut fds: Vec<libc::pollfd> = mine
-                    .iter()
-                    .map(|s| libc::pollfd {
-                        fd: s.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    })
-                    .collect();
+                let mut fds = readable(&mine);
                 let mut pending: Vec<Vec<u8>> = vec![Vec::new(); mine.len()];
                 let (mut lat_us, mut buf) = (Vec::<u32>::new(), vec![0u8; 64 << 10]);
                 while !stop.load(Ordering::Relaxed) {
@@ -776,7 +781,6 @@ fn cross_worker_round(
     secs: Duration,
 ) -> (u64, u64, f64, f64) {
     use std::io::Read;
-    use std::os::fd::AsRawFd;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -812,14 +816,7 @@ fn cross_worker_round(
             .collect();
         let (stop, delivered) = (Arc::clone(&stop), Arc::clone(&delivered));
         std::thread::spawn(move || {
-            let mut fds: Vec<libc::pollfd> = mine
-                .iter()
-                .map(|s| libc::pollfd {
-                    fd: s.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
+            let mut fds = readable(&mine);
             let mut buf = vec![0u8; 64 << 10];
             // Every delivery is a 66-byte frame (2-byte header, 64-byte payload).
             let mut bytes = 0u64;

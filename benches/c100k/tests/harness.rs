@@ -25,30 +25,42 @@ fn number(json: &str, key: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{key} in {json}"))
 }
 
+/// Runs `benches/c100k.sh` with `args` (plus this crate's client and an output file), asserts it
+/// succeeded, and returns its report (stdout) and the JSON it wrote.
+fn c100k(name: &str, args: &[&str]) -> (String, String) {
+    let out = std::env::temp_dir().join(format!("c100k-{name}-{}.json", std::process::id()));
+    let run = Command::new(repo().join("benches/c100k.sh"))
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .args(["--client", env!("CARGO_BIN_EXE_c100k-client")])
+        .output()
+        .expect("run benches/c100k.sh");
+    let report = String::from_utf8_lossy(&run.stdout).into_owned();
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{:?}\n{report}\n{log}", run.status);
+    let json = std::fs::read_to_string(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    (report, json)
+}
+
 #[test]
 fn six_hundred_connections_up_echoed_and_down() {
-    let out = std::env::temp_dir().join(format!("c100k-test-{}.json", std::process::id()));
     let started = Instant::now();
-    let run = Command::new(repo().join("benches/c100k.sh"))
-        .args([
+    let (report, json) = c100k(
+        "test",
+        &[
             "--connections",
             "600",
             "--per-process",
             "200",
             "--port",
             "19071",
-        ])
-        .args(["--timeout", "240", "--out"])
-        .arg(&out)
-        .args(["--client", env!("CARGO_BIN_EXE_c100k-client")])
-        .output()
-        .expect("run benches/c100k.sh");
-    let report = String::from_utf8_lossy(&run.stdout);
-    let log = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{:?}\n{report}\n{log}", run.status);
+            "--timeout",
+            "240",
+        ],
+    );
     assert!(started.elapsed() < Duration::from_secs(240));
-    let json = std::fs::read_to_string(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
     for (key, want) in [
         ("connections", 600.0),
         ("servers", 3.0),
@@ -78,17 +90,15 @@ fn six_hundred_connections_up_echoed_and_down() {
 
 #[test]
 fn storms_repeated_under_echo_load_upgrade_every_connection() {
-    let out = std::env::temp_dir().join(format!("c100k-storm-{}.json", std::process::id()));
-    let run = Command::new(repo().join("benches/c100k.sh"))
-        .args([
+    let (report, json) = c100k(
+        "storm",
+        &[
             "--connections",
             "600",
             "--per-process",
             "300",
             "--dial",
             "300",
-        ])
-        .args([
             "--port",
             "19072",
             "--echo",
@@ -97,17 +107,10 @@ fn storms_repeated_under_echo_load_upgrade_every_connection() {
             "2",
             "--timeout",
             "120",
-        ])
-        .args(["--server", "ringws", "--out"])
-        .arg(&out)
-        .args(["--client", env!("CARGO_BIN_EXE_c100k-client")])
-        .output()
-        .expect("run benches/c100k.sh");
-    let report = String::from_utf8_lossy(&run.stdout);
-    let log = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{:?}\n{report}\n{log}", run.status);
-    let json = std::fs::read_to_string(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
+            "--server",
+            "ringws",
+        ],
+    );
     // One JSON object per run, each with the storm under echo load complete.
     let runs: Vec<&str> = json.lines().collect();
     assert_eq!(runs.len(), 2, "{json}");
