@@ -7,7 +7,8 @@
 //! connections whose receives share buffers. The newer ring paths get it too, each on and off: a
 //! ring without the submission queue's index array (`--no-sq-array`, Linux 6.6) and cancels that
 //! post no completion when they succeed (`--skip-cancel-completions`; every close cancels a
-//! receive, the shutdown cancels the accept).
+//! receive, the shutdown cancels the accept), and waits that hold out for a batch of completions
+//! (`--batch-wait`).
 
 mod common;
 
@@ -208,5 +209,32 @@ fn cancels_with_and_without_completions_on_success_serve() {
             &["--skip-cancel-completions", on],
             "listening on",
         );
+    }
+}
+
+/// Batched waits (`--batch-wait`, `IORING_FEAT_MIN_TIMEOUT`, Linux 6.12), in each task-run mode:
+/// the usual exchange, then a lone client's 300 round trips. A worker holding out for 16
+/// completions sees one at a time from that client, so each wait must end by its batch time (2 ms
+/// here); a wait that ignored it would last until enough of the worker's ticks came in (about
+/// 200 ms per round trip, a minute in all) and the 20 s bound would fail the test.
+#[test]
+fn batched_waits_serve() {
+    for mode in ["deferred", "cooperative"] {
+        serve_with(mode, &["--batch-wait", "2000"], "listening on");
+        let (_child, addr, _) = start(mode, &["--batch-wait", "2000"]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let lone = async {
+            let mut ws = common::ws_connect(addr).await;
+            for i in 0..300usize {
+                let m = text(1 + i % 50, i as u8);
+                ws.send(Message::text(m.clone())).await.unwrap();
+                assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(m));
+            }
+        };
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), lone).await })
+            .unwrap_or_else(|_| panic!("mode {mode}: a lone client waited for whole batches"));
     }
 }

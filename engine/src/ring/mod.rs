@@ -44,6 +44,10 @@ use tracing::error;
 /// ring for incremental consumption; the `io-uring` crate keeps its raw constants private.
 const IOU_PBUF_RING_INC: u16 = 2;
 
+/// How many completions a batch wait ([`Ring::batch_wait`]) holds out for: about what one turn of
+/// a busy worker handles, so that under load the wait ends at once.
+pub(crate) const BATCH_WAIT_COMPLETIONS: usize = 16;
+
 /// One io_uring instance and its registered provided-buffer ring.
 pub(crate) struct Ring {
     /// Declared before `bufs`: dropped (the ring closed) before the buffers are unmapped.
@@ -53,6 +57,8 @@ pub(crate) struct Ring {
     no_sq_array: bool,
     /// Whether successful cancels post no completion (`IOSQE_CQE_SKIP_SUCCESS`).
     skip_cancel_completions: bool,
+    /// How long a wait may hold out for a batch of completions, in µs (0: wake at the first).
+    batch_wait_us: u32,
     /// The receive buffers, once registered.
     bufs: Option<Buffers>,
 }
@@ -68,6 +74,7 @@ impl Ring {
             mode,
             no_sq_array,
             skip_cancel_completions: false,
+            batch_wait_us: 0,
             bufs: None,
         })
     }
@@ -87,6 +94,16 @@ impl Ring {
     pub fn skip_cancel_completions(&mut self, on: bool) -> bool {
         self.skip_cancel_completions = on && self.uring.params().is_feature_skip_cqe_on_success();
         self.skip_cancel_completions
+    }
+
+    /// Lets each wait hold out up to `wait` for [`BATCH_WAIT_COMPLETIONS`] completions before it
+    /// returns with those there are (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12); returns whether the
+    /// kernel has it. A zero `wait` (or a kernel without it) wakes at the first completion.
+    pub fn batch_wait(&mut self, wait: Duration) -> bool {
+        let present = self.uring.params().is_feature_min_timeout();
+        let us = u32::try_from(wait.as_micros()).unwrap_or(u32::MAX);
+        self.batch_wait_us = if present { us } else { 0 };
+        present
     }
 
     /// Registers the ring's own descriptor (Linux 5.18), so that `io_uring_enter` skips a file
@@ -152,8 +169,10 @@ impl Ring {
         let bufs = self.bufs.as_mut()?;
         let group = bufs.group();
         let skip_cancel = self.skip_cancel_completions;
+        let batch_wait_us = self.batch_wait_us;
         let (submitter, sq, cq) = self.uring.split();
-        Some((Submit::new(submitter, sq, group, skip_cancel), bufs, cq))
+        let submit = Submit::new(submitter, sq, group, skip_cancel, batch_wait_us);
+        Some((submit, bufs, cq))
     }
 }
 
@@ -186,6 +205,8 @@ pub(crate) struct Submit<'r> {
     group: u16,
     /// Whether cancels carry `IOSQE_CQE_SKIP_SUCCESS`.
     skip_cancel: bool,
+    /// How long a wait holds out for [`BATCH_WAIT_COMPLETIONS`], in µs (0: not at all).
+    batch_wait_us: u32,
     /// The `timespec`s timeouts read, by [`Clock`]. The kernel reads one when the timeout is
     /// submitted, so each is rewritten only after the previous timeout using it was submitted.
     timespecs: [Box<Timespec>; 2],
@@ -212,12 +233,14 @@ impl<'r> Submit<'r> {
         sq: SubmissionQueue<'r>,
         group: u16,
         skip_cancel: bool,
+        batch_wait_us: u32,
     ) -> Self {
         Self {
             submitter,
             sq,
             group,
             skip_cancel,
+            batch_wait_us,
             timespecs: [Box::new(Timespec::new()), Box::new(Timespec::new())],
             unsubmitted: [false; 2],
             connects: HashMap::new(),
@@ -247,17 +270,33 @@ impl<'r> Submit<'r> {
     }
 
     /// Submits what is queued. `EINTR`, `EAGAIN` and `EBUSY` (the kernel is short of resources or
-    /// has completions to hand back first) are not errors: what was not taken stays queued.
+    /// has completions to hand back first) are not errors: what was not taken stays queued; nor is
+    /// `ETIME`, a wait whose time ran out.
     pub fn submit(&mut self) -> io::Result<()> {
         self.sq.sync();
         let r = self.submitter.submit();
         self.after_submit(r)
     }
 
-    /// Submits what is queued and waits for at least `want` completions (or a signal).
+    /// Submits what is queued and waits for at least `want` completions (or a signal). With a
+    /// batch wait ([`Ring::batch_wait`]) the wait holds out that long for
+    /// [`BATCH_WAIT_COMPLETIONS`], then returns with what there is, or at the first completion
+    /// after that.
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
         self.sq.sync();
-        let r = self.submitter.submit_and_wait(want);
+        let r = if self.batch_wait_us == 0 {
+            self.submitter.submit_and_wait(want)
+        } else {
+            // Without a general timeout the kernel would end the wait when the batch's time is up
+            // even with nothing to hand back (`ETIME`); with one, it waits on for the first
+            // completion. The worker's tick completes well within it.
+            const AFTER_BATCH: Timespec = Timespec::new().sec(60);
+            let args = types::SubmitArgs::new()
+                .min_wait_usec(self.batch_wait_us)
+                .timespec(&AFTER_BATCH);
+            self.submitter
+                .submit_with_args(want.max(BATCH_WAIT_COMPLETIONS), &args)
+        };
         self.after_submit(r)
     }
 
@@ -280,7 +319,7 @@ impl<'r> Submit<'r> {
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY | libc::ETIME)
                 ) =>
             {
                 Ok(())

@@ -25,6 +25,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 /// Whether the running kernel has a feature.
 #[derive(Debug)]
@@ -76,10 +77,11 @@ enum Id {
     RecvSendBundle,
     OpSendZc,
     OpMsgRing,
+    MinTimeout,
 }
 
 /// Name, first kernel and whether it is required, indexed by [`Id`].
-const TABLE: [(&str, &str, bool); 19] = [
+const TABLE: [(&str, &str, bool); 20] = [
     (
         "IORING_SETUP_DEFER_TASKRUN (else COOP_TASKRUN, 5.19)",
         "6.1",
@@ -133,6 +135,11 @@ const TABLE: [(&str, &str, bool); 19] = [
     (
         "IORING_OP_MSG_RING (wake-ups between workers; else eventfds)",
         "5.18",
+        false,
+    ),
+    (
+        "IORING_FEAT_MIN_TIMEOUT (batched waits, `batch_wait`)",
+        "6.12",
         false,
     ),
 ];
@@ -270,6 +277,10 @@ pub(crate) fn probe_here() -> ProbeReport {
     found.set(
         Id::CqeSkipSuccess,
         yes_if(ring.skip_cancel_completions(true)),
+    );
+    found.set(
+        Id::MinTimeout,
+        yes_if(ring.batch_wait(Duration::from_micros(1))),
     );
     found.set(
         Id::RingFd,

@@ -456,6 +456,12 @@ pub(crate) fn run<H: Handler>(
             "IOSQE_CQE_SKIP_SUCCESS unavailable; cancels complete"
         );
     }
+    if !cfg.batch_wait.is_zero() && !ring.batch_wait(cfg.batch_wait) {
+        info!(
+            worker = index,
+            "IORING_FEAT_MIN_TIMEOUT unavailable; waking at the first completion"
+        );
+    }
     if let Err(e) = ring.register_ring_fd() {
         debug!(worker = index, error = %e, "registering the ring fd failed; using the plain fd");
     }
