@@ -82,7 +82,10 @@ pub fn svg(report: &Report) -> Result<String, ChartError> {
             report.environment.kernel,
             report.environment.date_utc,
         );
-        let root = root.titled(&title, ("sans-serif", 22))?;
+        // A sans-serif character is about 0.55 of the font size wide (0.6 leaves a margin): a
+        // long title gets a smaller font, so it stays on the chart.
+        let title_px = (f64::from(SIZE.0) / 0.6 / title.chars().count() as f64).clamp(10.0, 22.0);
+        let root = root.titled(&title, ("sans-serif", title_px))?;
         let (legend_area, body) = root.split_vertically(LEGEND_HEIGHT);
         legend(&legend_area, &report.config.servers)?;
         let panels = body.split_evenly((PANELS.len(), 1));
@@ -238,7 +241,7 @@ fn log_bounds(values: &[f64]) -> (f64, f64) {
 mod tests {
     use super::*;
     use crate::environment::Environment;
-    use crate::report::tests::{cpu, load};
+    use crate::report::tests::{cpu, load, rated_report};
     use crate::report::{Config, Run};
 
     #[test]
@@ -323,5 +326,20 @@ mod tests {
             3 * 2 + 1,
             "ringws bars and legend swatch"
         );
+    }
+
+    #[test]
+    fn fixed_rate_medians_and_short_runs_are_labelled() {
+        let svg = svg(&rated_report()).unwrap();
+        for text in [
+            "fixed rate 1 KiB 10,000/s",
+            "medians of 2 rounds",
+            // fastwebsockets' median msg per CPU-s ratio, and its round that fell short.
+            "0.61× short",
+        ] {
+            assert!(svg.contains(text), "missing {text}");
+        }
+        // One bar per server per panel (the medians), not one per round.
+        assert_eq!(svg.matches("fill=\"#D62728\"").count(), 3 + 1);
     }
 }

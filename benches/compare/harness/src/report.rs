@@ -1167,7 +1167,7 @@ pub(crate) mod tests {
 
     /// A fixed-rate report over two rounds: ringws keeps up both times, fastwebsockets falls 10%
     /// short in round 2.
-    fn rated_report() -> Report {
+    pub fn rated_report() -> Report {
         let run = |server: &str, round, msgs, server_cpu_s| {
             Run::new(
                 server,
