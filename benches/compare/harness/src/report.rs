@@ -467,6 +467,8 @@ pub struct Median {
     pub runs: u32,
     /// Runs that failed (left out).
     pub failed: u32,
+    /// The generator's failure counters summed over every round (see [`Run`]'s failures).
+    pub failures: u64,
     /// Fixed-rate runs that fell short of their target (kept in, flagged).
     pub short_of_rate: u32,
     /// Fixed rate: the median achieved rate in % of the target.
@@ -578,6 +580,7 @@ impl Report {
                 size: run.size,
                 runs: count(ok.len()),
                 failed: count(all.len() - ok.len()),
+                failures: all.iter().map(|r| r.failures()).sum(),
                 short_of_rate: count(ok.iter().filter(|r| r.short_of_rate()).count()),
                 achieved_pct: median(
                     ok.iter()
@@ -790,7 +793,12 @@ impl Report {
                     if rated {
                         let _ = write!(md, " {} |", rate_cell(m.achieved_pct, m.short_of_rate > 0));
                     }
-                    let _ = writeln!(md, " {} of {} runs failed | |", m.failed, m.failed + m.runs);
+                    let failed = if m.failed > 0 {
+                        format!(" ({} of {} runs failed)", m.failed, m.failed + m.runs)
+                    } else {
+                        String::new()
+                    };
+                    let _ = writeln!(md, " {} in all{failed} | |", m.failures);
                 }
             }
             let _ = writeln!(md);
@@ -1101,6 +1109,13 @@ pub(crate) mod tests {
         let fws_median = report.median_of("fastwebsockets", 20, 100).unwrap();
         assert_eq!(fws_median.metrics, report.runs[1].metrics);
         assert_eq!(fws_median.ratio_to_ringws, report.runs[1].ratio_to_ringws);
+        let failed = report.median_of("tungstenite", 20, 100).unwrap();
+        assert_eq!((failed.runs, failed.failed), (0, 1));
+        assert_eq!(
+            failed.metrics,
+            Metrics::default(),
+            "no medians from a failed run"
+        );
         let json = serde_json::to_value(&report).unwrap();
         assert!(json["config"].get("rates").is_none());
         assert_eq!(json["config"]["in_flight"], 1);
@@ -1272,7 +1287,7 @@ pub(crate) mod tests {
             "| 90.0 ⚠ | 0 | 1.5 |",
             "| **ringws median** | 9,995 | 10.0 | 20.0 | 22.5 | 44,980 |",
             "| **fastwebsockets median** | 9,500 (0.95×) |",
-            "| 95.0 ⚠ | 0 of 2 runs failed | |",
+            "| 95.0 ⚠ | 0 in all | |",
             "| 1 KiB, 100 conns | 0.95× ⚠ | 0.61× ⚠ |",
             "fastwebsockets #2: achieved 90.0%",
         ] {
