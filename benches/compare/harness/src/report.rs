@@ -463,15 +463,19 @@ pub struct Median {
     pub connections: u32,
     /// Message size in bytes.
     pub size: usize,
-    /// Runs without an error, which the medians are taken over.
+    /// Runs the medians are taken over: those without an error and, at a fixed rate, that met
+    /// their target (all runs without an error when none met it).
     pub runs: u32,
     /// Runs that failed (left out).
     pub failed: u32,
     /// The generator's failure counters summed over every round (see [`Run`]'s failures).
     pub failures: u64,
-    /// Fixed-rate runs that fell short of their target (kept in, flagged).
+    /// Fixed-rate runs without an error that fell short of their target: left out of the medians
+    /// unless no run met the target, flagged either way.
     pub short_of_rate: u32,
-    /// Fixed rate: the median achieved rate in % of the target.
+    /// Whether those short runs were left out of the medians (some run met the target).
+    pub short_left_out: bool,
+    /// Fixed rate: the median achieved rate of the runs in the medians, in % of the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub achieved_pct: Option<f64>,
     /// The median of each metric.
@@ -573,21 +577,26 @@ impl Report {
                 })
                 .collect();
             let ok: Vec<&Run> = all.iter().copied().filter(|r| r.error.is_none()).collect();
+            // A run short of its rate did not serve the same load: its CPU per message is left
+            // out, unless every run fell short (then the row is all there is, and flagged).
+            let met: Vec<&Run> = ok.iter().copied().filter(|r| !r.short_of_rate()).collect();
+            let used = if met.is_empty() { &ok } else { &met };
             let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
             rows.push(Median {
                 server: run.server.clone(),
                 connections: run.connections,
                 size: run.size,
-                runs: count(ok.len()),
+                runs: count(used.len()),
                 failed: count(all.len() - ok.len()),
                 failures: all.iter().map(|r| r.failures()).sum(),
-                short_of_rate: count(ok.iter().filter(|r| r.short_of_rate()).count()),
+                short_of_rate: count(ok.len() - met.len()),
+                short_left_out: !met.is_empty() && met.len() < ok.len(),
                 achieved_pct: median(
-                    ok.iter()
+                    used.iter()
                         .filter_map(|r| r.rate.and_then(|c| c.achieved_pct))
                         .collect(),
                 ),
-                metrics: Metrics::median(ok.iter().map(|r| &r.metrics)),
+                metrics: Metrics::median(used.iter().map(|r| &r.metrics)),
                 ratio_to_ringws: None,
             });
         }
@@ -706,8 +715,9 @@ impl Report {
             let _ = writeln!(
                 md,
                 "Each run's ratio is to ringws's run in the same round; a server's **median** row is \
-                 the median of each metric over its successful rounds, with the ratio of its medians \
-                 to ringws's medians. The overview and the chart show the medians.\n"
+                 the median of each metric over its successful rounds (at a fixed rate, those that \
+                 met the rate, unless none did), with the ratio of its medians to ringws's medians. \
+                 The overview and the chart show the medians.\n"
             );
         }
         self.overview(&mut md);
@@ -793,12 +803,19 @@ impl Report {
                     if rated {
                         let _ = write!(md, " {} |", rate_cell(m.achieved_pct, m.short_of_rate > 0));
                     }
-                    let failed = if m.failed > 0 {
-                        format!(" ({} of {} runs failed)", m.failed, m.failed + m.runs)
-                    } else {
+                    let mut left_out = Vec::new();
+                    if m.failed > 0 {
+                        left_out.push(format!("{} failed", m.failed));
+                    }
+                    if m.short_left_out {
+                        left_out.push(format!("{} short of the rate", m.short_of_rate));
+                    }
+                    let left_out = if left_out.is_empty() {
                         String::new()
+                    } else {
+                        format!("; left out: {}", left_out.join(", "))
                     };
-                    let _ = writeln!(md, " {} in all{failed} | |", m.failures);
+                    let _ = writeln!(md, " {} in all{left_out} | |", m.failures);
                 }
             }
             let _ = writeln!(md);
@@ -852,7 +869,8 @@ impl Report {
         if !self.config.rates.is_empty() {
             let _ = writeln!(
                 md,
-                "⚠: ringws or that peer fell short of the fixed rate in some round (see the scenario's table).\n"
+                "⚠: ringws or that peer fell short of the fixed rate in some round (see the scenario's \
+                 table); its medians leave such rounds out, unless every round fell short.\n"
             );
         }
         let _ = write!(md, "| scenario |");
@@ -1266,15 +1284,16 @@ pub(crate) mod tests {
             (ringws.runs, ringws.failed, ringws.short_of_rate),
             (2, 0, 0)
         );
-        assert_eq!((fws.runs, fws.short_of_rate), (2, 1));
+        // Round 2 fell short: its CPU per message is left out.
+        assert_eq!((fws.runs, fws.short_of_rate), (1, 1));
         // Two rounds: the mean of the two.
         assert_eq!(ringws.metrics.msgs_per_s, Some(9_995.0));
         assert_eq!(ringws.metrics.msgs_per_server_cpu_s, Some(44_980.0));
-        assert_eq!(fws.metrics.msgs_per_server_cpu_s, Some(27_500.0));
-        assert_eq!(fws.achieved_pct, Some(95.0));
+        assert_eq!(fws.metrics.msgs_per_server_cpu_s, Some(25_000.0));
+        assert_eq!(fws.achieved_pct, Some(100.0));
         // The ratio of the medians, not the median of the ratios.
         let r = fws.ratio_to_ringws.unwrap().msgs_per_server_cpu_s.unwrap();
-        assert!((r - 27_500.0 / 44_980.0).abs() < 1e-9);
+        assert!((r - 25_000.0 / 44_980.0).abs() < 1e-9);
 
         let md = report.markdown();
         for text in [
@@ -1286,9 +1305,9 @@ pub(crate) mod tests {
             "| fastwebsockets #2 | 9,000 (0.90×) |",
             "| 90.0 ⚠ | 0 | 1.5 |",
             "| **ringws median** | 9,995 | 10.0 | 20.0 | 22.5 | 44,980 |",
-            "| **fastwebsockets median** | 9,500 (0.95×) |",
-            "| 95.0 ⚠ | 0 in all | |",
-            "| 1 KiB, 100 conns | 0.95× ⚠ | 0.61× ⚠ |",
+            "| **fastwebsockets median** | 10,000 (1.00×) |",
+            "| 100.0 ⚠ | 0 in all; left out: 1 short of the rate | |",
+            "| 1 KiB, 100 conns | 1.00× ⚠ | 0.56× ⚠ |",
             "fastwebsockets #2: achieved 90.0%",
         ] {
             assert!(md.contains(text), "missing {text:?} in\n{md}");
@@ -1305,6 +1324,23 @@ pub(crate) mod tests {
         // And compare.json reads back.
         let back: Report = serde_json::from_value(json).unwrap();
         assert_eq!(back.medians.len(), 2);
+    }
+
+    #[test]
+    fn all_rounds_short_still_give_flagged_medians() {
+        let mut report = rated_report();
+        for run in &mut report.runs {
+            run.rate = Some(RateCheck::new(20_000.0, run.metrics.msgs_per_s));
+        }
+        report.fill_ratios();
+        let ringws = report.median_of("ringws", 1024, 100).unwrap();
+        assert_eq!((ringws.runs, ringws.short_of_rate), (2, 2));
+        assert_eq!(ringws.metrics.msgs_per_s, Some(9_995.0));
+        assert!(
+            report.markdown().contains("| 50.0 ⚠ | 0 in all | |"),
+            "nothing left out when every round fell short:\n{}",
+            report.markdown()
+        );
     }
 
     #[test]
