@@ -827,8 +827,8 @@ impl Report {
         md
     }
 
-    /// How the servers were loaded, for the Markdown header and the chart's title.
-    pub fn mode(&self) -> String {
+    /// How the servers were loaded, for the Markdown header.
+    fn mode(&self) -> String {
         if self.config.rates.is_empty() {
             return "closed loop: each connection sends its next message when its echo is back (flat out)"
                 .to_owned();
