@@ -4,6 +4,8 @@
 #   benches/compare/run.sh --connections 100 --sizes 20 --duration 3 --out /tmp/compare
 # or two ringws builds against each other (the current one and a saved earlier binary, as `ringws-before`):
 #   benches/compare/run.sh --servers ringws,baseline --baseline /tmp/ringws-before --out /tmp/compare-ab
+# or every server at a fixed message rate, 3 interleaved rounds, reported as medians:
+#   benches/compare/run.sh --sizes 1024 --connections 100 --rate 40000 --repeat 3 --out /tmp/compare-rate
 # Results go to benches/compare/results/ unless --out says otherwise.
 set -euo pipefail
 

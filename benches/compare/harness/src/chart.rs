@@ -1,6 +1,8 @@
 //! compare.svg: grouped bars per scenario (size × connections), one bar per server, one panel per
 //! headline metric, log-scaled so 20 B and 16 KiB runs share an axis. Peers' bars carry their ratio
-//! to ringws. SVG only: text is left to the viewer's fonts, so nothing here needs a font library.
+//! to ringws. With `--repeat` each bar is the server's median over the rounds; at a fixed rate a bar
+//! whose runs fell short of the rate is labelled `short`. SVG only: text is left to the viewer's
+//! fonts, so nothing here needs a font library.
 
 use crate::report::{BASELINE, Metric, Report, size_label, thousands};
 use plotters::coord::combinators::BindKeyPoints;
@@ -55,15 +57,35 @@ pub fn svg(report: &Report) -> Result<String, ChartError> {
     {
         let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
         root.fill(&WHITE)?;
+        let cfg = &report.config;
+        let load = match (cfg.rates.is_empty(), cfg.in_flight) {
+            (true, Some(n)) => format!("{n} in flight"),
+            (true, None) => "closed loop".to_owned(),
+            (false, _) => {
+                let rates: Vec<String> = cfg
+                    .rates
+                    .iter()
+                    .map(|r| format!("{} {}/s", size_label(r.size), thousands(r.msgs_per_s)))
+                    .collect();
+                format!("fixed rate {}", rates.join(", "))
+            }
+        };
+        let rounds = if cfg.repeat > 1 {
+            format!(", medians of {} rounds", cfg.repeat)
+        } else {
+            String::new()
+        };
         let title = format!(
-            "ringws vs. peers — echo, {} in flight, server on CPU {}, load on CPU {} ({}, {})",
-            report.config.in_flight,
+            "ringws vs. peers — echo, {load}{rounds}, server on CPU {}, load on CPU {} ({}, {})",
             report.config.server_cpu,
             report.config.load_cpu,
             report.environment.kernel,
             report.environment.date_utc,
         );
-        let root = root.titled(&title, ("sans-serif", 22))?;
+        // A sans-serif character is about 0.55 of the font size wide (0.6 leaves a margin): a
+        // long title gets a smaller font, so it stays on the chart.
+        let title_px = (f64::from(SIZE.0) / 0.6 / title.chars().count() as f64).clamp(10.0, 22.0);
+        let root = root.titled(&title, ("sans-serif", title_px))?;
         let (legend_area, body) = root.split_vertically(LEGEND_HEIGHT);
         legend(&legend_area, &report.config.servers)?;
         let panels = body.split_evenly((PANELS.len(), 1));
@@ -87,7 +109,7 @@ where
     let scenarios = report.scenarios();
     let servers = &report.config.servers;
     let values: Vec<f64> = report
-        .runs
+        .medians
         .iter()
         .filter_map(|r| metric.of(&r.metrics))
         .filter(|v| *v > 0.0 && v.is_finite())
@@ -143,15 +165,11 @@ where
         let mut bars = Vec::new();
         let mut ratios = Vec::new();
         for (i, (size, conns)) in scenarios.iter().enumerate() {
-            let Some(run) = report
-                .runs
-                .iter()
-                .find(|r| &r.server == server && r.size == *size && r.connections == *conns)
-            else {
+            let Some(row) = report.median_of(server, *size, *conns) else {
                 continue;
             };
             let Some(v) = metric
-                .of(&run.metrics)
+                .of(&row.metrics)
                 .filter(|v| *v > 0.0 && v.is_finite())
             else {
                 continue;
@@ -161,11 +179,17 @@ where
                 [(x(x0), lo), (x(x0 + bar * 0.92), v)],
                 colour.filled(),
             ));
-            if server != BASELINE
-                && let Some(r) = run.ratio_to_ringws.as_ref().and_then(|m| metric.of(m))
-            {
+            let ratio = row
+                .ratio_to_ringws
+                .as_ref()
+                .and_then(|m| metric.of(m))
+                .filter(|_| server != BASELINE)
+                .map(|r| format!("{r:.2}×"));
+            let short = (row.short_of_rate > 0).then_some("short");
+            let label: Vec<String> = ratio.into_iter().chain(short.map(str::to_owned)).collect();
+            if !label.is_empty() {
                 ratios.push(Text::new(
-                    format!("{r:.2}×"),
+                    label.join(" "),
                     (x(x0 + bar / 2.0), v),
                     ratio_style.clone(),
                 ));
@@ -217,7 +241,7 @@ fn log_bounds(values: &[f64]) -> (f64, f64) {
 mod tests {
     use super::*;
     use crate::environment::Environment;
-    use crate::report::tests::{cpu, load};
+    use crate::report::tests::{cpu, load, rated_report};
     use crate::report::{Config, Run};
 
     #[test]
@@ -261,7 +285,9 @@ mod tests {
             config: Config {
                 duration_s: 1.0,
                 warmup_s: 1.0,
-                in_flight: 1,
+                in_flight: Some(1),
+                rates: Vec::new(),
+                repeat: 1,
                 connections: vec![100, 1000],
                 sizes: vec![20, 1024],
                 servers: vec![
@@ -276,6 +302,7 @@ mod tests {
                 cpu_window: String::new(),
             },
             runs,
+            medians: Vec::new(),
             interrupted: false,
         };
         report.fill_ratios();
@@ -299,5 +326,20 @@ mod tests {
             3 * 2 + 1,
             "ringws bars and legend swatch"
         );
+    }
+
+    #[test]
+    fn fixed_rate_medians_and_short_runs_are_labelled() {
+        let svg = svg(&rated_report()).unwrap();
+        for text in [
+            "fixed rate 1 KiB 10,000/s",
+            "medians of 2 rounds",
+            // fastwebsockets' median msg per CPU-s ratio, and its round that fell short.
+            "0.56× short",
+        ] {
+            assert!(svg.contains(text), "missing {text}");
+        }
+        // One bar per server per panel (the medians), not one per round.
+        assert_eq!(svg.matches("fill=\"#D62728\"").count(), 3 + 1);
     }
 }

@@ -6,18 +6,22 @@
 //! from `/proc` over the measured window, stops the server (SIGTERM, then SIGKILL) and records the
 //! lot. Ratios are taken against ringws for the same connections and size. With `--baseline PATH`
 //! a second ringws binary (say, the build before a change) runs as one more server,
-//! `ringws-before`, so two builds are compared in one run. See README.md.
+//! `ringws-before`, so two builds are compared in one run. With `--rate` every server serves the
+//! same fixed message rate (open loop) instead of being driven flat out, and with `--repeat N`
+//! each scenario runs N rounds of every server, interleaved, reported as medians. See README.md.
 
 mod chart;
 mod environment;
 mod probe;
 mod procs;
+mod rate;
 mod report;
 
 use clap::{Parser, ValueEnum};
 use environment::Environment;
 use probe::{Prober, Upgrades};
 use procs::{Child, CoreTicks, ProcStat, WaitError};
+use rate::{RateEntry, RateError, SizeRate};
 use report::{Anchor, Config, CpuWindow, LoadReport, Report, Run};
 use std::fmt;
 use std::fs;
@@ -146,9 +150,23 @@ struct Args {
     /// ringws,fastwebsockets,tungstenite; with --baseline: ringws,baseline,fastwebsockets,tungstenite].
     #[arg(long, value_enum, value_delimiter = ',')]
     servers: Option<Vec<Server>>,
-    /// Messages in flight per connection.
+    /// Messages in flight per connection [default: 1; with --rate: the generator's own cap on
+    /// outstanding messages, not passed].
+    #[arg(long)]
+    in_flight: Option<u32>,
+    /// Fixed rate (open loop) instead of flat out: the load generator sends this many messages per
+    /// second in total over all connections (`ringws load --rate`), the same for every server, so
+    /// each one's CPU per message is measured under the same load. Comma-separated entries: `RATE`
+    /// for every size, or `SIZE=RATE` for one size (e.g. `1024=40000,16384=20000`); a bare RATE
+    /// with SIZE=RATE entries is the rate of the sizes not listed. A run more than 3% short of
+    /// its rate is flagged (the server did not keep up).
+    #[arg(long, value_delimiter = ',', value_name = "RATE|SIZE=RATE")]
+    rate: Vec<RateEntry>,
+    /// Rounds per scenario: each round runs every server once, in --servers order (ringws,
+    /// fastwebsockets, tungstenite, ringws, ...); the report adds each server's median over the
+    /// rounds and the ratios of the medians.
     #[arg(long, default_value_t = 1)]
-    in_flight: u32,
+    repeat: u32,
     /// Output directory for compare.json, compare.md and compare.svg [default: benches/compare/results].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -220,6 +238,24 @@ impl Args {
         }
     }
 
+    /// Messages in flight per connection passed to the generator: `--in-flight`, else 1 when
+    /// closed-loop and nothing (the generator's own cap) at a fixed rate.
+    fn in_flight(&self) -> Option<u32> {
+        match (self.in_flight, self.rate.is_empty()) {
+            (Some(n), _) => Some(n),
+            (None, true) => Some(1),
+            (None, false) => None,
+        }
+    }
+
+    /// The target rate of every size, in `--sizes` order; empty when closed-loop.
+    fn rates(&self) -> Result<Vec<SizeRate>, RateError> {
+        if self.rate.is_empty() {
+            return Ok(Vec::new());
+        }
+        rate::resolve(&self.rate, &self.sizes)
+    }
+
     /// Refuses options that make no sense, before anything is started.
     fn check(&self) -> Result<(), HarnessError> {
         let duration_ok = self.duration.is_finite() && self.duration > 0.0;
@@ -231,11 +267,17 @@ impl Args {
                 "--duration must be > 0, --warmup and --pause >= 0 seconds".into(),
             ));
         }
-        if self.connections.contains(&0) || self.sizes.contains(&0) || self.in_flight == 0 {
+        if self.connections.contains(&0)
+            || self.sizes.contains(&0)
+            || self.in_flight == Some(0)
+            || self.repeat == 0
+        {
             return Err(HarnessError::Usage(
-                "connections, sizes and --in-flight must be > 0".into(),
+                "connections, sizes, --in-flight and --repeat must be > 0".into(),
             ));
         }
+        self.rates()
+            .map_err(|e| HarnessError::Usage(e.to_string()))?;
         let servers = self.servers();
         if servers.contains(&Server::Baseline) && self.baseline.is_none() {
             return Err(HarnessError::Usage(
@@ -312,6 +354,8 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<ExitCode, HarnessError> {
     args.check()?;
     let servers = args.servers();
+    // check() refused a --rate that does not fit --sizes.
+    let rates = args.rates().unwrap_or_default();
     let load_bin = args.load.clone().unwrap_or_else(|| args.ringws.clone());
     for server in &servers {
         // check() refused a server without a program.
@@ -377,7 +421,9 @@ fn run(args: &Args) -> Result<ExitCode, HarnessError> {
         config: Config {
             duration_s: args.duration,
             warmup_s: args.warmup,
-            in_flight: args.in_flight,
+            in_flight: args.in_flight(),
+            rates: rates.clone(),
+            repeat: args.repeat,
             connections: args.connections.clone(),
             sizes: args.sizes.clone(),
             servers: servers.iter().map(|s| s.name().to_owned()).collect(),
@@ -386,14 +432,17 @@ fn run(args: &Args) -> Result<ExitCode, HarnessError> {
             load_cpu: args.load_cpu,
             load_command: format!(
                 "taskset -c {} {} load --url {}://127.0.0.1:PORT/{} --connections N --size BYTES --duration {} \
-                 --warmup {} --in-flight {} --binary --workers 1 --json",
+                 --warmup {}{}{} --binary --workers 1 --json",
                 args.load_cpu,
                 load_bin.display(),
                 args.scheme().0,
                 args.scheme().1.map(|o| format!(" {o}")).unwrap_or_default(),
                 args.duration,
                 args.warmup,
-                args.in_flight
+                args.in_flight()
+                    .map(|n| format!(" --in-flight {n}"))
+                    .unwrap_or_default(),
+                if rates.is_empty() { "" } else { " --rate RATE" },
             ),
             cpu_window: format!(
                 "utime+stime of each process (all threads) from /proc/PID/stat, read every {} ms; the \
@@ -405,6 +454,7 @@ fn run(args: &Args) -> Result<ExitCode, HarnessError> {
             ),
         },
         runs: Vec::new(),
+        medians: Vec::new(),
         interrupted: false,
     };
 
@@ -414,45 +464,59 @@ fn run(args: &Args) -> Result<ExitCode, HarnessError> {
         ticks,
         interrupted: &interrupted,
     };
-    let total = args.sizes.len() * args.connections.len() * servers.len();
+    let repeat = usize::try_from(args.repeat).unwrap_or(usize::MAX);
+    let total = args.sizes.len() * args.connections.len() * repeat * servers.len();
     let mut failed = 0;
     'all: for &size in &args.sizes {
+        let target = rates.iter().find(|r| r.size == size).map(|r| r.msgs_per_s);
         for &connections in &args.connections {
-            for &server in &servers {
-                if !report.runs.is_empty() {
-                    sleep_unless(Duration::from_secs_f64(args.pause), &interrupted);
-                }
-                if interrupted.load(Ordering::Relaxed) {
-                    break 'all;
-                }
-                eprintln!(
-                    "[{}/{total}] {} × {connections} connections × {size} B",
-                    report.runs.len() + 1,
-                    server.name()
-                );
-                let run = bench.run(server, connections, size);
-                if interrupted.load(Ordering::Relaxed) {
-                    // Cut short by the signal: not a result.
-                    break 'all;
-                }
-                match &run.error {
-                    Some(e) => {
-                        failed += 1;
-                        eprintln!("  failed: {e}");
+            // Rounds inside the scenario, servers inside the round: every server's runs are spread
+            // over the same stretch of time, so drifting background load hits them alike.
+            for round in 1..=args.repeat {
+                for &server in &servers {
+                    if !report.runs.is_empty() {
+                        sleep_unless(Duration::from_secs_f64(args.pause), &interrupted);
                     }
-                    None => eprintln!(
-                        "  {:.0} msg/s, p50 {:.1} µs, p99 {:.1} µs, server CPU {:.1}%, load CPU {:.1}%",
-                        run.metrics.msgs_per_s.unwrap_or(f64::NAN),
-                        run.metrics.p50_us.unwrap_or(f64::NAN),
-                        run.metrics.p99_us.unwrap_or(f64::NAN),
-                        run.metrics.server_cpu_pct.unwrap_or(f64::NAN),
-                        run.metrics.load_cpu_pct.unwrap_or(f64::NAN),
-                    ),
+                    if interrupted.load(Ordering::Relaxed) {
+                        break 'all;
+                    }
+                    eprintln!(
+                        "[{}/{total}] {} × {connections} connections × {size} B{}{}",
+                        report.runs.len() + 1,
+                        server.name(),
+                        target.map(|t| format!(" at {t} msg/s")).unwrap_or_default(),
+                        if args.repeat > 1 {
+                            format!(", round {round}/{}", args.repeat)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    let run = bench
+                        .run(server, connections, size, target)
+                        .with_round(round);
+                    if interrupted.load(Ordering::Relaxed) {
+                        // Cut short by the signal: not a result.
+                        break 'all;
+                    }
+                    match &run.error {
+                        Some(e) => {
+                            failed += 1;
+                            eprintln!("  failed: {e}");
+                        }
+                        None => eprintln!(
+                            "  {:.0} msg/s, p50 {:.1} µs, p99 {:.1} µs, server CPU {:.1}%, load CPU {:.1}%",
+                            run.metrics.msgs_per_s.unwrap_or(f64::NAN),
+                            run.metrics.p50_us.unwrap_or(f64::NAN),
+                            run.metrics.p99_us.unwrap_or(f64::NAN),
+                            run.metrics.server_cpu_pct.unwrap_or(f64::NAN),
+                            run.metrics.load_cpu_pct.unwrap_or(f64::NAN),
+                        ),
+                    }
+                    for note in &run.notes {
+                        eprintln!("  note: {note}");
+                    }
+                    report.runs.push(run);
                 }
-                for note in &run.notes {
-                    eprintln!("  note: {note}");
-                }
-                report.runs.push(run);
             }
         }
     }
@@ -538,11 +602,15 @@ const ESTABLISHED_MARKER: &str = r#""phase":"established""#;
 impl Bench<'_> {
     /// One server under one load. Never fails: what went wrong is recorded in the run, next to
     /// whatever was measured before it went wrong.
-    fn run(&self, server: Server, connections: u32, size: usize) -> Run {
+    /// `target` is the fixed message rate, `None` closed-loop.
+    fn run(&self, server: Server, connections: u32, size: usize, target: Option<f64>) -> Run {
         let mut out = Outcome::default();
-        let error = self.measure(server, connections, size, &mut out).err();
+        let error = self
+            .measure(server, connections, size, target, &mut out)
+            .err();
         let mut run = Run::new(server.name(), connections, size, out.load, out.cpu, error)
-            .with_upgrades(out.upgrades);
+            .with_upgrades(out.upgrades)
+            .with_target_rate(target);
         run.notes.extend(out.notes);
         run
     }
@@ -554,6 +622,7 @@ impl Bench<'_> {
         server: Server,
         connections: u32,
         size: usize,
+        target: Option<f64>,
         out: &mut Outcome,
     ) -> Result<(), String> {
         let args = self.args;
@@ -575,29 +644,7 @@ impl Bench<'_> {
         srv.wait_ready(READY_TIMEOUT, self.interrupted)
             .map_err(|e| format!("server not ready: {e}; stderr: {}", srv.stderr_tail()))?;
 
-        let (scheme, tls_option) = args.scheme();
-        let load_args: Vec<String> = [
-            "load".to_owned(),
-            "--url".into(),
-            format!("{scheme}://{addr}/"),
-            "--connections".into(),
-            connections.to_string(),
-            "--size".into(),
-            size.to_string(),
-            "--duration".into(),
-            args.duration.to_string(),
-            "--warmup".into(),
-            args.warmup.to_string(),
-            "--in-flight".into(),
-            args.in_flight.to_string(),
-            "--binary".into(),
-            "--workers".into(),
-            "1".into(),
-            "--json".into(),
-        ]
-        .into_iter()
-        .chain(tls_option.map(str::to_owned))
-        .collect::<Vec<String>>();
+        let load_args = load_args(args, &addr, connections, size, target);
         let mut generator = Child::spawn(
             "load generator",
             args.load_cpu,
@@ -725,6 +772,45 @@ impl Bench<'_> {
             thread::sleep(procs::POLL);
         }
     }
+}
+
+/// The load generator's arguments for one run against `addr` (`target`: the fixed message rate,
+/// `None` closed-loop).
+fn load_args(
+    args: &Args,
+    addr: &str,
+    connections: u32,
+    size: usize,
+    target: Option<f64>,
+) -> Vec<String> {
+    let (scheme, tls_option) = args.scheme();
+    let mut load = vec![
+        "load".to_owned(),
+        "--url".into(),
+        format!("{scheme}://{addr}/"),
+        "--connections".into(),
+        connections.to_string(),
+        "--size".into(),
+        size.to_string(),
+        "--duration".into(),
+        args.duration.to_string(),
+        "--warmup".into(),
+        args.warmup.to_string(),
+    ];
+    if let Some(n) = args.in_flight() {
+        load.extend(["--in-flight".into(), n.to_string()]);
+    }
+    if let Some(rate) = target {
+        load.extend(["--rate".into(), rate.to_string()]);
+    }
+    load.extend([
+        "--binary".into(),
+        "--workers".into(),
+        "1".into(),
+        "--json".into(),
+    ]);
+    load.extend(tls_option.map(str::to_owned));
+    load
 }
 
 /// The CPU used between the first sample at or after `open` and the last at or before `close`;
@@ -943,6 +1029,82 @@ mod tests {
             usage(&["compare", "--baseline", "/b/x", "--servers", "ringws"])
                 .contains("does not list baseline")
         );
+    }
+
+    #[test]
+    fn rate_and_repeat_options() {
+        let a = Args::try_parse_from([
+            "compare",
+            "--sizes",
+            "1024,16384,65536",
+            "--rate",
+            "1024=40000,16384=20000",
+            "--rate",
+            "8000",
+            "--repeat",
+            "3",
+        ])
+        .unwrap();
+        assert!(a.check().is_ok());
+        assert_eq!(a.repeat, 3);
+        let rates: Vec<(usize, f64)> = a
+            .rates()
+            .unwrap()
+            .iter()
+            .map(|r| (r.size, r.msgs_per_s))
+            .collect();
+        assert_eq!(rates, [(1024, 4e4), (16384, 2e4), (65536, 8e3)]);
+
+        // At a fixed rate the generator keeps its own in-flight cap unless --in-flight is given.
+        let args = load_args(&a, "127.0.0.1:9", 100, 1024, Some(40_000.0));
+        let joined = args.join(" ");
+        assert!(joined.contains("--rate 40000 "), "{joined}");
+        assert!(!joined.contains("--in-flight"), "{joined}");
+        let capped =
+            Args::try_parse_from(["compare", "--rate", "5000", "--in-flight", "64"]).unwrap();
+        let joined = load_args(&capped, "127.0.0.1:9", 100, 20, Some(5_000.0)).join(" ");
+        assert!(joined.contains("--in-flight 64 --rate 5000 "), "{joined}");
+
+        // Closed loop, the default: one in flight, no rate, one round.
+        let d = Args::try_parse_from(["compare"]).unwrap();
+        assert_eq!(d.repeat, 1);
+        assert!(d.rates().unwrap().is_empty());
+        assert_eq!(
+            load_args(&d, "127.0.0.1:9", 100, 20, None),
+            [
+                "load",
+                "--url",
+                "ws://127.0.0.1:9/",
+                "--connections",
+                "100",
+                "--size",
+                "20",
+                "--duration",
+                "10",
+                "--warmup",
+                "2",
+                "--in-flight",
+                "1",
+                "--binary",
+                "--workers",
+                "1",
+                "--json"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_rates_and_rounds_are_refused() {
+        assert!(Args::try_parse_from(["compare", "--rate", "fast"]).is_err());
+        assert!(Args::try_parse_from(["compare", "--rate", "0"]).is_err());
+        let usage = |argv: &[&str]| match Args::try_parse_from(argv).unwrap().check() {
+            Err(HarnessError::Usage(msg)) => msg,
+            other => panic!("{argv:?}: expected a usage error, got {other:?}"),
+        };
+        assert!(usage(&["compare", "--sizes", "20,1024", "--rate", "1024=5"]).contains("[20]"));
+        assert!(usage(&["compare", "--sizes", "20", "--rate", "64=5,10"]).contains("size 64"));
+        assert!(usage(&["compare", "--repeat", "0"]).contains("--repeat"));
+        assert!(usage(&["compare", "--in-flight", "0"]).contains("--in-flight"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use crate::environment::Environment;
 use crate::probe::Upgrades;
+use crate::rate::{self, RateCheck, SizeRate};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
@@ -259,22 +260,42 @@ impl Metrics {
         }
     }
 
+    /// Metrics with each value given by `value`.
+    fn from_fn(value: impl Fn(Metric) -> Option<f64>) -> Metrics {
+        Metrics {
+            msgs_per_s: value(Metric::MsgsPerS),
+            p50_us: value(Metric::P50),
+            p99_us: value(Metric::P99),
+            server_cpu_pct: value(Metric::ServerCpu),
+            msgs_per_server_cpu_s: value(Metric::MsgsPerServerCpuS),
+            load_cpu_pct: value(Metric::LoadCpu),
+            upgrade_p50_us: value(Metric::UpgradeP50),
+            upgrade_p99_us: value(Metric::UpgradeP99),
+        }
+    }
+
     /// `self / base`, metric by metric, where both exist and the base is not 0.
     pub fn ratio_to(&self, base: &Metrics) -> Metrics {
-        let r = |metric: Metric| match (metric.of(self), metric.of(base)) {
+        Metrics::from_fn(|metric| match (metric.of(self), metric.of(base)) {
             (Some(v), Some(b)) if b != 0.0 => Some(v / b),
             _ => None,
-        };
-        Metrics {
-            msgs_per_s: r(Metric::MsgsPerS),
-            p50_us: r(Metric::P50),
-            p99_us: r(Metric::P99),
-            server_cpu_pct: r(Metric::ServerCpu),
-            msgs_per_server_cpu_s: r(Metric::MsgsPerServerCpuS),
-            load_cpu_pct: r(Metric::LoadCpu),
-            upgrade_p50_us: r(Metric::UpgradeP50),
-            upgrade_p99_us: r(Metric::UpgradeP99),
-        }
+        })
+    }
+
+    /// The median of each metric over `all` (over those that have it).
+    fn median<'a>(all: impl Iterator<Item = &'a Metrics> + Clone) -> Metrics {
+        Metrics::from_fn(|metric| median(all.clone().filter_map(|m| metric.of(m)).collect()))
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` when empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
     }
 }
 
@@ -287,13 +308,19 @@ pub struct Run {
     pub connections: u32,
     /// Message size in bytes.
     pub size: usize,
+    /// Which of the `--repeat` rounds of its scenario this run belongs to, from 1.
+    #[serde(default = "first_round")]
+    pub round: u32,
+    /// Fixed-rate runs (`--rate`): the target and whether the run achieved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateCheck>,
     /// The load generator's report, if it produced one.
     pub load: Option<LoadReport>,
     /// CPU use over the measuring window, if it was measured.
     pub cpu: Option<CpuWindow>,
     /// Derived metrics.
     pub metrics: Metrics,
-    /// `metrics` divided by ringws's for the same connections and size.
+    /// `metrics` divided by ringws's for the same connections, size and round.
     pub ratio_to_ringws: Option<Metrics>,
     /// Upgrade latency while the load ran (`--upgrade-probes`), if probed.
     #[serde(default)]
@@ -356,12 +383,44 @@ impl Run {
             size,
             load,
             cpu,
+            round: first_round(),
+            rate: None,
             metrics,
             ratio_to_ringws: None,
             upgrades: None,
             error,
             notes,
         }
+    }
+
+    /// Sets the `--repeat` round this run belongs to.
+    pub fn with_round(mut self, round: u32) -> Run {
+        self.round = round;
+        self
+    }
+
+    /// Checks a fixed-rate run's achieved rate against its `target` (closed-loop: `None`, no
+    /// check), noting a run that fell short.
+    pub fn with_target_rate(mut self, target: Option<f64>) -> Run {
+        self.rate = target.map(|t| RateCheck::new(t, self.metrics.msgs_per_s));
+        if let Some(check) = &self.rate
+            && check.short
+            && self.error.is_none()
+        {
+            self.notes.push(format!(
+                "achieved {:.1}% of the {} msg/s target (more than {}% short): the server did not \
+                 keep up, its CPU per message is not comparable",
+                check.achieved_pct.unwrap_or(0.0),
+                thousands(check.target_msgs_per_s),
+                rate::SHORTFALL_PCT
+            ));
+        }
+        self
+    }
+
+    /// Whether this fixed-rate run fell short of its target.
+    fn short_of_rate(&self) -> bool {
+        self.rate.is_some_and(|r| r.short)
     }
 
     /// Adds what the upgrade probes measured during the run.
@@ -389,6 +448,42 @@ impl Run {
     }
 }
 
+/// The round of a run recorded before `--repeat` existed.
+fn first_round() -> u32 {
+    1
+}
+
+/// One server in one scenario over its `--repeat` rounds: the median of each metric over its
+/// successful runs, and the ratio of those medians to ringws's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Median {
+    /// Server name.
+    pub server: String,
+    /// Connections the load generator opened.
+    pub connections: u32,
+    /// Message size in bytes.
+    pub size: usize,
+    /// Runs the medians are taken over: those without an error and, at a fixed rate, that met
+    /// their target (all runs without an error when none met it).
+    pub runs: u32,
+    /// Runs that failed (left out).
+    pub failed: u32,
+    /// The generator's failure counters summed over every round (see [`Run`]'s failures).
+    pub failures: u64,
+    /// Fixed-rate runs without an error that fell short of their target: left out of the medians
+    /// unless no run met the target, flagged either way.
+    pub short_of_rate: u32,
+    /// Whether those short runs were left out of the medians (some run met the target).
+    pub short_left_out: bool,
+    /// Fixed rate: the median achieved rate of the runs in the medians, in % of the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub achieved_pct: Option<f64>,
+    /// The median of each metric.
+    pub metrics: Metrics,
+    /// `metrics` divided by ringws's medians for the same scenario.
+    pub ratio_to_ringws: Option<Metrics>,
+}
+
 /// How the runs were made, recorded next to the results.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -396,8 +491,16 @@ pub struct Config {
     pub duration_s: f64,
     /// Warm-up seconds per run (not measured).
     pub warmup_s: f64,
-    /// Messages in flight per connection.
-    pub in_flight: u32,
+    /// Messages in flight per connection given to the generator (`None`: its own default cap,
+    /// at a fixed rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u32>,
+    /// Fixed rate per message size (`--rate`); empty when closed-loop (flat out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rates: Vec<SizeRate>,
+    /// Rounds per scenario (`--repeat`).
+    #[serde(default = "first_round")]
+    pub repeat: u32,
     /// Connection counts tried.
     pub connections: Vec<u32>,
     /// Message sizes tried, bytes.
@@ -424,28 +527,98 @@ pub struct Report {
     pub environment: Environment,
     /// Options of this comparison.
     pub config: Config,
-    /// One record per server × connections × size, in the order run.
+    /// One record per server × connections × size × round, in the order run.
     pub runs: Vec<Run>,
+    /// Per server × connections × size: the medians over the rounds (with one round, that run's
+    /// numbers).
+    #[serde(default)]
+    pub medians: Vec<Median>,
     /// The harness was stopped by a signal before finishing every run.
     pub interrupted: bool,
 }
 
 impl Report {
-    /// Fills every run's `ratio_to_ringws` from the ringws run with the same connections and size
-    /// (left `None` where that run failed or is missing).
+    /// Fills every run's `ratio_to_ringws` from the ringws run with the same connections, size
+    /// and round (left `None` where that run failed or is missing), then the medians over the
+    /// rounds and their ratios.
     pub fn fill_ratios(&mut self) {
-        let bases: Vec<(u32, usize, Metrics)> = self
+        let bases: Vec<(u32, usize, u32, Metrics)> = self
             .runs
             .iter()
             .filter(|r| r.server == BASELINE && r.error.is_none())
-            .map(|r| (r.connections, r.size, r.metrics))
+            .map(|r| (r.connections, r.size, r.round, r.metrics))
             .collect();
         for run in &mut self.runs {
             run.ratio_to_ringws = bases
                 .iter()
-                .find(|(c, s, _)| *c == run.connections && *s == run.size)
-                .map(|(_, _, base)| run.metrics.ratio_to(base));
+                .find(|(c, s, round, _)| {
+                    *c == run.connections && *s == run.size && *round == run.round
+                })
+                .map(|(_, _, _, base)| run.metrics.ratio_to(base));
         }
+        self.medians = self.median_rows();
+    }
+
+    /// The medians of every server in every scenario, in the order first run.
+    fn median_rows(&self) -> Vec<Median> {
+        let mut rows: Vec<Median> = Vec::new();
+        for run in &self.runs {
+            let seen = rows.iter().any(|m| {
+                m.server == run.server && m.size == run.size && m.connections == run.connections
+            });
+            if seen {
+                continue;
+            }
+            let all: Vec<&Run> = self
+                .runs
+                .iter()
+                .filter(|r| {
+                    r.server == run.server && r.size == run.size && r.connections == run.connections
+                })
+                .collect();
+            let ok: Vec<&Run> = all.iter().copied().filter(|r| r.error.is_none()).collect();
+            // A run short of its rate did not serve the same load: its CPU per message is left
+            // out, unless every run fell short (then the row is all there is, and flagged).
+            let met: Vec<&Run> = ok.iter().copied().filter(|r| !r.short_of_rate()).collect();
+            let used = if met.is_empty() { &ok } else { &met };
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            rows.push(Median {
+                server: run.server.clone(),
+                connections: run.connections,
+                size: run.size,
+                runs: count(used.len()),
+                failed: count(all.len() - ok.len()),
+                failures: all.iter().map(|r| r.failures()).sum(),
+                short_of_rate: count(ok.len() - met.len()),
+                short_left_out: !met.is_empty() && met.len() < ok.len(),
+                achieved_pct: median(
+                    used.iter()
+                        .filter_map(|r| r.rate.and_then(|c| c.achieved_pct))
+                        .collect(),
+                ),
+                metrics: Metrics::median(used.iter().map(|r| &r.metrics)),
+                ratio_to_ringws: None,
+            });
+        }
+        let bases: Vec<(u32, usize, Metrics)> = rows
+            .iter()
+            .filter(|m| m.server == BASELINE && m.runs > 0)
+            .map(|m| (m.connections, m.size, m.metrics))
+            .collect();
+        for row in &mut rows {
+            row.ratio_to_ringws = bases
+                .iter()
+                .find(|(c, s, _)| *c == row.connections && *s == row.size)
+                .map(|(_, _, base)| row.metrics.ratio_to(base));
+        }
+        rows
+    }
+
+    /// The median row of `server` in a scenario, once [`Report::fill_ratios`] has run.
+    pub fn median_of(&self, server: &str, size: usize, connections: u32) -> Option<&Median> {
+        self.medians
+            .iter()
+            .find(|m| m.server == server && m.size == size && m.connections == connections)
     }
 
     /// The (size, connections) scenarios present, in the order first run.
@@ -486,11 +659,23 @@ impl Report {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(md, "| peer libraries | {} |", versions.join(", "));
+        let in_flight = cfg.in_flight.map_or_else(
+            || "the generator's own cap on messages in flight".to_owned(),
+            |n| format!("{n} in flight per connection"),
+        );
         let _ = writeln!(
             md,
-            "| load | {} s warm-up + {} s measured, {} in flight per connection, binary messages |",
-            cfg.warmup_s, cfg.duration_s, cfg.in_flight
+            "| load | {} s warm-up + {} s measured, {in_flight}, binary messages |",
+            cfg.warmup_s, cfg.duration_s
         );
+        let _ = writeln!(md, "| mode | {} |", self.mode());
+        if cfg.repeat > 1 {
+            let _ = writeln!(
+                md,
+                "| rounds | {} per scenario, the servers interleaved within each round; medians over the rounds |",
+                cfg.repeat
+            );
+        }
         let _ = writeln!(
             md,
             "| pinning | server on CPU {}, load generator on CPU {} |",
@@ -516,7 +701,27 @@ impl Report {
              in % of one core; ≥ {DISTURBED_CPU_PCT}% is marked ⚠: that run competed for its \
              cores.\n"
         );
+        if !cfg.rates.is_empty() {
+            let _ = writeln!(
+                md,
+                "Fixed rate: every server is sent the same messages per second, so msg per server CPU-s \
+                 compares CPU per message under the same load. \"% of rate\" is the achieved rate ÷ the \
+                 target; below {} % it is marked ⚠ (the server, or the generator, did not keep up: that \
+                 run's CPU per message is not comparable).\n",
+                100.0 - rate::SHORTFALL_PCT
+            );
+        }
+        if cfg.repeat > 1 {
+            let _ = writeln!(
+                md,
+                "Each run's ratio is to ringws's run in the same round; a server's **median** row is \
+                 the median of each metric over its successful rounds (at a fixed rate, those that \
+                 met the rate, unless none did), with the ratio of its medians to ringws's medians. \
+                 The overview and the chart show the medians.\n"
+            );
+        }
         self.overview(&mut md);
+        let rated = !cfg.rates.is_empty();
         for (size, connections) in self.scenarios() {
             let _ = writeln!(
                 md,
@@ -528,17 +733,43 @@ impl Report {
             for metric in Metric::ALL {
                 let _ = write!(md, " {} |", metric.title());
             }
+            if rated {
+                md.push_str(" % of rate |");
+            }
             let _ = writeln!(md, " failures | others on pinned CPUs % |");
-            let _ = writeln!(md, "|---|{}---:|---:|", "---:|".repeat(Metric::ALL.len()));
+            let _ = writeln!(
+                md,
+                "|---|{}---:|---:|{}",
+                "---:|".repeat(Metric::ALL.len()),
+                if rated { "---:|" } else { "" }
+            );
             let runs = self
                 .runs
                 .iter()
                 .filter(|r| r.size == size && r.connections == connections);
             let mut notes = Vec::new();
             for run in runs {
-                let _ = write!(md, "| {} |", run.server);
+                let name = if cfg.repeat > 1 {
+                    format!("{} #{}", run.server, run.round)
+                } else {
+                    run.server.clone()
+                };
+                let _ = write!(md, "| {name} |");
                 for metric in Metric::ALL {
-                    let _ = write!(md, " {} |", cell(run, metric));
+                    let _ = write!(
+                        md,
+                        " {} |",
+                        cell(
+                            &run.server,
+                            &run.metrics,
+                            run.ratio_to_ringws.as_ref(),
+                            metric
+                        )
+                    );
+                }
+                if rated {
+                    let pct = run.rate.and_then(|r| r.achieved_pct);
+                    let _ = write!(md, " {} |", rate_cell(pct, run.short_of_rate()));
                 }
                 let others = run.cpu.as_ref().and_then(CpuWindow::others_pct);
                 let _ = writeln!(
@@ -551,13 +782,41 @@ impl Report {
                     })
                 );
                 if let Some(e) = &run.error {
-                    notes.push(format!(
-                        "{}: **failed**: {}",
-                        run.server,
-                        e.replace('\n', " ")
-                    ));
+                    notes.push(format!("{name}: **failed**: {}", e.replace('\n', " ")));
                 }
-                notes.extend(run.notes.iter().map(|n| format!("{}: {n}", run.server)));
+                notes.extend(run.notes.iter().map(|n| format!("{name}: {n}")));
+            }
+            if cfg.repeat > 1 {
+                let medians = self
+                    .medians
+                    .iter()
+                    .filter(|m| m.size == size && m.connections == connections);
+                for m in medians {
+                    let _ = write!(md, "| **{} median** |", m.server);
+                    for metric in Metric::ALL {
+                        let _ = write!(
+                            md,
+                            " {} |",
+                            cell(&m.server, &m.metrics, m.ratio_to_ringws.as_ref(), metric)
+                        );
+                    }
+                    if rated {
+                        let _ = write!(md, " {} |", rate_cell(m.achieved_pct, m.short_of_rate > 0));
+                    }
+                    let mut left_out = Vec::new();
+                    if m.failed > 0 {
+                        left_out.push(format!("{} failed", m.failed));
+                    }
+                    if m.short_left_out {
+                        left_out.push(format!("{} short of the rate", m.short_of_rate));
+                    }
+                    let left_out = if left_out.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; left out: {}", left_out.join(", "))
+                    };
+                    let _ = writeln!(md, " {} in all{left_out} | |", m.failures);
+                }
             }
             let _ = writeln!(md);
             for note in notes {
@@ -568,7 +827,26 @@ impl Report {
         md
     }
 
-    /// A compact table: each peer's msg/s and msg-per-CPU-s ratios, one row per scenario.
+    /// How the servers were loaded, for the Markdown header.
+    fn mode(&self) -> String {
+        if self.config.rates.is_empty() {
+            return "closed loop: each connection sends its next message when its echo is back (flat out)"
+                .to_owned();
+        }
+        let rates: Vec<String> = self
+            .config
+            .rates
+            .iter()
+            .map(|r| format!("{} at {}", size_label(r.size), thousands(r.msgs_per_s)))
+            .collect();
+        format!(
+            "fixed rate (open loop), messages per second over all connections: {}",
+            rates.join(", ")
+        )
+    }
+
+    /// A compact table: each peer's msg/s and msg-per-CPU-s ratios (of the medians over the rounds),
+    /// one row per scenario.
     fn overview(&self, md: &mut String) {
         let peers: Vec<&str> = self
             .config
@@ -581,6 +859,20 @@ impl Report {
             return;
         }
         let _ = writeln!(md, "## Overview: peers as a ratio to ringws\n");
+        if self.config.repeat > 1 {
+            let _ = writeln!(
+                md,
+                "Ratios of the medians over {} rounds.\n",
+                self.config.repeat
+            );
+        }
+        if !self.config.rates.is_empty() {
+            let _ = writeln!(
+                md,
+                "⚠: ringws or that peer fell short of the fixed rate in some round (see the scenario's \
+                 table); its medians leave such rounds out, unless every round fell short.\n"
+            );
+        }
         let _ = write!(md, "| scenario |");
         for peer in &peers {
             let _ = write!(md, " {peer} msg/s | {peer} msg per CPU-s |");
@@ -593,16 +885,21 @@ impl Report {
                 size_label(size),
                 thousands(connections as f64)
             );
+            let ringws_short = self
+                .median_of(BASELINE, size, connections)
+                .is_some_and(|m| m.short_of_rate > 0);
             for peer in &peers {
-                let ratio = self
-                    .runs
-                    .iter()
-                    .find(|r| r.server == *peer && r.size == size && r.connections == connections)
-                    .and_then(|r| r.ratio_to_ringws);
+                let row = self.median_of(peer, size, connections);
+                let mark = if ringws_short || row.is_some_and(|m| m.short_of_rate > 0) {
+                    " ⚠"
+                } else {
+                    ""
+                };
+                let ratio = row.and_then(|m| m.ratio_to_ringws);
                 for metric in [Metric::MsgsPerS, Metric::MsgsPerServerCpuS] {
                     match ratio.as_ref().and_then(|m| metric.of(m)) {
                         Some(x) => {
-                            let _ = write!(md, " {x:.2}× |");
+                            let _ = write!(md, " {x:.2}×{mark} |");
                         }
                         None => md.push_str(" – |"),
                     }
@@ -614,14 +911,15 @@ impl Report {
     }
 }
 
-/// One table cell: the value, its ratio to ringws for other servers, and ⚠ on a saturated generator.
-fn cell(run: &Run, metric: Metric) -> String {
-    let Some(value) = metric.of(&run.metrics) else {
+/// One table cell: `server`'s value of `metric`, its ratio to ringws for other servers, and ⚠ on a
+/// saturated generator.
+fn cell(server: &str, metrics: &Metrics, ratio: Option<&Metrics>, metric: Metric) -> String {
+    let Some(value) = metric.of(metrics) else {
         return "–".to_owned();
     };
     let mut text = metric.format(value);
-    if run.server != BASELINE
-        && let Some(ratio) = run.ratio_to_ringws.as_ref().and_then(|m| metric.of(m))
+    if server != BASELINE
+        && let Some(ratio) = ratio.and_then(|m| metric.of(m))
     {
         let _ = write!(text, " ({ratio:.2}×)");
     }
@@ -629,6 +927,15 @@ fn cell(run: &Run, metric: Metric) -> String {
         text.push_str(" ⚠");
     }
     text
+}
+
+/// The "% of rate" cell: the achieved rate in % of the target, ⚠ when short of it.
+fn rate_cell(achieved_pct: Option<f64>, short: bool) -> String {
+    let mark = if short { " ⚠" } else { "" };
+    match achieved_pct {
+        Some(p) => format!("{p:.1}{mark}"),
+        None => format!("–{mark}"),
+    }
 }
 
 /// `20 B`, `1 KiB`, `16 KiB`, `1.5 KiB`, `1 MiB`.
@@ -734,7 +1041,9 @@ pub(crate) mod tests {
             config: Config {
                 duration_s: 10.0,
                 warmup_s: 2.0,
-                in_flight: 1,
+                in_flight: Some(1),
+                rates: Vec::new(),
+                repeat: 1,
                 connections: vec![100],
                 sizes: vec![20],
                 servers: vec![
@@ -774,6 +1083,7 @@ pub(crate) mod tests {
                     Some("server exited early".into()),
                 ),
             ],
+            medians: Vec::new(),
             interrupted: false,
         };
         report.fill_ratios();
@@ -793,7 +1103,9 @@ pub(crate) mod tests {
         let md = report.markdown();
         assert!(md.contains("## 20 B, 100 connections"), "{md}");
         assert!(
-            md.contains("| ringws | 200,000 | 10.0 | 20.0 | 50.0 | 400,000 | 96.0 ⚠ | – | – | 0 | 1.5 |"),
+            md.contains(
+                "| ringws | 200,000 | 10.0 | 20.0 | 50.0 | 400,000 | 96.0 ⚠ | – | – | 0 | 1.5 |"
+            ),
             "{md}"
         );
         assert!(
@@ -808,6 +1120,23 @@ pub(crate) mod tests {
             md.contains("| 20 B, 100 conns | 0.50× | 0.25× | – | – |"),
             "{md}"
         );
+        assert!(!md.contains("% of rate") && !md.contains("median"), "{md}");
+        assert!(md.contains("| mode | closed loop"), "{md}");
+        assert!(md.contains("1 in flight per connection"), "{md}");
+        // With one round the medians are the runs themselves.
+        let fws_median = report.median_of("fastwebsockets", 20, 100).unwrap();
+        assert_eq!(fws_median.metrics, report.runs[1].metrics);
+        assert_eq!(fws_median.ratio_to_ringws, report.runs[1].ratio_to_ringws);
+        let failed = report.median_of("tungstenite", 20, 100).unwrap();
+        assert_eq!((failed.runs, failed.failed), (0, 1));
+        assert_eq!(
+            failed.metrics,
+            Metrics::default(),
+            "no medians from a failed run"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json["config"].get("rates").is_none());
+        assert_eq!(json["config"]["in_flight"], 1);
     }
 
     #[test]
@@ -817,7 +1146,9 @@ pub(crate) mod tests {
             config: Config {
                 duration_s: 3.0,
                 warmup_s: 1.0,
-                in_flight: 1,
+                in_flight: Some(1),
+                rates: Vec::new(),
+                repeat: 1,
                 connections: vec![100],
                 sizes: vec![20],
                 servers: vec!["ringws".into(), "ringws-before".into()],
@@ -845,6 +1176,7 @@ pub(crate) mod tests {
                     None,
                 ),
             ],
+            medians: Vec::new(),
             interrupted: false,
         };
         report.fill_ratios();
@@ -864,6 +1196,158 @@ pub(crate) mod tests {
         report.config.baseline = None;
         let json = serde_json::to_value(&report).unwrap();
         assert!(json["config"].get("baseline").is_none());
+    }
+
+    /// A fixed-rate report over two rounds: ringws keeps up both times, fastwebsockets falls 10%
+    /// short in round 2.
+    pub fn rated_report() -> Report {
+        let run = |server: &str, round, msgs, server_cpu_s| {
+            Run::new(
+                server,
+                100,
+                1024,
+                Some(load(msgs, 10.0, 20.0)),
+                Some(cpu(10.0, server_cpu_s, 5.0)),
+                None,
+            )
+            .with_round(round)
+            .with_target_rate(Some(10_000.0))
+        };
+        let mut report = Report {
+            environment: Environment::sample(),
+            config: Config {
+                duration_s: 10.0,
+                warmup_s: 2.0,
+                in_flight: None,
+                rates: vec![SizeRate {
+                    size: 1024,
+                    msgs_per_s: 10_000.0,
+                }],
+                repeat: 2,
+                connections: vec![100],
+                sizes: vec![1024],
+                servers: vec!["ringws".into(), "fastwebsockets".into()],
+                baseline: None,
+                server_cpu: 0,
+                load_cpu: 1,
+                load_command: "ringws load ... --rate RATE".into(),
+                cpu_window: "test".into(),
+            },
+            runs: vec![
+                run("ringws", 1, 10_000.0, 2.0),
+                run("fastwebsockets", 1, 10_000.0, 4.0),
+                run("ringws", 2, 9_990.0, 2.5),
+                run("fastwebsockets", 2, 9_000.0, 3.0),
+            ],
+            medians: Vec::new(),
+            interrupted: false,
+        };
+        report.fill_ratios();
+        report
+    }
+
+    #[test]
+    fn fixed_rate_runs_are_checked_against_their_target() {
+        let report = rated_report();
+        let check = |i: usize| report.runs[i].rate.unwrap();
+        assert!(!check(0).short);
+        assert_eq!(check(3).achieved_pct, Some(90.0));
+        assert!(check(3).short);
+        assert!(
+            report.runs[3]
+                .notes
+                .iter()
+                .any(|n| n.contains("achieved 90.0% of the 10,000 msg/s")),
+            "{:?}",
+            report.runs[3].notes
+        );
+        assert!(report.runs[2].notes.is_empty(), "99.9% is on target");
+        // Closed-loop runs have no check, and compare.json no rate keys.
+        let closed = Run::new("ringws", 100, 20, Some(load(1.0, 1.0, 1.0)), None, None)
+            .with_target_rate(None);
+        assert_eq!(closed.rate, None);
+        assert!(serde_json::to_value(&closed).unwrap().get("rate").is_none());
+    }
+
+    #[test]
+    fn repeated_rounds_pair_ratios_by_round_and_report_medians() {
+        let report = rated_report();
+        // Each run's ratio is to ringws's run of the same round.
+        let ratio = |i: usize| report.runs[i].ratio_to_ringws.unwrap();
+        assert_eq!(ratio(1).msgs_per_server_cpu_s, Some(0.5));
+        assert!((ratio(3).msgs_per_server_cpu_s.unwrap() - 30_000.0 / 39_960.0).abs() < 1e-9);
+
+        assert_eq!(report.medians.len(), 2);
+        let ringws = report.median_of("ringws", 1024, 100).unwrap();
+        let fws = report.median_of("fastwebsockets", 1024, 100).unwrap();
+        assert_eq!(
+            (ringws.runs, ringws.failed, ringws.short_of_rate),
+            (2, 0, 0)
+        );
+        // Round 2 fell short: its CPU per message is left out.
+        assert_eq!((fws.runs, fws.short_of_rate), (1, 1));
+        // Two rounds: the mean of the two.
+        assert_eq!(ringws.metrics.msgs_per_s, Some(9_995.0));
+        assert_eq!(ringws.metrics.msgs_per_server_cpu_s, Some(44_980.0));
+        assert_eq!(fws.metrics.msgs_per_server_cpu_s, Some(25_000.0));
+        assert_eq!(fws.achieved_pct, Some(100.0));
+        // The ratio of the medians, not the median of the ratios.
+        let r = fws.ratio_to_ringws.unwrap().msgs_per_server_cpu_s.unwrap();
+        assert!((r - 25_000.0 / 44_980.0).abs() < 1e-9);
+
+        let md = report.markdown();
+        for text in [
+            "| mode | fixed rate (open loop), messages per second over all connections: 1 KiB at 10,000 |",
+            "| rounds | 2 per scenario",
+            "the generator's own cap on messages in flight",
+            "| server | msg/s | p50 µs | p99 µs | server CPU % | msg per server CPU-s | load-gen CPU % | upgrade p50 µs | upgrade p99 µs | % of rate | failures | others on pinned CPUs % |",
+            "| ringws #1 | 10,000 | 10.0 | 20.0 | 20.0 | 50,000 | 50.0 | – | – | 100.0 | 0 | 1.5 |",
+            "| fastwebsockets #2 | 9,000 (0.90×) |",
+            "| 90.0 ⚠ | 0 | 1.5 |",
+            "| **ringws median** | 9,995 | 10.0 | 20.0 | 22.5 | 44,980 |",
+            "| **fastwebsockets median** | 10,000 (1.00×) |",
+            "| 100.0 ⚠ | 0 in all; left out: 1 short of the rate | |",
+            "| 1 KiB, 100 conns | 1.00× ⚠ | 0.56× ⚠ |",
+            "fastwebsockets #2: achieved 90.0%",
+        ] {
+            assert!(md.contains(text), "missing {text:?} in\n{md}");
+        }
+
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["config"]["rates"][0]["msgs_per_s"], 10_000.0);
+        assert_eq!(json["config"]["repeat"], 2);
+        assert!(json["config"].get("in_flight").is_none());
+        assert_eq!(json["runs"][3]["round"], 2);
+        assert_eq!(json["runs"][3]["rate"]["short"], true);
+        assert_eq!(json["medians"][1]["server"], "fastwebsockets");
+        assert_eq!(json["medians"][1]["short_of_rate"], 1);
+        // And compare.json reads back.
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back.medians.len(), 2);
+    }
+
+    #[test]
+    fn all_rounds_short_still_give_flagged_medians() {
+        let mut report = rated_report();
+        for run in &mut report.runs {
+            run.rate = Some(RateCheck::new(20_000.0, run.metrics.msgs_per_s));
+        }
+        report.fill_ratios();
+        let ringws = report.median_of("ringws", 1024, 100).unwrap();
+        assert_eq!((ringws.runs, ringws.short_of_rate), (2, 2));
+        assert_eq!(ringws.metrics.msgs_per_s, Some(9_995.0));
+        assert!(
+            report.markdown().contains("| 50.0 ⚠ | 0 in all | |"),
+            "nothing left out when every round fell short:\n{}",
+            report.markdown()
+        );
+    }
+
+    #[test]
+    fn median_of_odd_even_and_none() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
     }
 
     #[test]
