@@ -421,18 +421,37 @@ impl Pool {
 
     /// Returns a queue that is no longer needed. A queue with a send in the air is never reused or
     /// freed: it is leaked, and the slip logged.
-    pub fn give(&mut self, mut q: Box<OutQueue>) {
-        if q.in_flight() {
-            error!("an output queue with a send in the air was released; leaking it");
-            Box::leak(q);
+    pub fn give(&mut self, q: Box<OutQueue>) {
+        let Some(mut q) = Self::idle(q) else {
             return;
-        }
+        };
         if self.free.len() >= self.max_free {
             return;
         }
         q.abandon();
         q.trim(self.max_capacity);
         self.free.push(q);
+    }
+
+    /// [`give`](Self::give)s `q` back, or with `discard` frees it instead (a queue made for a
+    /// handshake's answer, see [`Slab::out`](super::slot::Slab::out)); a queue with a send in the
+    /// air is leaked either way, and the slip logged.
+    pub fn give_or_discard(&mut self, q: Box<OutQueue>, discard: bool) {
+        if discard {
+            drop(Self::idle(q));
+        } else {
+            self.give(q);
+        }
+    }
+
+    /// `q` if no send is in the air, else `None` (`q` leaked and the slip logged).
+    fn idle(q: Box<OutQueue>) -> Option<Box<OutQueue>> {
+        if q.in_flight() {
+            error!("an output queue with a send in the air was released; leaking it");
+            Box::leak(q);
+            return None;
+        }
+        Some(q)
     }
 
     /// Queues currently free, for accounting in tests.
