@@ -249,7 +249,11 @@ mod tests {
              Sec-WebSocket-Protocol: chat\r\n\
              Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"
         );
-        assert_eq!(out.capacity(), out.len(), "one allocation of the exact size");
+        assert_eq!(
+            out.capacity(),
+            out.len(),
+            "one allocation of the exact size"
+        );
     }
 
     #[test]
