@@ -104,11 +104,12 @@ fn masked_frame(payload_len: usize) -> Vec<u8> {
 
 /// Feeds `pieces` (receive buffers, in order) to `rx` and returns the events' payload bytes.
 fn receive(rx: &mut Receiver, pieces: &mut [&mut [u8]]) -> usize {
+    let limits = Limits::default();
     let mut bytes = 0;
     for piece in pieces.iter_mut() {
         let mut pos = 0;
         while pos < piece.len() {
-            let (used, event) = rx.read(&mut piece[pos..]).expect("valid frames");
+            let (used, event) = rx.read(&mut piece[pos..], &limits).expect("valid frames");
             pos += used;
             if let Some(ringws_protocol::Event::Binary(b)) = event {
                 bytes += b.len();
@@ -123,7 +124,7 @@ fn receive(rx: &mut Receiver, pieces: &mut [&mut [u8]]) -> usize {
 /// common case, delivered in place), and a 1 KiB frame split over two buffers (assembled).
 fn bench_receive(c: &mut Criterion) {
     let mut group = c.benchmark_group("receive");
-    let mut rx = Receiver::new(Role::Server, Limits::default());
+    let mut rx = Receiver::new(Role::Server);
     let mut whole: Vec<u8> = (0..64).flat_map(|_| masked_frame(16)).collect();
     group.throughput(Throughput::Elements(64));
     group.bench_function("whole_16x64", |b| {

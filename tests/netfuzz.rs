@@ -217,12 +217,13 @@ impl std::fmt::Debug for Expect {
 
 /// Runs `wire` through the protocol's receiver with the server's limits: the answers it calls for.
 fn expected(wire: &[u8]) -> Vec<Expect> {
-    let mut rx = Receiver::new(Role::Server, Limits::default());
+    let mut rx = Receiver::new(Role::Server);
+    let limits = Limits::default();
     let mut buf = wire.to_vec();
     let mut pos = 0;
     let mut out = Vec::new();
     while pos < buf.len() {
-        match rx.read(&mut buf[pos..]) {
+        match rx.read(&mut buf[pos..], &limits) {
             Ok((used, event)) => {
                 pos += used;
                 match event {

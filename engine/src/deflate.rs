@@ -35,7 +35,7 @@ use ringws_protocol::deflate::{
 };
 use ringws_protocol::frame::OpCode;
 use ringws_protocol::handshake::Request;
-use ringws_protocol::{Limits, Receiver, Role};
+use ringws_protocol::{Receiver, Role};
 use std::sync::Arc;
 
 /// Which shared compressor: (window bits, level).
@@ -60,14 +60,13 @@ impl ConnDeflate {
         params: Params,
         config: &DeflateConfig,
         reservation: Reservation,
-        limits: Limits,
     ) -> (Self, Receiver) {
         let own = if params.sending(role).no_context_takeover {
             None
         } else {
             params.compressor(role, config)
         };
-        let rx = Receiver::with_deflate(role, limits, params.decompressor(role, config));
+        let rx = Receiver::with_deflate(role, params.decompressor(role, config));
         let conn = Self {
             params,
             role,
@@ -221,23 +220,18 @@ pub(crate) fn accept(
     req: &Request<'_>,
     config: &DeflateConfig,
     budget: &ContextBudget,
-    limits: Limits,
 ) -> Option<(ConnDeflate, Receiver, String)> {
     let params = negotiate(req.extensions(), config)?;
     let (params, reservation) = budget.admit(params);
-    let (conn, rx) = ConnDeflate::open(Role::Server, params, config, reservation, limits);
+    let (conn, rx) = ConnDeflate::open(Role::Server, params, config, reservation);
     Some((conn, rx, params.to_string()))
 }
 
 /// Client side: after the `101`, what the server agreed to (`params`, checked against `config` by
 /// [`Params::from_response`]): the connection's state and its decoder. Client contexts are not
 /// charged to the server's budget: the client chose its offer.
-pub(crate) fn connect(
-    params: Params,
-    config: &DeflateConfig,
-    limits: Limits,
-) -> (ConnDeflate, Receiver) {
-    ConnDeflate::open(Role::Client, params, config, Reservation::none(), limits)
+pub(crate) fn connect(params: Params, config: &DeflateConfig) -> (ConnDeflate, Receiver) {
+    ConnDeflate::open(Role::Client, params, config, Reservation::none())
 }
 
 #[cfg(test)]
@@ -260,7 +254,6 @@ mod tests {
             p,
             &DeflateConfig::default(),
             Reservation::none(),
-            Limits::default(),
         )
         .0
     }

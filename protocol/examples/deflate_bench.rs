@@ -166,15 +166,12 @@ fn echo(mode: Mode, msgs: &[Vec<u8>], time: Duration) -> (f64, f64) {
     let (mut count, mut out_bytes) = (0u64, 0u64);
     let start = Instant::now();
     while start.elapsed() < time {
+        let limits = Limits::default();
         // One round: a fresh connection receives the whole sequence (needed with takeover).
         let mut rx = if deflate {
-            Receiver::with_deflate(
-                Role::Server,
-                Limits::default(),
-                Decompressor::new(15, client_fresh, Some(256)),
-            )
+            Receiver::with_deflate(Role::Server, Decompressor::new(15, client_fresh, Some(256)))
         } else {
-            Receiver::new(Role::Server, Limits::default())
+            Receiver::new(Role::Server)
         };
         if !server_fresh {
             server.reset();
@@ -183,7 +180,7 @@ fn echo(mode: Mode, msgs: &[Vec<u8>], time: Duration) -> (f64, f64) {
         buf.extend_from_slice(&wire);
         let mut pos = 0;
         while pos < buf.len() {
-            let (used, ev) = rx.read(&mut buf[pos..]).expect("valid stream");
+            let (used, ev) = rx.read(&mut buf[pos..], &limits).expect("valid stream");
             pos += used;
             let Some(Event::Binary(m)) = ev else {
                 panic!("binary message expected")

@@ -174,7 +174,8 @@ fn text_cases() -> Vec<Case> {
             let mk = |name: &'static str, check: Check| {
                 let wire = wire.clone();
                 let mut buf = wire.clone();
-                let mut rx = Receiver::new(Role::Server, Limits::default());
+                let mut rx = Receiver::new(Role::Server);
+                let limits = Limits::default();
                 let want = msg.len();
                 variant(name, move || {
                     buf.copy_from_slice(&wire);
@@ -186,7 +187,8 @@ fn text_cases() -> Vec<Case> {
                     for recv in buf.chunks_mut(RECV_BUF) {
                         let mut pos = 0;
                         while pos < recv.len() {
-                            let (used, ev) = rx.read(&mut recv[pos..]).expect("valid stream");
+                            let (used, ev) =
+                                rx.read(&mut recv[pos..], &limits).expect("valid stream");
                             pos += used;
                             if let Some(Event::Text(s)) = ev {
                                 let bytes = black_box(s.as_bytes());

@@ -49,7 +49,6 @@ struct ControlBuf {
 /// The message-level state of one connection.
 #[derive(Debug)]
 pub struct Assembler {
-    max_message_size: u64,
     /// The data message in progress (fragmented, or split across receive buffers).
     kind: Option<DataKind>,
     /// Bytes the current data message's frames have declared so far (for the size limit).
@@ -66,11 +65,17 @@ pub struct Assembler {
     release: Option<Assembled>,
 }
 
+impl Default for Assembler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Assembler {
-    /// An assembler that fails messages larger than `max_message_size` bytes (1009).
-    pub fn new(max_message_size: u64) -> Self {
+    /// An assembler (the message size limit is passed to [`begin_frame`](Self::begin_frame) and
+    /// [`push`](Self::push), so that a connection keeps no copy of it).
+    pub fn new() -> Self {
         Self {
-            max_message_size,
             kind: None,
             declared: 0,
             inflate: None,
@@ -83,11 +88,11 @@ impl Assembler {
     }
 
     /// An assembler that also accepts compressed messages (RSV1 on their first frame) and inflates
-    /// them with `inflate`, failing those whose inflated size exceeds `max_message_size` (1009).
-    pub fn with_deflate(max_message_size: u64, inflate: Decompressor) -> Self {
+    /// them with `inflate`, failing those whose inflated size exceeds the message limit (1009).
+    pub fn with_deflate(inflate: Decompressor) -> Self {
         Self {
             inflate: Some(Box::new(inflate)),
-            ..Self::new(max_message_size)
+            ..Self::new()
         }
     }
 
@@ -134,14 +139,15 @@ impl Assembler {
         }
     }
 
-    /// Checks a new frame against the fragmentation rules and the message size limit, from its
-    /// header alone, before any of its payload is accepted.
+    /// Checks a new frame against the fragmentation rules and the message size limit
+    /// (`max_message_size` bytes, 1009 above it), from its header alone, before any of its payload
+    /// is accepted.
     ///
     /// RSV1 is accepted only with permessage-deflate and only on the first frame of a data message
     /// (RFC 7692 §6.1: never on control or continuation frames); elsewhere it is
     /// [`Error::ReservedBits`]. A compressed message's declared (compressed) bytes are held to what
     /// a message within the limit can compress to; its inflated size is checked while inflating.
-    pub fn begin_frame(&mut self, h: &FrameHeader) -> Result<(), Error> {
+    pub fn begin_frame(&mut self, h: &FrameHeader, max_message_size: u64) -> Result<(), Error> {
         match h.opcode {
             OpCode::Continuation if self.kind.is_none() => {
                 return Err(Error::UnexpectedContinuation);
@@ -165,10 +171,10 @@ impl Assembler {
         }
         let limit = if self.compressed {
             // Stored blocks add 5 bytes per 64 KiB, fixed-Huffman literals at most 1/8.
-            let max = self.max_message_size;
+            let max = max_message_size;
             max.saturating_add(max / 8).saturating_add(1024)
         } else {
-            self.max_message_size
+            max_message_size
         };
         let declared = self.declared.saturating_add(h.payload_len);
         if declared > limit {
@@ -193,13 +199,15 @@ impl Assembler {
         }
     }
 
-    /// Feeds a chunk of frame `h`'s unmasked payload; `last` marks the frame's final bytes.
+    /// Feeds a chunk of frame `h`'s unmasked payload; `last` marks the frame's final bytes, and a
+    /// compressed message inflating to more than `max_message_size` bytes fails (1009).
     /// Returns where a completed message or control frame can be read, if one completed.
     pub fn push(
         &mut self,
         h: &FrameHeader,
         chunk: &[u8],
         last: bool,
+        max_message_size: u64,
     ) -> Result<Option<Assembled>, Error> {
         if h.opcode.is_control() {
             let buf = self.control.get_or_insert_with(|| {
@@ -229,7 +237,7 @@ impl Assembler {
         let end = last && h.fin;
         match self.inflate.as_mut().filter(|_| self.compressed) {
             Some(inflate) => {
-                let limit = usize::try_from(self.max_message_size).unwrap_or(usize::MAX);
+                let limit = usize::try_from(max_message_size).unwrap_or(usize::MAX);
                 let start = self.data.len();
                 inflate.inflate(chunk, &mut self.data, limit)?;
                 if end {
@@ -293,6 +301,9 @@ impl Assembler {
 mod tests {
     use super::*;
 
+    /// The message limit of most tests.
+    const MAX: u64 = 1 << 20;
+
     fn h(fin: bool, opcode: OpCode, len: u64) -> FrameHeader {
         FrameHeader {
             fin,
@@ -306,25 +317,25 @@ mod tests {
 
     #[test]
     fn continuation_without_start_is_1002() {
-        let mut a = Assembler::new(1 << 20);
+        let mut a = Assembler::new();
         assert_eq!(
-            a.begin_frame(&h(true, OpCode::Continuation, 1)),
+            a.begin_frame(&h(true, OpCode::Continuation, 1), MAX),
             Err(Error::UnexpectedContinuation)
         );
     }
 
     #[test]
     fn new_data_frame_inside_message_is_1002() {
-        let mut a = Assembler::new(1 << 20);
+        let mut a = Assembler::new();
         let first = h(false, OpCode::Text, 3);
-        a.begin_frame(&first).unwrap();
-        assert_eq!(a.push(&first, b"Hel", true), Ok(None));
+        a.begin_frame(&first, MAX).unwrap();
+        assert_eq!(a.push(&first, b"Hel", true, MAX), Ok(None));
         assert_eq!(
-            a.begin_frame(&h(true, OpCode::Binary, 2)),
+            a.begin_frame(&h(true, OpCode::Binary, 2), MAX),
             Err(Error::ExpectedContinuation)
         );
         assert_eq!(
-            a.begin_frame(&h(true, OpCode::Text, 2)),
+            a.begin_frame(&h(true, OpCode::Text, 2), MAX),
             Err(Error::ExpectedContinuation)
         );
     }
@@ -336,20 +347,20 @@ mod tests {
         // the 1 MiB limit, and is never more than twice what has arrived.
         let total = 700 << 10;
         for step in [1000, 32 << 10, (256 << 10) - 14, 256 << 10, 300_001] {
-            let mut a = Assembler::new(1 << 20);
+            let mut a = Assembler::new();
             let frames = [
                 h(false, OpCode::Binary, 350 << 10),
                 h(true, OpCode::Continuation, 350 << 10),
             ];
             let (mut arrived, mut declared) = (0usize, 0usize);
             for f in &frames {
-                a.begin_frame(f).unwrap();
+                a.begin_frame(f, MAX).unwrap();
                 declared += f.payload_len as usize;
                 let mut left = f.payload_len as usize;
                 while left > 0 {
                     let n = left.min(step);
                     left -= n;
-                    a.push(f, &vec![7; n], left == 0).unwrap();
+                    a.push(f, &vec![7; n], left == 0, MAX).unwrap();
                     arrived += n;
                     let cap = a.assembly_bytes();
                     assert!(cap <= declared && cap <= 1 << 20, "step {step}: {cap}");
@@ -362,22 +373,22 @@ mod tests {
 
     #[test]
     fn control_frames_interleave_with_fragments() {
-        let mut a = Assembler::new(1 << 20);
+        let mut a = Assembler::new();
         let first = h(false, OpCode::Text, 3);
-        a.begin_frame(&first).unwrap();
-        a.push(&first, b"Hel", true).unwrap();
+        a.begin_frame(&first, MAX).unwrap();
+        a.push(&first, b"Hel", true, MAX).unwrap();
         let ping = h(true, OpCode::Ping, 2);
-        a.begin_frame(&ping).unwrap();
+        a.begin_frame(&ping, MAX).unwrap();
         assert_eq!(
-            a.push(&ping, b"hi", true),
+            a.push(&ping, b"hi", true, MAX),
             Ok(Some(Assembled::Control(OpCode::Ping)))
         );
         assert_eq!(a.control(), b"hi");
         a.release();
         let last = h(true, OpCode::Continuation, 2);
-        a.begin_frame(&last).unwrap();
+        a.begin_frame(&last, MAX).unwrap();
         assert_eq!(
-            a.push(&last, b"lo", true),
+            a.push(&last, b"lo", true, MAX),
             Ok(Some(Assembled::Data(DataKind::Text)))
         );
         assert_eq!(a.data(), b"Hello");
@@ -388,12 +399,13 @@ mod tests {
 
     #[test]
     fn message_size_is_checked_across_fragments_before_payload() {
-        let mut a = Assembler::new(10);
+        let mut a = Assembler::new();
+        const MAX: u64 = 10;
         let first = h(false, OpCode::Binary, 6);
-        a.begin_frame(&first).unwrap();
-        a.push(&first, &[0; 6], true).unwrap();
+        a.begin_frame(&first, MAX).unwrap();
+        a.push(&first, &[0; 6], true, MAX).unwrap();
         assert_eq!(
-            a.begin_frame(&h(true, OpCode::Continuation, 5)),
+            a.begin_frame(&h(true, OpCode::Continuation, 5), MAX),
             Err(Error::MessageTooLarge)
         );
         assert_eq!(
@@ -404,19 +416,19 @@ mod tests {
 
     #[test]
     fn many_tiny_fragments_are_fine() {
-        let mut a = Assembler::new(1 << 20);
+        let mut a = Assembler::new();
         let first = h(false, OpCode::Binary, 1);
-        a.begin_frame(&first).unwrap();
-        a.push(&first, &[7], true).unwrap();
+        a.begin_frame(&first, MAX).unwrap();
+        a.push(&first, &[7], true, MAX).unwrap();
         for _ in 0..70_000 {
             let c = h(false, OpCode::Continuation, 1);
-            a.begin_frame(&c).unwrap();
-            assert_eq!(a.push(&c, &[7], true), Ok(None));
+            a.begin_frame(&c, MAX).unwrap();
+            assert_eq!(a.push(&c, &[7], true, MAX), Ok(None));
         }
         let end = h(true, OpCode::Continuation, 0);
-        a.begin_frame(&end).unwrap();
+        a.begin_frame(&end, MAX).unwrap();
         assert_eq!(
-            a.push(&end, &[], true),
+            a.push(&end, &[], true, MAX),
             Ok(Some(Assembled::Data(DataKind::Binary)))
         );
         assert_eq!(a.data().len(), 70_001);
@@ -424,24 +436,24 @@ mod tests {
 
     #[test]
     fn invalid_utf8_fails_on_the_fragment_that_carries_it() {
-        let mut a = Assembler::new(1 << 20);
+        let mut a = Assembler::new();
         let first = h(false, OpCode::Text, 4);
-        a.begin_frame(&first).unwrap();
+        a.begin_frame(&first, MAX).unwrap();
         // U+110000 would start F4 90: invalid from its second byte on.
         assert_eq!(
-            a.push(&first, &[b'a', b'b', 0xf4, 0x90], true),
+            a.push(&first, &[b'a', b'b', 0xf4, 0x90], true, MAX),
             Err(Error::InvalidUtf8)
         );
     }
 
     #[test]
     fn incomplete_code_point_at_message_end_is_1007() {
-        let mut a = Assembler::new(1 << 20);
+        let mut a = Assembler::new();
         let first = h(false, OpCode::Text, 2);
-        a.begin_frame(&first).unwrap();
-        a.push(&first, &[b'a', 0xe2], true).unwrap();
+        a.begin_frame(&first, MAX).unwrap();
+        a.push(&first, &[b'a', 0xe2], true, MAX).unwrap();
         let end = h(true, OpCode::Continuation, 1);
-        a.begin_frame(&end).unwrap();
-        assert_eq!(a.push(&end, &[0x82], true), Err(Error::InvalidUtf8));
+        a.begin_frame(&end, MAX).unwrap();
+        assert_eq!(a.push(&end, &[0x82], true, MAX), Err(Error::InvalidUtf8));
     }
 }

@@ -4,16 +4,18 @@
 //! **in place** and returns at most one [`Event`] per call. A message whose frame sits whole inside the
 //! buffer is returned as a slice of that buffer: no copy. Anything that spans buffers (a header split in
 //! two, a long frame, a fragmented message) is carried in a boxed state and the [`Assembler`]'s
-//! buffers, which exist only while needed: an idle receiver is 32 bytes.
+//! buffers, which exist only while needed: an idle receiver is 16 bytes. The [`Limits`] are the
+//! caller's, passed to every [`Receiver::read`] (one copy per server, not one per connection).
 //!
 //! ```
 //! use ringws_protocol::{Event, Limits, Receiver, Role};
-//! let mut rx = Receiver::new(Role::Server, Limits::default());
+//! let limits = Limits::default();
+//! let mut rx = Receiver::new(Role::Server);
 //! // RFC 6455 §5.7: a masked text message "Hello", arriving in two pieces.
 //! let mut frame = *b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58";
 //! let (first, second) = frame.split_at_mut(4);
-//! assert_eq!(rx.read(first).unwrap(), (4, None));
-//! assert_eq!(rx.read(second).unwrap(), (7, Some(Event::Text("Hello"))));
+//! assert_eq!(rx.read(first, &limits).unwrap(), (4, None));
+//! assert_eq!(rx.read(second, &limits).unwrap(), (7, Some(Event::Text("Hello"))));
 //! ```
 
 use crate::assembler::{Assembled, Assembler, DataKind};
@@ -25,7 +27,7 @@ use crate::frame::{
 };
 use crate::mask::unmask;
 
-/// Receive limits of one connection.
+/// Receive limits, passed to [`Receiver::read`] (the same for every connection of a server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest payload one frame may declare (1009 above it). Default 16 MiB.
@@ -72,7 +74,7 @@ enum Ready {
 
 /// Decodes one connection's incoming byte stream into [`Event`]s.
 ///
-/// Small while nothing is in progress (32 bytes): a frame that sits whole in the buffer is decoded
+/// Small while nothing is in progress (16 bytes): a frame that sits whole in the buffer is decoded
 /// and delivered without touching any other state. Whatever spans receive buffers (a split header,
 /// a frame's payload still to come, a fragmented message) lives in a boxed part holding the
 /// [`Assembler`], which exists
@@ -80,7 +82,6 @@ enum Ready {
 /// permessage-deflate (the inflater keeps its context there).
 #[derive(Debug)]
 pub struct Receiver {
-    limits: Limits,
     /// The state of a frame or message spanning receive buffers, while there is one.
     span: Option<Box<Spanning>>,
     role: Role,
@@ -126,10 +127,9 @@ impl Spanning {
 }
 
 impl Receiver {
-    /// A receiver for the given role (a server requires masked frames, a client unmasked) and limits.
-    pub fn new(role: Role, limits: Limits) -> Self {
+    /// A receiver for the given role (a server requires masked frames, a client unmasked).
+    pub fn new(role: Role) -> Self {
         Self {
-            limits,
             span: None,
             role,
             deflate: false,
@@ -140,26 +140,24 @@ impl Receiver {
     /// A receiver for a connection that negotiated permessage-deflate (RFC 7692): RSV1 is allowed on
     /// the first frame of a data message, and such compressed messages are inflated by `inflate`
     /// (from [`Params::decompressor`](crate::deflate::Params::decompressor)) chunk by chunk as they
-    /// arrive, `limits.max_message_size` applying to the inflated size, checked while inflating.
+    /// arrive, the `max_message_size` passed to [`read`](Self::read) applying to the inflated size,
+    /// checked while inflating.
     /// Compressed messages are delivered from the assembly buffer, never in place.
     ///
     /// ```
     /// use ringws_protocol::deflate::Decompressor;
     /// use ringws_protocol::{Event, Limits, Receiver, Role};
-    /// let mut rx = Receiver::with_deflate(Role::Client, Limits::default(), Decompressor::new(15, false, None));
+    /// let mut rx = Receiver::with_deflate(Role::Client, Decompressor::new(15, false, None));
     /// // RFC 7692 §7.2.3.1: "Hello" compressed, in one unmasked frame with RSV1.
     /// let mut frame = [0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
-    /// assert_eq!(rx.read(&mut frame)?, (9, Some(Event::Text("Hello"))));
+    /// assert_eq!(rx.read(&mut frame, &Limits::default())?, (9, Some(Event::Text("Hello"))));
     /// # Ok::<(), ringws_protocol::Error>(())
     /// ```
-    pub fn with_deflate(role: Role, limits: Limits, inflate: Decompressor) -> Self {
+    pub fn with_deflate(role: Role, inflate: Decompressor) -> Self {
         Self {
-            span: Some(Spanning::new(Assembler::with_deflate(
-                limits.max_message_size,
-                inflate,
-            ))),
+            span: Some(Spanning::new(Assembler::with_deflate(inflate))),
             deflate: true,
-            ..Self::new(role, limits)
+            ..Self::new(role)
         }
     }
 
@@ -198,7 +196,8 @@ impl Receiver {
         self.span.as_ref().is_some_and(|s| s.in_progress())
     }
 
-    /// Decodes from `buf`, the bytes just received, unmasking payloads in place.
+    /// Decodes from `buf`, the bytes just received, unmasking payloads in place, under `limits`
+    /// (pass the same limits on every call for one connection).
     ///
     /// Returns the bytes consumed and at most one event. It stops after an event, and also after a
     /// frame whose payload went into the assembly buffer (no event, bytes may remain), so that a
@@ -206,12 +205,16 @@ impl Receiver {
     /// no event it has consumed all of `buf`, keeping what it needs for the next buffer. Call again
     /// on the rest (`&mut buf[consumed..]`) until the buffer is used up. On `Err(e)` the connection must be failed
     /// with `e.reply()`; after an error or a Close event, further input is ignored.
-    pub fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<(usize, Option<Event<'a>>), Error> {
+    pub fn read<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        limits: &Limits,
+    ) -> Result<(usize, Option<Event<'a>>), Error> {
         self.release();
         if self.done {
             return Ok((buf.len(), None));
         }
-        let (used, ready) = match self.advance(buf) {
+        let (used, ready) = match self.advance(buf, limits) {
             Ok(step) => step,
             Err(e) => {
                 self.done = true;
@@ -269,29 +272,33 @@ impl Receiver {
         }
     }
 
-    /// The header rules of this connection.
-    fn rules(&self) -> DecodeRules {
+    /// The header rules of this connection under `limits`.
+    fn rules(&self, limits: &Limits) -> DecodeRules {
         DecodeRules {
             role: self.role,
-            max_frame_size: self.limits.max_frame_size,
+            max_frame_size: limits.max_frame_size,
             allowed_rsv: if self.deflate { RSV1 } else { 0 },
         }
     }
 
     /// Runs the frame state machine over `buf` until an event is ready or the buffer is used up.
-    fn advance(&mut self, buf: &mut [u8]) -> Result<(usize, Option<Ready>), Error> {
-        let rules = self.rules();
+    fn advance(
+        &mut self,
+        buf: &mut [u8],
+        limits: &Limits,
+    ) -> Result<(usize, Option<Ready>), Error> {
+        let rules = self.rules(limits);
+        let max_message_size = limits.max_message_size;
         let span = match &mut self.span {
             Some(span) => span,
             None => {
-                if let Some(step) = whole_frame(buf, &rules, self.limits.max_message_size)? {
+                if let Some(step) = whole_frame(buf, &rules, max_message_size)? {
                     return Ok(step);
                 }
-                self.span
-                    .insert(Spanning::new(Assembler::new(self.limits.max_message_size)))
+                self.span.insert(Spanning::new(Assembler::new()))
             }
         };
-        span.advance(buf, &rules)
+        span.advance(buf, &rules, max_message_size)
     }
 }
 
@@ -342,6 +349,7 @@ impl Spanning {
         &mut self,
         buf: &mut [u8],
         rules: &DecodeRules,
+        max_message_size: u64,
     ) -> Result<(usize, Option<Ready>), Error> {
         let mut pos = 0;
         loop {
@@ -353,7 +361,7 @@ impl Spanning {
                     return Ok((buf.len(), None));
                 };
                 pos += used;
-                self.asm.begin_frame(&h)?;
+                self.asm.begin_frame(&h, max_message_size)?;
                 self.current = Some(h);
                 self.remaining = h.payload_len;
                 continue;
@@ -385,7 +393,10 @@ impl Spanning {
                     }),
                 ));
             }
-            if let Some(done) = self.asm.push(&h, &buf[start..end], last)? {
+            if let Some(done) = self
+                .asm
+                .push(&h, &buf[start..end], last, max_message_size)?
+            {
                 return Ok((pos, Some(Ready::Assembled(done))));
             }
             if last {
@@ -480,8 +491,19 @@ mod tests {
         out
     }
 
-    /// Feeds `stream` in pieces cut at `cuts` and collects events until the first error.
+    /// Feeds `stream` in pieces cut at `cuts` under the default limits and collects events until
+    /// the first error.
     fn feed(rx: &mut Receiver, stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Option<Error>) {
+        feed_with(rx, &Limits::default(), stream, cuts)
+    }
+
+    /// [`feed`] under `limits`.
+    fn feed_with(
+        rx: &mut Receiver,
+        limits: &Limits,
+        stream: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<Owned>, Option<Error>) {
         let mut stream = stream.to_vec();
         let mut events = Vec::new();
         let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c < stream.len()).collect();
@@ -492,7 +514,7 @@ mod tests {
             let chunk = &mut stream[from..to];
             let mut pos = 0;
             loop {
-                match rx.read(&mut chunk[pos..]) {
+                match rx.read(&mut chunk[pos..], limits) {
                     Ok((used, ev)) => {
                         pos += used;
                         match ev {
@@ -515,7 +537,7 @@ mod tests {
     }
 
     fn server() -> Receiver {
-        Receiver::new(Role::Server, Limits::default())
+        Receiver::new(Role::Server)
     }
 
     const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
@@ -525,7 +547,7 @@ mod tests {
         let mut rx = server();
         let mut f = frame(true, 0, OpCode::Text, b"Hello", KEY);
         let range = f.as_ptr_range();
-        let (used, ev) = rx.read(&mut f).unwrap();
+        let (used, ev) = rx.read(&mut f, &Limits::default()).unwrap();
         assert_eq!(used, 11);
         let Some(Event::Text(s)) = ev else {
             panic!("expected text")
@@ -539,21 +561,24 @@ mod tests {
 
     #[test]
     fn an_idle_receiver_is_small() {
-        assert!(size_of::<Receiver>() <= 32, "{}", size_of::<Receiver>());
-        assert!(size_of::<Option<Receiver>>() <= 32);
+        assert!(size_of::<Receiver>() <= 16, "{}", size_of::<Receiver>());
+        assert!(size_of::<Option<Receiver>>() <= 16);
     }
 
     #[test]
     fn spanning_state_exists_only_while_a_frame_spans_buffers() {
         let mut rx = server();
         let mut whole = frame(true, 0, OpCode::Binary, b"whole", KEY);
-        assert!(rx.read(&mut whole).unwrap().1.is_some());
+        assert!(rx.read(&mut whole, &Limits::default()).unwrap().1.is_some());
         assert!(rx.span.is_none(), "a whole frame needs no spanning state");
         let mut split = frame(true, 0, OpCode::Binary, &[7; 300], KEY);
         let (first, second) = split.split_at_mut(1);
-        assert_eq!(rx.read(first).unwrap(), (1, None));
+        assert_eq!(rx.read(first, &Limits::default()).unwrap(), (1, None));
         assert!(rx.span.is_some() && rx.in_progress());
-        assert_eq!(rx.read(second).unwrap().1, Some(Event::Binary(&[7; 300])));
+        assert_eq!(
+            rx.read(second, &Limits::default()).unwrap().1,
+            Some(Event::Binary(&[7; 300]))
+        );
         rx.release();
         assert!(
             rx.span.is_none(),
@@ -686,24 +711,31 @@ mod tests {
         let mut f = vec![
             0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4,
         ];
-        assert_eq!(rx.read(&mut f).unwrap_err(), Error::FrameTooLarge);
+        assert_eq!(
+            rx.read(&mut f, &Limits::default()).unwrap_err(),
+            Error::FrameTooLarge
+        );
         assert_eq!(rx.buffered(), 0);
         // After a failure, input is ignored.
-        assert_eq!(rx.read(&mut [0x81, 0x80]).unwrap(), (2, None));
+        assert_eq!(
+            rx.read(&mut [0x81, 0x80], &Limits::default()).unwrap(),
+            (2, None)
+        );
     }
 
     #[test]
     fn message_limit_applies_across_fragments() {
-        let mut rx = Receiver::new(
-            Role::Server,
-            Limits {
-                max_frame_size: 100,
-                max_message_size: 150,
-            },
-        );
+        let mut rx = Receiver::new(Role::Server);
+        let limits = Limits {
+            max_frame_size: 100,
+            max_message_size: 150,
+        };
         let mut stream = frame(false, 0, OpCode::Binary, &[1; 100], KEY);
         stream.extend(frame(true, 0, OpCode::Continuation, &[2; 51], KEY));
-        assert_eq!(feed(&mut rx, &stream, &[]).1, Some(Error::MessageTooLarge));
+        assert_eq!(
+            feed_with(&mut rx, &limits, &stream, &[]).1,
+            Some(Error::MessageTooLarge)
+        );
     }
 
     #[test]
@@ -714,7 +746,10 @@ mod tests {
         let mut payload = vec![b'a'; 1000];
         payload[2] = 0xff;
         let mut f = frame(true, 0, OpCode::Text, &payload, KEY);
-        assert_eq!(rx.read(&mut f[..20]).unwrap_err(), Error::InvalidUtf8);
+        assert_eq!(
+            rx.read(&mut f[..20], &Limits::default()).unwrap_err(),
+            Error::InvalidUtf8
+        );
     }
 
     #[test]
@@ -727,7 +762,7 @@ mod tests {
             &[3, 100, 5000],
         );
         assert_eq!(events, vec![Owned::Binary(payload)]);
-        rx.read(&mut []).unwrap();
+        rx.read(&mut [], &Limits::default()).unwrap();
         assert_eq!(rx.buffered(), 0);
         assert!(!rx.in_progress());
     }
@@ -737,11 +772,14 @@ mod tests {
         let mut rx = server();
         let mut first = frame(false, 0, OpCode::Binary, &[7; 3000], KEY);
         let len = first.len();
-        assert_eq!(rx.read(&mut first).unwrap(), (len, None));
+        assert_eq!(
+            rx.read(&mut first, &Limits::default()).unwrap(),
+            (len, None)
+        );
         assert!(rx.in_progress());
         assert!(rx.assembly_bytes() >= 3000, "{}", rx.assembly_bytes());
         let mut last = frame(true, 0, OpCode::Continuation, &[8; 10], KEY);
-        assert!(rx.read(&mut last).unwrap().1.is_some());
+        assert!(rx.read(&mut last, &Limits::default()).unwrap().1.is_some());
         assert!(
             rx.assembly_bytes() >= 3010,
             "the delivered message is still borrowable"
@@ -752,11 +790,17 @@ mod tests {
 
     #[test]
     fn client_role_reads_unmasked_frames() {
-        let mut rx = Receiver::new(Role::Client, Limits::default());
+        let mut rx = Receiver::new(Role::Client);
         let mut f = *b"\x81\x05Hello";
-        assert_eq!(rx.read(&mut f).unwrap(), (7, Some(Event::Text("Hello"))));
+        assert_eq!(
+            rx.read(&mut f, &Limits::default()).unwrap(),
+            (7, Some(Event::Text("Hello")))
+        );
         let mut masked = frame(true, 0, OpCode::Text, b"x", KEY);
-        assert_eq!(rx.read(&mut masked).unwrap_err(), Error::MaskedFrame);
+        assert_eq!(
+            rx.read(&mut masked, &Limits::default()).unwrap_err(),
+            Error::MaskedFrame
+        );
     }
 
     /// A random message stream: (fragments, opcode) plus interleaved pings.
@@ -829,8 +873,8 @@ mod tests {
             bytes in prop::collection::vec(any::<u8>(), 0..2000),
             cuts in prop::collection::vec(0usize..2000, 0..8),
         ) {
-            let mut rx = Receiver::new(Role::Server, Limits { max_frame_size: 1000, max_message_size: 1500 });
-            let _ = feed(&mut rx, &bytes, &cuts);
+            let limits = Limits { max_frame_size: 1000, max_message_size: 1500 };
+            let _ = feed_with(&mut Receiver::new(Role::Server), &limits, &bytes, &cuts);
         }
     }
 

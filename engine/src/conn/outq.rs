@@ -66,8 +66,12 @@ pub(crate) struct OutQueue {
     /// Chunks moved from `pending` into flights and not returned: `pending[i]` has the absolute
     /// position `moved + i`.
     moved: u64,
-    /// Conflation key -> absolute position of the shared chunk queued for it while behind.
-    keyed: HashMap<ConflationKey, u64>,
+    /// Conflation key -> absolute position of the shared chunk queued for it while behind. Boxed
+    /// and made on first use: only slow subscribers of conflating topics need it, and every
+    /// handshake's answer goes through a queue of its own. Boxed on purpose: the 8-byte pointer
+    /// instead of the map's 48 bytes is the point.
+    #[allow(clippy::box_collection)]
+    keyed: Option<Box<HashMap<ConflationKey, u64>>>,
     /// Unsent bytes, pending and in the air.
     buffered: usize,
     /// An emptied chunk buffer kept for the next small frames.
@@ -107,6 +111,12 @@ impl OutQueue {
     fn tail(&mut self) -> &mut Vec<u8> {
         let appendable = matches!(self.pending.back(), Some(Chunk::Owned(s)) if s.len() < LARGE);
         if !appendable {
+            if self.pending.capacity() == 0 {
+                // A new queue's first chunk: room for one (a handshake's answer is all most new
+                // queues carry), not the four a first push would reserve; queues that need more
+                // grow once and keep it in the pool.
+                self.pending.reserve_exact(1);
+            }
             self.pending
                 .push_back(Chunk::Owned(std::mem::take(&mut self.spare)));
         }
@@ -169,13 +179,13 @@ impl OutQueue {
     pub fn push_keyed(&mut self, key: ConflationKey, frame: &Arc<[u8]>) {
         self.push_shared(frame);
         let at = self.moved + self.pending.len() as u64 - 1;
-        self.keyed.insert(key, at);
+        self.keyed.get_or_insert_default().insert(key, at);
     }
 
     /// Replaces the queued frame remembered under `key` with `frame`, if it is still waiting (not in
     /// the air, not partly sent). Returns whether it was replaced; if not, the caller queues `frame`.
     pub fn replace_keyed(&mut self, key: ConflationKey, frame: &Arc<[u8]>) -> bool {
-        let Some(&at) = self.keyed.get(&key) else {
+        let Some(&at) = self.keyed.as_ref().and_then(|k| k.get(&key)) else {
             return false;
         };
         let Some(i) = at.checked_sub(self.moved).map(|i| i as usize) else {
@@ -185,7 +195,7 @@ impl OutQueue {
             return false; // partly sent
         }
         let Some(Chunk::Shared(old)) = self.pending.get_mut(i) else {
-            self.keyed.remove(&key);
+            self.forget_keyed(key);
             return false;
         };
         self.buffered = self.buffered - old.len() + frame.len();
@@ -196,8 +206,15 @@ impl OutQueue {
     /// Forgets the frame remembered under `key`: a frame for that key is about to be queued behind
     /// it, so replacing the remembered one would put a newer value ahead of an older one.
     pub fn forget_keyed(&mut self, key: ConflationKey) {
-        if !self.keyed.is_empty() {
-            self.keyed.remove(&key);
+        if let Some(keyed) = &mut self.keyed {
+            keyed.remove(&key);
+        }
+    }
+
+    /// Forgets every remembered frame (the queue emptied).
+    fn clear_keyed(&mut self) {
+        if let Some(keyed) = &mut self.keyed {
+            keyed.clear();
         }
     }
 
@@ -240,7 +257,7 @@ impl OutQueue {
                 self.spare = v;
             }
         }
-        self.keyed.clear();
+        self.clear_keyed();
         self.moved = 0;
         self.offset = 0;
         self.buffered = 0;
@@ -330,7 +347,7 @@ impl OutQueue {
         self.moved -= back as u64;
         self.offset = if back > 0 { into_first } else { 0 };
         if self.pending.is_empty() {
-            self.keyed.clear();
+            self.clear_keyed();
         }
         Ok(())
     }
@@ -338,7 +355,7 @@ impl OutQueue {
     /// Drops everything waiting (not what is in the air): the connection is going away.
     fn abandon(&mut self) {
         self.pending.clear();
-        self.keyed.clear();
+        self.clear_keyed();
         self.moved = 0;
         self.offset = 0;
         self.buffered = if self.flight.is_busy() {
@@ -371,8 +388,12 @@ impl OutQueue {
         if self.pending.capacity() > KEEP_CHUNKS {
             self.pending = VecDeque::new();
         }
-        if self.keyed.capacity() > KEEP_CHUNKS {
-            self.keyed = HashMap::new();
+        if self
+            .keyed
+            .as_ref()
+            .is_some_and(|k| k.capacity() > KEEP_CHUNKS)
+        {
+            self.keyed = None;
         }
     }
 }
@@ -421,18 +442,37 @@ impl Pool {
 
     /// Returns a queue that is no longer needed. A queue with a send in the air is never reused or
     /// freed: it is leaked, and the slip logged.
-    pub fn give(&mut self, mut q: Box<OutQueue>) {
-        if q.in_flight() {
-            error!("an output queue with a send in the air was released; leaking it");
-            Box::leak(q);
+    pub fn give(&mut self, q: Box<OutQueue>) {
+        let Some(mut q) = Self::idle(q) else {
             return;
-        }
+        };
         if self.free.len() >= self.max_free {
             return;
         }
         q.abandon();
         q.trim(self.max_capacity);
         self.free.push(q);
+    }
+
+    /// [`give`](Self::give)s `q` back, or with `discard` frees it instead (a queue made for a
+    /// handshake's answer, see [`Slab::out`](super::slot::Slab::out)); a queue with a send in the
+    /// air is leaked either way, and the slip logged.
+    pub fn give_or_discard(&mut self, q: Box<OutQueue>, discard: bool) {
+        if discard {
+            drop(Self::idle(q));
+        } else {
+            self.give(q);
+        }
+    }
+
+    /// `q` if no send is in the air, else `None` (`q` leaked and the slip logged).
+    fn idle(q: Box<OutQueue>) -> Option<Box<OutQueue>> {
+        if q.in_flight() {
+            error!("an output queue with a send in the air was released; leaking it");
+            Box::leak(q);
+            return None;
+        }
+        Some(q)
     }
 
     /// Queues currently free, for accounting in tests.
@@ -464,6 +504,14 @@ mod tests {
     /// Completes the send in the air with `n` bytes written.
     fn complete(q: &mut OutQueue, n: usize) {
         q.landed(SEND, n as i32).expect("the send lands");
+    }
+
+    #[test]
+    fn a_queue_is_small() {
+        // 272 B until the conflation map was boxed: a burst of handshakes has one queue per
+        // answer in the air.
+        let size = size_of::<OutQueue>();
+        assert!(size <= 232, "an output queue grew to {size} bytes");
     }
 
     #[test]
@@ -777,7 +825,7 @@ mod tests {
         send(&mut q);
         complete(&mut q, 6);
         assert!(
-            q.is_empty() && q.keyed.is_empty(),
+            q.is_empty() && q.keyed.as_ref().is_none_or(|k| k.is_empty()),
             "the map empties with the queue"
         );
         assert!(

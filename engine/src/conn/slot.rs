@@ -35,6 +35,9 @@ pub(crate) mod io {
     pub const STARVED: u8 = 4;
     /// A client connection's connect is in flight.
     pub const CONNECTING: u8 = 8;
+    /// The output queue was made while handshaking (for the answer): it is freed, not pooled, once
+    /// drained, so that a burst of handshakes leaves no pool of its size behind.
+    pub const UNPOOLED: u8 = 16;
 }
 
 /// Marks "no live wheel entry".
@@ -368,11 +371,10 @@ impl<S: Default> Slab<S> {
         };
         let role = if client { Role::Client } else { Role::Server };
         let now = self.time();
-        let limits = self.cfg.limits;
         let s = &mut self.slots[slot as usize];
         s.fd = Some(fd);
         s.machine = Machine::start(now, client);
-        s.rx = Some(Receiver::new(role, limits));
+        s.rx = Some(Receiver::new(role));
         self.live += 1;
         self.stats.connections_open.inc();
         self.schedule(slot);
@@ -399,6 +401,7 @@ impl<S: Default> Slab<S> {
         s.fd = None;
         s.generation = s.generation.wrapping_add(1);
         s.machine = Machine::default();
+        let unpooled = s.has(io::UNPOOLED);
         s.io = 0;
         s.timer_at = NO_TIMER;
         s.rx = None;
@@ -406,7 +409,7 @@ impl<S: Default> Slab<S> {
         s.extra = None;
         s.state = S::default();
         if let Some(q) = s.out.take() {
-            self.pool.give(q);
+            self.pool.give_or_discard(q, unpooled);
         }
         self.live -= 1;
         self.stats.connections_open.dec();
@@ -424,19 +427,16 @@ impl<S: Default> Slab<S> {
         let at = tick_at_or_after(self.now_ms + u64::from(in_ms));
         if at < s.timer_at {
             s.timer_at = at;
-            self.wheel.schedule(Entry {
-                slot,
-                generation: s.generation,
-                at,
-            });
+            self.wheel.schedule(Entry { slot, at });
         }
     }
 
-    /// Whether wheel entry `e` is the live one of its slot; if so it is consumed (the slot has no
-    /// live entry until it is scheduled again).
+    /// Whether wheel entry `e` is the live one of its slot (due at the slot's timer tick; a freed
+    /// slot has none); if so it is consumed (the slot has no live entry until it is scheduled
+    /// again).
     pub fn take_due(&mut self, e: &Entry) -> bool {
         match self.slots.get_mut(e.slot as usize) {
-            Some(s) if s.generation == e.generation && s.timer_at == e.at => {
+            Some(s) if s.timer_at == e.at => {
                 s.timer_at = NO_TIMER;
                 true
             }
@@ -446,6 +446,11 @@ impl<S: Default> Slab<S> {
 
     /// The queue frames for the slot go to (taken from the pool if it has none; for TLS, the
     /// plaintext queue), marked for this turn's flush.
+    ///
+    /// While handshaking the wire queue is a new one, freed once drained ([`io::UNPOOLED`]): a
+    /// burst of thousands of handshakes has thousands of answers in the air at once, and their
+    /// queues, pooled, would stay as a pool of that size (~650 bytes each with their buffers,
+    /// 26-51 bytes per connection after 10,000 idle connections arrived at once).
     pub fn out(&mut self, slot: u32) -> &mut OutQueue {
         let s = &mut self.slots[slot as usize];
         if !s.has(io::DIRTY) {
@@ -454,7 +459,7 @@ impl<S: Default> Slab<S> {
         }
         match s.extra.as_mut().and_then(|e| e.tls.as_mut()) {
             Some(t) => t.plain.get_or_insert_with(|| self.pool.take()),
-            None => s.out.get_or_insert_with(|| self.pool.take()),
+            None => wire_queue(&mut self.pool, &mut s.out, &mut s.io, &s.machine),
         }
     }
 
@@ -466,7 +471,7 @@ impl<S: Default> Slab<S> {
             s.io |= io::DIRTY;
             self.dirty.push(slot);
         }
-        s.out.get_or_insert_with(|| self.pool.take())
+        wire_queue(&mut self.pool, &mut s.out, &mut s.io, &s.machine)
     }
 
     /// Gives an emptied output queue back to the pool.
@@ -475,7 +480,8 @@ impl<S: Default> Slab<S> {
         if s.out.as_ref().is_some_and(|q| q.is_empty())
             && let Some(q) = s.out.take()
         {
-            self.pool.give(q);
+            self.pool.give_or_discard(q, s.has(io::UNPOOLED));
+            s.io &= !io::UNPOOLED;
         }
     }
 
@@ -689,6 +695,24 @@ impl<S: Default> Slab<S> {
     }
 }
 
+/// A slot's wire queue `out`, made if it has none: from the pool, or new and marked
+/// [`io::UNPOOLED`] while handshaking (see [`Slab::out`]).
+fn wire_queue<'a>(
+    pool: &mut Pool,
+    out: &'a mut Option<Box<OutQueue>>,
+    bits: &mut u8,
+    machine: &Machine,
+) -> &'a mut OutQueue {
+    out.get_or_insert_with(|| {
+        if machine.phase() == Phase::Handshaking {
+            *bits |= io::UNPOOLED;
+            Box::default()
+        } else {
+            pool.take()
+        }
+    })
+}
+
 /// The metrics kind of a frame's opcode.
 pub(crate) fn kind_of(opcode: OpCode) -> MessageKind {
     match opcode {
@@ -747,10 +771,13 @@ pub(crate) mod tests {
         let slot = size_of::<Slot<()>>();
         let rx = size_of::<Receiver>();
         println!("connection slot {slot} B, of which the decoder {rx} B");
-        // 192 B (a 128 B decoder) until the decoder's spanning state was boxed: an idle
-        // connection's memory is mostly its slot, so keep it from silently regrowing.
-        assert!(slot <= 96, "an idle connection's slot grew to {slot} bytes");
-        assert!(rx <= 32, "an idle decoder grew to {rx} bytes");
+        // 192 B (a 128 B decoder) until the decoder's spanning state was boxed, 96 B until the
+        // decoder stopped keeping a copy of the limits: an idle connection's memory is mostly its
+        // slot, so keep it from silently regrowing.
+        assert!(slot <= 80, "an idle connection's slot grew to {slot} bytes");
+        assert!(rx <= 16, "an idle decoder grew to {rx} bytes");
+        // And its one wheel entry (12 B while entries carried the slot's generation).
+        assert!(size_of::<Entry>() <= 8, "a wheel entry grew");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! sent, closing start) and have at most one *live* wheel entry: the tick by which the machine's
 //! earliest deadline has passed. Activity only updates a stamp and never touches the wheel; when the
 //! entry fires, the machine is checked and either acts or names its next deadline. An entry is
-//! `(slot, generation, tick)`; one whose slot has moved on (another generation, or a newer entry) is
-//! stale and ignored, so cancelling is free.
+//! `(slot, tick)`, 8 bytes (one per idle connection); one whose slot has moved on (its live entry is
+//! at another tick) is stale and ignored, so cancelling is free. An entry left by an earlier
+//! connection of the slot that happens to share the new connection's tick only checks the new
+//! connection at its own tick, so entries carry no generation.
 //!
 //! A deadline at `d` ms is filed under tick `ceil(d / TICK_MS)`, which fires once the clock passes
 //! `tick * TICK_MS >= d`: never early, and at most one tick late when the worker wakes at each tick
@@ -20,7 +22,7 @@ pub(crate) const TICK_MS: u64 = 100;
 /// until their round comes.
 const SLOTS: usize = 512;
 
-/// Entries a bucket keeps room for after draining (768 bytes); more capacity is given back.
+/// Entries a bucket keeps room for after draining (512 bytes); more capacity is given back.
 const KEEP_CAPACITY: usize = 64;
 
 /// A wheel tick: time since the worker started, in [`TICK_MS`] units (13 years fit).
@@ -41,8 +43,6 @@ pub(crate) fn tick_at_or_before(ms: u64) -> Tick {
 pub(crate) struct Entry {
     /// The connection slot.
     pub slot: u32,
-    /// The slot's generation when scheduled.
-    pub generation: u32,
     /// The tick the entry is due at.
     pub at: Tick,
 }
@@ -110,11 +110,7 @@ mod tests {
     use super::*;
 
     fn entry(slot: u32, at: Tick) -> Entry {
-        Entry {
-            slot,
-            generation: 0,
-            at,
-        }
+        Entry { slot, at }
     }
 
     fn fire(w: &mut Wheel, now: Tick) -> Vec<u32> {

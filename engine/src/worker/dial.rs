@@ -219,11 +219,10 @@ impl<H: Handler> Engine<'_, H> {
                 return Handshake::Done;
             }
         };
-        let limits = self.core.slab.config().limits;
         let now = self.core.slab.time();
         let s = self.core.slab.get_mut(slot);
         if let Some((params, policy)) = agreed {
-            let (conn, rx) = deflate::connect(params, &policy, limits);
+            let (conn, rx) = deflate::connect(params, &policy);
             s.extra().deflate = Some(conn);
             s.rx = Some(rx);
         }

@@ -214,6 +214,7 @@ impl<H: Handler> Engine<'_, H> {
             return;
         };
         let now_ms = self.core.slab.now_ms();
+        let limits = self.core.slab.config().limits;
         let mut accounted = rx.assembly_bytes();
         let inflated_before = rx.inflate_totals();
         let mut delivered = false;
@@ -226,7 +227,7 @@ impl<H: Handler> Engine<'_, H> {
             if !within_cap {
                 break;
             }
-            match rx.read(&mut buf[pos..]) {
+            match rx.read(&mut buf[pos..], &limits) {
                 Ok((used, event)) => {
                     pos += used;
                     match event {
@@ -335,7 +336,7 @@ impl<H: Handler> Engine<'_, H> {
         } else {
             Role::Server
         };
-        Receiver::new(role, self.core.slab.config().limits)
+        Receiver::new(role)
     }
 
     /// Drops what `slot`'s decoder holds (a message in progress), uncounting its memory.

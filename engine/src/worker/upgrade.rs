@@ -104,10 +104,10 @@ impl<H: Handler> Engine<'_, H> {
                     );
                 }
                 let protocol = protocol.filter(offered).or(preferred.as_deref());
-                let limits = self.core.slab.config().limits;
-                let agreed = self.cfg.deflate.as_ref().and_then(|config| {
-                    deflate::accept(req, config, &self.shared.deflate_budget, limits)
-                });
+                let agreed =
+                    self.cfg.deflate.as_ref().and_then(|config| {
+                        deflate::accept(req, config, &self.shared.deflate_budget)
+                    });
                 let extensions = agreed.as_ref().map(|(_, _, header)| header.as_str());
                 self.core
                     .slab

@@ -26,9 +26,9 @@ fn receiver(settings: u8) -> Receiver {
         Role::Server
     };
     if settings & 2 != 0 {
-        Receiver::with_deflate(role, LIMITS, Decompressor::new(15, settings & 4 != 0, None))
+        Receiver::with_deflate(role, Decompressor::new(15, settings & 4 != 0, None))
     } else {
-        Receiver::new(role, LIMITS)
+        Receiver::new(role)
     }
 }
 
@@ -41,7 +41,7 @@ fn run(settings: u8, data: &[u8], cuts: &[u8]) -> Vec<(u8, usize, u64)> {
         let chunk = &mut buf[piece];
         let mut pos = 0;
         while pos < chunk.len() {
-            match rx.read(&mut chunk[pos..]) {
+            match rx.read(&mut chunk[pos..], &LIMITS) {
                 Ok((used, ev)) => {
                     pos += used;
                     if let Some(ev) = ev {

@@ -61,8 +61,18 @@ fn compressed_message(
     out
 }
 
-/// Feeds `stream` cut at `cuts`, collecting events until the first error.
+/// Feeds `stream` cut at `cuts` under the default limits, collecting events until the first error.
 fn feed(rx: &mut Receiver, stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Option<Error>) {
+    feed_with(rx, &Limits::default(), stream, cuts)
+}
+
+/// [`feed`] under `limits`.
+fn feed_with(
+    rx: &mut Receiver,
+    limits: &Limits,
+    stream: &[u8],
+    cuts: &[usize],
+) -> (Vec<Owned>, Option<Error>) {
     let mut stream = stream.to_vec();
     let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c < stream.len()).collect();
     bounds.push(stream.len());
@@ -73,7 +83,7 @@ fn feed(rx: &mut Receiver, stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Option
         let chunk = &mut stream[from..to];
         let mut pos = 0;
         while pos < chunk.len() {
-            match rx.read(&mut chunk[pos..]) {
+            match rx.read(&mut chunk[pos..], limits) {
                 Ok((used, ev)) => {
                     pos += used;
                     match ev {
@@ -93,11 +103,7 @@ fn feed(rx: &mut Receiver, stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Option
 }
 
 fn server(no_takeover: bool) -> Receiver {
-    Receiver::with_deflate(
-        Role::Server,
-        Limits::default(),
-        Decompressor::new(15, no_takeover, Some(256)),
-    )
+    Receiver::with_deflate(Role::Server, Decompressor::new(15, no_takeover, Some(256)))
 }
 
 fn sample(len: usize, seed: u64) -> Vec<u8> {
@@ -135,7 +141,7 @@ fn messages_from_0_bytes_to_16_mib_fragmented_and_split() {
         assert_eq!(events.len(), expected.len());
         assert!(events == expected, "no_takeover {no_takeover}");
         // The next read frees the last message's buffer.
-        assert_eq!(rx.read(&mut []), Ok((0, None)));
+        assert_eq!(rx.read(&mut [], &Limits::default()), Ok((0, None)));
         assert_eq!(
             rx.buffered(),
             if no_takeover {
@@ -162,12 +168,15 @@ fn one_byte_over_the_limit_is_1009_while_inflating() {
         "it compresses well: {}",
         stream.len()
     );
-    let mut rx = Receiver::with_deflate(Role::Server, limits, Decompressor::new(15, true, None));
-    assert_eq!(feed(&mut rx, &stream, &[]).1, Some(Error::MessageTooLarge));
-    let mut rx = Receiver::with_deflate(Role::Server, limits, Decompressor::new(15, true, None));
+    let mut rx = Receiver::with_deflate(Role::Server, Decompressor::new(15, true, None));
+    assert_eq!(
+        feed_with(&mut rx, &limits, &stream, &[]).1,
+        Some(Error::MessageTooLarge)
+    );
+    let mut rx = Receiver::with_deflate(Role::Server, Decompressor::new(15, true, None));
     let exact = compressed_message(&mut c, OpCode::Binary, &msg[..100_000], 2, false);
     assert_eq!(
-        feed(&mut rx, &exact, &[]),
+        feed_with(&mut rx, &limits, &exact, &[]),
         (vec![Owned::Binary(msg[..100_000].to_vec())], None)
     );
 }
@@ -176,21 +185,18 @@ fn one_byte_over_the_limit_is_1009_while_inflating() {
 fn bomb_closes_with_1009_and_bounded_memory() {
     let payload = super::codec::tests::bomb(1024); // ~1 MiB inflating to 1 GiB
     let stream = frame(true, RSV1, OpCode::Binary, &payload, [7, 7, 7, 7]);
-    let mut rx = Receiver::with_deflate(
-        Role::Server,
-        Limits {
-            max_frame_size: 2 << 20,
-            max_message_size: 16 << 20,
-        },
-        Decompressor::new(15, false, None),
-    );
+    let limits = Limits {
+        max_frame_size: 2 << 20,
+        max_message_size: 16 << 20,
+    };
+    let mut rx = Receiver::with_deflate(Role::Server, Decompressor::new(15, false, None));
     let mut peak = 0;
     let mut result = Ok(());
     // Receive buffers are unmasked in place: feed a copy.
     'chunks: for chunk in stream.clone().chunks_mut(32768) {
         let mut pos = 0;
         while pos < chunk.len() {
-            match rx.read(&mut chunk[pos..]) {
+            match rx.read(&mut chunk[pos..], &limits) {
                 Ok((used, ev)) => {
                     assert_eq!(ev, None);
                     pos += used;
@@ -213,15 +219,8 @@ fn bomb_closes_with_1009_and_bounded_memory() {
         "assembly memory {peak} stays within the message limit"
     );
     // With the ratio guard, it stops long before the limit.
-    let mut rx = Receiver::with_deflate(
-        Role::Server,
-        Limits {
-            max_frame_size: 2 << 20,
-            max_message_size: 16 << 20,
-        },
-        Decompressor::new(15, false, Some(256)),
-    );
-    let (_, err) = feed(&mut rx, &stream, &[]);
+    let mut rx = Receiver::with_deflate(Role::Server, Decompressor::new(15, false, Some(256)));
+    let (_, err) = feed_with(&mut rx, &limits, &stream, &[]);
     assert_eq!(err, Some(Error::InflateRatioExceeded));
 }
 
@@ -248,7 +247,7 @@ fn rsv1_only_on_the_first_frame_of_a_negotiated_data_message() {
     }
     // Without the extension.
     let stream = frame(true, RSV1, OpCode::Text, &hello, key);
-    let mut plain = Receiver::new(Role::Server, Limits::default());
+    let mut plain = Receiver::new(Role::Server);
     assert_eq!(feed(&mut plain, &stream, &[]).1, Some(Error::ReservedBits));
     // RSV2 and RSV3 stay reserved.
     let stream = frame(true, RSV1 | 0b010, OpCode::Text, &hello, key);
@@ -274,7 +273,7 @@ fn uncompressed_messages_are_still_delivered_in_place() {
     let mut rx = server(false);
     let mut f = frame(true, 0, OpCode::Binary, b"zero copy", [5, 6, 7, 8]);
     let range = f.as_ptr_range();
-    let (_, ev) = rx.read(&mut f).unwrap();
+    let (_, ev) = rx.read(&mut f, &Limits::default()).unwrap();
     let Some(Event::Binary(b)) = ev else {
         panic!("binary")
     };
@@ -562,7 +561,7 @@ proptest! {
             stream.extend(compressed_message(&mut c, op, &bytes, pieces, ping));
             expected.push((text, bytes));
         }
-        let mut rx = Receiver::with_deflate(Role::Server, Limits::default(), Decompressor::new(window, no_takeover, None));
+        let mut rx = Receiver::with_deflate(Role::Server, Decompressor::new(window, no_takeover, None));
         let (events, err) = feed(&mut rx, &stream, &cuts);
         prop_assert_eq!(err, None);
         let data: Vec<(bool, Vec<u8>)> = events
@@ -589,12 +588,9 @@ proptest! {
             let (rsv, op) = if i == 0 { (RSV1, OpCode::Binary) } else { (0, OpCode::Continuation) };
             stream.extend(frame(i + 1 == chunks.len(), rsv, op, chunk, [3, 1, 4, 1]));
         }
-        let mut rx = Receiver::with_deflate(
-            Role::Server,
-            Limits { max_frame_size: 4096, max_message_size: 8192 },
-            Decompressor::new(9, false, Some(10)),
-        );
-        let _ = feed(&mut rx, &stream, &cuts);
+        let mut rx = Receiver::with_deflate(Role::Server, Decompressor::new(9, false, Some(10)));
+        let limits = Limits { max_frame_size: 4096, max_message_size: 8192 };
+        let _ = feed_with(&mut rx, &limits, &stream, &cuts);
     }
 }
 
@@ -717,11 +713,8 @@ fn python_websockets_client_interop_every_parameter_combination() {
                 agreed.starts_with("EXT [PerMessageDeflate("),
                 "{offer:?}: {agreed}"
             );
-            let mut rx = Receiver::with_deflate(
-                Role::Server,
-                Limits::default(),
-                params.decompressor(Role::Server, config),
-            );
+            let mut rx =
+                Receiver::with_deflate(Role::Server, params.decompressor(Role::Server, config));
             let mut tx = params.compressor(Role::Server, config);
             let mut echoes = Vec::new();
             for _ in 0..8 {
@@ -729,7 +722,9 @@ fn python_websockets_client_interop_every_parameter_combination() {
                 assert_ne!(wire[0] & 0x40, 0, "websockets compresses every message");
                 let (mut pos, mut event) = (0, None);
                 while event.is_none() {
-                    let (used, ev) = rx.read(&mut wire[pos..]).expect("valid frames");
+                    let (used, ev) = rx
+                        .read(&mut wire[pos..], &Limits::default())
+                        .expect("valid frames");
                     pos += used;
                     event = ev.map(|ev| match ev {
                         Event::Text(s) => (OpCode::Text, s.as_bytes().to_vec()),
@@ -858,11 +853,8 @@ fn python_websockets_server_interop_with_our_client() {
             }
             writeln!(to_py, "{}", hex(&wire)).unwrap();
             let echoes = unhex(&line());
-            let mut rx = Receiver::with_deflate(
-                Role::Client,
-                Limits::default(),
-                params.decompressor(Role::Client, config),
-            );
+            let mut rx =
+                Receiver::with_deflate(Role::Client, params.decompressor(Role::Client, config));
             let (events, err) = feed(&mut rx, &echoes, &[1000, 70_000]);
             assert_eq!(err, None, "{selected}");
             let expected: Vec<Owned> = msgs.iter().cloned().map(Owned::Binary).collect();

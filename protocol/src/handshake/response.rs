@@ -29,10 +29,22 @@ pub fn write_accept_response(
     protocol: Option<&str>,
     extensions: Option<&str>,
 ) {
-    out.extend_from_slice(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+    const HEAD: &[u8] =
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+    let accept = accept_key(key.as_bytes());
+    // Sized once: a server answers thousands of handshakes at once in a burst, and a buffer grown
+    // piece by piece leaves its smaller copies behind in the allocator.
+    let field = |name: &str, len: usize| name.len() + 2 + len + 2;
+    let optional = |name: &str, value: Option<&str>| value.map_or(0, |v| field(name, v.len()));
+    out.reserve(
+        HEAD.len()
+            + field("Sec-WebSocket-Accept", accept.len())
+            + optional("Sec-WebSocket-Protocol", protocol)
+            + optional("Sec-WebSocket-Extensions", extensions)
+            + 2,
     );
-    push_field(out, "Sec-WebSocket-Accept", &accept_key(key.as_bytes()));
+    out.extend_from_slice(HEAD);
+    push_field(out, "Sec-WebSocket-Accept", &accept);
     if let Some(protocol) = protocol {
         push_field(out, "Sec-WebSocket-Protocol", protocol.as_bytes());
     }
@@ -236,6 +248,11 @@ mod tests {
              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
              Sec-WebSocket-Protocol: chat\r\n\
              Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"
+        );
+        assert_eq!(
+            out.capacity(),
+            out.len(),
+            "one allocation of the exact size"
         );
     }
 
