@@ -20,6 +20,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("no_sq_array", "--no-sq-array"),
     ("skip_cancel_completions", "--skip-cancel-completions"),
     ("msg_ring", "--msg-ring"),
+    ("direct_descriptors", "--direct-descriptors"),
     ("ring_entries", "--ring-entries"),
     ("socket_send_buffer", "--send-buffer"),
     ("idle_timeout", "--idle-timeout"),

@@ -189,6 +189,12 @@ settings! {
     /// write the eventfd.
     msg_ring: bool = true, "true",
         check |_| true, "true or false", setter;
+    /// Install each connection's socket in its worker ring's file table (direct descriptors,
+    /// `IORING_RSRC_REGISTER_SPARSE`, Linux 5.19; ignored on older kernels): receives and sends
+    /// name the table entry, and the kernel skips a file lookup per operation. Everything else
+    /// (socket options, shutdown, the peer's address, TLS) still uses the descriptor.
+    direct_descriptors: bool = true, "true",
+        check |_| true, "true or false", setter;
     /// Time allowed from accept to a complete upgrade request (for a client, from the start of the
     /// connect to the `101`).
     handshake_timeout: Duration = Duration::from_secs(10), "10 s",

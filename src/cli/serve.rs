@@ -52,6 +52,8 @@ pub struct ServeArgs {
     skip_cancel_completions: Option<bool>,
     #[arg(long, value_name = "BOOL", help = help("msg_ring"), long_help = long_help("msg_ring", None))]
     msg_ring: Option<bool>,
+    #[arg(long, value_name = "BOOL", help = help("direct_descriptors"), long_help = long_help("direct_descriptors", None))]
+    direct_descriptors: Option<bool>,
     #[arg(long, help = help("backlog"), long_help = long_help("backlog", None))]
     backlog: Option<u32>,
     #[arg(long, help = help("max_connections"), long_help = long_help("max_connections", None))]
@@ -236,6 +238,11 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
         ServerBuilder::skip_cancel_completions,
     );
     b = given(b, args.msg_ring, ServerBuilder::msg_ring);
+    b = given(
+        b,
+        args.direct_descriptors,
+        ServerBuilder::direct_descriptors,
+    );
     b = given(b, args.backlog, ServerBuilder::backlog);
     b = given(b, args.max_connections, ServerBuilder::max_connections);
     b = given(b, args.max_backpressure, ServerBuilder::max_backpressure);

@@ -472,6 +472,21 @@ pub(crate) fn run<H: Handler>(
         .map_err(|e| EngineError::io("mapping the receive buffers", e))?;
     ring.register_buffers(bufs)
         .map_err(|e| EngineError::io("registering the provided buffer ring", e))?;
+    let hard_cap = cfg.max_connections + cfg.max_connections / 8 + 64;
+    if cfg.direct_descriptors {
+        // One entry per slot a server connection can take (client connections beyond it, and
+        // every slot past a table capped by RLIMIT_NOFILE, keep their descriptors).
+        let want = u32::try_from(hard_cap).unwrap_or(u32::MAX);
+        match ring.register_direct(want) {
+            Ok(n) if n < want => {
+                info!(worker = index, entries = n, "direct descriptors for the first {n} slots");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                info!(worker = index, error = %e, "direct descriptors unavailable; sockets used by descriptor");
+            }
+        }
+    }
     if shared.msg_ring {
         match ring.try_clone_fd() {
             Ok(fd) => {
@@ -518,7 +533,7 @@ pub(crate) fn run<H: Handler>(
             },
             listeners,
             accept_paused: None,
-            hard_cap: cfg.max_connections + cfg.max_connections / 8 + 64,
+            hard_cap,
             due: Vec::new(),
             starved: Vec::new(),
             setting_up: Vec::new(),
