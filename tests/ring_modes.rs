@@ -225,9 +225,12 @@ fn connections_with_and_without_direct_descriptors_serve() {
 /// wake it through, lists the same table).
 fn installed_sockets(pid: u32) -> usize {
     let mut sockets = std::collections::HashSet::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
-        let is_ring = std::fs::read_link(fd.path())
-            .is_ok_and(|l| l.to_string_lossy().contains("io_uring"));
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let is_ring =
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().contains("io_uring"));
         if !is_ring {
             continue;
         }
@@ -261,12 +264,18 @@ fn direct_descriptors_are_installed_while_open_and_cleared_on_close() {
                 let mut ws = common::ws_connect(addr).await;
                 // Echoed: the connection is upgraded and served.
                 ws.send(Message::binary(bytes(100, i))).await.unwrap();
-                assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(bytes(100, i)));
+                assert_eq!(
+                    ws.next().await.unwrap().unwrap(),
+                    Message::binary(bytes(100, i))
+                );
                 open.push(ws);
             }
             // Each open connection's socket is installed in its ring's table (or none is).
             let seen = installed_sockets(pid);
-            assert_eq!(seen, expect, "direct descriptors {on}: sockets installed with 20 open");
+            assert_eq!(
+                seen, expect,
+                "direct descriptors {on}: sockets installed with 20 open"
+            );
             for mut ws in open {
                 ws.close(None).await.unwrap();
                 while let Some(Ok(_)) = ws.next().await {}
@@ -274,7 +283,10 @@ fn direct_descriptors_are_installed_while_open_and_cleared_on_close() {
         });
         // Every closed connection's entry is cleared: the table holds no socket open.
         let cleared = common::eventually(Duration::from_secs(10), || installed_sockets(pid) == 0);
-        assert!(cleared, "direct descriptors {on}: entries left after every close");
+        assert!(
+            cleared,
+            "direct descriptors {on}: entries left after every close"
+        );
         let _ = child.0.kill();
         let _ = child.0.wait();
     }

@@ -179,7 +179,7 @@ impl Ring {
         let bufs = self.bufs.as_mut()?;
         let group = bufs.group();
         let skip_cancel = self.skip_cancel_completions;
-        let direct = self.direct as usize;
+        let direct = self.direct;
         let (submitter, sq, cq) = self.uring.split();
         Some((
             Submit::new(submitter, sq, group, skip_cancel, direct),
@@ -226,11 +226,14 @@ pub(crate) struct Submit<'r> {
     /// The addresses of connects in flight, by token, kept until their completion.
     connects: HashMap<u64, Box<SockAddr>>,
     /// What each entry of the ring's file table holds, by slot: the descriptor of the socket
-    /// installed there, or -1. An operation of slot `i` on descriptor `fd` names entry `i` only
-    /// if `direct[i] == fd`; entries are recorded only once the kernel took them and cleared
-    /// before their descriptor is closed (so a reused descriptor number never matches a stale
-    /// entry). Empty without a table.
+    /// installed there, or -1 (or nothing, past the highest slot installed so far: it grows with
+    /// the slots used, not with the table). An operation of slot `i` on descriptor `fd` names
+    /// entry `i` only if `direct[i] == fd`; entries are recorded only once the kernel took them
+    /// and cleared before their descriptor is closed (so a reused descriptor number never matches
+    /// a stale entry).
     direct: Vec<RawFd>,
+    /// Entries of the ring's file table (0: none).
+    table: u32,
     fatal: Option<io::Error>,
     counts: Counts,
 }
@@ -250,7 +253,7 @@ impl<'r> Submit<'r> {
         sq: SubmissionQueue<'r>,
         group: u16,
         skip_cancel: bool,
-        direct: usize,
+        direct: u32,
     ) -> Self {
         Self {
             submitter,
@@ -260,7 +263,8 @@ impl<'r> Submit<'r> {
             timespecs: [Box::new(Timespec::new()), Box::new(Timespec::new())],
             unsubmitted: [false; 2],
             connects: HashMap::new(),
-            direct: vec![-1; direct],
+            direct: Vec::new(),
+            table: direct,
             fatal: None,
             counts: Counts::default(),
         }
@@ -350,14 +354,18 @@ impl<'r> Submit<'r> {
     /// and on an error the slot keeps using `fd`. The entry holds its own reference to the socket
     /// until [`uninstall`](Self::uninstall), which must come before `fd` is closed.
     pub fn install(&mut self, slot: u32, fd: BorrowedFd<'_>) -> io::Result<bool> {
-        let Some(entry) = self.direct.get_mut(slot as usize) else {
+        if slot >= self.table {
             return Ok(false);
-        };
+        }
+        let i = slot as usize;
+        if i >= self.direct.len() {
+            self.direct.resize(i + 1, -1);
+        }
         // Unrecorded until the kernel has the new socket: a failed update leaves the slot on `fd`.
-        *entry = -1;
+        self.direct[i] = -1;
         self.submitter
             .register_files_update(slot, &[fd.as_raw_fd()])?;
-        *entry = fd.as_raw_fd();
+        self.direct[i] = fd.as_raw_fd();
         Ok(true)
     }
 
@@ -408,12 +416,12 @@ impl<'r> Submit<'r> {
         let target = self.target(token.slot, fd);
         let e = match (flight.arm(token), target) {
             (None, _) => return false,
-            (Some(Armed::Single { ptr, len }), Target::Fixed(f)) => {
-                opcode::Send::new(f, ptr, len).flags(libc::MSG_NOSIGNAL).build()
-            }
-            (Some(Armed::Single { ptr, len }), Target::Fd(f)) => {
-                opcode::Send::new(f, ptr, len).flags(libc::MSG_NOSIGNAL).build()
-            }
+            (Some(Armed::Single { ptr, len }), Target::Fixed(f)) => opcode::Send::new(f, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            (Some(Armed::Single { ptr, len }), Target::Fd(f)) => opcode::Send::new(f, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
             (Some(Armed::Vectored(msg)), Target::Fixed(f)) => opcode::SendMsg::new(f, msg)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build(),

@@ -479,7 +479,11 @@ pub(crate) fn run<H: Handler>(
         let want = u32::try_from(hard_cap).unwrap_or(u32::MAX);
         match ring.register_direct(want) {
             Ok(n) if n < want => {
-                info!(worker = index, entries = n, "direct descriptors for the first {n} slots");
+                info!(
+                    worker = index,
+                    entries = n,
+                    "direct descriptors for the first {n} slots"
+                );
             }
             Ok(_) => {}
             Err(e) => {
