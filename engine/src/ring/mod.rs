@@ -101,12 +101,6 @@ impl Ring {
         self.skip_cancel_completions
     }
 
-    /// Registers the ring's own descriptor (Linux 5.18), so that `io_uring_enter` skips a file
-    /// lookup per call.
-    pub fn register_ring_fd(&mut self) -> io::Result<()> {
-        self.uring.submitter().register_ring_fd().map(drop)
-    }
-
     /// A second descriptor of this ring, for other workers' rings to post wake-ups to
     /// ([`Submit::msg_ring`]). It keeps the ring's file open: its holder closes it before the ring
     /// is dropped.
@@ -288,6 +282,14 @@ impl<'r> Submit<'r> {
         }
         self.fatal = Some(io::Error::other("the submission queue stays full"));
         false
+    }
+
+    /// Registers the ring's own descriptor (Linux 5.18), so that `io_uring_enter` (and the
+    /// registrations of [`install`](Self::install)) skip a file lookup per call. The `Submitter`
+    /// that registered it is the one that remembers the registered index and enters through it,
+    /// so it is registered here, on the submitter this `Submit` keeps.
+    pub fn register_ring_fd(&mut self) -> io::Result<()> {
+        self.submitter.register_ring_fd()
     }
 
     /// Submits what is queued. `EINTR`, `EAGAIN` and `EBUSY` (the kernel is short of resources or

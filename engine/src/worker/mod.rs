@@ -456,9 +456,6 @@ pub(crate) fn run<H: Handler>(
             "IOSQE_CQE_SKIP_SUCCESS unavailable; cancels complete"
         );
     }
-    if let Err(e) = ring.register_ring_fd() {
-        debug!(worker = index, error = %e, "registering the ring fd failed; using the plain fd");
-    }
     // Incremental consumption where asked for and the kernel has it (a kernel without it refuses
     // the throwaway registration with EINVAL).
     let incremental = cfg.incremental_buffers && ring.try_incremental(1).is_ok();
@@ -508,12 +505,15 @@ pub(crate) fn run<H: Handler>(
             "IORING_OP_MSG_RING unavailable; workers wake each other by eventfd"
         );
     }
-    let Some((submit, bufs, mut cq)) = ring.split() else {
+    let Some((mut submit, bufs, mut cq)) = ring.split() else {
         return Err(EngineError::io(
             "splitting the ring",
             io::Error::other("no receive buffers registered"),
         ));
     };
+    if let Err(e) = submit.register_ring_fd() {
+        debug!(worker = index, error = %e, "registering the ring fd failed; using the plain fd");
+    }
     let mut slab = Slab::new(cfg.slab_config());
     slab.stats = Arc::clone(&shared.ops.workers[index]);
     slab.lending = Some(bufs.lending());
