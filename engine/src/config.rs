@@ -195,7 +195,7 @@ settings! {
     /// (socket options, shutdown, the peer's address, TLS) still uses the descriptor. The table
     /// has an entry per slot up to the soft `RLIMIT_NOFILE` (8 bytes of kernel memory each), and
     /// every connection costs two `io_uring_register` calls. Off by default: the lookup it saves
-    /// (under 1% of the server's CPU) was below this machine's noise (docs/benchmarks.md).
+    /// (about 1% of the server's CPU) was below this machine's noise (docs/benchmarks.md).
     direct_descriptors: bool = false, "false",
         check |_| true, "true or false", setter;
     /// Time allowed from accept to a complete upgrade request (for a client, from the start of the
