@@ -21,6 +21,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("skip_cancel_completions", "--skip-cancel-completions"),
     ("msg_ring", "--msg-ring"),
     ("batch_wait", "--batch-wait"),
+    ("direct_descriptors", "--direct-descriptors"),
     ("ring_entries", "--ring-entries"),
     ("socket_send_buffer", "--send-buffer"),
     ("idle_timeout", "--idle-timeout"),

@@ -7,8 +7,10 @@
 //! connections whose receives share buffers. The newer ring paths get it too, each on and off: a
 //! ring without the submission queue's index array (`--no-sq-array`, Linux 6.6) and cancels that
 //! post no completion when they succeed (`--skip-cancel-completions`; every close cancels a
-//! receive, the shutdown cancels the accept), and waits that hold out for a batch of completions
-//! (`--batch-wait`).
+//! receive, the shutdown cancels the accept), waits that hold out for a batch of completions
+//! (`--batch-wait`), and connections served through direct descriptors (`--direct-descriptors`,
+//! Linux 5.19), whose ring file table must let go of every socket that closes (read from the
+//! ring's `/proc/PID/fdinfo`).
 
 mod common;
 
@@ -236,5 +238,84 @@ fn batched_waits_serve() {
         };
         rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), lone).await })
             .unwrap_or_else(|_| panic!("mode {mode}: a lone client waited for whole batches"));
+    }
+}
+
+#[test]
+fn connections_with_and_without_direct_descriptors_serve() {
+    for on in ["true", "false"] {
+        serve_with("deferred", &["--direct-descriptors", on], "listening on");
+    }
+}
+
+/// The distinct sockets installed in the file tables of process `pid`'s rings (the `UserFiles`
+/// entries of each io_uring descriptor's fdinfo; a ring's second descriptor, which other workers
+/// wake it through, lists the same table).
+fn installed_sockets(pid: u32) -> usize {
+    let mut sockets = std::collections::HashSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let is_ring =
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().contains("io_uring"));
+        if !is_ring {
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        let Ok(info) = std::fs::read_to_string(info) else {
+            continue;
+        };
+        sockets.extend(
+            info.lines()
+                .skip_while(|l| !l.starts_with("UserFiles:"))
+                .skip(1)
+                .take_while(|l| l.starts_with(char::is_whitespace))
+                .filter_map(|l| l.split_once("socket:").map(|(_, s)| s.to_string())),
+        );
+    }
+    sockets.len()
+}
+
+#[test]
+fn direct_descriptors_are_installed_while_open_and_cleared_on_close() {
+    for (on, expect) in [("true", 20), ("false", 0)] {
+        let (mut child, addr, _) = start("deferred", &["--direct-descriptors", on]);
+        let pid = child.0.id();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut open = Vec::new();
+            for i in 0..20u8 {
+                let mut ws = common::ws_connect(addr).await;
+                // Echoed: the connection is upgraded and served.
+                ws.send(Message::binary(bytes(100, i))).await.unwrap();
+                assert_eq!(
+                    ws.next().await.unwrap().unwrap(),
+                    Message::binary(bytes(100, i))
+                );
+                open.push(ws);
+            }
+            // Each open connection's socket is installed in its ring's table (or none is).
+            let seen = installed_sockets(pid);
+            assert_eq!(
+                seen, expect,
+                "direct descriptors {on}: sockets installed with 20 open"
+            );
+            for mut ws in open {
+                ws.close(None).await.unwrap();
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        });
+        // Every closed connection's entry is cleared: the table holds no socket open.
+        let cleared = common::eventually(Duration::from_secs(10), || installed_sockets(pid) == 0);
+        assert!(
+            cleared,
+            "direct descriptors {on}: entries left after every close"
+        );
+        let _ = child.0.kill();
+        let _ = child.0.wait();
     }
 }

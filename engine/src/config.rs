@@ -197,6 +197,15 @@ settings! {
     /// while the worker is idle. Zero (the default) wakes at the first completion.
     batch_wait: Duration = Duration::ZERO, "0 (off)",
         check |v| *v <= Duration::from_millis(10), "at most 10 ms (0: off)", setter;
+    /// Install each connection's socket in its worker ring's file table (direct descriptors,
+    /// `IORING_RSRC_REGISTER_SPARSE`, Linux 5.19; ignored on older kernels): receives and sends
+    /// name the table entry, and the kernel skips a file lookup per operation. Everything else
+    /// (socket options, shutdown, the peer's address, TLS) still uses the descriptor. The table
+    /// has an entry per slot up to the soft `RLIMIT_NOFILE` (8 bytes of kernel memory each), and
+    /// every connection costs two `io_uring_register` calls. Off by default: the lookup it saves
+    /// (about 1% of the server's CPU) was below this machine's noise (docs/benchmarks.md).
+    direct_descriptors: bool = false, "false",
+        check |_| true, "true or false", setter;
     /// Time allowed from accept to a complete upgrade request (for a client, from the start of the
     /// connect to the `101`).
     handshake_timeout: Duration = Duration::from_secs(10), "10 s",

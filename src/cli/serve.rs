@@ -54,6 +54,8 @@ pub struct ServeArgs {
     msg_ring: Option<bool>,
     #[arg(long, value_name = "MICROSECONDS", help = help("batch_wait"), long_help = long_help("batch_wait", Some("microseconds")))]
     batch_wait: Option<u64>,
+    #[arg(long, value_name = "BOOL", help = help("direct_descriptors"), long_help = long_help("direct_descriptors", None))]
+    direct_descriptors: Option<bool>,
     #[arg(long, help = help("backlog"), long_help = long_help("backlog", None))]
     backlog: Option<u32>,
     #[arg(long, help = help("max_connections"), long_help = long_help("max_connections", None))]
@@ -242,6 +244,11 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
         b,
         args.batch_wait.map(Duration::from_micros),
         ServerBuilder::batch_wait,
+    );
+    b = given(
+        b,
+        args.direct_descriptors,
+        ServerBuilder::direct_descriptors,
     );
     b = given(b, args.backlog, ServerBuilder::backlog);
     b = given(b, args.max_connections, ServerBuilder::max_connections);

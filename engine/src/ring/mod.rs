@@ -8,10 +8,16 @@
 //!   owns or pins that memory until its completion: sends carry a [`Flight`], connects keep their
 //!   address, timeouts keep their `timespec` until submitted. Nothing here can hand the kernel
 //!   memory that safe code could free early.
+//! - Direct descriptors: a ring may register a sparse file table ([`Ring::register_direct`]) in
+//!   which each connection's socket is installed at its slot's index ([`Submit::install`]); the
+//!   slot's receives and sends then name the table entry, and the kernel skips a file lookup per
+//!   operation. `Submit` records which descriptor each entry holds and names an entry only for the
+//!   very socket installed there (checked on every submission, in release builds too), so no
+//!   operation can reach another connection's socket through a stale entry.
 //! - [`Cqe`]: a completion, with its [`Token`] decoded.
 //! - [`Buffers`]: the receive buffer pool; [`Flight`]/[`Chunk`]: the bytes of a send.
 //! - [`probe`]: what the running kernel supports; [`sys`]: eventfds, signals, CPU affinity, the
-//!   monotonic clock and a socket option.
+//!   monotonic clock, the descriptor limit and a socket option.
 
 mod buffers;
 mod flight;
@@ -36,7 +42,7 @@ use io_uring::{IoUring, Submitter, opcode};
 use socket2::SockAddr;
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 use tracing::error;
 
@@ -47,6 +53,8 @@ const IOU_PBUF_RING_INC: u16 = 2;
 /// How many completions a batch wait ([`Ring::batch_wait`]) holds out for: about what one turn of
 /// a busy worker handles, so that under load the wait ends at once.
 pub(crate) const BATCH_WAIT_COMPLETIONS: usize = 16;
+/// `IORING_MAX_FIXED_FILES` (io_uring/rsrc.h): the largest file table a ring may register.
+const MAX_FIXED_FILES: u32 = 1 << 20;
 
 /// One io_uring instance and its registered provided-buffer ring.
 pub(crate) struct Ring {
@@ -61,6 +69,8 @@ pub(crate) struct Ring {
     batch_wait_us: u32,
     /// The receive buffers, once registered.
     bufs: Option<Buffers>,
+    /// Entries of the registered (sparse) file table; 0 without one.
+    direct: u32,
 }
 
 impl Ring {
@@ -76,6 +86,7 @@ impl Ring {
             skip_cancel_completions: false,
             batch_wait_us: 0,
             bufs: None,
+            direct: 0,
         })
     }
 
@@ -105,13 +116,6 @@ impl Ring {
         self.batch_wait_us = if present { us } else { 0 };
         present
     }
-
-    /// Registers the ring's own descriptor (Linux 5.18), so that `io_uring_enter` skips a file
-    /// lookup per call.
-    pub fn register_ring_fd(&mut self) -> io::Result<()> {
-        self.uring.submitter().register_ring_fd().map(drop)
-    }
-
     /// A second descriptor of this ring, for other workers' rings to post wake-ups to
     /// ([`Submit::msg_ring`]). It keeps the ring's file open: its holder closes it before the ring
     /// is dropped.
@@ -163,6 +167,21 @@ impl Ring {
         }
     }
 
+    /// Registers an empty (sparse) file table of up to `entries` direct descriptors (Linux 5.19),
+    /// for [`Submit::install`]; returns how many it has: `entries` capped by the kernel's
+    /// `IORING_MAX_FIXED_FILES` and by the soft `RLIMIT_NOFILE` (the kernel refuses a larger
+    /// table). Slots beyond it keep using their descriptors.
+    pub fn register_direct(&mut self, entries: u32) -> io::Result<u32> {
+        let nofile = u32::try_from(sys::nofile_limit()).unwrap_or(u32::MAX);
+        let n = entries.min(MAX_FIXED_FILES).min(nofile);
+        if n == 0 {
+            return Err(io::Error::other("RLIMIT_NOFILE allows no file table"));
+        }
+        self.uring.submitter().register_files_sparse(n)?;
+        self.direct = n;
+        Ok(n)
+    }
+
     /// The submission side, the receive buffers and the completion queue, to use together; `None`
     /// if no buffers are registered.
     pub fn split(&mut self) -> Option<(Submit<'_>, &mut Buffers, CompletionQueue<'_>)> {
@@ -170,8 +189,9 @@ impl Ring {
         let group = bufs.group();
         let skip_cancel = self.skip_cancel_completions;
         let batch_wait_us = self.batch_wait_us;
+        let direct = self.direct;
         let (submitter, sq, cq) = self.uring.split();
-        let submit = Submit::new(submitter, sq, group, skip_cancel, batch_wait_us);
+        let submit = Submit::new(submitter, sq, group, skip_cancel, batch_wait_us, direct);
         Some((submit, bufs, cq))
     }
 }
@@ -214,6 +234,15 @@ pub(crate) struct Submit<'r> {
     unsubmitted: [bool; 2],
     /// The addresses of connects in flight, by token, kept until their completion.
     connects: HashMap<u64, Box<SockAddr>>,
+    /// What each entry of the ring's file table holds, by slot: the descriptor of the socket
+    /// installed there, or -1 (or nothing, past the highest slot installed so far: it grows with
+    /// the slots used, not with the table). An operation of slot `i` on descriptor `fd` names
+    /// entry `i` only if `direct[i] == fd`; entries are recorded only once the kernel took them
+    /// and cleared before their descriptor is closed (so a reused descriptor number never matches
+    /// a stale entry).
+    direct: Vec<RawFd>,
+    /// Entries of the ring's file table (0: none).
+    table: u32,
     fatal: Option<io::Error>,
     counts: Counts,
 }
@@ -234,6 +263,7 @@ impl<'r> Submit<'r> {
         group: u16,
         skip_cancel: bool,
         batch_wait_us: u32,
+        direct: u32,
     ) -> Self {
         Self {
             submitter,
@@ -244,6 +274,8 @@ impl<'r> Submit<'r> {
             timespecs: [Box::new(Timespec::new()), Box::new(Timespec::new())],
             unsubmitted: [false; 2],
             connects: HashMap::new(),
+            direct: Vec::new(),
+            table: direct,
             fatal: None,
             counts: Counts::default(),
         }
@@ -267,6 +299,14 @@ impl<'r> Submit<'r> {
         }
         self.fatal = Some(io::Error::other("the submission queue stays full"));
         false
+    }
+
+    /// Registers the ring's own descriptor (Linux 5.18), so that `io_uring_enter` (and the
+    /// registrations of [`install`](Self::install)) skip a file lookup per call. The `Submitter`
+    /// that registered it is the one that remembers the registered index and enters through it,
+    /// so it is registered here, on the submitter this `Submit` keeps.
+    pub fn register_ring_fd(&mut self) -> io::Result<()> {
+        self.submitter.register_ring_fd()
     }
 
     /// Submits what is queued. `EINTR`, `EAGAIN` and `EBUSY` (the kernel is short of resources or
@@ -343,27 +383,84 @@ impl<'r> Submit<'r> {
         unsafe { self.push(&e) };
     }
 
-    /// A multishot receive on `fd` into the registered buffers (Linux 6.0).
+    /// Installs `fd`, the socket of slot `slot`, in the ring's file table at index `slot` (a
+    /// synchronous `IORING_REGISTER_FILES_UPDATE`, Linux 5.5): the slot's receives and sends name
+    /// the entry from now on. `Ok(false)` without a table or for a slot beyond it; on `Ok(false)`
+    /// and on an error the slot keeps using `fd`. The entry holds its own reference to the socket
+    /// until [`uninstall`](Self::uninstall), which must come before `fd` is closed.
+    pub fn install(&mut self, slot: u32, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        if slot >= self.table {
+            return Ok(false);
+        }
+        let i = slot as usize;
+        if i >= self.direct.len() {
+            self.direct.resize(i + 1, -1);
+        }
+        // Unrecorded until the kernel has the new socket: a failed update leaves the slot on `fd`.
+        self.direct[i] = -1;
+        self.submitter
+            .register_files_update(slot, &[fd.as_raw_fd()])?;
+        self.direct[i] = fd.as_raw_fd();
+        Ok(true)
+    }
+
+    /// Clears slot `slot`'s entry of the file table, if it holds a socket: the kernel drops its
+    /// reference (operations still in flight keep theirs), so closing the slot's descriptor next
+    /// really closes the socket. Called before the descriptor is closed.
+    pub fn uninstall(&mut self, slot: u32) {
+        let Some(entry) = self.direct.get_mut(slot as usize).filter(|e| **e >= 0) else {
+            return;
+        };
+        *entry = -1;
+        if let Err(e) = self.submitter.register_files_update(slot, &[-1]) {
+            // The entry keeps the socket open until the slot's next install replaces it; nothing
+            // names it meanwhile (unrecorded).
+            error!(slot, error = %e, "clearing a direct descriptor failed");
+        }
+    }
+
+    /// What an operation of slot `slot` on `fd` names: the slot's table entry if it holds this
+    /// very socket, else the descriptor.
+    fn target(&self, slot: u32, fd: BorrowedFd<'_>) -> Target {
+        let fd = fd.as_raw_fd();
+        if self.direct.get(slot as usize) == Some(&fd) {
+            Target::Fixed(types::Fixed(slot))
+        } else {
+            Target::Fd(types::Fd(fd))
+        }
+    }
+
+    /// A multishot receive on `fd` (slot `token.slot`'s socket, through its direct descriptor if
+    /// it has one) into the registered buffers (Linux 6.0).
     pub fn recv_multi(&mut self, fd: BorrowedFd<'_>, token: Token) {
-        let e = opcode::RecvMulti::new(types::Fd(fd.as_raw_fd()), self.group)
-            .build()
-            .user_data(token.encode());
+        let e = match self.target(token.slot, fd) {
+            Target::Fixed(f) => opcode::RecvMulti::new(f, self.group).build(),
+            Target::Fd(f) => opcode::RecvMulti::new(f, self.group).build(),
+        }
+        .user_data(token.encode());
         // SAFETY: the receive picks buffers from the registered ring, which the `Ring` keeps mapped
         // until after it is closed; it references no other memory.
         unsafe { self.push(&e) };
     }
 
-    /// Sends what `flight` carries on `fd`; the flight is in the air until
-    /// [`Flight::finish`] with `token`. Returns false if nothing was submitted (the flight is
-    /// empty or already in the air, or the queue failed).
+    /// Sends what `flight` carries on `fd` (slot `token.slot`'s socket, through its direct
+    /// descriptor if it has one); the flight is in the air until [`Flight::finish`] with `token`.
+    /// Returns false if nothing was submitted (the flight is empty or already in the air, or the
+    /// queue failed).
     pub fn send(&mut self, fd: BorrowedFd<'_>, token: Token, flight: &mut Flight) -> bool {
-        let fd = types::Fd(fd.as_raw_fd());
-        let e = match flight.arm(token) {
-            None => return false,
-            Some(Armed::Single { ptr, len }) => opcode::Send::new(fd, ptr, len)
+        let target = self.target(token.slot, fd);
+        let e = match (flight.arm(token), target) {
+            (None, _) => return false,
+            (Some(Armed::Single { ptr, len }), Target::Fixed(f)) => opcode::Send::new(f, ptr, len)
                 .flags(libc::MSG_NOSIGNAL)
                 .build(),
-            Some(Armed::Vectored(msg)) => opcode::SendMsg::new(fd, msg)
+            (Some(Armed::Single { ptr, len }), Target::Fd(f)) => opcode::Send::new(f, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            (Some(Armed::Vectored(msg)), Target::Fixed(f)) => opcode::SendMsg::new(f, msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build(),
+            (Some(Armed::Vectored(msg)), Target::Fd(f)) => opcode::SendMsg::new(f, msg)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build(),
         };
@@ -495,6 +592,13 @@ impl Drop for Submit<'_> {
     }
 }
 
+/// What a connection's operation names: its direct descriptor or its descriptor.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Fixed(types::Fixed),
+    Fd(types::Fd),
+}
+
 /// One completion. Not `Clone`: the socket of an accept completion is taken once.
 #[derive(Debug)]
 pub(crate) struct Cqe {
@@ -542,5 +646,64 @@ impl Cqe {
             // this process refers to; a `Cqe` is made once per completion and consumed here.
             unsafe { OwnedFd::from_raw_fd(self.result) }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    /// The table index an operation of `slot` on `fd` names, if any.
+    fn fixed(submit: &Submit<'_>, slot: u32, fd: BorrowedFd<'_>) -> Option<u32> {
+        match submit.target(slot, fd) {
+            Target::Fixed(f) => Some(f.0),
+            Target::Fd(f) => {
+                assert_eq!(f.0, fd.as_raw_fd());
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn a_slot_names_its_entry_only_for_the_socket_installed_there() {
+        let mut ring = Ring::new(8, false).unwrap();
+        ring.register_buffers(Buffers::new(0, 2, 512, false).unwrap())
+            .unwrap();
+        assert_eq!(ring.register_direct(4).unwrap(), 4);
+        let (a, b) = UnixStream::pair().unwrap();
+        // An io_uring descriptor: the kernel refuses to install one in a file table.
+        let refused = ring.try_clone_fd().unwrap();
+        let (mut submit, _, _) = ring.split().unwrap();
+        assert!(submit.install(1, a.as_fd()).unwrap());
+        assert_eq!(fixed(&submit, 1, a.as_fd()), Some(1));
+        // Another socket at that slot (a stale slot, a reused descriptor number) or the socket at
+        // another slot: the descriptor.
+        assert_eq!(fixed(&submit, 1, b.as_fd()), None);
+        assert_eq!(fixed(&submit, 2, a.as_fd()), None);
+        // Beyond the table: not installed, the descriptor.
+        assert!(!submit.install(4, b.as_fd()).unwrap());
+        assert_eq!(fixed(&submit, 4, b.as_fd()), None);
+        // Cleared: the descriptor again, and the entry can take another socket.
+        submit.uninstall(1);
+        assert_eq!(fixed(&submit, 1, a.as_fd()), None);
+        assert!(submit.install(1, b.as_fd()).unwrap());
+        assert_eq!(fixed(&submit, 1, b.as_fd()), Some(1));
+        // A descriptor the kernel refuses leaves the slot on its descriptor.
+        assert!(submit.install(2, refused.as_fd()).is_err());
+        assert_eq!(fixed(&submit, 2, refused.as_fd()), None);
+    }
+
+    #[test]
+    fn without_a_table_every_operation_names_its_descriptor() {
+        let mut ring = Ring::new(8, false).unwrap();
+        ring.register_buffers(Buffers::new(0, 2, 512, false).unwrap())
+            .unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let (mut submit, _, _) = ring.split().unwrap();
+        assert!(!submit.install(0, a.as_fd()).unwrap());
+        assert_eq!(fixed(&submit, 0, a.as_fd()), None);
+        submit.uninstall(0);
     }
 }

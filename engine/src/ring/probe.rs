@@ -78,10 +78,11 @@ enum Id {
     OpSendZc,
     OpMsgRing,
     MinTimeout,
+    DirectDescriptors,
 }
 
 /// Name, first kernel and whether it is required, indexed by [`Id`].
-const TABLE: [(&str, &str, bool); 20] = [
+const TABLE: [(&str, &str, bool); 21] = [
     (
         "IORING_SETUP_DEFER_TASKRUN (else COOP_TASKRUN, 5.19)",
         "6.1",
@@ -142,6 +143,11 @@ const TABLE: [(&str, &str, bool); 20] = [
         "6.12",
         false,
     ),
+    (
+        "IORING_RSRC_REGISTER_SPARSE (direct descriptors for connections; else descriptors)",
+        "5.19",
+        false,
+    ),
 ];
 
 /// The opcodes the workers submit.
@@ -166,8 +172,8 @@ pub struct ProbeReport {
 }
 
 impl ProbeReport {
-    /// Probes the running kernel on a throwaway ring (8 entries, a 2-buffer ring, two socket pairs
-    /// on the Unix domain), on a thread of its own: tearing a ring down queues kernel work to the
+    /// Probes the running kernel on a throwaway ring (8 entries, a 2-buffer ring, a one-entry file
+    /// table, sockets on the Unix domain), on a thread of its own: tearing a ring down queues kernel work to the
     /// thread that created it, which would interrupt that thread's next blocking call.
     pub fn run() -> Self {
         std::thread::scope(|s| s.spawn(probe_here).join()).unwrap_or_else(|_| Self {
@@ -284,7 +290,8 @@ pub(crate) fn probe_here() -> ProbeReport {
     );
     found.set(
         Id::RingFd,
-        match ring.register_ring_fd() {
+        // A throwaway submitter: only whether the kernel takes the registration matters here.
+        match ring.uring.submitter().register_ring_fd() {
             Ok(()) => Support::Yes,
             Err(e) => no_if_einval("registering the ring fd", e),
         },
@@ -326,7 +333,14 @@ pub(crate) fn probe_here() -> ProbeReport {
         found.set(Id::AcceptMultishot, probe_multishot_accept(&mut ring.uring));
     }
     if probe.is_supported(opcode::RecvMulti::CODE) {
-        found.set(Id::RecvMultishot, probe_multishot_recv(&mut ring.uring, 0));
+        found.set(
+            Id::RecvMultishot,
+            probe_multishot_recv(&mut ring.uring, 0, false),
+        );
+        found.set(
+            Id::DirectDescriptors,
+            probe_multishot_recv(&mut ring.uring, 0, true),
+        );
     }
     found.set(
         Id::PbufRingInc,
@@ -426,9 +440,12 @@ fn probe_multishot_accept(ring: &mut IoUring) -> Support {
 }
 
 /// Arms a multishot receive on one end of a socket pair, writes a byte into the other, and checks the
-/// completion carries the byte and `IORING_CQE_F_MORE`.
-fn probe_multishot_recv(ring: &mut IoUring, group: u16) -> Support {
+/// completion carries the byte and `IORING_CQE_F_MORE`. With `direct`, the receiving end is first
+/// installed at index 0 of a one-entry sparse file table (as the workers install connections) and
+/// the receive names that entry; a kernel without sparse tables refuses the table with `EINVAL`.
+fn probe_multishot_recv(ring: &mut IoUring, group: u16, direct: bool) -> Support {
     const CONTEXT: &str = "probing multishot receive";
+    const DIRECT: &str = "probing direct descriptors";
     let (a, mut b) = match UnixStream::pair() {
         Ok(pair) => pair,
         Err(e) => return Support::Unknown(EngineError::io(CONTEXT, e)),
@@ -436,10 +453,22 @@ fn probe_multishot_recv(ring: &mut IoUring, group: u16) -> Support {
     if let Err(e) = io::Write::write_all(&mut b, b"x") {
         return Support::Unknown(EngineError::io(CONTEXT, e));
     }
-    let sqe = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), group)
-        .build()
-        .user_data(1);
-    multishot_outcome(complete(ring, &sqe, CONTEXT), CONTEXT, |r| r == 1)
+    // Distinct user data: the plain probe's receive may complete again (its pair is gone: EOF).
+    let (sqe, context) = if direct {
+        let submitter = ring.submitter();
+        if let Err(e) = submitter.register_files_sparse(1) {
+            return no_if_einval(DIRECT, e);
+        }
+        if let Err(e) = submitter.register_files_update(0, &[a.as_raw_fd()]) {
+            return Support::Unknown(EngineError::io(DIRECT, e));
+        }
+        let sqe = opcode::RecvMulti::new(types::Fixed(0), group).build();
+        (sqe.user_data(3), DIRECT)
+    } else {
+        let sqe = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), group).build();
+        (sqe.user_data(1), CONTEXT)
+    };
+    multishot_outcome(complete(ring, &sqe, context), context, |r| r == 1)
 }
 
 /// Locked memory the engine's io_uring memory is charged against `RLIMIT_MEMLOCK`, which kernels

@@ -1,6 +1,7 @@
 //! The few raw system calls the engine makes outside io_uring: eventfds (worker wake-ups), the
 //! signalfd for SIGINT/SIGTERM, CPU affinity, a blocking poll for the thread that waits in
-//! `Server::run`, the monotonic clock, and one socket option socket2 does not offer.
+//! `Server::run`, the monotonic clock, the descriptor limit, and one socket option socket2 does not
+//! offer.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -181,6 +182,20 @@ pub(crate) fn set_bind_address_no_port(fd: BorrowedFd<'_>) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// The soft `RLIMIT_NOFILE`: the most descriptors this process may hold, and the largest file
+/// table the kernel lets a ring register.
+pub(crate) fn nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the valid struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    lim.rlim_cur
 }
 
 /// The system page size (4 KiB on x86_64; 16 or 64 KiB on some arm64 kernels).

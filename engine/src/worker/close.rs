@@ -216,6 +216,8 @@ impl<H: Handler> Engine<'_, H> {
         };
         let held = rx.assembly_bytes();
         self.policy.release(&self.shared.counters, s, held);
+        // The ring's table lets go of the socket before the slot closes its descriptor.
+        self.ring.uninstall(slot);
         self.core.release(slot);
     }
 }

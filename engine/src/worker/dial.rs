@@ -94,7 +94,7 @@ impl<H: Handler> Engine<'_, H> {
             Ok(fd) => fd,
             Err(e) => return self.report(state, e),
         };
-        let slot = self.core.slab.alloc(fd, true);
+        let slot = self.take_slot(fd, true);
         if let Some((client, name)) = target.tls_target() {
             match Session::client(client, name.clone()) {
                 Ok(session) => {

@@ -12,7 +12,7 @@ use ringws_protocol::CloseCode;
 use ringws_protocol::frame::OpCode;
 use ringws_protocol::handshake::write_response;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use tracing::{debug, warn};
 
 /// How often the queued-bytes gauge is refreshed (a walk over the worker's slots), in ms.
@@ -57,7 +57,7 @@ impl<H: Handler> Engine<'_, H> {
                     );
                 }
             } else {
-                let slot = self.core.slab.alloc(fd, false);
+                let slot = self.take_slot(fd, false);
                 let over_worker = live + 1 > self.cfg.max_connections;
                 let refused = self.policy.admit(
                     &self.shared.counters,
@@ -103,6 +103,19 @@ impl<H: Handler> Engine<'_, H> {
             }
         }
         self.rearm_accept();
+    }
+
+    /// Takes a free slot for socket `fd` (a client connection's if `client`) and installs the
+    /// socket as the slot's direct descriptor where the ring has a file table (else, and if the
+    /// kernel refuses, the slot's operations use `fd`).
+    pub(super) fn take_slot(&mut self, fd: OwnedFd, client: bool) -> u32 {
+        let slot = self.core.slab.alloc(fd, client);
+        if let Some(fd) = self.core.slab.get(slot).fd.as_ref()
+            && let Err(e) = self.ring.install(slot, fd.as_fd())
+        {
+            debug!(worker = self.index, slot, error = %e, "installing a direct descriptor failed");
+        }
+        slot
     }
 
     /// Arms the accepts again that ended, unless accepting is paused or over.

@@ -462,9 +462,6 @@ pub(crate) fn run<H: Handler>(
             "IORING_FEAT_MIN_TIMEOUT unavailable; waking at the first completion"
         );
     }
-    if let Err(e) = ring.register_ring_fd() {
-        debug!(worker = index, error = %e, "registering the ring fd failed; using the plain fd");
-    }
     // Incremental consumption where asked for and the kernel has it (a kernel without it refuses
     // the throwaway registration with EINVAL).
     let incremental = cfg.incremental_buffers && ring.try_incremental(1).is_ok();
@@ -478,6 +475,25 @@ pub(crate) fn run<H: Handler>(
         .map_err(|e| EngineError::io("mapping the receive buffers", e))?;
     ring.register_buffers(bufs)
         .map_err(|e| EngineError::io("registering the provided buffer ring", e))?;
+    let hard_cap = cfg.max_connections + cfg.max_connections / 8 + 64;
+    if cfg.direct_descriptors {
+        // One entry per slot a server connection can take (client connections beyond it, and
+        // every slot past a table capped by RLIMIT_NOFILE, keep their descriptors).
+        let want = u32::try_from(hard_cap).unwrap_or(u32::MAX);
+        match ring.register_direct(want) {
+            Ok(n) if n < want => {
+                info!(
+                    worker = index,
+                    entries = n,
+                    "direct descriptors for the first {n} slots"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                info!(worker = index, error = %e, "direct descriptors unavailable; sockets used by descriptor");
+            }
+        }
+    }
     if shared.msg_ring {
         match ring.try_clone_fd() {
             Ok(fd) => {
@@ -495,12 +511,15 @@ pub(crate) fn run<H: Handler>(
             "IORING_OP_MSG_RING unavailable; workers wake each other by eventfd"
         );
     }
-    let Some((submit, bufs, mut cq)) = ring.split() else {
+    let Some((mut submit, bufs, mut cq)) = ring.split() else {
         return Err(EngineError::io(
             "splitting the ring",
             io::Error::other("no receive buffers registered"),
         ));
     };
+    if let Err(e) = submit.register_ring_fd() {
+        debug!(worker = index, error = %e, "registering the ring fd failed; using the plain fd");
+    }
     let mut slab = Slab::new(cfg.slab_config());
     slab.stats = Arc::clone(&shared.ops.workers[index]);
     slab.lending = Some(bufs.lending());
@@ -524,7 +543,7 @@ pub(crate) fn run<H: Handler>(
             },
             listeners,
             accept_paused: None,
-            hard_cap: cfg.max_connections + cfg.max_connections / 8 + 64,
+            hard_cap,
             due: Vec::new(),
             starved: Vec::new(),
             setting_up: Vec::new(),
