@@ -193,8 +193,10 @@ settings! {
     /// (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12; ignored on older kernels): instead of waking at the
     /// first completion, the worker sleeps until 16 are ready or this long has passed, then handles
     /// whatever is there. Under partial load that is fewer wake-ups and more work per turn (less
-    /// CPU per message); the price is up to this much latency added to a message that arrives
-    /// while the worker is idle. Zero (the default) wakes at the first completion.
+    /// CPU per message) when the wait spans several arrivals, and more CPU when it is shorter than
+    /// the gap between them (its timer is one more wake-up); the price is up to this much latency
+    /// added to a message that arrives while the worker is idle. Zero (the default) wakes at the
+    /// first completion.
     batch_wait: Duration = Duration::ZERO, "0 (off)",
         check |v| *v <= Duration::from_millis(10), "at most 10 ms (0: off)", setter;
     /// Install each connection's socket in its worker ring's file table (direct descriptors,
