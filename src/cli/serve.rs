@@ -197,6 +197,10 @@ impl Handler for Echo {
         // faster than it reads its echoes is slowed down by TCP instead of losing echoes.
         let _ = ws.send(msg);
     }
+
+    fn on_idle(&mut self, _ctx: &mut ringws::Context<'_, ()>) {
+        crate::collect_freed_memory();
+    }
 }
 
 /// Builds the server, prints the ready line once every worker accepts, serves until SIGINT/SIGTERM.

@@ -174,10 +174,22 @@ struct Engine<'r, H: Handler> {
     shutdown_deadline: Option<u64>,
     forced: bool,
     fatal: Option<io::Error>,
+    /// Quiet-spell tracking for [`Handler::on_idle`]: whether a completion other than the tick
+    /// came since the last tick, and whether any came since the last quiet spell began.
+    quiet: Quiet,
     /// Client connects in flight and the wake-up timer.
     dial: dial::Dialer,
     /// TLS scratch buffers.
     tls: tls::Scratch,
+}
+
+/// What [`Engine::on_tick`] knows of the worker's recent traffic.
+#[derive(Default)]
+struct Quiet {
+    /// A completion other than the tick came since the last tick.
+    stirred: bool,
+    /// Traffic came since the last quiet spell began.
+    busy: bool,
 }
 
 /// One of a worker's listening sockets.
@@ -208,6 +220,11 @@ impl<H: Handler> Worker<'_, H> {
             error!(result = cqe.result, "completion with unknown user data");
             return;
         };
+        if token.op == Op::Tick {
+            self.eng.on_tick();
+        } else {
+            self.eng.quiet.stirred = true;
+        }
         match token.op {
             Op::Recv => self.on_recv(token, cqe),
             Op::Send => self.eng.on_send(token, cqe.result),
@@ -358,6 +375,19 @@ impl<H: Handler> Engine<'_, H> {
 
     /// Arms the tick timer for the next tick boundary (absolute, so the wheel is never more than
     /// one tick late however long the turn took).
+    /// The tick fired: a whole tick without other completions after some traffic starts a quiet
+    /// spell, which the handler hears of once ([`Handler::on_idle`]).
+    fn on_tick(&mut self) {
+        let q = &mut self.quiet;
+        if q.stirred {
+            q.stirred = false;
+            q.busy = true;
+        } else if q.busy {
+            q.busy = false;
+            self.call_ctx(|h, ctx| h.on_idle(ctx));
+        }
+    }
+
     fn arm_tick(&mut self) {
         use crate::conn::wheel::TICK_MS;
         let next = (self.clock.now_ms() / TICK_MS + 1) * TICK_MS;
@@ -551,6 +581,7 @@ pub(crate) fn run<H: Handler>(
             shutdown_deadline: None,
             forced: false,
             fatal: None,
+            quiet: Quiet::default(),
             dial: dial::Dialer::default(),
             tls: tls::Scratch::default(),
         },
