@@ -452,7 +452,7 @@ fn event(op: OpCode, payload: &[u8]) -> Result<Event<'_>, Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::close::CloseCode;
     use crate::frame::encode_header;
@@ -460,7 +460,7 @@ mod tests {
 
     /// An owned copy of an event, to compare across calls.
     #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Owned {
+    pub(crate) enum Owned {
         Text(String),
         Binary(Vec<u8>),
         Ping(Vec<u8>),
@@ -481,7 +481,7 @@ mod tests {
     }
 
     /// A masked client frame.
-    fn frame(fin: bool, rsv: u8, op: OpCode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    pub(crate) fn frame(fin: bool, rsv: u8, op: OpCode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
         let mut head = [0; MAX_HEADER_LEN];
         let n = encode_header(&mut head, fin, rsv, op, Some(key), payload.len() as u64);
         let mut out = head[..n].to_vec();
@@ -493,12 +493,16 @@ mod tests {
 
     /// Feeds `stream` in pieces cut at `cuts` under the default limits and collects events until
     /// the first error.
-    fn feed(rx: &mut Receiver, stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Option<Error>) {
+    pub(crate) fn feed(
+        rx: &mut Receiver,
+        stream: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<Owned>, Option<Error>) {
         feed_with(rx, &Limits::default(), stream, cuts)
     }
 
     /// [`feed`] under `limits`.
-    fn feed_with(
+    pub(crate) fn feed_with(
         rx: &mut Receiver,
         limits: &Limits,
         stream: &[u8],

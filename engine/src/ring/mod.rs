@@ -433,11 +433,10 @@ impl<'r> Submit<'r> {
     /// A multishot receive on `fd` (slot `token.slot`'s socket, through its direct descriptor if
     /// it has one) into the registered buffers (Linux 6.0).
     pub fn recv_multi(&mut self, fd: BorrowedFd<'_>, token: Token) {
-        let e = match self.target(token.slot, fd) {
-            Target::Fixed(f) => opcode::RecvMulti::new(f, self.group).build(),
-            Target::Fd(f) => opcode::RecvMulti::new(f, self.group).build(),
-        }
-        .user_data(token.encode());
+        let group = self.group;
+        let target = self.target(token.slot, fd);
+        let e = on_target!(target, |f| opcode::RecvMulti::new(f, group).build());
+        let e = e.user_data(token.encode());
         // SAFETY: the receive picks buffers from the registered ring, which the `Ring` keeps mapped
         // until after it is closed; it references no other memory.
         unsafe { self.push(&e) };
@@ -449,20 +448,18 @@ impl<'r> Submit<'r> {
     /// queue failed).
     pub fn send(&mut self, fd: BorrowedFd<'_>, token: Token, flight: &mut Flight) -> bool {
         let target = self.target(token.slot, fd);
-        let e = match (flight.arm(token), target) {
-            (None, _) => return false,
-            (Some(Armed::Single { ptr, len }), Target::Fixed(f)) => opcode::Send::new(f, ptr, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build(),
-            (Some(Armed::Single { ptr, len }), Target::Fd(f)) => opcode::Send::new(f, ptr, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build(),
-            (Some(Armed::Vectored(msg)), Target::Fixed(f)) => opcode::SendMsg::new(f, msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build(),
-            (Some(Armed::Vectored(msg)), Target::Fd(f)) => opcode::SendMsg::new(f, msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build(),
+        let e = match flight.arm(token) {
+            None => return false,
+            Some(Armed::Single { ptr, len }) => on_target!(target, |f| {
+                opcode::Send::new(f, ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            }),
+            Some(Armed::Vectored(msg)) => on_target!(target, |f| {
+                opcode::SendMsg::new(f, msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            }),
         };
         // SAFETY: the entry points into `flight`: its chunks' heap bytes, its iovec array and its
         // boxed message header. The flight is now in the air under `token`: it refuses to load or
@@ -593,6 +590,18 @@ impl Drop for Submit<'_> {
 }
 
 /// What a connection's operation names: its direct descriptor or its descriptor.
+/// Builds an entry with `$build` on either kind of [`Target`]: the `io-uring` opcodes take a
+/// descriptor or a table entry through a sealed trait, so the two are separate types.
+macro_rules! on_target {
+    ($target:expr, |$f:ident| $build:expr) => {
+        match $target {
+            Target::Fixed($f) => $build,
+            Target::Fd($f) => $build,
+        }
+    };
+}
+use on_target;
+
 #[derive(Debug, Clone, Copy)]
 enum Target {
     Fixed(types::Fixed),

@@ -5,27 +5,9 @@
 
 use super::*;
 use crate::frame::{MAX_HEADER_LEN, OpCode, RSV1, encode_header};
+use crate::receiver::tests::{Owned, feed, feed_with, frame};
 use crate::{Error, Event, Limits, Receiver};
 use proptest::prelude::*;
-
-/// An owned event, to compare across calls.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Owned {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-}
-
-/// A masked client frame.
-fn frame(fin: bool, rsv: u8, op: OpCode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-    let mut head = [0; MAX_HEADER_LEN];
-    let n = encode_header(&mut head, fin, rsv, op, Some(key), payload.len() as u64);
-    let mut out = head[..n].to_vec();
-    let at = out.len();
-    out.extend_from_slice(payload);
-    crate::mask::unmask(&mut out[at..], key, 0);
-    out
-}
 
 /// The frames of one compressed message cut into `pieces` frames (RSV1 on the first only), with a
 /// ping between the first two when `ping`.
@@ -59,47 +41,6 @@ fn compressed_message(
         }
     }
     out
-}
-
-/// Feeds `stream` cut at `cuts` under the default limits, collecting events until the first error.
-fn feed(rx: &mut Receiver, stream: &[u8], cuts: &[usize]) -> (Vec<Owned>, Option<Error>) {
-    feed_with(rx, &Limits::default(), stream, cuts)
-}
-
-/// [`feed`] under `limits`.
-fn feed_with(
-    rx: &mut Receiver,
-    limits: &Limits,
-    stream: &[u8],
-    cuts: &[usize],
-) -> (Vec<Owned>, Option<Error>) {
-    let mut stream = stream.to_vec();
-    let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c < stream.len()).collect();
-    bounds.push(stream.len());
-    bounds.sort_unstable();
-    let mut events = Vec::new();
-    let mut from = 0;
-    for to in bounds {
-        let chunk = &mut stream[from..to];
-        let mut pos = 0;
-        while pos < chunk.len() {
-            match rx.read(&mut chunk[pos..], limits) {
-                Ok((used, ev)) => {
-                    pos += used;
-                    match ev {
-                        Some(Event::Text(s)) => events.push(Owned::Text(s.to_owned())),
-                        Some(Event::Binary(b)) => events.push(Owned::Binary(b.to_vec())),
-                        Some(Event::Ping(b)) => events.push(Owned::Ping(b.to_vec())),
-                        Some(other) => panic!("unexpected {other:?}"),
-                        None => {}
-                    }
-                }
-                Err(e) => return (events, Some(e)),
-            }
-        }
-        from = to;
-    }
-    (events, None)
 }
 
 fn server(no_takeover: bool) -> Receiver {
@@ -570,6 +511,7 @@ proptest! {
                 Owned::Text(s) => Some((true, s.into_bytes())),
                 Owned::Binary(b) => Some((false, b)),
                 Owned::Ping(_) => None,
+                other => panic!("unexpected {other:?}"),
             })
             .collect();
         prop_assert!(data == expected);
