@@ -22,6 +22,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("msg_ring", "--msg-ring"),
     ("batch_wait", "--batch-wait"),
     ("direct_descriptors", "--direct-descriptors"),
+    ("send_zc_threshold", "--send-zc-threshold"),
     ("ring_entries", "--ring-entries"),
     ("socket_send_buffer", "--send-buffer"),
     ("idle_timeout", "--idle-timeout"),

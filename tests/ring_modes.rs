@@ -10,7 +10,9 @@
 //! receive, the shutdown cancels the accept), waits that hold out for a batch of completions
 //! (`--batch-wait`), and connections served through direct descriptors (`--direct-descriptors`,
 //! Linux 5.19), whose ring file table must let go of every socket that closes (read from the
-//! ring's `/proc/PID/fdinfo`).
+//! ring's `/proc/PID/fdinfo`), and zero-copy sends (`--send-zc-threshold`, Linux 6.0), whose
+//! memory must stay the kernel's until each send's notification and which the metrics must count,
+//! copies included (over loopback the kernel copies every one).
 
 mod common;
 
@@ -133,6 +135,11 @@ fn serve_in(mode: &str, expect_line: &str) {
 }
 
 fn serve_with(mode: &str, extra: &[&str], expect_line: &str) {
+    serve_and_check(mode, extra, expect_line, || {});
+}
+
+/// [`serve_with`], and `check` once the exchange is over, while the server still runs.
+fn serve_and_check(mode: &str, extra: &[&str], expect_line: &str, check: impl FnOnce()) {
     let (mut child, addr, lines) = start(mode, extra);
     assert!(
         lines.iter().any(|l| l.contains(expect_line)),
@@ -145,6 +152,7 @@ fn serve_with(mode: &str, extra: &[&str], expect_line: &str) {
         .unwrap();
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), exercise(addr)).await })
         .unwrap_or_else(|_| panic!("mode {mode}: the exchange timed out"));
+    check();
     // SAFETY: signals the child we spawned and have not waited for.
     unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
     let mut status = None;
@@ -251,6 +259,33 @@ fn connections_with_and_without_direct_descriptors_serve() {
 /// The distinct sockets installed in the file tables of process `pid`'s rings (the `UserFiles`
 /// entries of each io_uring descriptor's fdinfo; a ring's second descriptor, which other workers
 /// wake it through, lists the same table).
+#[test]
+fn zero_copy_sends_serve_and_count_what_the_kernel_copied() {
+    // Every send of at least one byte goes zero-copy, plain and vectored (the 300 KB echo is a
+    // header and a payload), with many connections at once; the echoes are checked byte for byte.
+    let admin = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let admin_arg = admin.to_string();
+    let extra = ["--send-zc-threshold", "1", "--admin-addr", &admin_arg];
+    serve_and_check("deferred", &extra, "listening on", || {
+        let (mut sends, mut copied) = (0.0, -1.0);
+        // Counted at each send's notification, which may come after the echo it sent.
+        let counted = common::eventually(Duration::from_secs(10), || {
+            let Some((200, text)) = common::brokers::get(admin, "/metrics") else {
+                return false;
+            };
+            sends = common::brokers::metric(&text, "ringws_zero_copy_sends_total");
+            copied = common::brokers::metric(&text, "ringws_zero_copy_copied_total");
+            // 200 connections x (101 + 20 echoes), and the lone connection's 50 + 2 messages.
+            sends >= 4_252.0 && copied == sends
+        });
+        assert!(
+            counted,
+            "zero-copy sends {sends}, of which the kernel copied {copied}: expected every \
+             upgrade and echo, all copied over loopback"
+        );
+    });
+}
+
 fn installed_sockets(pid: u32) -> usize {
     let mut sockets = std::collections::HashSet::new();
     for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -208,6 +208,17 @@ settings! {
     /// (about 1% of the server's CPU) was below this machine's noise (docs/benchmarks.md).
     direct_descriptors: bool = false, "false",
         check |_| true, "true or false", setter;
+    /// Send zero-copy (`IORING_OP_SEND_ZC`/`SENDMSG_ZC`, Linux 6.0/6.1; ignored on older kernels)
+    /// every send of at least this many bytes: the kernel pins the queued bytes and the NIC reads
+    /// them, instead of copying them into the socket. Such a send completes twice (its result,
+    /// then a notification once the kernel lets go of the memory), and its queue sends nothing
+    /// more until the notification. It pays only for large sends to a remote peer over a device
+    /// with scatter-gather: to a peer on the same host (loopback, a local proxy) the kernel copies
+    /// anyway and each send costs a second completion (`ringws_zero_copy_copied_total` counts the
+    /// sends it copied). Zero (the default) copies every send: no gain could be measured here,
+    /// where every peer is on loopback (docs/benchmarks.md).
+    send_zc_threshold: usize = 0, "0 (off)",
+        check |v| *v <= 1 << 30, "at most 1 GiB (0: off)", setter;
     /// Time allowed from accept to a complete upgrade request (for a client, from the start of the
     /// connect to the `101`).
     handshake_timeout: Duration = Duration::from_secs(10), "10 s",

@@ -29,7 +29,7 @@
 
 #[cfg(test)]
 use crate::ring::MAX_IOV;
-use crate::ring::{Chunk, Flight, Lent, Token};
+use crate::ring::{Chunk, Flight, Lent, SendCqe, Token};
 use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 use ringws_protocol::mask::unmask;
 use std::collections::{HashMap, VecDeque};
@@ -50,7 +50,8 @@ pub(crate) type ConflationKey = (u32, u64);
 pub(crate) enum SendError {
     /// The send failed with this errno: the connection is going away; the queue is now empty.
     Failed(i32),
-    /// The completion does not belong to the send in the air (logged); nothing changed.
+    /// Nothing landed: the completion does not belong to the send in the air (logged), or it is
+    /// half of a zero-copy send's pair (the send lands with the other half).
     Stale,
 }
 
@@ -279,10 +280,12 @@ impl OutQueue {
         Some(&mut self.flight)
     }
 
-    /// The send tagged `token` completed with `result` (bytes written, or a negative errno): sent
-    /// chunks are recycled, the rest go back to the front of the queue.
-    pub fn landed(&mut self, token: Token, result: i32) -> Result<(), SendError> {
-        let Some(landed) = self.flight.finish(token, result) else {
+    /// A completion of the send tagged `token`. Once the send is over (for a zero-copy send, once
+    /// its notification came too), sent chunks are recycled and the rest go back to the front of
+    /// the queue, and the bytes the send wrote are returned; before that, and for a completion of
+    /// no send in the air, `Err(Stale)`.
+    pub fn landed(&mut self, token: Token, cqe: SendCqe) -> Result<usize, SendError> {
+        let Some(landed) = self.flight.finish(token, cqe) else {
             return Err(SendError::Stale);
         };
         let mut sent = match landed.result {
@@ -293,6 +296,7 @@ impl OutQueue {
                 return Err(SendError::Failed(errno));
             }
         };
+        let written = sent;
         let chunks = landed.chunks;
         self.buffered -= sent.min(self.buffered);
         // Bytes of each chunk already sent, from the start of the flight.
@@ -349,7 +353,7 @@ impl OutQueue {
         if self.pending.is_empty() {
             self.clear_keyed();
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Drops everything waiting (not what is in the air): the connection is going away.
@@ -503,7 +507,8 @@ mod tests {
 
     /// Completes the send in the air with `n` bytes written.
     fn complete(q: &mut OutQueue, n: usize) {
-        q.landed(SEND, n as i32).expect("the send lands");
+        q.landed(SEND, SendCqe::Done(n as i32))
+            .expect("the send lands");
     }
 
     #[test]
@@ -619,7 +624,7 @@ mod tests {
         send(&mut q);
         q.push_frame(OpCode::Text, b"b");
         assert_eq!(
-            q.landed(SEND, -libc::EPIPE),
+            q.landed(SEND, SendCqe::Done(-libc::EPIPE)),
             Err(SendError::Failed(libc::EPIPE))
         );
         assert!(q.is_empty() && !q.in_flight());
@@ -631,7 +636,7 @@ mod tests {
         q.push_frame(OpCode::Text, b"a");
         send(&mut q);
         let other = Token::new(Op::Send, 0, 1);
-        assert_eq!(q.landed(other, 3), Err(SendError::Stale));
+        assert_eq!(q.landed(other, SendCqe::Done(3)), Err(SendError::Stale));
         assert!(q.in_flight(), "still in the air");
         complete(&mut q, 3);
         assert!(q.is_empty());

@@ -221,7 +221,7 @@ pub(crate) fn engine_metrics(w: &mut Writer, stats: &Stats) {
         w.family(name, "counter", help);
         w.per_label(stats, name, &[], false, counts);
     }
-    let counters: [PerWorker; 13] = [
+    let counters: [PerWorker; 15] = [
         (
             "ringws_socket_received_bytes_total",
             "Bytes received from sockets (frames and HTTP, as on the wire).",
@@ -266,6 +266,16 @@ pub(crate) fn engine_metrics(w: &mut Writer, stats: &Stats) {
             "ringws_receive_rearms_total",
             "Multishot receives armed again after ending.",
             |s| s.receive_rearms,
+        ),
+        (
+            "ringws_zero_copy_sends_total",
+            "Zero-copy sends whose memory the kernel released.",
+            |s| s.zero_copy_sends,
+        ),
+        (
+            "ringws_zero_copy_copied_total",
+            "Zero-copy sends the kernel copied after all (a local peer or no scatter-gather).",
+            |s| s.zero_copy_copied,
         ),
         (
             "ringws_sqes_submitted_total",

@@ -526,7 +526,7 @@ mod tests {
         fn flush(&mut self, slot: u32, n: usize) {
             let q = self.slab.get_mut(slot).out.as_mut().unwrap();
             let token = q.next_send().unwrap().arm_for_test().unwrap();
-            q.landed(token, n as i32).unwrap();
+            q.landed(token, crate::ring::SendCqe::Done(n as i32)).unwrap();
         }
     }
 

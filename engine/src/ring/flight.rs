@@ -9,6 +9,7 @@
 //! or a logic slip) leaks its memory and logs it instead of freeing it. The invariant holds in
 //! release builds; it does not rest on a `debug_assert!`.
 
+use super::SendCqe;
 use super::buffers::Lent;
 use super::token::Token;
 use std::collections::VecDeque;
@@ -100,6 +101,24 @@ pub(crate) struct Flight {
     msg: Box<libc::msghdr>,
     /// The token of the send in the air, if one is.
     busy: Option<Token>,
+    /// What the zero-copy send in the air has reported so far (it lands once it reported both its
+    /// result and its notification).
+    zero_copy: ZeroCopy,
+}
+
+/// What a zero-copy send in the air has reported, in four bytes (they fit in the flight's padding):
+/// nothing yet, its result (bytes written, or a negative errno), or its notification alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ZeroCopy(i32);
+
+impl ZeroCopy {
+    const NOTHING: Self = Self(i32::MIN);
+    const RELEASED: Self = Self(i32::MIN + 1);
+
+    /// A result as stored: errno values end at 4095, so no result is mistaken for a sentinel.
+    fn result(result: i32) -> Self {
+        Self(result.max(-4095))
+    }
 }
 
 /// What [`Flight::arm`] tells the ring to submit.
@@ -118,6 +137,7 @@ impl Default for Flight {
             iov: Vec::new(),
             msg: Box::new(empty_msghdr()),
             busy: None,
+            zero_copy: ZeroCopy::NOTHING,
         }
     }
 }
@@ -188,14 +208,17 @@ impl Flight {
     pub(super) fn disarm(&mut self, token: Token) {
         if self.busy == Some(token) {
             self.busy = None;
+            self.zero_copy = ZeroCopy::NOTHING;
         }
     }
 
-    /// Lands the send with `token` whose completion reported `result` (bytes written, or a
-    /// negative errno), handing the chunks back. `None`, with the flight left in the air (and its
-    /// memory leaked when dropped), if no send with that token is in the air: a completion that
-    /// does not belong here must never release memory the kernel may still read.
-    pub fn finish(&mut self, token: Token, result: i32) -> Option<Landed<'_>> {
+    /// Takes a completion of the send with `token`, and lands it (handing the chunks back) once
+    /// the kernel is done with its memory: at a plain send's completion, or when a zero-copy send
+    /// has reported both its result and its notification (`None` before that). `None`, with the
+    /// flight left in the air (and its memory leaked when dropped), if no send with that token is
+    /// in the air: a completion that does not belong here must never release memory the kernel may
+    /// still read.
+    pub fn finish(&mut self, token: Token, cqe: SendCqe) -> Option<Landed<'_>> {
         if self.busy != Some(token) {
             error!(
                 ?token,
@@ -204,7 +227,21 @@ impl Flight {
             );
             return None;
         }
+        let result = match cqe {
+            SendCqe::Done(result) => result,
+            SendCqe::Sent(result) if self.zero_copy == ZeroCopy::RELEASED => result,
+            SendCqe::Sent(result) => {
+                self.zero_copy = ZeroCopy::result(result);
+                return None;
+            }
+            SendCqe::Released { .. } if self.zero_copy == ZeroCopy::NOTHING => {
+                self.zero_copy = ZeroCopy::RELEASED;
+                return None;
+            }
+            SendCqe::Released { .. } => self.zero_copy.0,
+        };
         self.busy = None;
+        self.zero_copy = ZeroCopy::NOTHING;
         let offset = std::mem::take(&mut self.offset);
         Some(Landed {
             chunks: &mut self.chunks,
@@ -276,7 +313,7 @@ mod tests {
         let mut more: VecDeque<Chunk> = [owned(b"x")].into();
         assert_eq!(f.load(&mut more, 0), 0, "nothing loads while in the air");
         assert!(f.arm(t).is_none(), "armed once");
-        let landed = f.finish(t, 3).unwrap();
+        let landed = f.finish(t, SendCqe::Done(3)).unwrap();
         assert_eq!((landed.offset, landed.result), (2, Ok(3)));
         assert_eq!(landed.chunks.len(), 1);
     }
@@ -294,7 +331,9 @@ mod tests {
         // SAFETY (test): the header and the iovecs live in the flight while it is in the air.
         let iovlen = unsafe { (*msg).msg_iovlen };
         assert_eq!(iovlen, MAX_IOV);
-        assert!(matches!(f.finish(t, -libc::EPIPE), Some(l) if l.result == Err(libc::EPIPE)));
+        assert!(
+            matches!(f.finish(t, SendCqe::Done(-libc::EPIPE)), Some(l) if l.result == Err(libc::EPIPE))
+        );
     }
 
     #[test]
@@ -305,12 +344,41 @@ mod tests {
         let t = Token::new(Op::Send, 3, 1);
         f.arm(t).unwrap();
         assert!(
-            f.finish(Token::new(Op::Send, 3, 2), 3).is_none(),
+            f.finish(Token::new(Op::Send, 3, 2), SendCqe::Done(3))
+                .is_none(),
             "stale generation"
         );
         assert!(f.is_busy(), "still in the air");
-        assert!(f.finish(t, 3).is_some());
-        assert!(f.finish(t, 3).is_none(), "landed once");
+        assert!(f.finish(t, SendCqe::Done(3)).is_some());
+        assert!(f.finish(t, SendCqe::Done(3)).is_none(), "landed once");
+    }
+
+    #[test]
+    fn a_zero_copy_send_lands_only_with_its_result_and_its_notification() {
+        let t = Token::new(Op::Send, 2, 1);
+        let released = SendCqe::Released { copied: true };
+        // In the kernel's order (result, then notification) and in the other.
+        for (first, second) in [(SendCqe::Sent(3), released), (released, SendCqe::Sent(3))] {
+            let mut f = Flight::default();
+            let mut q: VecDeque<Chunk> = [owned(b"abc")].into();
+            f.load(&mut q, 0);
+            f.arm(t).unwrap();
+            assert!(
+                f.finish(t, first).is_none(),
+                "{first:?} alone lands nothing"
+            );
+            assert!(f.is_busy(), "the kernel may still read the bytes");
+            let landed = f.finish(t, second).expect("both reported");
+            assert_eq!(landed.result, Ok(3));
+            assert!(!f.is_busy());
+            // The next send starts afresh: its notification alone does not land it.
+            f.load(&mut [owned(b"d")].into(), 0);
+            f.arm(t).unwrap();
+            assert!(f.finish(t, released).is_none());
+            assert!(
+                matches!(f.finish(t, SendCqe::Sent(-libc::EPIPE)), Some(l) if l.result == Err(libc::EPIPE))
+            );
+        }
     }
 
     #[test]

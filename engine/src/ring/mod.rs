@@ -53,6 +53,11 @@ const IOU_PBUF_RING_INC: u16 = 2;
 /// How many completions a batch wait ([`Ring::batch_wait`]) holds out for: about what one turn of
 /// a busy worker handles, so that under load the wait ends at once.
 pub(crate) const BATCH_WAIT_COMPLETIONS: usize = 16;
+/// `IORING_SEND_ZC_REPORT_USAGE` (include/uapi/linux/io_uring.h): a zero-copy send's notification
+/// says whether the kernel had to copy the bytes after all.
+const SEND_ZC_REPORT_USAGE: u16 = 8;
+/// `IORING_NOTIF_USAGE_ZC_COPIED`: set in such a notification's result when the kernel copied.
+const NOTIF_USAGE_ZC_COPIED: i32 = i32::MIN;
 /// `IORING_MAX_FIXED_FILES` (io_uring/rsrc.h): the largest file table a ring may register.
 const MAX_FIXED_FILES: u32 = 1 << 20;
 
@@ -67,6 +72,8 @@ pub(crate) struct Ring {
     skip_cancel_completions: bool,
     /// How long a wait may hold out for a batch of completions, in µs (0: wake at the first).
     batch_wait_us: u32,
+    /// Sends of at least this many bytes go zero-copy (`SEND_ZC`; 0: none do).
+    zero_copy_from: usize,
     /// The receive buffers, once registered.
     bufs: Option<Buffers>,
     /// Entries of the registered (sparse) file table; 0 without one.
@@ -85,6 +92,7 @@ impl Ring {
             no_sq_array,
             skip_cancel_completions: false,
             batch_wait_us: 0,
+            zero_copy_from: 0,
             bufs: None,
             direct: 0,
         })
@@ -116,6 +124,19 @@ impl Ring {
         self.batch_wait_us = if present { us } else { 0 };
         present
     }
+
+    /// Makes sends of at least `from` bytes zero-copy (`IORING_OP_SEND_ZC` and
+    /// `IORING_OP_SENDMSG_ZC`, Linux 6.0/6.1) where the kernel has both; returns whether it does. A
+    /// zero `from` (or a kernel without them) copies every send into the socket.
+    pub fn zero_copy_sends(&mut self, from: usize) -> bool {
+        let mut probe = io_uring::Probe::new();
+        let present = self.uring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(opcode::SendZc::CODE)
+            && probe.is_supported(opcode::SendMsgZc::CODE);
+        self.zero_copy_from = if present { from } else { 0 };
+        present
+    }
+
     /// A second descriptor of this ring, for other workers' rings to post wake-ups to
     /// ([`Submit::msg_ring`]). It keeps the ring's file open: its holder closes it before the ring
     /// is dropped.
@@ -187,11 +208,14 @@ impl Ring {
     pub fn split(&mut self) -> Option<(Submit<'_>, &mut Buffers, CompletionQueue<'_>)> {
         let bufs = self.bufs.as_mut()?;
         let group = bufs.group();
-        let skip_cancel = self.skip_cancel_completions;
-        let batch_wait_us = self.batch_wait_us;
+        let modes = Modes {
+            skip_cancel: self.skip_cancel_completions,
+            batch_wait_us: self.batch_wait_us,
+            zero_copy_from: self.zero_copy_from,
+        };
         let direct = self.direct;
         let (submitter, sq, cq) = self.uring.split();
-        let submit = Submit::new(submitter, sq, group, skip_cancel, batch_wait_us, direct);
+        let submit = Submit::new(submitter, sq, group, modes, direct);
         Some((submit, bufs, cq))
     }
 }
@@ -215,6 +239,17 @@ pub(crate) enum Clock {
     Wakeup = 1,
 }
 
+/// How a [`Submit`] builds its entries and waits, as the [`Ring`] was told and the kernel allows.
+#[derive(Debug, Clone, Copy)]
+struct Modes {
+    /// Whether cancels carry `IOSQE_CQE_SKIP_SUCCESS`.
+    skip_cancel: bool,
+    /// How long a wait holds out for [`BATCH_WAIT_COMPLETIONS`], in µs (0: not at all).
+    batch_wait_us: u32,
+    /// Sends of at least this many bytes go zero-copy (0: none).
+    zero_copy_from: usize,
+}
+
 /// The submission side of a ring: typed operations, each tagged with a [`Token`].
 ///
 /// A submission that cannot be queued because the queue stays full, or a failed `io_uring_enter`,
@@ -223,10 +258,7 @@ pub(crate) struct Submit<'r> {
     submitter: Submitter<'r>,
     sq: SubmissionQueue<'r>,
     group: u16,
-    /// Whether cancels carry `IOSQE_CQE_SKIP_SUCCESS`.
-    skip_cancel: bool,
-    /// How long a wait holds out for [`BATCH_WAIT_COMPLETIONS`], in µs (0: not at all).
-    batch_wait_us: u32,
+    modes: Modes,
     /// The `timespec`s timeouts read, by [`Clock`]. The kernel reads one when the timeout is
     /// submitted, so each is rewritten only after the previous timeout using it was submitted.
     timespecs: [Box<Timespec>; 2],
@@ -261,16 +293,14 @@ impl<'r> Submit<'r> {
         submitter: Submitter<'r>,
         sq: SubmissionQueue<'r>,
         group: u16,
-        skip_cancel: bool,
-        batch_wait_us: u32,
+        modes: Modes,
         direct: u32,
     ) -> Self {
         Self {
             submitter,
             sq,
             group,
-            skip_cancel,
-            batch_wait_us,
+            modes,
             timespecs: [Box::new(Timespec::new()), Box::new(Timespec::new())],
             unsubmitted: [false; 2],
             connects: HashMap::new(),
@@ -324,7 +354,7 @@ impl<'r> Submit<'r> {
     /// after that.
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
         self.sq.sync();
-        let r = if self.batch_wait_us == 0 {
+        let r = if self.modes.batch_wait_us == 0 {
             self.submitter.submit_and_wait(want)
         } else {
             // Without a general timeout the kernel would end the wait when the batch's time is up
@@ -332,7 +362,7 @@ impl<'r> Submit<'r> {
             // completion. The worker's tick completes well within it.
             const AFTER_BATCH: Timespec = Timespec::new().sec(60);
             let args = types::SubmitArgs::new()
-                .min_wait_usec(self.batch_wait_us)
+                .min_wait_usec(self.modes.batch_wait_us)
                 .timespec(&AFTER_BATCH);
             self.submitter
                 .submit_with_args(want.max(BATCH_WAIT_COMPLETIONS), &args)
@@ -443,29 +473,46 @@ impl<'r> Submit<'r> {
     }
 
     /// Sends what `flight` carries on `fd` (slot `token.slot`'s socket, through its direct
-    /// descriptor if it has one); the flight is in the air until [`Flight::finish`] with `token`.
-    /// Returns false if nothing was submitted (the flight is empty or already in the air, or the
-    /// queue failed).
+    /// descriptor if it has one); the flight is in the air until [`Flight::finish`] with `token`
+    /// lands it. A flight of at least [`Ring::zero_copy_sends`]' bytes goes zero-copy: the kernel
+    /// may read its memory until the send's notification, and the flight stays in the air until
+    /// then. Returns false if nothing was submitted (the flight is empty or already in the air,
+    /// or the queue failed).
     pub fn send(&mut self, fd: BorrowedFd<'_>, token: Token, flight: &mut Flight) -> bool {
         let target = self.target(token.slot, fd);
-        let e = match flight.arm(token) {
-            None => return false,
-            Some(Armed::Single { ptr, len }) => on_target!(target, |f| {
+        let from = self.modes.zero_copy_from;
+        let zero_copy = from > 0 && flight.len() >= from;
+        let e = match (flight.arm(token), zero_copy) {
+            (None, _) => return false,
+            (Some(Armed::Single { ptr, len }), false) => on_target!(target, |f| {
                 opcode::Send::new(f, ptr, len)
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
             }),
-            Some(Armed::Vectored(msg)) => on_target!(target, |f| {
+            (Some(Armed::Vectored(msg)), false) => on_target!(target, |f| {
                 opcode::SendMsg::new(f, msg)
                     .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            }),
+            (Some(Armed::Single { ptr, len }), true) => on_target!(target, |f| {
+                opcode::SendZc::new(f, ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .zc_flags(SEND_ZC_REPORT_USAGE)
+                    .build()
+            }),
+            (Some(Armed::Vectored(msg)), true) => on_target!(target, |f| {
+                opcode::SendMsgZc::new(f, msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .ioprio(SEND_ZC_REPORT_USAGE)
                     .build()
             }),
         };
         // SAFETY: the entry points into `flight`: its chunks' heap bytes, its iovec array and its
         // boxed message header. The flight is now in the air under `token`: it refuses to load or
-        // re-arm, hands its chunks back only to `finish` with this token (from this send's
-        // completion), and leaks them if dropped in the air, so the memory stays valid and
-        // unmodified until the kernel is done with it.
+        // re-arm, hands its chunks back only to `finish` with this token once the kernel is done
+        // with them (the send's completion, or for a zero-copy send the notification too), and
+        // leaks them if dropped in the air, so the memory stays valid and unmodified until the
+        // kernel is done with it.
         if unsafe { self.push(&e.user_data(token.encode())) } {
             true
         } else {
@@ -539,7 +586,7 @@ impl<'r> Submit<'r> {
     /// target's completion reports the outcome), so where the ring allows it a successful cancel
     /// posts none (`IOSQE_CQE_SKIP_SUCCESS`); a failed one (the target already finished) still does.
     pub fn cancel(&mut self, target: Token) {
-        let flags = if self.skip_cancel {
+        let flags = if self.modes.skip_cancel {
             squeue::Flags::SKIP_SUCCESS
         } else {
             squeue::Flags::empty()
@@ -618,6 +665,21 @@ pub(crate) struct Cqe {
     flags: u32,
 }
 
+/// One completion of a send. A plain send completes once; a zero-copy send twice: its result,
+/// then a notification once the kernel no longer reads its memory (`IORING_CQE_F_NOTIF`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendCqe {
+    /// The send is over: bytes written, or a negative errno.
+    Done(i32),
+    /// A zero-copy send's result (bytes or a negative errno); its memory is still the kernel's
+    /// until the notification.
+    Sent(i32),
+    /// A zero-copy send's notification: the kernel is done with the memory. `copied`: it copied
+    /// the bytes after all (a loopback or otherwise local peer, or a device without
+    /// scatter-gather), so zero-copy saved nothing.
+    Released { copied: bool },
+}
+
 impl Cqe {
     /// Takes up to `max` completions from `cq` into `into`.
     pub fn drain(cq: &mut CompletionQueue<'_>, into: &mut Vec<Cqe>, max: usize) {
@@ -633,6 +695,19 @@ impl Cqe {
     /// Whether the multishot operation stays armed (`IORING_CQE_F_MORE`).
     pub fn more(&self) -> bool {
         cqueue::more(self.flags)
+    }
+
+    /// What a send's completion says about the send ([`Flight::finish`] takes it).
+    pub fn send(&self) -> SendCqe {
+        if cqueue::notif(self.flags) {
+            SendCqe::Released {
+                copied: self.result & NOTIF_USAGE_ZC_COPIED != 0,
+            }
+        } else if cqueue::more(self.flags) {
+            SendCqe::Sent(self.result)
+        } else {
+            SendCqe::Done(self.result)
+        }
     }
 
     /// The provided buffer the completion filled (or consumed), if any.

@@ -129,7 +129,7 @@ const TABLE: [(&str, &str, bool); 21] = [
         false,
     ),
     (
-        "IORING_OP_SEND_ZC (zero-copy send; not used, docs/design.md)",
+        "IORING_OP_SEND_ZC (zero-copy sends, --send-zc-threshold)",
         "6.0",
         false,
     ),

@@ -123,6 +123,8 @@ pub(crate) struct WorkerStats {
     pub deflate_received_compressed: Counter,
     pub buffers_exhausted: Counter,
     pub receive_rearms: Counter,
+    pub zero_copy_sends: Counter,
+    pub zero_copy_copied: Counter,
     pub sqes_submitted: Gauge,
     pub enters: Gauge,
     pub timers: PerLabel<TimerKind, { TimerKind::ALL.len() }>,
@@ -167,6 +169,8 @@ impl WorkerStats {
             },
             buffers_exhausted: self.buffers_exhausted.get(),
             receive_rearms: self.receive_rearms.get(),
+            zero_copy_sends: self.zero_copy_sends.get(),
+            zero_copy_copied: self.zero_copy_copied.get(),
             sqes_submitted: self.sqes_submitted.get(),
             io_uring_enters: self.enters.get(),
             timers_fired: self.timers.snapshot(),
@@ -248,6 +252,11 @@ pub struct WorkerSnapshot {
     pub buffers_exhausted: u64,
     /// Multishot receives armed again after ending (buffers exhausted, or reading resumed).
     pub receive_rearms: u64,
+    /// Zero-copy sends (`send_zc_threshold`) whose memory the kernel released.
+    pub zero_copy_sends: u64,
+    /// Those of them the kernel copied after all (a local peer, such as loopback, or a device
+    /// without scatter-gather): when this is most of them, zero-copy saves nothing.
+    pub zero_copy_copied: u64,
     /// Submission queue entries submitted to the kernel.
     pub sqes_submitted: u64,
     /// `io_uring_enter` system calls.

@@ -6,7 +6,7 @@ use super::Engine;
 use crate::conn::{CloseStep, Phase, SendError, io};
 use crate::connect::ConnectError;
 use crate::handler::Handler;
-use crate::ring::{Op, Token};
+use crate::ring::{Op, SendCqe, Token};
 use crate::stats::CloseStatus;
 use ringws_protocol::CloseCode;
 use std::io as stdio;
@@ -74,7 +74,14 @@ impl<H: Handler> Engine<'_, H> {
     }
 
     /// A send completed.
-    pub(super) fn on_send(&mut self, token: Token, res: i32) {
+    pub(super) fn on_send(&mut self, token: Token, cqe: SendCqe) {
+        if let SendCqe::Released { copied } = cqe {
+            let stats = &self.core.slab.stats;
+            stats.zero_copy_sends.inc();
+            if copied {
+                stats.zero_copy_copied.inc();
+            }
+        }
         let slot = token.slot;
         let Some(s) = self.core.slab.find(slot, |g| token.is_generation(g)) else {
             error!(slot, "send completion for a stale slot");
@@ -84,8 +91,8 @@ impl<H: Handler> Engine<'_, H> {
             error!(slot, "send completion without an output queue");
             return;
         };
-        match q.landed(token, res) {
-            Ok(()) => {}
+        let written = match q.landed(token, cqe) {
+            Ok(n) => n,
             Err(SendError::Stale) => return,
             Err(SendError::Failed(e)) => {
                 if s.machine.phase() != Phase::Closed {
@@ -95,9 +102,9 @@ impl<H: Handler> Engine<'_, H> {
                 self.maybe_release(slot);
                 return;
             }
-        }
+        };
         let buffered = q.buffered();
-        self.core.slab.stats.socket_sent_bytes.add(res as u64);
+        self.core.slab.stats.socket_sent_bytes.add(written as u64);
         if buffered == 0 {
             self.core.slab.return_queue(slot);
         } else {

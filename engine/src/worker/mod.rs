@@ -227,7 +227,7 @@ impl<H: Handler> Worker<'_, H> {
         }
         match token.op {
             Op::Recv => self.on_recv(token, cqe),
-            Op::Send => self.eng.on_send(token, cqe.result),
+            Op::Send => self.eng.on_send(token, cqe.send()),
             Op::Accept => self.eng.on_accept(cqe),
             Op::Tick => self.eng.arm_tick(),
             Op::Wake => self.eng.on_wake(cqe.more()),
@@ -490,6 +490,12 @@ pub(crate) fn run<H: Handler>(
         info!(
             worker = index,
             "IORING_FEAT_MIN_TIMEOUT unavailable; waking at the first completion"
+        );
+    }
+    if cfg.send_zc_threshold > 0 && !ring.zero_copy_sends(cfg.send_zc_threshold) {
+        info!(
+            worker = index,
+            "IORING_OP_SEND_ZC unavailable; copying every send"
         );
     }
     // Incremental consumption where asked for and the kernel has it (a kernel without it refuses
