@@ -211,8 +211,9 @@ settings! {
     /// Send zero-copy (`IORING_OP_SEND_ZC`/`SENDMSG_ZC`, Linux 6.0/6.1; ignored on older kernels)
     /// every send of at least this many bytes: the kernel pins the queued bytes and the NIC reads
     /// them, instead of copying them into the socket. Such a send completes twice (its result,
-    /// then a notification once the kernel lets go of the memory), and its queue sends nothing
-    /// more until the notification. It pays only for large sends to a remote peer over a device
+    /// then a notification once the peer acknowledged the bytes and the kernel lets go of them);
+    /// the queue goes on at the result and the memory is held until the notification (up to 8
+    /// such sends per connection, then sends copy until they are released). It pays only for large sends to a remote peer over a device
     /// with scatter-gather: to a peer on the same host (loopback, a local proxy) the kernel copies
     /// anyway and each send costs a second completion (`ringws_zero_copy_copied_total` counts the
     /// sends it copied). Zero (the default) copies every send: no gain could be measured here,

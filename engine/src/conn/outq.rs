@@ -29,7 +29,7 @@
 
 #[cfg(test)]
 use crate::ring::MAX_IOV;
-use crate::ring::{Chunk, Flight, Lent, SendCqe, Token};
+use crate::ring::{Chunk, Finish, Flight, Lent, SendCqe, Token};
 use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 use ringws_protocol::mask::unmask;
 use std::collections::{HashMap, VecDeque};
@@ -50,8 +50,7 @@ pub(crate) type ConflationKey = (u32, u64);
 pub(crate) enum SendError {
     /// The send failed with this errno: the connection is going away; the queue is now empty.
     Failed(i32),
-    /// Nothing landed: the completion does not belong to the send in the air (logged), or it is
-    /// half of a zero-copy send's pair (the send lands with the other half).
+    /// The completion does not belong to the send in the air (logged); nothing changed.
     Stale,
 }
 
@@ -102,9 +101,10 @@ impl OutQueue {
         self.buffered == 0
     }
 
-    /// Whether a send is in the air (the kernel may be reading the queue's memory).
+    /// Whether the kernel may still read the queue's memory: a send is in the air, or a zero-copy
+    /// send's notification is due.
     pub fn in_flight(&self) -> bool {
-        self.flight.is_busy()
+        self.flight.holds_kernel_memory()
     }
 
     /// The chunk small bytes are appended to: the last one if it holds small frames, else a new
@@ -280,18 +280,27 @@ impl OutQueue {
         Some(&mut self.flight)
     }
 
-    /// A completion of the send tagged `token`. Once the send is over (for a zero-copy send, once
-    /// its notification came too), sent chunks are recycled and the rest go back to the front of
-    /// the queue, and the bytes the send wrote are returned; before that, and for a completion of
-    /// no send in the air, `Err(Stale)`.
-    pub fn landed(&mut self, token: Token, cqe: SendCqe) -> Result<usize, SendError> {
-        let Some(landed) = self.flight.finish(token, cqe) else {
-            return Err(SendError::Stale);
+    /// A completion of the send tagged `token`. At a send's result, sent chunks are recycled (or,
+    /// for a zero-copy send, held by the flight until the kernel lets go of them), the rest go
+    /// back to the front of the queue, and the bytes the send wrote are returned. `Ok(None)` for a
+    /// zero-copy send's notification; `Err(Stale)` for a result of no send in the air.
+    pub fn landed(&mut self, token: Token, cqe: SendCqe) -> Result<Option<usize>, SendError> {
+        let landed = match self.flight.finish(token, cqe) {
+            Finish::Landed(landed) => landed,
+            Finish::Released => return Ok(None),
+            Finish::Foreign => return Err(SendError::Stale),
         };
+        let hold = landed.hold;
         let mut sent = match landed.result {
             Ok(n) => n,
             Err(errno) => {
-                while landed.chunks.pop().is_some() {}
+                let mut kept = Vec::new();
+                while let Some(chunk) = landed.chunks.pop() {
+                    kept.push(chunk);
+                }
+                if hold {
+                    self.flight.hold(kept.into_iter());
+                }
                 self.abandon();
                 return Err(SendError::Failed(errno));
             }
@@ -313,17 +322,32 @@ impl OutQueue {
             done += 1;
         }
         let back = chunks.len() - done;
+        // A zero-copy send's chunks stay as they are until the kernel lets go of them: what was
+        // not sent is queued again as a copy (a shared frame as another reference), and nothing
+        // is reused.
+        let mut held = Vec::new();
         // What was not sent returns to the front, in order, ahead of what was queued meanwhile
         // (popped from the back: no drain to set up for the usual one or two chunks). A lent
         // payload that did not leave whole is copied: the peer is not keeping up, and a receive
         // buffer must not wait on it.
         for _ in 0..back {
             if let Some(chunk) = chunks.pop() {
-                let chunk = match chunk {
-                    Chunk::Lent(l) => Chunk::Owned(l.bytes().to_vec()),
-                    other => other,
+                let again = match chunk {
+                    Chunk::Shared(f) if hold => {
+                        held.push(Chunk::Shared(Arc::clone(&f)));
+                        Chunk::Shared(f)
+                    }
+                    Chunk::Owned(_) if !hold => chunk,
+                    Chunk::Shared(_) if !hold => chunk,
+                    other => {
+                        let copy = Chunk::Owned(other.bytes().to_vec());
+                        if hold {
+                            held.push(other);
+                        }
+                        copy
+                    }
                 };
-                self.pending.push_front(chunk);
+                self.pending.push_front(again);
             }
         }
         if back > 0 {
@@ -336,7 +360,9 @@ impl OutQueue {
         }
         // What was sent: an owned buffer becomes the spare for the next frames of its kind.
         while let Some(chunk) = chunks.pop() {
-            if let Chunk::Owned(mut v) = chunk {
+            if hold {
+                held.push(chunk);
+            } else if let Chunk::Owned(mut v) = chunk {
                 let spare = if v.len() < LARGE {
                     &mut self.spare
                 } else {
@@ -348,12 +374,15 @@ impl OutQueue {
                 }
             }
         }
+        if hold {
+            self.flight.hold(held.into_iter());
+        }
         self.moved -= back as u64;
         self.offset = if back > 0 { into_first } else { 0 };
         if self.pending.is_empty() {
             self.clear_keyed();
         }
-        Ok(written)
+        Ok(Some(written))
     }
 
     /// Drops everything waiting (not what is in the air): the connection is going away.
@@ -501,7 +530,7 @@ mod tests {
     /// Starts the next send as the worker would and returns the bytes it carries.
     fn send(q: &mut OutQueue) -> Vec<u8> {
         let f = q.next_send().expect("a send starts");
-        assert_eq!(f.arm_for_test(), Some(SEND));
+        assert_eq!(f.arm_for_test(0), Some(SEND));
         f.loaded()
     }
 
@@ -628,6 +657,26 @@ mod tests {
             Err(SendError::Failed(libc::EPIPE))
         );
         assert!(q.is_empty() && !q.in_flight());
+    }
+
+    #[test]
+    fn a_zero_copy_send_goes_on_at_its_result_and_holds_memory_until_its_notification() {
+        let mut q = OutQueue::default();
+        q.push_frame(OpCode::Binary, &[7; 100]);
+        let f = q.next_send().expect("a send starts");
+        assert_eq!(f.arm_for_test(1), Some(SEND));
+        let all = f.loaded();
+        // Partly written: the rest is queued again (a copy) and goes in the next send at once.
+        assert_eq!(q.landed(SEND, SendCqe::Sent(40)), Ok(Some(40)));
+        assert!(
+            q.in_flight(),
+            "the kernel may still read the first 40 bytes"
+        );
+        assert_eq!(send(&mut q), all[40..]);
+        complete(&mut q, all.len() - 40);
+        assert!(q.is_empty() && q.in_flight(), "written, memory still held");
+        assert_eq!(q.landed(SEND, SendCqe::Released { copied: true }), Ok(None));
+        assert!(!q.in_flight());
     }
 
     #[test]

@@ -477,7 +477,9 @@ impl<S: Default> Slab<S> {
     /// Gives an emptied output queue back to the pool.
     pub fn return_queue(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
-        if s.out.as_ref().is_some_and(|q| q.is_empty())
+        if s.out
+            .as_ref()
+            .is_some_and(|q| q.is_empty() && !q.in_flight())
             && let Some(q) = s.out.take()
         {
             self.pool.give_or_discard(q, s.has(io::UNPOOLED));
@@ -816,7 +818,7 @@ pub(crate) mod tests {
             .unwrap()
             .next_send()
             .unwrap()
-            .arm_for_test();
+            .arm_for_test(0);
         slab.get_mut(s).machine.close_now();
         assert!(!slab.release(s));
         assert_eq!(slab.live(), 1);

@@ -525,8 +525,9 @@ mod tests {
         /// Writes everything queued for `slot`, as a completed send would.
         fn flush(&mut self, slot: u32, n: usize) {
             let q = self.slab.get_mut(slot).out.as_mut().unwrap();
-            let token = q.next_send().unwrap().arm_for_test().unwrap();
-            q.landed(token, crate::ring::SendCqe::Done(n as i32)).unwrap();
+            let token = q.next_send().unwrap().arm_for_test(0).unwrap();
+            q.landed(token, crate::ring::SendCqe::Done(n as i32))
+                .unwrap();
         }
     }
 

@@ -90,6 +90,19 @@ pub(crate) struct Landed<'a> {
     pub offset: usize,
     /// Bytes written, or the send's error number.
     pub result: Result<usize, i32>,
+    /// A zero-copy send whose notification is due: every chunk goes to [`Flight::hold`], none is
+    /// reused or dropped, and bytes not sent are queued again as copies.
+    pub hold: bool,
+}
+
+/// What [`Flight::finish`] made of a completion.
+pub(crate) enum Finish<'a> {
+    /// The send in the air landed.
+    Landed(Landed<'a>),
+    /// A zero-copy send's notification: nothing lands.
+    Released,
+    /// The completion belongs to no send in the air (logged); nothing changed.
+    Foreign,
 }
 
 /// The chunks of one send, and the iovecs and message header the kernel reads.
@@ -97,28 +110,53 @@ pub(crate) struct Flight {
     chunks: Chunks,
     offset: usize,
     iov: Vec<libc::iovec>,
-    /// Boxed, so it stays put when the flight moves (the kernel may read it after submission).
-    msg: Box<libc::msghdr>,
+    /// The message header and the zero-copy sends' held memory, boxed.
+    pinned: Box<Pinned>,
     /// The token of the send in the air, if one is.
     busy: Option<Token>,
-    /// What the zero-copy send in the air has reported so far (it lands once it reported both its
-    /// result and its notification).
-    zero_copy: ZeroCopy,
 }
 
-/// What a zero-copy send in the air has reported, in four bytes (they fit in the flight's padding):
-/// nothing yet, its result (bytes written, or a negative errno), or its notification alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ZeroCopy(i32);
+/// What stays put when a flight moves: the message header, which the kernel may read after
+/// submission, and, in the same allocation (a queue is no larger for it), the memory of
+/// zero-copy sends the kernel may still read.
+struct Pinned {
+    msg: libc::msghdr,
+    held: Held,
+}
 
-impl ZeroCopy {
-    const NOTHING: Self = Self(i32::MIN);
-    const RELEASED: Self = Self(i32::MIN + 1);
-
-    /// A result as stored: errno values end at 4095, so no result is mistaken for a sentinel.
-    fn result(result: i32) -> Self {
-        Self(result.max(-4095))
+impl Pinned {
+    fn new() -> Box<Self> {
+        // SAFETY: msghdr is plain data (integers and null pointers) for which all-zero is the
+        // empty value.
+        let msg = unsafe { std::mem::zeroed() };
+        Box::new(Self {
+            msg,
+            held: Held::default(),
+        })
     }
+}
+
+/// Most zero-copy sends of one connection whose memory is held at a time: beyond it sends copy
+/// until every notification came. A notification waits for the peer's acknowledgement of the
+/// bytes (the kernel keeps them for retransmission), so this is how many sends go out zero-copy
+/// per round trip.
+pub(crate) const MAX_ZERO_COPY_HELD: u8 = 8;
+
+/// The memory of a connection's zero-copy sends: a zero-copy send completes twice, with its
+/// result (the queue goes on from there) and with a notification once the kernel no longer reads
+/// its memory. The chunks of sends whose result came wait here until no notification is due, and
+/// only then are dropped (notifications are not matched to sends: all are counted, and the memory
+/// goes when none is outstanding, whatever their order).
+#[derive(Debug, Default)]
+struct Held {
+    /// Notifications still to come, one per zero-copy send armed.
+    due: u8,
+    /// Zero-copy sends armed since the held chunks were last dropped.
+    sends: u8,
+    /// Whether the send in the air is zero-copy.
+    in_air: bool,
+    /// Chunks of zero-copy sends whose result came.
+    chunks: Vec<Chunk>,
 }
 
 /// What [`Flight::arm`] tells the ring to submit.
@@ -135,17 +173,10 @@ impl Default for Flight {
             chunks: Chunks::default(),
             offset: 0,
             iov: Vec::new(),
-            msg: Box::new(empty_msghdr()),
+            pinned: Pinned::new(),
             busy: None,
-            zero_copy: ZeroCopy::NOTHING,
         }
     }
-}
-
-/// An empty message header.
-fn empty_msghdr() -> libc::msghdr {
-    // SAFETY: msghdr is plain data (integers and null pointers) for which all-zero is the empty value.
-    unsafe { std::mem::zeroed() }
 }
 
 impl Flight {
@@ -174,11 +205,22 @@ impl Flight {
         self.chunks.iter().map(|c| c.bytes().len()).sum::<usize>() - self.offset
     }
 
-    /// Marks the flight in the air under `token` and describes what to submit; `None` if it is
-    /// already in the air or carries nothing.
-    pub(super) fn arm(&mut self, token: Token) -> Option<Armed> {
+    /// Marks the flight in the air under `token` and describes what to submit, and whether as a
+    /// zero-copy send (it carries at least `zero_copy_from` bytes, `zero_copy_from` is not zero,
+    /// and fewer than [`MAX_ZERO_COPY_HELD`] zero-copy sends hold memory); `None` if it is already
+    /// in the air or carries nothing.
+    pub(super) fn arm(&mut self, token: Token, zero_copy_from: usize) -> Option<(Armed, bool)> {
         if self.busy.is_some() || self.chunks.is_empty() {
             return None;
+        }
+        let zero_copy = zero_copy_from > 0
+            && self.len() >= zero_copy_from
+            && self.pinned.held.sends < MAX_ZERO_COPY_HELD;
+        if zero_copy {
+            let held = &mut self.pinned.held;
+            held.in_air = true;
+            held.due += 1;
+            held.sends += 1;
         }
         let single = self.chunks.rest.is_empty();
         let armed = if let (Some(first), true) = (&self.chunks.first, single) {
@@ -196,54 +238,80 @@ impl Flight {
                     iov_len: bytes.len(),
                 });
             }
-            self.msg.msg_iov = self.iov.as_mut_ptr();
-            self.msg.msg_iovlen = self.iov.len();
-            Armed::Vectored(&*self.msg)
+            self.pinned.msg.msg_iov = self.iov.as_mut_ptr();
+            self.pinned.msg.msg_iovlen = self.iov.len();
+            Armed::Vectored(&self.pinned.msg)
         };
         self.busy = Some(token);
-        Some(armed)
+        Some((armed, zero_copy))
     }
 
     /// Undoes [`arm`](Self::arm) for a send that was never submitted.
     pub(super) fn disarm(&mut self, token: Token) {
         if self.busy == Some(token) {
             self.busy = None;
-            self.zero_copy = ZeroCopy::NOTHING;
+            let held = &mut self.pinned.held;
+            if held.in_air {
+                held.in_air = false;
+                held.due -= 1;
+                held.sends -= 1;
+            }
         }
     }
 
-    /// Takes a completion of the send with `token`, and lands it (handing the chunks back) once
-    /// the kernel is done with its memory: at a plain send's completion, or when a zero-copy send
-    /// has reported both its result and its notification (`None` before that). `None`, with the
-    /// flight left in the air (and its memory leaked when dropped), if no send with that token is
-    /// in the air: a completion that does not belong here must never release memory the kernel may
-    /// still read.
-    pub fn finish(&mut self, token: Token, cqe: SendCqe) -> Option<Landed<'_>> {
+    /// Whether the kernel may still read memory of this flight's: a send is in the air, or a
+    /// zero-copy send's notification is due.
+    pub fn holds_kernel_memory(&self) -> bool {
+        self.busy.is_some() || self.pinned.held.due > 0
+    }
+
+    /// Takes a completion of a send with `token`: a send's result lands it (its chunks come
+    /// back), a zero-copy send's notification releases what sends held once none is due. A
+    /// result with no send with that token in the air is foreign: the flight stays in the air
+    /// (its memory leaked when dropped), since a completion that does not belong here must never
+    /// release memory the kernel may still read.
+    pub fn finish(&mut self, token: Token, cqe: SendCqe) -> Finish<'_> {
+        let result = match cqe {
+            SendCqe::Released { .. } => {
+                let held = &mut self.pinned.held;
+                if held.due == 0 {
+                    error!(?token, "a zero-copy notification none was due for");
+                } else {
+                    held.due -= 1;
+                    if held.due == 0 {
+                        held.chunks.clear();
+                        held.sends = u8::from(held.in_air);
+                    }
+                }
+                return Finish::Released;
+            }
+            SendCqe::Done(result) | SendCqe::Sent(result) => result,
+        };
         if self.busy != Some(token) {
             error!(
                 ?token,
                 busy = ?self.busy,
                 "send completion for a send not in the air; keeping its memory"
             );
-            return None;
+            return Finish::Foreign;
         }
-        let result = match cqe {
-            SendCqe::Done(result) => result,
-            SendCqe::Sent(result) if self.zero_copy == ZeroCopy::RELEASED => result,
-            SendCqe::Sent(result) => {
-                self.zero_copy = ZeroCopy::result(result);
-                return None;
-            }
-            SendCqe::Released { .. } if self.zero_copy == ZeroCopy::NOTHING => {
-                self.zero_copy = ZeroCopy::RELEASED;
-                return None;
-            }
-            SendCqe::Released { .. } => self.zero_copy.0,
-        };
         self.busy = None;
-        self.zero_copy = ZeroCopy::NOTHING;
+        let mut hold = false;
+        let held = &mut self.pinned.held;
+        if held.in_air {
+            held.in_air = false;
+            match cqe {
+                // The notification follows: the chunks wait for it (and any other due).
+                SendCqe::Sent(_) => hold = true,
+                // A zero-copy send that ended without one (refused before it started).
+                _ => {
+                    held.due -= 1;
+                    held.sends -= 1;
+                }
+            }
+        }
         let offset = std::mem::take(&mut self.offset);
-        Some(Landed {
+        Finish::Landed(Landed {
             chunks: &mut self.chunks,
             offset,
             result: if result < 0 {
@@ -251,7 +319,19 @@ impl Flight {
             } else {
                 Ok(result as usize)
             },
+            hold,
         })
+    }
+
+    /// Keeps `chunks` of a landed zero-copy send until no notification is due (drops them now if
+    /// none is).
+    pub fn hold(&mut self, chunks: impl Iterator<Item = Chunk>) {
+        let held = &mut self.pinned.held;
+        if held.due > 0 {
+            held.chunks.extend(chunks);
+        } else {
+            chunks.for_each(drop);
+        }
     }
 
     /// The chunks loaded (for tests: what a send would carry).
@@ -266,22 +346,22 @@ impl Flight {
 
     /// Arms the flight as a send would, for tests of the owner's bookkeeping; returns the token.
     #[cfg(test)]
-    pub fn arm_for_test(&mut self) -> Option<Token> {
+    pub fn arm_for_test(&mut self, zero_copy_from: usize) -> Option<Token> {
         let token = Token::new(super::Op::Send, 0, 0);
-        self.arm(token).map(|_| token)
+        self.arm(token, zero_copy_from).map(|_| token)
     }
 }
 
 impl Drop for Flight {
     fn drop(&mut self) {
-        if let Some(token) = self.busy {
+        if self.holds_kernel_memory() {
             error!(
-                ?token,
-                "a send's memory is dropped while the send may be in the air; leaking it"
+                token = ?self.busy,
+                "a send's memory is dropped while the kernel may read it; leaking it"
             );
             std::mem::forget(std::mem::take(&mut self.chunks));
             std::mem::forget(std::mem::take(&mut self.iov));
-            std::mem::forget(std::mem::replace(&mut self.msg, Box::new(empty_msghdr())));
+            std::mem::forget(std::mem::replace(&mut self.pinned, Pinned::new()));
         }
     }
 }
@@ -295,6 +375,13 @@ mod tests {
         Chunk::Owned(b.to_vec())
     }
 
+    fn landed(finish: Finish<'_>) -> Landed<'_> {
+        match finish {
+            Finish::Landed(l) => l,
+            _ => panic!("expected the send to land"),
+        }
+    }
+
     #[test]
     fn a_single_chunk_is_a_plain_send_from_the_offset() {
         let mut f = Flight::default();
@@ -302,9 +389,9 @@ mod tests {
         assert_eq!(f.load(&mut q, 2), 1);
         assert_eq!(f.len(), 3);
         let t = Token::new(Op::Send, 1, 1);
-        match f.arm(t) {
+        match f.arm(t, 0) {
             // SAFETY (test): the flight owns the chunk and is in the air, so the range is valid.
-            Some(Armed::Single { ptr, len }) => unsafe {
+            Some((Armed::Single { ptr, len }, false)) => unsafe {
                 assert_eq!(std::slice::from_raw_parts(ptr, len as usize), b"llo");
             },
             _ => panic!("expected a single send"),
@@ -312,8 +399,8 @@ mod tests {
         assert!(f.is_busy());
         let mut more: VecDeque<Chunk> = [owned(b"x")].into();
         assert_eq!(f.load(&mut more, 0), 0, "nothing loads while in the air");
-        assert!(f.arm(t).is_none(), "armed once");
-        let landed = f.finish(t, SendCqe::Done(3)).unwrap();
+        assert!(f.arm(t, 0).is_none(), "armed once");
+        let landed = landed(f.finish(t, SendCqe::Done(3)));
         assert_eq!((landed.offset, landed.result), (2, Ok(3)));
         assert_eq!(landed.chunks.len(), 1);
     }
@@ -325,14 +412,15 @@ mod tests {
         assert_eq!(f.load(&mut q, 0), MAX_IOV);
         assert_eq!(q.len(), 3);
         let t = Token::new(Op::Send, 0, 7);
-        let Some(Armed::Vectored(msg)) = f.arm(t) else {
+        let Some((Armed::Vectored(msg), false)) = f.arm(t, 0) else {
             panic!("expected a vectored send");
         };
         // SAFETY (test): the header and the iovecs live in the flight while it is in the air.
         let iovlen = unsafe { (*msg).msg_iovlen };
         assert_eq!(iovlen, MAX_IOV);
-        assert!(
-            matches!(f.finish(t, SendCqe::Done(-libc::EPIPE)), Some(l) if l.result == Err(libc::EPIPE))
+        assert_eq!(
+            landed(f.finish(t, SendCqe::Done(-libc::EPIPE))).result,
+            Err(libc::EPIPE)
         );
     }
 
@@ -342,43 +430,135 @@ mod tests {
         let mut q: VecDeque<Chunk> = [owned(b"abc")].into();
         f.load(&mut q, 0);
         let t = Token::new(Op::Send, 3, 1);
-        f.arm(t).unwrap();
+        f.arm(t, 0).unwrap();
         assert!(
-            f.finish(Token::new(Op::Send, 3, 2), SendCqe::Done(3))
-                .is_none(),
+            matches!(
+                f.finish(Token::new(Op::Send, 3, 2), SendCqe::Done(3)),
+                Finish::Foreign
+            ),
             "stale generation"
         );
         assert!(f.is_busy(), "still in the air");
-        assert!(f.finish(t, SendCqe::Done(3)).is_some());
-        assert!(f.finish(t, SendCqe::Done(3)).is_none(), "landed once");
+        landed(f.finish(t, SendCqe::Done(3)));
+        assert!(
+            matches!(f.finish(t, SendCqe::Done(3)), Finish::Foreign),
+            "landed once"
+        );
+    }
+
+    /// A flight loaded with one shared frame (its references count what holds it).
+    fn loaded_with(f: &mut Flight, frame: &Arc<[u8]>) {
+        let mut q: VecDeque<Chunk> = [Chunk::Shared(Arc::clone(frame))].into();
+        assert_eq!(f.load(&mut q, 0), 1);
     }
 
     #[test]
-    fn a_zero_copy_send_lands_only_with_its_result_and_its_notification() {
+    fn a_zero_copy_sends_memory_is_held_until_no_notification_is_due() {
         let t = Token::new(Op::Send, 2, 1);
         let released = SendCqe::Released { copied: true };
-        // In the kernel's order (result, then notification) and in the other.
-        for (first, second) in [(SendCqe::Sent(3), released), (released, SendCqe::Sent(3))] {
-            let mut f = Flight::default();
-            let mut q: VecDeque<Chunk> = [owned(b"abc")].into();
-            f.load(&mut q, 0);
-            f.arm(t).unwrap();
-            assert!(
-                f.finish(t, first).is_none(),
-                "{first:?} alone lands nothing"
-            );
-            assert!(f.is_busy(), "the kernel may still read the bytes");
-            let landed = f.finish(t, second).expect("both reported");
-            assert_eq!(landed.result, Ok(3));
-            assert!(!f.is_busy());
-            // The next send starts afresh: its notification alone does not land it.
-            f.load(&mut [owned(b"d")].into(), 0);
-            f.arm(t).unwrap();
-            assert!(f.finish(t, released).is_none());
-            assert!(
-                matches!(f.finish(t, SendCqe::Sent(-libc::EPIPE)), Some(l) if l.result == Err(libc::EPIPE))
-            );
+        let frame: Arc<[u8]> = Arc::from(&b"abcd"[..]);
+        let mut f = Flight::default();
+        // Below the threshold: a plain send.
+        loaded_with(&mut f, &frame);
+        assert!(matches!(f.arm(t, 5), Some((_, false))));
+        let l = landed(f.finish(t, SendCqe::Done(4)));
+        assert!(!l.hold);
+        while l.chunks.pop().is_some() {}
+        // At it: zero-copy; the result lands the send (the queue goes on) and the chunk is held.
+        for sent in 1..=2 {
+            loaded_with(&mut f, &frame);
+            assert!(matches!(f.arm(t, 4), Some((_, true))));
+            let l = landed(f.finish(t, SendCqe::Sent(4)));
+            assert_eq!((l.result, l.hold), (Ok(4), true));
+            let mut chunks = Vec::new();
+            while let Some(c) = l.chunks.pop() {
+                chunks.push(c);
+            }
+            f.hold(chunks.into_iter());
+            assert!(!f.is_busy(), "the next send need not wait");
+            assert!(f.holds_kernel_memory());
+            assert_eq!(Arc::strong_count(&frame), 1 + sent, "held, not dropped");
         }
+        // One notification of two: everything stays held (notifications are not matched).
+        assert!(matches!(f.finish(t, released), Finish::Released));
+        assert_eq!(Arc::strong_count(&frame), 3);
+        assert!(f.holds_kernel_memory());
+        assert!(matches!(f.finish(t, released), Finish::Released));
+        assert_eq!(Arc::strong_count(&frame), 1, "dropped once none is due");
+        assert!(!f.holds_kernel_memory());
+        // A notification that comes before its send's result: the chunks go at the result.
+        loaded_with(&mut f, &frame);
+        assert!(matches!(f.arm(t, 1), Some((_, true))));
+        assert!(matches!(f.finish(t, released), Finish::Released));
+        assert!(f.is_busy(), "still in the air until its result");
+        let l = landed(f.finish(t, SendCqe::Sent(4)));
+        assert!(l.hold);
+        let c = l.chunks.pop().unwrap();
+        f.hold(std::iter::once(c));
+        assert_eq!(Arc::strong_count(&frame), 1);
+        assert!(!f.holds_kernel_memory());
+    }
+
+    #[test]
+    fn zero_copy_holds_at_most_its_bound_of_sends() {
+        let t = Token::new(Op::Send, 2, 1);
+        let frame: Arc<[u8]> = Arc::from(&b"abcd"[..]);
+        let mut f = Flight::default();
+        let mut zero_copy = 0;
+        for _ in 0..2 * MAX_ZERO_COPY_HELD {
+            loaded_with(&mut f, &frame);
+            let (_, zc) = f.arm(t, 1).unwrap();
+            zero_copy += u8::from(zc);
+            let cqe = if zc {
+                SendCqe::Sent(4)
+            } else {
+                SendCqe::Done(4)
+            };
+            let l = landed(f.finish(t, cqe));
+            let hold = l.hold;
+            let c = l.chunks.pop().unwrap();
+            if hold {
+                f.hold(std::iter::once(c));
+            }
+        }
+        assert_eq!(zero_copy, MAX_ZERO_COPY_HELD, "then copies until released");
+        assert_eq!(
+            Arc::strong_count(&frame),
+            1 + usize::from(MAX_ZERO_COPY_HELD)
+        );
+        for _ in 0..MAX_ZERO_COPY_HELD {
+            f.finish(t, SendCqe::Released { copied: false });
+        }
+        assert_eq!(Arc::strong_count(&frame), 1);
+        loaded_with(&mut f, &frame);
+        assert!(matches!(f.arm(t, 1), Some((_, true))), "zero-copy again");
+    }
+
+    #[test]
+    fn a_zero_copy_send_refused_without_a_notification_holds_nothing() {
+        let t = Token::new(Op::Send, 2, 1);
+        let frame: Arc<[u8]> = Arc::from(&b"abcd"[..]);
+        let mut f = Flight::default();
+        loaded_with(&mut f, &frame);
+        assert!(matches!(f.arm(t, 1), Some((_, true))));
+        let l = landed(f.finish(t, SendCqe::Done(-libc::EINVAL)));
+        assert_eq!((l.result, l.hold), (Err(libc::EINVAL), false));
+        while l.chunks.pop().is_some() {}
+        assert!(!f.holds_kernel_memory());
+    }
+
+    #[test]
+    fn dropping_a_flight_holding_zero_copy_memory_leaks_it() {
+        let t = Token::new(Op::Send, 2, 1);
+        let frame: Arc<[u8]> = Arc::from(&b"abcd"[..]);
+        let mut f = Flight::default();
+        loaded_with(&mut f, &frame);
+        f.arm(t, 1).unwrap();
+        let l = landed(f.finish(t, SendCqe::Sent(4)));
+        let c = l.chunks.pop().unwrap();
+        f.hold(std::iter::once(c));
+        drop(f);
+        assert_eq!(Arc::strong_count(&frame), 2, "leaked, not dropped");
     }
 
     #[test]
@@ -387,7 +567,7 @@ mod tests {
         let mut f = Flight::default();
         let mut q: VecDeque<Chunk> = [Chunk::Shared(Arc::clone(&shared)), owned(b"x")].into();
         f.load(&mut q, 0);
-        f.arm(Token::new(Op::Send, 0, 0)).unwrap();
+        f.arm(Token::new(Op::Send, 0, 0), 0).unwrap();
         drop(f);
         assert_eq!(
             Arc::strong_count(&shared),

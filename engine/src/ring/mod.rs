@@ -29,7 +29,7 @@ mod token;
 pub(crate) use buffers::{Buffers, Lending, Lent};
 #[cfg(test)]
 pub(crate) use flight::MAX_IOV;
-pub(crate) use flight::{Chunk, Flight};
+pub(crate) use flight::{Chunk, Finish, Flight};
 pub use setup::TaskRun;
 pub(crate) use token::{GENERATION_BITS, Op, Token};
 
@@ -474,33 +474,31 @@ impl<'r> Submit<'r> {
 
     /// Sends what `flight` carries on `fd` (slot `token.slot`'s socket, through its direct
     /// descriptor if it has one); the flight is in the air until [`Flight::finish`] with `token`
-    /// lands it. A flight of at least [`Ring::zero_copy_sends`]' bytes goes zero-copy: the kernel
-    /// may read its memory until the send's notification, and the flight stays in the air until
-    /// then. Returns false if nothing was submitted (the flight is empty or already in the air,
-    /// or the queue failed).
+    /// lands it. A flight of at least [`Ring::zero_copy_sends`]' bytes may go zero-copy: the
+    /// kernel then reads its memory until the send's notification, and the flight holds it until
+    /// then (the queue goes on at the send's result). Returns false if nothing was submitted (the
+    /// flight is empty or already in the air, or the queue failed).
     pub fn send(&mut self, fd: BorrowedFd<'_>, token: Token, flight: &mut Flight) -> bool {
         let target = self.target(token.slot, fd);
-        let from = self.modes.zero_copy_from;
-        let zero_copy = from > 0 && flight.len() >= from;
-        let e = match (flight.arm(token), zero_copy) {
-            (None, _) => return false,
-            (Some(Armed::Single { ptr, len }), false) => on_target!(target, |f| {
+        let e = match flight.arm(token, self.modes.zero_copy_from) {
+            None => return false,
+            Some((Armed::Single { ptr, len }, false)) => on_target!(target, |f| {
                 opcode::Send::new(f, ptr, len)
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
             }),
-            (Some(Armed::Vectored(msg)), false) => on_target!(target, |f| {
+            Some((Armed::Vectored(msg), false)) => on_target!(target, |f| {
                 opcode::SendMsg::new(f, msg)
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .build()
             }),
-            (Some(Armed::Single { ptr, len }), true) => on_target!(target, |f| {
+            Some((Armed::Single { ptr, len }, true)) => on_target!(target, |f| {
                 opcode::SendZc::new(f, ptr, len)
                     .flags(libc::MSG_NOSIGNAL)
                     .zc_flags(SEND_ZC_REPORT_USAGE)
                     .build()
             }),
-            (Some(Armed::Vectored(msg)), true) => on_target!(target, |f| {
+            Some((Armed::Vectored(msg), true)) => on_target!(target, |f| {
                 opcode::SendMsgZc::new(f, msg)
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .ioprio(SEND_ZC_REPORT_USAGE)
@@ -509,10 +507,11 @@ impl<'r> Submit<'r> {
         };
         // SAFETY: the entry points into `flight`: its chunks' heap bytes, its iovec array and its
         // boxed message header. The flight is now in the air under `token`: it refuses to load or
-        // re-arm, hands its chunks back only to `finish` with this token once the kernel is done
-        // with them (the send's completion, or for a zero-copy send the notification too), and
-        // leaks them if dropped in the air, so the memory stays valid and unmodified until the
-        // kernel is done with it.
+        // re-arm and hands its chunks back only to `finish` with this token (this send's result),
+        // and leaks them if dropped in the air. The iovecs and header are read by the kernel only
+        // until the result; a zero-copy send's chunks are then held by the flight (`Landed::hold`)
+        // until no notification is due, and leaked with it if it is dropped before. So the memory
+        // stays valid and unmodified until the kernel is done with it.
         if unsafe { self.push(&e.user_data(token.encode())) } {
             true
         } else {

@@ -92,7 +92,22 @@ impl<H: Handler> Engine<'_, H> {
             return;
         };
         let written = match q.landed(token, cqe) {
-            Ok(n) => n,
+            Ok(Some(n)) => n,
+            // A zero-copy send's notification: the memory it held may be free now, and with it
+            // the queue (back to the pool) and a closed slot.
+            Ok(None) => {
+                let s = self.core.slab.get(slot);
+                let phase = s.machine.phase();
+                if s.drained() {
+                    self.core.slab.return_queue(slot);
+                }
+                match phase {
+                    Phase::Closing => self.finish_closing(slot),
+                    Phase::Closed => self.maybe_release(slot),
+                    _ => {}
+                }
+                return;
+            }
             Err(SendError::Stale) => return,
             Err(SendError::Failed(e)) => {
                 if s.machine.phase() != Phase::Closed {
