@@ -221,7 +221,7 @@ pub(crate) fn engine_metrics(w: &mut Writer, stats: &Stats) {
         w.family(name, "counter", help);
         w.per_label(stats, name, &[], false, counts);
     }
-    let counters: [PerWorker; 13] = [
+    let counters: [PerWorker; 14] = [
         (
             "ringws_socket_received_bytes_total",
             "Bytes received from sockets (frames and HTTP, as on the wire).",
@@ -266,6 +266,11 @@ pub(crate) fn engine_metrics(w: &mut Writer, stats: &Stats) {
             "ringws_receive_rearms_total",
             "Multishot receives armed again after ending.",
             |s| s.receive_rearms,
+        ),
+        (
+            "ringws_receive_bundles_total",
+            "Receive completions that carried several buffers (receive bundles).",
+            |s| s.receive_bundles,
         ),
         (
             "ringws_sqes_submitted_total",

@@ -141,7 +141,7 @@ impl Ring {
     /// Whether the kernel registers a buffer ring for incremental consumption (`EINVAL`: it has no
     /// such flag), tried with a throwaway buffer group `bgid` that is unregistered at once.
     pub fn try_incremental(&self, bgid: u16) -> io::Result<()> {
-        let bufs = Buffers::new(bgid, 2, 512, true)?;
+        let bufs = Buffers::new(bgid, 2, 512, true, false)?;
         self.register_buf_ring(&bufs, IOU_PBUF_RING_INC)?;
         if let Err(e) = self.uring.submitter().unregister_buf_ring(bgid) {
             // Still registered: the mapping must outlive the ring, so it is never unmapped.
@@ -190,8 +190,10 @@ impl Ring {
         let skip_cancel = self.skip_cancel_completions;
         let batch_wait_us = self.batch_wait_us;
         let direct = self.direct;
+        let bundles = bufs.bundles();
         let (submitter, sq, cq) = self.uring.split();
-        let submit = Submit::new(submitter, sq, group, skip_cancel, batch_wait_us, direct);
+        let mut submit = Submit::new(submitter, sq, group, skip_cancel, batch_wait_us, direct);
+        submit.bundles = bundles;
         Some((submit, bufs, cq))
     }
 }
@@ -223,6 +225,9 @@ pub(crate) struct Submit<'r> {
     submitter: Submitter<'r>,
     sq: SubmissionQueue<'r>,
     group: u16,
+    /// Whether receives ask for bundles (`IORING_RECVSEND_BUNDLE`): set when the buffers take
+    /// them ([`Buffers::bundles`]).
+    bundles: bool,
     /// Whether cancels carry `IOSQE_CQE_SKIP_SUCCESS`.
     skip_cancel: bool,
     /// How long a wait holds out for [`BATCH_WAIT_COMPLETIONS`], in µs (0: not at all).
@@ -269,6 +274,7 @@ impl<'r> Submit<'r> {
             submitter,
             sq,
             group,
+            bundles: false,
             skip_cancel,
             batch_wait_us,
             timespecs: [Box::new(Timespec::new()), Box::new(Timespec::new())],
@@ -431,11 +437,16 @@ impl<'r> Submit<'r> {
     }
 
     /// A multishot receive on `fd` (slot `token.slot`'s socket, through its direct descriptor if
-    /// it has one) into the registered buffers (Linux 6.0).
+    /// it has one) into the registered buffers (Linux 6.0), asking for bundles (several buffers
+    /// per completion, `IORING_RECVSEND_BUNDLE`, Linux 6.10) if the buffers take them.
     pub fn recv_multi(&mut self, fd: BorrowedFd<'_>, token: Token) {
         let group = self.group;
         let target = self.target(token.slot, fd);
-        let e = on_target!(target, |f| opcode::RecvMulti::new(f, group).build());
+        let e = if self.bundles {
+            on_target!(target, |f| opcode::RecvMultiBundle::new(f, group).build())
+        } else {
+            on_target!(target, |f| opcode::RecvMulti::new(f, group).build())
+        };
         let e = e.user_data(token.encode());
         // SAFETY: the receive picks buffers from the registered ring, which the `Ring` keeps mapped
         // until after it is closed; it references no other memory.
@@ -635,7 +646,8 @@ impl Cqe {
         cqueue::more(self.flags)
     }
 
-    /// The provided buffer the completion filled (or consumed), if any.
+    /// The provided buffer the completion filled (or consumed), if any; for a receive bundle, the
+    /// first of the buffers it filled.
     pub fn buffer(&self) -> Option<u16> {
         cqueue::buffer_select(self.flags)
     }
@@ -678,7 +690,7 @@ mod tests {
     #[test]
     fn a_slot_names_its_entry_only_for_the_socket_installed_there() {
         let mut ring = Ring::new(8, false).unwrap();
-        ring.register_buffers(Buffers::new(0, 2, 512, false).unwrap())
+        ring.register_buffers(Buffers::new(0, 2, 512, false, false).unwrap())
             .unwrap();
         assert_eq!(ring.register_direct(4).unwrap(), 4);
         let (a, b) = UnixStream::pair().unwrap();
@@ -707,7 +719,7 @@ mod tests {
     #[test]
     fn without_a_table_every_operation_names_its_descriptor() {
         let mut ring = Ring::new(8, false).unwrap();
-        ring.register_buffers(Buffers::new(0, 2, 512, false).unwrap())
+        ring.register_buffers(Buffers::new(0, 2, 512, false, false).unwrap())
             .unwrap();
         let (a, _b) = UnixStream::pair().unwrap();
         let (mut submit, _, _) = ring.split().unwrap();

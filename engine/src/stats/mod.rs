@@ -123,6 +123,7 @@ pub(crate) struct WorkerStats {
     pub deflate_received_compressed: Counter,
     pub buffers_exhausted: Counter,
     pub receive_rearms: Counter,
+    pub receive_bundles: Counter,
     pub sqes_submitted: Gauge,
     pub enters: Gauge,
     pub timers: PerLabel<TimerKind, { TimerKind::ALL.len() }>,
@@ -167,6 +168,7 @@ impl WorkerStats {
             },
             buffers_exhausted: self.buffers_exhausted.get(),
             receive_rearms: self.receive_rearms.get(),
+            receive_bundles: self.receive_bundles.get(),
             sqes_submitted: self.sqes_submitted.get(),
             io_uring_enters: self.enters.get(),
             timers_fired: self.timers.snapshot(),
@@ -248,6 +250,8 @@ pub struct WorkerSnapshot {
     pub buffers_exhausted: u64,
     /// Multishot receives armed again after ending (buffers exhausted, or reading resumed).
     pub receive_rearms: u64,
+    /// Receive completions that carried several buffers (receive bundles, `recv_bundles`).
+    pub receive_bundles: u64,
     /// Submission queue entries submitted to the kernel.
     pub sqes_submitted: u64,
     /// `io_uring_enter` system calls.
