@@ -130,7 +130,9 @@ pub(crate) struct Accounting {
 /// The bytes one buffer holds of a completion: `start..end` of buffer `bid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Piece {
+    /// The buffer.
     pub bid: u16,
+    /// Where in it the completion's bytes start and end.
     pub start: usize,
     pub end: usize,
 }

@@ -247,7 +247,10 @@ pub(crate) enum BundleRefusal {
     Absent,
     /// The kernel's release (or an unreadable one) is in the range that returned a bundle's
     /// buffers out of order.
-    Misordered { release: String },
+    Misordered {
+        /// `/proc/sys/kernel/osrelease` (empty if unreadable).
+        release: String,
+    },
 }
 
 impl std::fmt::Display for BundleRefusal {
