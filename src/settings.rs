@@ -17,6 +17,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("buffer_size", "--buffer-size"),
     ("buffer_count", "--buffer-count"),
     ("incremental_buffers", "--incremental-buffers"),
+    ("recv_bundles", "--recv-bundles"),
     ("no_sq_array", "--no-sq-array"),
     ("skip_cancel_completions", "--skip-cancel-completions"),
     ("msg_ring", "--msg-ring"),

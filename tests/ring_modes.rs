@@ -12,7 +12,9 @@
 //! Linux 5.19), whose ring file table must let go of every socket that closes (read from the
 //! ring's `/proc/PID/fdinfo`), and zero-copy sends (`--send-zc-threshold`, Linux 6.0), whose
 //! memory must stay the kernel's until each send's notification and which the metrics must count,
-//! copies included (over loopback the kernel copies every one).
+//! copies included (over loopback the kernel copies every one). Receive bundles (`--recv-bundles`,
+//! Linux 6.10) get it with either buffer consumption, plus bursts of large messages that make
+//! completions span several buffers (counted by `ringws_receive_bundles_total`, which must move).
 
 mod common;
 
@@ -352,5 +354,117 @@ fn direct_descriptors_are_installed_while_open_and_cleared_on_close() {
         );
         let _ = child.0.kill();
         let _ = child.0.wait();
+    }
+}
+
+/// `len` bytes that number themselves: every 8 bytes hold `seed` and their own offset, so bytes
+/// delivered out of order (a bundle's buffers misplaced) never match, however far apart.
+fn numbered(len: usize, seed: u8) -> Vec<u8> {
+    (0..len.div_ceil(8))
+        .flat_map(|i| ((u64::from(seed) << 48) | i as u64).to_le_bytes())
+        .take(len)
+        .collect()
+}
+
+/// Four connections at once, each sending 24 messages of 1 KiB to 1 MiB back to back while it
+/// reads the echoes: a lot waits in each socket while the one worker serves the others, so
+/// completions carry several buffers. Every echo is compared byte for byte.
+async fn bursts(addr: SocketAddr) {
+    const SIZES: [usize; 6] = [1 << 10, 3000, (16 << 10) + 7, 64 << 10, 250_000, 1 << 20];
+    let clients = (0..4u8).map(|c| async move {
+        let ws = common::ws_connect(addr).await;
+        let (mut tx, mut rx) = ws.split();
+        let messages: Vec<Vec<u8>> = (0..24)
+            .map(|i| numbered(SIZES[(i + c as usize) % SIZES.len()], c * 24 + i as u8))
+            .collect();
+        let send = async {
+            for m in &messages {
+                tx.send(Message::binary(m.clone())).await.unwrap();
+            }
+            tx
+        };
+        let receive = async {
+            for (i, m) in messages.iter().enumerate() {
+                match rx.next().await {
+                    Some(Ok(Message::Binary(got))) => assert!(
+                        got[..] == m[..],
+                        "connection {c}, message {i} ({} bytes): the echo differs",
+                        m.len()
+                    ),
+                    other => panic!("connection {c}, message {i}: {other:?}"),
+                }
+            }
+        };
+        let (mut tx, ()) = tokio::join!(send, receive);
+        tx.close().await.unwrap();
+    });
+    futures_util::future::join_all(clients).await;
+}
+
+/// The value of the sample line `series` in the server's `/metrics`.
+fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let (resp, body) = common::http_get(addr, "/metrics");
+    assert_eq!(resp.status, 200, "GET /metrics");
+    let text = String::from_utf8(body).expect("UTF-8");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
+/// Receive bundles with incremental consumption on and off: the usual exchange, then bursts of
+/// large messages echoed byte for byte; completions that carried several buffers must have
+/// happened (a server that did not arm bundles, or fell back without them, counts none), and none
+/// may be refused by the pool's accounting (the connection would be aborted and its echoes lost).
+#[test]
+fn receive_bundles_serve_with_either_consumption() {
+    for inc in ["true", "false"] {
+        let args = [
+            "--recv-bundles",
+            "true",
+            "--incremental-buffers",
+            inc,
+            "--max-backpressure",
+            "268435456",
+        ];
+        let (mut child, addr, lines) = start("deferred", &args);
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains("receive bundles unavailable")),
+            "incremental {inc}: bundles refused on this kernel:\n{}",
+            lines.join("\n")
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(120), async {
+                exercise(addr).await;
+                bursts(addr).await;
+            })
+            .await
+        })
+        .unwrap_or_else(|_| panic!("incremental {inc}: the exchange timed out"));
+        let bundles = metric(addr, "ringws_receive_bundles_total{worker=\"0\"}");
+        assert!(
+            bundles > 0.0,
+            "incremental {inc}: no completion carried several buffers"
+        );
+        println!("incremental {inc}: {bundles} receive completions carried several buffers");
+        // SAFETY: signals the child we spawned and have not waited for.
+        unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+        let mut status = None;
+        let exited = common::eventually(Duration::from_secs(15), || {
+            status = child.0.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(exited, "incremental {inc}: no exit after SIGTERM");
+        assert!(
+            status.unwrap().success(),
+            "incremental {inc}: exit {status:?}"
+        );
     }
 }

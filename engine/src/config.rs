@@ -172,6 +172,15 @@ settings! {
     /// every receive takes a whole buffer (more memory per idle connection after a burst).
     incremental_buffers: bool = true, "true",
         check |_| true, "true or false", setter;
+    /// Let one receive completion carry several receive buffers (`IORING_RECVSEND_BUNDLE`, Linux
+    /// 6.10; ignored, with a log line, on kernels without it and on 6.13 to 6.15.3, some of which
+    /// returned a bundle's buffers out of order): a connection with a lot waiting in its socket
+    /// gets it in one completion instead of one per buffer, and the frames in it are decoded
+    /// buffer by buffer as usual. Off by default: it cost up to 12% more CPU per message here
+    /// (the kernel ends the multishot receive whenever a bundle takes every buffer in the ring,
+    /// which the pool keeps small) and gained nothing measurable (docs/benchmarks.md).
+    recv_bundles: bool = false, "false",
+        check |_| true, "true or false", setter;
     /// Leave out the submission queue's index array (`IORING_SETUP_NO_SQARRAY`, Linux 6.6; ignored
     /// on older kernels): the kernel takes entries from the queue in order, one indirection and
     /// 4 bytes per entry less. Off by default: no gain measured here (docs/benchmarks.md).

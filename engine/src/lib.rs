@@ -96,7 +96,7 @@ pub use pubsub::{
     BadPosition, ConflatedMark, History, MAX_TOPIC_NAME, NotRecovered, Position, PubSubError,
     Publisher, Recovery, SlowConsumer, Topic, TopicStats, parse_epoch,
 };
-pub use ring::probe::{Feature, MemlockNeed, ProbeReport, Support};
+pub use ring::probe::{Feature, MemlockNeed, ProbeReport, Support, kernel_version};
 pub use ringws_protocol::CloseCode;
 pub use ringws_protocol::deflate::DeflateConfig;
 pub use ringws_protocol::handshake::Request;

@@ -15,7 +15,7 @@
 
 use super::{describe, note, print_or_report};
 use clap::Args;
-use ringws::engine::{Config, MemlockNeed, ProbeReport, Support};
+use ringws::engine::{Config, MemlockNeed, ProbeReport, Support, kernel_version};
 use std::fmt::Write as _;
 use std::process::{Command, ExitCode, Stdio};
 
@@ -165,17 +165,9 @@ impl Kernel {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".to_string());
-        let version = parse_version(&release);
+        let version = kernel_version(&release).map(|(major, minor, _)| (major, minor));
         Self { release, version }
     }
-}
-
-/// `6.18.44-foo` -> (6, 18).
-fn parse_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(['.', '-']);
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
 }
 
 /// A soft or hard resource limit; `None` is unlimited.
@@ -664,10 +656,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_versions_and_cpu_lists() {
-        assert_eq!(parse_version("6.18.44-fc-v669"), Some((6, 18)));
-        assert_eq!(parse_version("5.4-rc1"), Some((5, 4)));
-        assert_eq!(parse_version("garbage"), None);
+    fn parses_cpu_lists() {
         assert_eq!(count_cpus("0-3,8,10-11"), Some(7));
         assert_eq!(count_cpus("0"), Some(1));
         assert_eq!(count_cpus("3-1"), None);

@@ -46,6 +46,8 @@ pub struct ServeArgs {
     buffer_count: Option<u16>,
     #[arg(long, value_name = "BOOL", help = help("incremental_buffers"), long_help = long_help("incremental_buffers", None))]
     incremental_buffers: Option<bool>,
+    #[arg(long, value_name = "BOOL", help = help("recv_bundles"), long_help = long_help("recv_bundles", None))]
+    recv_bundles: Option<bool>,
     #[arg(long, value_name = "BOOL", help = help("no_sq_array"), long_help = long_help("no_sq_array", None))]
     no_sq_array: Option<bool>,
     #[arg(long, value_name = "BOOL", help = help("skip_cancel_completions"), long_help = long_help("skip_cancel_completions", None))]
@@ -239,6 +241,7 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
         args.incremental_buffers,
         ServerBuilder::incremental_buffers,
     );
+    b = given(b, args.recv_bundles, ServerBuilder::recv_bundles);
     b = given(b, args.no_sq_array, ServerBuilder::no_sq_array);
     b = given(
         b,

@@ -597,9 +597,9 @@ mod tests {
 
     #[test]
     fn a_lent_payload_is_sent_in_place_and_copied_only_if_it_did_not_leave() {
-        let mut bufs = crate::ring::Buffers::new(0, 8, 1024, false).unwrap();
+        let mut bufs = crate::ring::Buffers::new(0, 8, 1024, false, false).unwrap();
         let mut lending = bufs.lending();
-        let buf = bufs.received(0, 300, false).unwrap();
+        let buf = bufs.received_one(0, 300, false).unwrap();
         buf.fill(3);
         lending.set_window(Some((0, buf)));
         let mut q = OutQueue::default();
@@ -621,7 +621,7 @@ mod tests {
         assert!(!q.pending.iter().any(|c| matches!(c, Chunk::Lent(_))));
         bufs.refill();
         assert!(
-            bufs.received(0, 10, false).is_some(),
+            bufs.received_one(0, 10, false).is_some(),
             "no lease left (the first payload left, the second was copied): back in the ring"
         );
         let rest = send(&mut q);

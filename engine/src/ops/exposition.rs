@@ -221,7 +221,7 @@ pub(crate) fn engine_metrics(w: &mut Writer, stats: &Stats) {
         w.family(name, "counter", help);
         w.per_label(stats, name, &[], false, counts);
     }
-    let counters: [PerWorker; 15] = [
+    let counters: [PerWorker; 16] = [
         (
             "ringws_socket_received_bytes_total",
             "Bytes received from sockets (frames and HTTP, as on the wire).",
@@ -276,6 +276,11 @@ pub(crate) fn engine_metrics(w: &mut Writer, stats: &Stats) {
             "ringws_zero_copy_copied_total",
             "Zero-copy sends the kernel copied after all (a local peer or no scatter-gather).",
             |s| s.zero_copy_copied,
+        ),
+        (
+            "ringws_receive_bundles_total",
+            "Receive completions that carried several buffers (receive bundles).",
+            |s| s.receive_bundles,
         ),
         (
             "ringws_sqes_submitted_total",

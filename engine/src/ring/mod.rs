@@ -162,7 +162,7 @@ impl Ring {
     /// Whether the kernel registers a buffer ring for incremental consumption (`EINVAL`: it has no
     /// such flag), tried with a throwaway buffer group `bgid` that is unregistered at once.
     pub fn try_incremental(&self, bgid: u16) -> io::Result<()> {
-        let bufs = Buffers::new(bgid, 2, 512, true)?;
+        let bufs = Buffers::new(bgid, 2, 512, true, false)?;
         self.register_buf_ring(&bufs, IOU_PBUF_RING_INC)?;
         if let Err(e) = self.uring.submitter().unregister_buf_ring(bgid) {
             // Still registered: the mapping must outlive the ring, so it is never unmapped.
@@ -209,6 +209,7 @@ impl Ring {
         let bufs = self.bufs.as_mut()?;
         let group = bufs.group();
         let modes = Modes {
+            bundles: bufs.bundles(),
             skip_cancel: self.skip_cancel_completions,
             batch_wait_us: self.batch_wait_us,
             zero_copy_from: self.zero_copy_from,
@@ -242,6 +243,9 @@ pub(crate) enum Clock {
 /// How a [`Submit`] builds its entries and waits, as the [`Ring`] was told and the kernel allows.
 #[derive(Debug, Clone, Copy)]
 struct Modes {
+    /// Whether receives ask for bundles (`IORING_RECVSEND_BUNDLE`): set when the buffers take
+    /// them ([`Buffers::bundles`]).
+    bundles: bool,
     /// Whether cancels carry `IOSQE_CQE_SKIP_SUCCESS`.
     skip_cancel: bool,
     /// How long a wait holds out for [`BATCH_WAIT_COMPLETIONS`], in µs (0: not at all).
@@ -461,11 +465,16 @@ impl<'r> Submit<'r> {
     }
 
     /// A multishot receive on `fd` (slot `token.slot`'s socket, through its direct descriptor if
-    /// it has one) into the registered buffers (Linux 6.0).
+    /// it has one) into the registered buffers (Linux 6.0), asking for bundles (several buffers
+    /// per completion, `IORING_RECVSEND_BUNDLE`, Linux 6.10) if the buffers take them.
     pub fn recv_multi(&mut self, fd: BorrowedFd<'_>, token: Token) {
         let group = self.group;
         let target = self.target(token.slot, fd);
-        let e = on_target!(target, |f| opcode::RecvMulti::new(f, group).build());
+        let e = if self.modes.bundles {
+            on_target!(target, |f| opcode::RecvMultiBundle::new(f, group).build())
+        } else {
+            on_target!(target, |f| opcode::RecvMulti::new(f, group).build())
+        };
         let e = e.user_data(token.encode());
         // SAFETY: the receive picks buffers from the registered ring, which the `Ring` keeps mapped
         // until after it is closed; it references no other memory.
@@ -709,7 +718,8 @@ impl Cqe {
         }
     }
 
-    /// The provided buffer the completion filled (or consumed), if any.
+    /// The provided buffer the completion filled (or consumed), if any; for a receive bundle, the
+    /// first of the buffers it filled.
     pub fn buffer(&self) -> Option<u16> {
         cqueue::buffer_select(self.flags)
     }
@@ -752,7 +762,7 @@ mod tests {
     #[test]
     fn a_slot_names_its_entry_only_for_the_socket_installed_there() {
         let mut ring = Ring::new(8, false).unwrap();
-        ring.register_buffers(Buffers::new(0, 2, 512, false).unwrap())
+        ring.register_buffers(Buffers::new(0, 2, 512, false, false).unwrap())
             .unwrap();
         assert_eq!(ring.register_direct(4).unwrap(), 4);
         let (a, b) = UnixStream::pair().unwrap();
@@ -781,7 +791,7 @@ mod tests {
     #[test]
     fn without_a_table_every_operation_names_its_descriptor() {
         let mut ring = Ring::new(8, false).unwrap();
-        ring.register_buffers(Buffers::new(0, 2, 512, false).unwrap())
+        ring.register_buffers(Buffers::new(0, 2, 512, false, false).unwrap())
             .unwrap();
         let (a, _b) = UnixStream::pair().unwrap();
         let (mut submit, _, _) = ring.split().unwrap();

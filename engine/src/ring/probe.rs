@@ -124,7 +124,7 @@ const TABLE: [(&str, &str, bool); 21] = [
         false,
     ),
     (
-        "IORING_RECVSEND_BUNDLE (receive bundles; not used, docs/design.md)",
+        "IORING_RECVSEND_BUNDLE (receive bundles, with --recv-bundles; not on 6.13-6.15.3)",
         "6.10",
         false,
     ),
@@ -201,6 +201,25 @@ impl ProbeReport {
         matches!(self.features[Id::OpMsgRing as usize].support, Support::Yes)
     }
 
+    /// Whether receives may ask for bundles (`IORING_RECVSEND_BUNDLE`): the kernel has them and
+    /// its release is not one of those that returned a bundle's buffers out of order
+    /// ([`bundles_misordered`]).
+    pub(crate) fn recv_bundles(&self) -> Result<(), BundleRefusal> {
+        if !matches!(
+            self.features[Id::RecvSendBundle as usize].support,
+            Support::Yes
+        ) {
+            return Err(BundleRefusal::Absent);
+        }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|r| r.trim().to_string())
+            .unwrap_or_default();
+        match kernel_version(&release) {
+            Some(v) if !bundles_misordered(v) => Ok(()),
+            _ => Err(BundleRefusal::Misordered { release }),
+        }
+    }
+
     /// The ring's task-run mode, or the error the engine refuses to start with: the setup error,
     /// else the first required feature that is missing or could not be probed.
     pub(crate) fn into_result(self) -> Result<TaskRun, EngineError> {
@@ -219,6 +238,54 @@ impl ProbeReport {
         }
         Ok(mode)
     }
+}
+
+/// Why receives do not ask for bundles although the settings want them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BundleRefusal {
+    /// The kernel has no `IORING_RECVSEND_BUNDLE` (before Linux 6.10).
+    Absent,
+    /// The kernel's release (or an unreadable one) is in the range that returned a bundle's
+    /// buffers out of order.
+    Misordered {
+        /// `/proc/sys/kernel/osrelease` (empty if unreadable).
+        release: String,
+    },
+}
+
+impl std::fmt::Display for BundleRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Absent => f.write_str("the kernel has no IORING_RECVSEND_BUNDLE (Linux 6.10)"),
+            Self::Misordered { release } => write!(
+                f,
+                "kernel {release:?} is one that may return a bundle's buffers out of order \
+                 (6.13 to 6.15.3)"
+            ),
+        }
+    }
+}
+
+/// The (major, minor, patch) of a kernel release string (`/proc/sys/kernel/osrelease`):
+/// `6.15.4-foo` -> (6, 15, 4); a missing or non-numeric patch level is 0 (`6.15-rc1`). For the
+/// checks that depend on a release rather than on a probe (a fix the kernel cannot be asked about).
+pub fn kernel_version(release: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// Whether kernel `version` is one whose multishot receive bundles may hand buffers back out of
+/// the ring's order. "io_uring/net: improve recv bundles" (6.15, backported to 6.13.11 and 6.14)
+/// broke the order (liburing issue 1409, fixed by "io_uring/net: only retry recv bundle for a
+/// full transfer" in 6.14.9 and 6.15), and with incremental consumption it over-consumed
+/// buffers (issues 1423 and 1432, test `recv-inc-ooo`) until "io_uring/net: always use current
+/// transfer count for buffer put" (6.16, 6.15.4, 6.12.y; 6.13 and 6.14 had reached their end of
+/// life). So everything from 6.13 to 6.15.3 is refused; 6.12.y took the three together.
+pub(crate) fn bundles_misordered(version: (u32, u32, u32)) -> bool {
+    ((6, 13, 0)..(6, 15, 4)).contains(&version)
 }
 
 /// What the probe found so far, indexed by [`Id`]; `None` is untested.
@@ -320,7 +387,7 @@ pub(crate) fn probe_here() -> ProbeReport {
         Id::OpMsgRing,
         yes_if(probe.is_supported(opcode::MsgRingData::CODE)),
     );
-    let registered = Buffers::new(0, 2, 512, false).and_then(|b| ring.register_buffers(b));
+    let registered = Buffers::new(0, 2, 512, false, false).and_then(|b| ring.register_buffers(b));
     if let Err(e) = registered {
         found.set(
             Id::PbufRing,
@@ -542,6 +609,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bundles_are_refused_on_the_kernels_that_misordered_them() {
+        assert_eq!(kernel_version("6.18.44-fc-v669"), Some((6, 18, 44)));
+        assert_eq!(kernel_version("6.15-rc1"), Some((6, 15, 0)));
+        assert_eq!(kernel_version("6.14.11+"), Some((6, 14, 11)));
+        assert_eq!(kernel_version("garbage"), None);
+        for ok in [
+            (6, 10, 0),
+            (6, 12, 40),
+            (6, 15, 4),
+            (6, 16, 0),
+            (6, 18, 2),
+            (7, 0, 0),
+        ] {
+            assert!(!bundles_misordered(ok), "{ok:?}");
+        }
+        for bad in [(6, 13, 0), (6, 13, 11), (6, 14, 11), (6, 15, 0), (6, 15, 3)] {
+            assert!(bundles_misordered(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn this_kernel_has_every_feature() {
         // The development and benchmark machines run Linux 6.18, which has all of them.
         let report = ProbeReport::run();
@@ -550,6 +638,7 @@ mod tests {
         for f in report.features() {
             assert!(matches!(f.support, Support::Yes), "{f:?}");
         }
+        assert_eq!(report.recv_bundles(), Ok(()), "6.18 takes receive bundles");
         assert_eq!(report.into_result().unwrap(), TaskRun::Deferred);
     }
 

@@ -125,6 +125,7 @@ pub(crate) struct WorkerStats {
     pub receive_rearms: Counter,
     pub zero_copy_sends: Counter,
     pub zero_copy_copied: Counter,
+    pub receive_bundles: Counter,
     pub sqes_submitted: Gauge,
     pub enters: Gauge,
     pub timers: PerLabel<TimerKind, { TimerKind::ALL.len() }>,
@@ -171,6 +172,7 @@ impl WorkerStats {
             receive_rearms: self.receive_rearms.get(),
             zero_copy_sends: self.zero_copy_sends.get(),
             zero_copy_copied: self.zero_copy_copied.get(),
+            receive_bundles: self.receive_bundles.get(),
             sqes_submitted: self.sqes_submitted.get(),
             io_uring_enters: self.enters.get(),
             timers_fired: self.timers.snapshot(),
@@ -257,6 +259,8 @@ pub struct WorkerSnapshot {
     /// Those of them the kernel copied after all (a local peer, such as loopback, or a device
     /// without scatter-gather): when this is most of them, zero-copy saves nothing.
     pub zero_copy_copied: u64,
+    /// Receive completions that carried several buffers (receive bundles, `recv_bundles`).
+    pub receive_bundles: u64,
     /// Submission queue entries submitted to the kernel.
     pub sqes_submitted: u64,
     /// `io_uring_enter` system calls.

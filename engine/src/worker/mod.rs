@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     /// Whether workers wake each other through their rings (`msg_ring` and the kernel has
     /// `IORING_OP_MSG_RING`).
     pub msg_ring: bool,
+    /// Whether receives ask for bundles (`recv_bundles` and the kernel takes them, see
+    /// [`ProbeReport::recv_bundles`]).
+    pub recv_bundles: bool,
     /// With `msg_ring`, a descriptor of each running worker's ring, which other workers post
     /// wake-ups to. A worker puts its own here once its ring exists and takes it out (closing it)
     /// before the ring is dropped; a poster holds the read lock until the kernel took its
@@ -100,6 +103,14 @@ impl Shared {
             rings: wakers.iter().map(|_| RwLock::new(None)).collect(),
             wakers,
             msg_ring: cfg.msg_ring && probe.msg_ring(),
+            recv_bundles: cfg.recv_bundles
+                && probe.recv_bundles().map_or_else(
+                    |why| {
+                        info!("receive bundles unavailable: {why}; one buffer per completion");
+                        false
+                    },
+                    |()| true,
+                ),
             main_wake: eventfd()?,
             exited: AtomicUsize::new(0),
             ops: Ops::new(cfg, Arc::clone(&hub), probe),
@@ -507,8 +518,14 @@ pub(crate) fn run<H: Handler>(
             "incremental buffer consumption unavailable; one buffer per receive"
         );
     }
-    let bufs = Buffers::new(0, cfg.buffer_count, cfg.buffer_size, incremental)
-        .map_err(|e| EngineError::io("mapping the receive buffers", e))?;
+    let bufs = Buffers::new(
+        0,
+        cfg.buffer_count,
+        cfg.buffer_size,
+        incremental,
+        shared.recv_bundles,
+    )
+    .map_err(|e| EngineError::io("mapping the receive buffers", e))?;
     ring.register_buffers(bufs)
         .map_err(|e| EngineError::io("registering the provided buffer ring", e))?;
     let hard_cap = cfg.max_connections + cfg.max_connections / 8 + 64;

@@ -21,8 +21,9 @@ pub(super) enum Handshake {
 }
 
 impl<H: Handler> Worker<'_, H> {
-    /// A receive completion: bytes (decoded in place in the buffer the kernel picked), the end of
-    /// the stream, or an error.
+    /// A receive completion: bytes (decoded in place in the buffer the kernel picked, or with
+    /// receive bundles in each of the buffers it filled, in order, as if each were a receive of
+    /// its own), the end of the stream, or an error.
     pub(super) fn on_recv(&mut self, token: Token, cqe: Cqe) {
         let bid = cqe.buffer();
         let kept = cqe.buffer_kept();
@@ -34,9 +35,12 @@ impl<H: Handler> Worker<'_, H> {
             error!(slot, "receive completion for a stale slot");
             if let Some(b) = bid {
                 if res > 0 {
-                    // Received for nobody: the bytes are dropped, the buffer kept track of.
-                    let _ = self.bufs.received(b, res as usize, kept);
-                    self.bufs.done(b);
+                    // Received for nobody: the bytes are dropped, the buffers kept track of.
+                    if self.bufs.received(b, res as usize, kept) {
+                        while let Some((piece, _)) = self.bufs.next_piece() {
+                            self.bufs.done(piece);
+                        }
+                    }
                 } else {
                     self.bufs.unused(b);
                 }
@@ -84,44 +88,44 @@ impl<H: Handler> Worker<'_, H> {
             eng.maybe_release(slot);
             return;
         }
-        let Some(buf) = bid.and_then(|b| self.bufs.received(b, res as usize, kept)) else {
-            error!(
-                slot,
-                ?bid,
-                res,
-                "receive completion without a usable buffer"
-            );
+        if !bid.is_some_and(|b| self.bufs.received(b, res as usize, kept)) {
+            error!(slot, ?bid, res, "receive completion without usable buffers");
             if let Some(b) = bid {
                 self.bufs.unused(b);
             }
             eng.abort(slot, super::close::Cause::Error);
             eng.maybe_release(slot);
             return;
-        };
+        }
         let phase = s.machine.phase();
-        let tls = s.is_tls();
         eng.core.slab.stats.socket_received_bytes.add(res as u64);
-        // Payloads of this receive sent on from a callback are lent, not copied (large ones).
-        let lending = eng.core.slab.lending.as_mut();
-        if let (Some(l), Some(b)) = (lending, bid) {
-            l.set_window(Some((b, buf)));
-        }
-        if tls && matches!(phase, Phase::Handshaking | Phase::Open) {
-            // Decrypted (in place, mostly), then handled as a plain connection's bytes.
-            let mut plain = std::mem::take(&mut eng.tls.plain);
-            plain.clear();
-            if eng.tls_input(slot, buf, &mut plain) {
-                eng.plaintext_in(slot, buf, &mut plain);
+        let mut pieces = 0u32;
+        while let Some((b, buf)) = self.bufs.next_piece() {
+            pieces += 1;
+            let eng = &mut self.eng;
+            // Payloads of this piece sent on from a callback are lent, not copied (large ones).
+            if let Some(l) = eng.core.slab.lending.as_mut() {
+                l.set_window(Some((b, buf)));
             }
-            eng.tls.plain = plain;
-        } else {
-            eng.bytes_in(slot, buf);
-        }
-        if let Some(l) = eng.core.slab.lending.as_mut() {
-            l.set_window(None);
-        }
-        if let Some(b) = bid {
+            let s = eng.core.slab.get(slot);
+            if s.is_tls() && matches!(s.machine.phase(), Phase::Handshaking | Phase::Open) {
+                // Decrypted (in place, mostly), then handled as a plain connection's bytes.
+                let mut plain = std::mem::take(&mut eng.tls.plain);
+                plain.clear();
+                if eng.tls_input(slot, buf, &mut plain) {
+                    eng.plaintext_in(slot, buf, &mut plain);
+                }
+                eng.tls.plain = plain;
+            } else {
+                eng.bytes_in(slot, buf);
+            }
+            if let Some(l) = eng.core.slab.lending.as_mut() {
+                l.set_window(None);
+            }
             self.bufs.done(b);
+        }
+        if pieces > 1 {
+            self.eng.core.slab.stats.receive_bundles.inc();
         }
         let eng = &mut self.eng;
         if phase == Phase::Handshaking {
