@@ -222,7 +222,9 @@ settings! {
     /// them, instead of copying them into the socket. Such a send completes twice (its result,
     /// then a notification once the peer acknowledged the bytes and the kernel lets go of them);
     /// the queue goes on at the result and the memory is held until the notification (up to 8
-    /// such sends per connection, then sends copy until they are released). It pays only for large sends to a remote peer over a device
+    /// such sends per connection, then sends copy until they are released). A connection closed
+    /// with such bytes unacknowledged keeps its slot until the peer acknowledges them or TCP gives
+    /// up on it (`net.ipv4.tcp_retries2`, about 15 minutes). It pays only for large sends to a remote peer over a device
     /// with scatter-gather: to a peer on the same host (loopback, a local proxy) the kernel copies
     /// anyway and each send costs a second completion (`ringws_zero_copy_copied_total` counts the
     /// sends it copied). Zero (the default) copies every send: no gain could be measured here,
