@@ -2,7 +2,8 @@
 //!
 //! Two connections per node: one in subscribe mode (`SUBSCRIBE`/`UNSUBSCRIBE`, or `PSUBSCRIBE
 //! PREFIX.*` with `--bridge-all`) and a multiplexed one for `PUBLISH`. A `PING` on the first every
-//! `--bridge-ping`, and every `PUBLISH`, must be answered within that time. When either fails the node
+//! `--bridge-ping`, and every other command (`PUBLISH`, `SUBSCRIBE`, `UNSUBSCRIBE`, `PSUBSCRIBE`),
+//! must be answered within that time. When one is not, the node
 //! logs it once, drops its local publications (counted) while it reconnects with
 //! [`backoff`], and then subscribes again to what its clients want at that moment.
 //!
@@ -102,10 +103,24 @@ pub async fn publish(
 ) -> Result<(), String> {
     let mut cmd = redis::cmd("PUBLISH");
     cmd.arg(channel).arg(payload);
-    match tokio::time::timeout(within, cmd.query_async::<i64>(conn)).await {
-        Ok(Ok(_)) => Ok(()),
+    answered(within, "PUBLISH", cmd.query_async::<i64>(conn))
+        .await
+        .map(drop)
+}
+
+/// The broker's answer to `what`, waited for at most `within`. A network that drops packets ends
+/// no connection, so every command must time out on its own: one left waiting (an `UNSUBSCRIBE`
+/// sent just as the link went quiet) would hold the bridge, and with it the `PING` that notices the
+/// loss, forever.
+async fn answered<T>(
+    within: Duration,
+    what: &str,
+    reply: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(within, reply).await {
+        Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer to PUBLISH within {within:?}")),
+        Err(_) => Err(format!("no answer to {what} within {within:?}")),
     }
 }
 
@@ -173,7 +188,8 @@ pub(crate) async fn node(mut n: Node) {
         }
         subscribed.clear();
         let ok = if n.opts.all {
-            sink.psubscribe(format!("{}.*", n.opts.prefix)).await
+            let pattern = format!("{}.*", n.opts.prefix);
+            answered(n.opts.ping, "PSUBSCRIBE", sink.psubscribe(pattern)).await
         } else {
             resubscribe(&mut sink, &bridge, &n.opts, &mut subscribed, &mut skipped).await
         };
@@ -206,15 +222,11 @@ pub(crate) async fn node(mut n: Node) {
                 _ = keepalive.tick() => {
                     // A network that drops packets ends no connection: ask for an answer.
                     let ping = sink.ping::<redis::Value>();
-                    match tokio::time::timeout(n.opts.ping, ping).await {
-                        Ok(Ok(_)) => continue,
-                        Ok(Err(e)) => {
+                    match answered(n.opts.ping, "PING", ping).await {
+                        Ok(_) => continue,
+                        Err(e) => {
                             reader.abort();
-                            break e.to_string();
-                        }
-                        Err(_) => {
-                            reader.abort();
-                            break format!("no answer to PING within {:?}", n.opts.ping);
+                            break e;
                         }
                     }
                 }
@@ -229,17 +241,18 @@ pub(crate) async fn node(mut n: Node) {
                             unbridgeable(&topic, &mut skipped);
                             continue;
                         };
+                        let within = n.opts.ping;
                         let r = if wanted && subscribed.insert(Arc::clone(&topic)) {
-                            sink.subscribe(channel).await
+                            answered(within, "SUBSCRIBE", sink.subscribe(channel)).await
                         } else if !wanted && subscribed.remove(&topic) {
                             // What the node last received goes stale from now on.
                             bridge.forget_last(&topic);
-                            sink.unsubscribe(channel).await
+                            answered(within, "UNSUBSCRIBE", sink.unsubscribe(channel)).await
                         } else {
                             Ok(())
                         };
                         if let Err(e) = r {
-                            failed = Some(e.to_string());
+                            failed = Some(e);
                         }
                     }
                     BridgeEvent::Interest { .. } => {}
@@ -287,13 +300,13 @@ async fn resubscribe(
     opts: &BridgeOptions,
     subscribed: &mut HashSet<Arc<str>>,
     skipped: &mut HashSet<Arc<str>>,
-) -> redis::RedisResult<()> {
+) -> Result<(), String> {
     for topic in bridge.wanted() {
         let Some(channel) = subject(&opts.prefix, &topic) else {
             unbridgeable(&topic, skipped);
             continue;
         };
-        sink.subscribe(channel).await?;
+        answered(opts.ping, "SUBSCRIBE", sink.subscribe(channel)).await?;
         subscribed.insert(topic);
     }
     Ok(())
