@@ -294,12 +294,9 @@ impl OutQueue {
         let mut sent = match landed.result {
             Ok(n) => n,
             Err(errno) => {
-                let mut kept = Vec::new();
-                while let Some(chunk) = landed.chunks.pop() {
-                    kept.push(chunk);
-                }
+                let sent: Vec<Chunk> = std::iter::from_fn(|| landed.chunks.pop()).collect();
                 if hold {
-                    self.flight.hold(kept.into_iter());
+                    self.flight.hold(sent.into_iter());
                 }
                 self.abandon();
                 return Err(SendError::Failed(errno));

@@ -452,6 +452,18 @@ mod tests {
         assert_eq!(f.load(&mut q, 0), 1);
     }
 
+    /// Lands the one-chunk send in the air with `cqe` and does with its chunk what the queue
+    /// does: holds it if the landing says so (else drops it). Returns whether it was held.
+    fn land_one(f: &mut Flight, t: Token, cqe: SendCqe) -> bool {
+        let l = landed(f.finish(t, cqe));
+        let hold = l.hold;
+        let c = l.chunks.pop().expect("one chunk");
+        if hold {
+            f.hold(std::iter::once(c));
+        }
+        hold
+    }
+
     #[test]
     fn a_zero_copy_sends_memory_is_held_until_no_notification_is_due() {
         let t = Token::new(Op::Send, 2, 1);
@@ -491,10 +503,7 @@ mod tests {
         assert!(matches!(f.arm(t, 1), Some((_, true))));
         assert!(matches!(f.finish(t, released), Finish::Released));
         assert!(f.is_busy(), "still in the air until its result");
-        let l = landed(f.finish(t, SendCqe::Sent(4)));
-        assert!(l.hold);
-        let c = l.chunks.pop().unwrap();
-        f.hold(std::iter::once(c));
+        assert!(land_one(&mut f, t, SendCqe::Sent(4)));
         assert_eq!(Arc::strong_count(&frame), 1);
         assert!(!f.holds_kernel_memory());
     }
@@ -514,12 +523,7 @@ mod tests {
             } else {
                 SendCqe::Done(4)
             };
-            let l = landed(f.finish(t, cqe));
-            let hold = l.hold;
-            let c = l.chunks.pop().unwrap();
-            if hold {
-                f.hold(std::iter::once(c));
-            }
+            assert_eq!(land_one(&mut f, t, cqe), zc);
         }
         assert_eq!(zero_copy, MAX_ZERO_COPY_HELD, "then copies until released");
         assert_eq!(
@@ -554,9 +558,7 @@ mod tests {
         let mut f = Flight::default();
         loaded_with(&mut f, &frame);
         f.arm(t, 1).unwrap();
-        let l = landed(f.finish(t, SendCqe::Sent(4)));
-        let c = l.chunks.pop().unwrap();
-        f.hold(std::iter::once(c));
+        assert!(land_one(&mut f, t, SendCqe::Sent(4)));
         drop(f);
         assert_eq!(Arc::strong_count(&frame), 2, "leaked, not dropped");
     }
