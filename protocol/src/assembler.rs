@@ -139,6 +139,19 @@ impl Assembler {
         }
     }
 
+    /// Takes the data message the last [`Assembled::Data`] event borrowed out of the assembler (its
+    /// buffer as it is, no copy), so that it can outlive the next input; `None` if the last event
+    /// was not an assembled data message or it was already released or taken.
+    pub fn take_data(&mut self) -> Option<(DataKind, Vec<u8>)> {
+        match self.release {
+            Some(Assembled::Data(kind)) => {
+                self.release = None;
+                Some((kind, std::mem::take(&mut self.data)))
+            }
+            _ => None,
+        }
+    }
+
     /// Checks a new frame against the fragmentation rules and the message size limit
     /// (`max_message_size` bytes, 1009 above it), from its header alone, before any of its payload
     /// is accepted.

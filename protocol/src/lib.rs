@@ -38,4 +38,4 @@ pub mod utf8;
 pub use close::{CloseCode, CloseFrame};
 pub use error::{Error, Reply};
 pub use frame::{FrameHeader, OpCode, Role};
-pub use receiver::{Event, Limits, Receiver};
+pub use receiver::{Event, Limits, MessageBuf, Receiver};

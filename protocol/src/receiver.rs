@@ -60,6 +60,35 @@ pub enum Event<'a> {
     Close(Option<CloseFrame<'a>>),
 }
 
+/// A complete data message taken out of a [`Receiver`] by [`Receiver::take_message`]: the assembly
+/// buffer it was gathered in, owned, so that it outlives the receiver's next input (an engine can
+/// queue it for sending as it is instead of copying it).
+#[derive(Debug)]
+pub struct MessageBuf {
+    kind: DataKind,
+    /// The whole message; for text, valid UTF-8 (checked as it was assembled), never changed.
+    data: Vec<u8>,
+}
+
+impl MessageBuf {
+    /// The message's payload.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The message as the event it was delivered as ([`Event::Text`] or [`Event::Binary`]).
+    pub fn event(&self) -> Event<'_> {
+        match self.kind {
+            // SAFETY: `data` is a text message the assembler completed, taken out by
+            // `Assembler::take_data` right after that event and immutable since (private field,
+            // no `&mut` access).
+            #[allow(unsafe_code)]
+            DataKind::Text => Event::Text(unsafe { assembled_text(&self.data) }),
+            DataKind::Binary => Event::Binary(&self.data),
+        }
+    }
+}
+
 /// Where the event that [`Receiver::advance`] found lives.
 enum Ready {
     /// In the caller's buffer, at `start..end`.
@@ -179,6 +208,31 @@ impl Receiver {
         }
     }
 
+    /// Takes the data message the last returned event borrowed out of the receiver, if it was
+    /// gathered in the assembly buffer (it spanned frames or receive buffers, or was compressed),
+    /// so that it can outlive the next [`read`](Self::read) instead of being freed by it; `None`
+    /// for an event that borrowed the caller's buffer, a control frame, or a message already
+    /// taken or released. The receiver starts the next message with a new buffer.
+    ///
+    /// ```
+    /// use ringws_protocol::{Event, Limits, Receiver, Role};
+    /// let mut rx = Receiver::new(Role::Client);
+    /// // A binary message of 6 bytes in two fragments: gathered in the assembly buffer.
+    /// let mut frames = *b"\x02\x03abc\x80\x03def";
+    /// let (first, second) = frames.split_at_mut(5);
+    /// assert_eq!(rx.read(first, &Limits::default())?, (5, None));
+    /// assert_eq!(rx.read(second, &Limits::default())?, (5, Some(Event::Binary(b"abcdef"))));
+    /// let message = rx.take_message().expect("an assembled message");
+    /// assert_eq!(message.event(), Event::Binary(b"abcdef"));
+    /// assert!(rx.take_message().is_none(), "taken once");
+    /// # Ok::<(), ringws_protocol::Error>(())
+    /// ```
+    pub fn take_message(&mut self) -> Option<MessageBuf> {
+        let (kind, data) = self.span.as_mut()?.asm.take_data()?;
+        self.release();
+        Some(MessageBuf { kind, data })
+    }
+
     /// Bytes held in assembly buffers for the message or control frame in progress, without the
     /// inflate context (for a global cap on assembly memory); 0 between messages.
     pub fn assembly_bytes(&self) -> usize {
@@ -228,29 +282,9 @@ impl Receiver {
             Ready::InBuf { op, start, end } => event(op, &buf[start..end]),
             Ready::Assembled(Assembled::Data(DataKind::Text)) => {
                 let data = assembled(self.span.as_deref(), Assembler::data);
-                debug_assert!(
-                    std::str::from_utf8(data).is_ok(),
-                    "the assembler completed a text message that is not UTF-8"
-                );
-                // SAFETY: `data` holds exactly this message's bytes (the assembly buffer starts
-                // empty for every message: `release` frees it before the next input), and
-                // `Assembler::push` fed every one of them to the message's `Utf8Validator` in
-                // order (a plain chunk before appending it, inflated bytes right after inflating
-                // them), each `feed` returning Ok, then `finish` returned Ok (no code point left
-                // incomplete); any error fails the connection before the message completes. The
-                // validator accepts exactly the chunkings of valid UTF-8, so `data` is valid UTF-8.
-                //
-                // Kept because a checked conversion costs far more than the ~2% that would make
-                // it free: the receive path of a text message in 4 masked fragments through 32 KiB
-                // receive buffers (decode, unmask, assemble, streaming validation) of 1 KiB, 64 KiB
-                // and 1 MiB of JSON takes 5-25% (ASCII) and 21-65% (a quarter of the bytes in
-                // multi-byte code points) more instructions with `simdutf8::basic::from_utf8` on
-                // the result, 15-77% and 118-381% more with `std::str::from_utf8`; wall time
-                // (fastest rounds) x1.05-x1.41 with simdutf8 (`cargo run --release -p
-                // ringws-protocol --example unsafe_costs -- [callgrind] text`, AVX2 box).
+                // SAFETY: `data` is the text message the assembler just completed.
                 #[allow(unsafe_code)]
-                let text = unsafe { std::str::from_utf8_unchecked(data) };
-                Ok(Event::Text(text))
+                Ok(Event::Text(unsafe { assembled_text(data) }))
             }
             Ready::Assembled(Assembled::Data(DataKind::Binary)) => Ok(Event::Binary(assembled(
                 self.span.as_deref(),
@@ -300,6 +334,36 @@ impl Receiver {
         };
         span.advance(buf, &rules, max_message_size)
     }
+}
+
+/// A completed text message from the assembly buffer as the `&str` it is.
+///
+/// # Safety
+/// `data` is the whole of one text message the assembler completed: the buffer an
+/// `Assembled::Data(DataKind::Text)` event borrowed, or that buffer taken out by
+/// `Assembler::take_data` after the event and not changed since.
+#[allow(unsafe_code)]
+unsafe fn assembled_text(data: &[u8]) -> &str {
+    debug_assert!(
+        std::str::from_utf8(data).is_ok(),
+        "the assembler completed a text message that is not UTF-8"
+    );
+    // SAFETY: `data` is one completed text message (the caller's contract). The assembly buffer starts
+    // empty for every message (`release` frees it, `take_data` takes it, before the next input),
+    // and `Assembler::push` fed every one of its bytes to the message's `Utf8Validator` in
+    // order (a plain chunk before appending it, inflated bytes right after inflating them), each
+    // `feed` returning Ok, then `finish` returned Ok (no code point left incomplete); any error
+    // fails the connection before the message completes. The validator accepts exactly the
+    // chunkings of valid UTF-8, so `data` is valid UTF-8.
+    //
+    // Kept because a checked conversion costs far more than the ~2% that would make it free: the
+    // receive path of a text message in 4 masked fragments through 32 KiB receive buffers
+    // (decode, unmask, assemble, streaming validation) of 1 KiB, 64 KiB and 1 MiB of JSON takes
+    // 5-25% (ASCII) and 21-65% (a quarter of the bytes in multi-byte code points) more
+    // instructions with `simdutf8::basic::from_utf8` on the result, 15-77% and 118-381% more with
+    // `std::str::from_utf8`; wall time (fastest rounds) x1.05-x1.41 with simdutf8 (`cargo run
+    // --release -p ringws-protocol --example unsafe_costs -- [callgrind] text`, AVX2 box).
+    unsafe { std::str::from_utf8_unchecked(data) }
 }
 
 /// A payload in the assembler, as `part` reads it (empty without a spanning state, which cannot
@@ -561,6 +625,60 @@ pub(crate) mod tests {
             range.contains(&s.as_ptr()),
             "zero copy: the payload borrows the receive buffer"
         );
+    }
+
+    #[test]
+    fn an_assembled_message_is_taken_without_a_copy_and_the_next_one_starts_afresh() {
+        let mut rx = server();
+        let text = "héllo wörld ".repeat(100);
+        let mut split = frame(true, 0, OpCode::Text, text.as_bytes(), KEY);
+        let (first, second) = split.split_at_mut(100);
+        assert_eq!(rx.read(first, &Limits::default()).unwrap(), (100, None));
+        let Some(Event::Text(delivered)) = rx.read(second, &Limits::default()).unwrap().1 else {
+            panic!("expected text")
+        };
+        assert_eq!(delivered, text);
+        let at = delivered.as_ptr();
+        let held = rx.assembly_bytes();
+        let message = rx.take_message().expect("an assembled message");
+        assert_eq!(message.event(), Event::Text(&text));
+        assert_eq!(
+            message.bytes().as_ptr(),
+            at,
+            "the assembly buffer itself, not a copy"
+        );
+        assert!(held >= text.len());
+        assert_eq!(
+            rx.assembly_bytes(),
+            0,
+            "the receiver holds nothing after the take"
+        );
+        assert!(rx.span.is_none());
+        assert!(rx.take_message().is_none(), "taken once");
+        // In place (not assembled) and control frames have nothing to take.
+        let mut whole = frame(true, 0, OpCode::Binary, b"whole", KEY);
+        assert!(rx.read(&mut whole, &Limits::default()).unwrap().1.is_some());
+        assert!(rx.take_message().is_none());
+        let mut ping = frame(true, 0, OpCode::Ping, b"p", KEY);
+        let (first, second) = ping.split_at_mut(3);
+        assert_eq!(rx.read(first, &Limits::default()).unwrap(), (3, None));
+        assert_eq!(
+            rx.read(second, &Limits::default()).unwrap().1,
+            Some(Event::Ping(b"p"))
+        );
+        assert!(rx.take_message().is_none());
+        // The message taken stays intact while the receiver goes on.
+        let mut next = frame(false, 0, OpCode::Binary, &[1; 40], KEY);
+        next.extend(frame(true, 0, OpCode::Continuation, &[2; 40], KEY));
+        let (used, ev) = rx.read(&mut next, &Limits::default()).unwrap();
+        assert_eq!(ev, None);
+        let (_, ev) = rx.read(&mut next[used..], &Limits::default()).unwrap();
+        let Some(Event::Binary(b)) = ev else {
+            panic!("expected binary")
+        };
+        assert_eq!(b[..40], [1; 40]);
+        assert_eq!(b[40..], [2; 40]);
+        assert_eq!(message.event(), Event::Text(&text));
     }
 
     #[test]

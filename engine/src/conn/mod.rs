@@ -21,7 +21,7 @@ pub(crate) mod wheel;
 pub(crate) use keys::mask_key;
 pub use machine::BackpressurePolicy;
 pub(crate) use machine::{Backpressure, Check, CloseStep, Expired, Phase, Timeouts};
-pub(crate) use outq::SendError;
+pub(crate) use outq::{LARGE, SendError};
 #[cfg(test)]
 pub(crate) use slot::tests::{config as test_config, fd as test_fd, open as test_open};
 pub(crate) use slot::{Dial, Slab, SlabConfig, Slot, TlsSide, io};

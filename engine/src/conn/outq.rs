@@ -16,7 +16,8 @@
 //! per message cost page faults: the allocator handed freed pages back to the kernel and the next
 //! copy faulted them in again, 12% of a 100 x 16 KiB echo's time in `clear_page_erms`). A payload
 //! echoed from its receive buffer is not copied at all (a lent chunk, see
-//! [`push_frame_lent`](OutQueue::push_frame_lent)). A queue whose
+//! [`push_frame_uncopied`](OutQueue::push_frame_uncopied)), nor is a large message the decoder
+//! assembled across receives (the decoder gives its buffer up). A queue whose
 //! send is still in the air is never pooled or freed: the pool leaks it and logs (release builds
 //! included).
 //!
@@ -29,7 +30,7 @@
 
 #[cfg(test)]
 use crate::ring::MAX_IOV;
-use crate::ring::{Chunk, Finish, Flight, Lent, SendCqe, Token};
+use crate::ring::{Chunk, Finish, Flight, SendCqe, Token};
 use ringws_protocol::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 use ringws_protocol::mask::unmask;
 use std::collections::{HashMap, VecDeque};
@@ -157,15 +158,15 @@ impl OutQueue {
         self.buffered += n + payload.len();
     }
 
-    /// Queues one unmasked, unfragmented server frame whose payload is sent from the receive
-    /// buffer it arrived in (no copy): the header goes to the small-frames chunk, the payload
-    /// follows as its own chunk.
-    pub fn push_frame_lent(&mut self, opcode: OpCode, payload: Lent) {
+    /// Queues one unmasked, unfragmented server frame whose payload is not copied: a chunk lent
+    /// from the receive buffer it arrived in, or a message the decoder assembled and gave up. The
+    /// header goes to the small-frames chunk, the payload follows as its own chunk.
+    pub fn push_frame_uncopied(&mut self, opcode: OpCode, payload: Chunk) {
         let mut header = [0u8; MAX_HEADER_LEN];
         let len = payload.bytes().len();
         let n = encode_header(&mut header, true, 0, opcode, None, len as u64);
         self.tail().extend_from_slice(&header[..n]);
-        self.pending.push_back(Chunk::Lent(payload));
+        self.pending.push_back(payload);
         self.buffered += n + len;
     }
 
@@ -329,17 +330,16 @@ impl OutQueue {
         // buffer must not wait on it.
         for _ in 0..back {
             if let Some(chunk) = chunks.pop() {
-                let again = match chunk {
-                    Chunk::Shared(f) if hold => {
-                        held.push(Chunk::Shared(Arc::clone(&f)));
-                        Chunk::Shared(f)
+                let again = match (hold, chunk.share()) {
+                    (false, _) if !matches!(chunk, Chunk::Lent(_)) => chunk,
+                    (true, Some(again)) => {
+                        held.push(chunk);
+                        again
                     }
-                    Chunk::Owned(_) if !hold => chunk,
-                    Chunk::Shared(_) if !hold => chunk,
-                    other => {
-                        let copy = Chunk::Owned(other.bytes().to_vec());
+                    _ => {
+                        let copy = Chunk::Owned(chunk.bytes().to_vec());
                         if hold {
-                            held.push(other);
+                            held.push(chunk);
                         }
                         copy
                     }
@@ -513,7 +513,7 @@ impl Pool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::ring::Op;
 
@@ -600,8 +600,14 @@ mod tests {
         buf.fill(3);
         lending.set_window(Some((0, buf)));
         let mut q = OutQueue::default();
-        q.push_frame_lent(OpCode::Binary, lending.lend(&buf[..200]).unwrap());
-        q.push_frame_lent(OpCode::Binary, lending.lend(&buf[200..]).unwrap());
+        q.push_frame_uncopied(
+            OpCode::Binary,
+            Chunk::Lent(lending.lend(&buf[..200]).unwrap()),
+        );
+        q.push_frame_uncopied(
+            OpCode::Binary,
+            Chunk::Lent(lending.lend(&buf[200..]).unwrap()),
+        );
         assert!(matches!(q.pending[1], Chunk::Lent(_)));
         assert_eq!(q.buffered(), 4 + 200 + 2 + 100);
         let sent = send(&mut q);
@@ -626,6 +632,66 @@ mod tests {
         assert!(rest[2..].iter().all(|&b| b == 3));
         complete(&mut q, 102);
         assert!(q.is_empty());
+    }
+
+    /// A binary message of `len` bytes of 5 (16-bit length, at least 126) that a decoder
+    /// assembled from two receives and gave up.
+    pub(in crate::conn) fn taken(len: usize) -> Arc<ringws_protocol::MessageBuf> {
+        use ringws_protocol::{Limits, Receiver, Role};
+        let mut rx = Receiver::new(Role::Client);
+        let mut frame = vec![0x82, 0x7e];
+        frame.extend(u16::try_from(len).unwrap().to_be_bytes());
+        frame.resize(4 + len, 5);
+        let (first, second) = frame.split_at_mut(10);
+        assert_eq!(rx.read(first, &Limits::default()).unwrap(), (10, None));
+        assert!(rx.read(second, &Limits::default()).unwrap().1.is_some());
+        Arc::new(rx.take_message().expect("an assembled message"))
+    }
+
+    #[test]
+    fn a_taken_message_is_queued_by_reference_and_stays_so_after_a_partial_send() {
+        let m = taken(20_000);
+        let (mut a, mut b) = (OutQueue::default(), OutQueue::default());
+        a.push_frame_uncopied(OpCode::Binary, Chunk::Message(Arc::clone(&m)));
+        b.push_frame_uncopied(OpCode::Binary, Chunk::Message(Arc::clone(&m)));
+        assert_eq!(Arc::strong_count(&m), 3, "one buffer for both queues");
+        assert_eq!(a.buffered(), 4 + 20_000);
+        let sent = send(&mut a);
+        assert_eq!(
+            &sent[..4],
+            b"\x82\x7e\x4e\x20",
+            "the header, then the payload"
+        );
+        assert_eq!(sent.len(), 20_004);
+        assert!(sent[4..].iter().all(|&x| x == 5));
+        complete(&mut a, 1_000);
+        assert!(
+            matches!(a.pending[0], Chunk::Message(_)),
+            "what did not leave is queued again by reference, not copied"
+        );
+        assert_eq!(send(&mut a).len(), 19_004);
+        complete(&mut a, 19_004);
+        assert!(a.is_empty());
+        assert_eq!(
+            Arc::strong_count(&m),
+            2,
+            "released by the queue that sent it"
+        );
+        // A zero-copy send keeps the message until the kernel lets go of it.
+        let f = b.next_send().expect("a send starts");
+        assert_eq!(f.arm_for_test(1), Some(SEND));
+        assert_eq!(
+            b.landed(SEND, SendCqe::Sent(20_004)),
+            Ok(Some(20_004)),
+            "a zero-copy send lands at its result"
+        );
+        assert!(
+            b.in_flight() && Arc::strong_count(&m) == 2,
+            "held for the kernel"
+        );
+        assert_eq!(b.landed(SEND, SendCqe::Released { copied: true }), Ok(None));
+        assert!(!b.in_flight());
+        assert_eq!(Arc::strong_count(&m), 1, "released once the kernel let go");
     }
 
     #[test]

@@ -14,12 +14,12 @@ use super::wheel::{Entry, Tick, Wheel, tick_at_or_after};
 use super::{Closed, SendResult, mask_key};
 use crate::connect::Connect;
 use crate::deflate::{ConnDeflate, Shared};
-use crate::ring::Lending;
+use crate::ring::{Chunk, Lending};
 use crate::stats::{CloseStatus, MessageKind, WorkerStats};
 use crate::tls::{self, Session};
 use ringws_protocol::frame::{MAX_CONTROL_PAYLOAD, OpCode};
 use ringws_protocol::handshake::ClientHandshake;
-use ringws_protocol::{CloseCode, CloseFrame, Limits, Receiver, Role};
+use ringws_protocol::{CloseCode, CloseFrame, Limits, MessageBuf, Receiver, Role};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -272,6 +272,9 @@ pub(crate) struct Slab<S> {
     /// Lends large payloads of the receive being handled to sends instead of copying them (set by
     /// the worker once its receive buffers exist).
     pub lending: Option<Lending>,
+    /// The assembled message being delivered (taken from its decoder): a send of exactly its
+    /// payload queues it by reference instead of copying it.
+    pub taken: Option<Arc<MessageBuf>>,
 }
 
 impl<S: Default> Slab<S> {
@@ -293,6 +296,7 @@ impl<S: Default> Slab<S> {
             now_ms: 0,
             stats: Arc::default(),
             lending: None,
+            taken: None,
         }
     }
 
@@ -592,10 +596,19 @@ impl<S: Default> Slab<S> {
             s.io |= io::DIRTY;
             self.dirty.push(slot);
         }
-        // A large payload still in the receive buffer it arrived in (an echo, a forward) is sent
-        // from there; TLS and compression write new bytes anyway, and a client masks.
-        let lent = match (&tls, &compressor, mask, &self.lending) {
-            (None, None, None, Some(lending)) if payload.len() >= LARGE => lending.lend(payload),
+        // A large payload still in the receive buffer it arrived in, or the assembled message
+        // being delivered (an echo, a forward), is sent from there; TLS and compression write new
+        // bytes anyway, and a client masks.
+        let uncopied = match (&tls, &compressor, mask) {
+            (None, None, None) if payload.len() >= LARGE => self
+                .lending
+                .as_ref()
+                .and_then(|l| l.lend(payload))
+                .map(Chunk::Lent)
+                .or_else(|| {
+                    let taken = self.taken.as_ref()?;
+                    std::ptr::eq(taken.bytes(), payload).then(|| Chunk::Message(Arc::clone(taken)))
+                }),
             _ => None,
         };
         let q = match tls {
@@ -603,8 +616,8 @@ impl<S: Default> Slab<S> {
             None => s.out.get_or_insert_with(|| self.pool.take()),
         };
         let stats = &self.stats;
-        match (lent, compressor) {
-            (Some(lent), _) => q.push_frame_lent(opcode, lent),
+        match (uncopied, compressor) {
+            (Some(chunk), _) => q.push_frame_uncopied(opcode, chunk),
             (None, Some(c)) => {
                 let before = q.buffered();
                 q.push_raw(|out| c.write_frame(opcode, payload, mask, out));
@@ -958,6 +971,36 @@ pub(crate) mod tests {
             slab.send_data(s, OpCode::Binary, &[0; 1000]),
             SendResult::Backpressure
         );
+    }
+
+    #[test]
+    fn the_message_being_delivered_is_queued_by_reference_only_when_sent_as_it_is() {
+        let mut slab: Slab<u64> = Slab::new(config(1 << 20, BackpressurePolicy::Drop));
+        let (a, b) = (open(&mut slab), open(&mut slab));
+        let m = super::super::outq::tests::taken(20_000);
+        slab.taken = Some(Arc::clone(&m));
+        assert_eq!(
+            slab.send_data(a, OpCode::Binary, m.bytes()),
+            SendResult::Queued
+        );
+        assert_eq!(
+            Arc::strong_count(&m),
+            3,
+            "a's queue holds the message itself"
+        );
+        let copy = m.bytes().to_vec();
+        let _ = slab.send_data(b, OpCode::Binary, &copy);
+        let _ = slab.send_data(b, OpCode::Binary, &m.bytes()[1..]);
+        assert_eq!(
+            Arc::strong_count(&m),
+            3,
+            "equal bytes elsewhere and a part of the message are copied"
+        );
+        slab.taken = None;
+        let unsent = slab.get(a).out.as_ref().unwrap().unsent();
+        assert_eq!(unsent[..4], *b"\x82\x7e\x4e\x20");
+        assert_eq!(unsent[4..], *m.bytes());
+        assert_eq!(slab.get(b).buffered(), 2 * 4 + 20_000 + 19_999);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 use super::SendCqe;
 use super::buffers::Lent;
 use super::token::Token;
+use ringws_protocol::MessageBuf;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tracing::error;
@@ -31,6 +32,9 @@ pub(crate) enum Chunk {
     Shared(Arc<[u8]>),
     /// A payload sent from the receive buffer it arrived in (an echo or a forward: no copy).
     Lent(Lent),
+    /// A payload that was assembled across receives, sent from the assembly buffer the decoder
+    /// gave up (an echo or a forward of a large message: no copy), shared by every queue it went to.
+    Message(Arc<MessageBuf>),
 }
 
 impl Chunk {
@@ -40,6 +44,17 @@ impl Chunk {
             Self::Owned(v) => v,
             Self::Shared(f) => f,
             Self::Lent(l) => l.bytes(),
+            Self::Message(m) => m.bytes(),
+        }
+    }
+
+    /// Another reference to the same bytes, for the chunks held by reference (a shared frame, a
+    /// taken message); `None` for owned and lent ones.
+    pub fn share(&self) -> Option<Chunk> {
+        match self {
+            Self::Shared(f) => Some(Self::Shared(Arc::clone(f))),
+            Self::Message(m) => Some(Self::Message(Arc::clone(m))),
+            Self::Owned(_) | Self::Lent(_) => None,
         }
     }
 }

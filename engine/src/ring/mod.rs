@@ -26,7 +26,7 @@ mod setup;
 pub(crate) mod sys;
 mod token;
 
-pub(crate) use buffers::{Buffers, Lending, Lent};
+pub(crate) use buffers::{Buffers, Lending};
 #[cfg(test)]
 pub(crate) use flight::MAX_IOV;
 pub(crate) use flight::{Chunk, Finish, Flight};

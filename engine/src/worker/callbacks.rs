@@ -7,8 +7,9 @@ use crate::context::Context;
 use crate::handler::Handler;
 use crate::socket::Socket;
 use ringws_protocol::frame::OpCode;
-use ringws_protocol::{CloseCode, Event};
+use ringws_protocol::{CloseCode, Event, MessageBuf};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use tracing::error;
 
 impl<H: Handler> Engine<'_, H> {
@@ -69,6 +70,15 @@ impl<H: Handler> Engine<'_, H> {
         while let Some(Closed { slot, code, reason }) = self.core.slab.next_closed() {
             self.on_close(slot, code, &reason);
         }
+    }
+
+    /// Delivers a data message the decoder assembled and gave up: while its callback runs, sends
+    /// of exactly its payload (an echo, a forward to other connections) queue it by reference.
+    pub(super) fn dispatch_taken(&mut self, slot: u32, message: MessageBuf) {
+        let message = Arc::new(message);
+        self.core.slab.taken = Some(Arc::clone(&message));
+        self.dispatch(slot, message.event());
+        self.core.slab.taken = None;
     }
 
     /// Delivers one decoded event of an open connection.

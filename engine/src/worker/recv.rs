@@ -2,7 +2,7 @@
 //! place in the receive buffer and delivers each event.
 
 use super::{Engine, Worker};
-use crate::conn::{Phase, io};
+use crate::conn::{LARGE, Phase, io};
 use crate::handler::Handler;
 use crate::policy::{Verdict, peer_addr};
 use crate::ring::{Cqe, Op, Token};
@@ -231,6 +231,8 @@ impl<H: Handler> Engine<'_, H> {
             if !within_cap {
                 break;
             }
+            // An event's payload outside these bytes was assembled in the decoder.
+            let in_place = buf[pos..].as_ptr_range();
             match rx.read(&mut buf[pos..], &limits) {
                 Ok((used, event)) => {
                     pos += used;
@@ -242,7 +244,20 @@ impl<H: Handler> Engine<'_, H> {
                             stats.received.inc(kind);
                             stats.received_bytes.add(kind, len as u64);
                             let s = self.core.slab.get_mut(slot);
+                            let assembled = match &event {
+                                Event::Text(t) => !in_place.contains(&t.as_ptr()),
+                                Event::Binary(b) => !in_place.contains(&b.as_ptr()),
+                                _ => false,
+                            };
                             match self.policy.admit_event(now_ms, s, &event) {
+                                // A large assembled message is taken from the decoder, so that
+                                // sends of it can queue it instead of copying it.
+                                Verdict::Deliver if assembled && len >= LARGE => {
+                                    match rx.take_message() {
+                                        Some(message) => self.dispatch_taken(slot, message),
+                                        None => error!(slot, "an assembled message not taken"),
+                                    }
+                                }
                                 Verdict::Deliver => self.dispatch(slot, event),
                                 Verdict::Ignore => {}
                                 Verdict::Close(reason) => {
