@@ -976,7 +976,7 @@ pub(crate) mod tests {
     #[test]
     fn the_message_being_delivered_is_queued_by_reference_only_when_sent_as_it_is() {
         let mut slab: Slab<u64> = Slab::new(config(1 << 20, BackpressurePolicy::Drop));
-        let (a, b) = (open(&mut slab), open(&mut slab));
+        let (a, b, c) = (open(&mut slab), open(&mut slab), open(&mut slab));
         let m = super::super::outq::tests::taken(20_000);
         slab.taken = Some(Arc::clone(&m));
         assert_eq!(
@@ -988,12 +988,14 @@ pub(crate) mod tests {
             3,
             "a's queue holds the message itself"
         );
+        let _ = slab.send_data(c, OpCode::Binary, m.bytes());
+        assert_eq!(Arc::strong_count(&m), 4, "so does c's (a forward)");
         let copy = m.bytes().to_vec();
         let _ = slab.send_data(b, OpCode::Binary, &copy);
         let _ = slab.send_data(b, OpCode::Binary, &m.bytes()[1..]);
         assert_eq!(
             Arc::strong_count(&m),
-            3,
+            4,
             "equal bytes elsewhere and a part of the message are copied"
         );
         slab.taken = None;
