@@ -1,7 +1,7 @@
 //! End-to-end behaviour of `ringws serve` with an independent client (tokio-tungstenite) and the raw
 //! client: echo of every length class up to 16 MiB, ping/pong, the close handshake, 1,000 concurrent
 //! clients, a handshake arriving one byte at a time, fragmented messages with pings between the
-//! fragments, and graceful shutdown on SIGTERM/SIGINT.
+//! fragments, large echoes queued without a copy, and graceful shutdown on SIGTERM/SIGINT.
 
 mod common;
 
@@ -214,6 +214,50 @@ fn many_small_fragments_with_pings_between() {
         common::assert_payload(&payload, whole.as_bytes());
         client.close_normally();
     }
+}
+
+/// Large echoes are queued without a copy: a message that lay whole in one receive buffer from that
+/// buffer (`ringws_sent_lent_total`), a fragmented one from the buffer the decoder assembled it in
+/// (`ringws_sent_taken_total`); the echoes come back byte for byte.
+#[test]
+fn large_echoes_are_sent_without_a_copy() {
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let server = Server::start(&["--admin-addr", &admin.to_string()]);
+    let mut client = RawClient::connect(server.addr);
+    // One 20 KiB frame: lent if it lay whole in one receive buffer, else assembled and taken.
+    let single = bytes(20 << 10, 1);
+    let wire = client.masked_all(&[Frame::binary(single.clone())]);
+    client.write(&wire);
+    let (got_op, payload) = client.expect_message();
+    assert_eq!(got_op, op::BINARY);
+    common::assert_payload(&payload, &single);
+    // 100 KiB in four fragments: always assembled, so always taken.
+    let whole = bytes(100 << 10, 2);
+    let frames: Vec<Frame> = whole
+        .chunks(25 << 10)
+        .enumerate()
+        .map(|(i, part)| Frame::new(i == 3, if i == 0 { op::BINARY } else { op::CONT }, part))
+        .collect();
+    let wire = client.masked_all(&frames);
+    client.write(&wire);
+    let (got_op, payload) = client.expect_message();
+    assert_eq!(got_op, op::BINARY);
+    common::assert_payload(&payload, &whole);
+    let (mut lent, mut taken) = (0.0, 0.0);
+    let counted = common::eventually(Duration::from_secs(10), || {
+        let Some((200, metrics)) = common::brokers::get(admin, "/metrics") else {
+            return false;
+        };
+        lent = common::brokers::metric(&metrics, "ringws_sent_lent_total");
+        taken = common::brokers::metric(&metrics, "ringws_sent_taken_total");
+        lent + taken == 2.0 && taken >= 1.0
+    });
+    assert!(
+        counted,
+        "lent {lent}, taken {taken}: expected both echoes queued without a copy, the fragmented \
+         one from its assembly buffer"
+    );
+    client.close_normally();
 }
 
 /// SIGTERM: every open client gets Close 1001, and the process exits with status 0.

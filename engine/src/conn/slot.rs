@@ -617,7 +617,13 @@ impl<S: Default> Slab<S> {
         };
         let stats = &self.stats;
         match (uncopied, compressor) {
-            (Some(chunk), _) => q.push_frame_uncopied(opcode, chunk),
+            (Some(chunk), _) => {
+                match chunk {
+                    Chunk::Lent(_) => stats.sent_lent.inc(),
+                    _ => stats.sent_taken.inc(),
+                }
+                q.push_frame_uncopied(opcode, chunk);
+            }
             (None, Some(c)) => {
                 let before = q.buffered();
                 q.push_raw(|out| c.write_frame(opcode, payload, mask, out));
@@ -999,6 +1005,8 @@ pub(crate) mod tests {
             "equal bytes elsewhere and a part of the message are copied"
         );
         slab.taken = None;
+        assert_eq!(slab.stats.sent_taken.get(), 2);
+        assert_eq!(slab.stats.sent_lent.get(), 0);
         let unsent = slab.get(a).out.as_ref().unwrap().unsent();
         assert_eq!(unsent[..4], *b"\x82\x7e\x4e\x20");
         assert_eq!(unsent[4..], *m.bytes());

@@ -221,7 +221,7 @@ pub(crate) fn engine_metrics(w: &mut Writer, stats: &Stats) {
         w.family(name, "counter", help);
         w.per_label(stats, name, &[], false, counts);
     }
-    let counters: [PerWorker; 16] = [
+    let counters: [PerWorker; 18] = [
         (
             "ringws_socket_received_bytes_total",
             "Bytes received from sockets (frames and HTTP, as on the wire).",
@@ -281,6 +281,16 @@ pub(crate) fn engine_metrics(w: &mut Writer, stats: &Stats) {
             "ringws_receive_bundles_total",
             "Receive completions that carried several buffers (receive bundles).",
             |s| s.receive_bundles,
+        ),
+        (
+            "ringws_sent_lent_total",
+            "Large payloads sent from the receive buffer they arrived in, not copied.",
+            |s| s.sent_lent,
+        ),
+        (
+            "ringws_sent_taken_total",
+            "Large assembled messages sent from their assembly buffer, not copied.",
+            |s| s.sent_taken,
         ),
         (
             "ringws_sqes_submitted_total",

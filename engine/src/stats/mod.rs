@@ -126,6 +126,8 @@ pub(crate) struct WorkerStats {
     pub zero_copy_sends: Counter,
     pub zero_copy_copied: Counter,
     pub receive_bundles: Counter,
+    pub sent_lent: Counter,
+    pub sent_taken: Counter,
     pub sqes_submitted: Gauge,
     pub enters: Gauge,
     pub timers: PerLabel<TimerKind, { TimerKind::ALL.len() }>,
@@ -173,6 +175,8 @@ impl WorkerStats {
             zero_copy_sends: self.zero_copy_sends.get(),
             zero_copy_copied: self.zero_copy_copied.get(),
             receive_bundles: self.receive_bundles.get(),
+            sent_lent: self.sent_lent.get(),
+            sent_taken: self.sent_taken.get(),
             sqes_submitted: self.sqes_submitted.get(),
             io_uring_enters: self.enters.get(),
             timers_fired: self.timers.snapshot(),
@@ -261,6 +265,12 @@ pub struct WorkerSnapshot {
     pub zero_copy_copied: u64,
     /// Receive completions that carried several buffers (receive bundles, `recv_bundles`).
     pub receive_bundles: u64,
+    /// Large payloads queued from the receive buffer they arrived in instead of copied (an echo
+    /// or a forward of a message that lay whole in one receive buffer).
+    pub sent_lent: u64,
+    /// Large messages assembled across receives queued from their assembly buffer instead of
+    /// copied (an echo or a forward; each queue it went to counts).
+    pub sent_taken: u64,
     /// Submission queue entries submitted to the kernel.
     pub sqes_submitted: u64,
     /// `io_uring_enter` system calls.
