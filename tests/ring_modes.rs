@@ -263,9 +263,6 @@ fn connections_with_and_without_direct_descriptors_serve() {
     }
 }
 
-/// The distinct sockets installed in the file tables of process `pid`'s rings (the `UserFiles`
-/// entries of each io_uring descriptor's fdinfo; a ring's second descriptor, which other workers
-/// wake it through, lists the same table).
 #[test]
 fn zero_copy_sends_serve_and_count_what_the_kernel_copied() {
     // Every send of at least one byte goes zero-copy, plain and vectored (the 300 KB echo is a
@@ -290,6 +287,9 @@ fn zero_copy_sends_serve_and_count_what_the_kernel_copied() {
     });
 }
 
+/// The distinct sockets installed in the file tables of process `pid`'s rings (the `UserFiles`
+/// entries of each io_uring descriptor's fdinfo; a ring's second descriptor, which other workers
+/// wake it through, lists the same table).
 fn installed_sockets(pid: u32) -> usize {
     let mut sockets = std::collections::HashSet::new();
     for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
