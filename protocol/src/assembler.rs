@@ -20,6 +20,7 @@ use crate::deflate::{Decompressor, INFLATE_CONTEXT_BYTES};
 use crate::error::Error;
 use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, OpCode, RSV1};
 use crate::utf8::Utf8Validator;
+use std::ops::Range;
 
 /// The kind of data message in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,19 @@ pub struct Assembler {
     control: Option<Box<ControlBuf>>,
     /// The buffer the last event borrowed, to be freed before the next input.
     release: Option<Assembled>,
+    /// The assembly buffer while it is lent out for a receive straight into it ([`lend`](Self::lend)).
+    lent: Option<Lent>,
+}
+
+/// What the assembler remembers of its buffer while it is lent out.
+#[derive(Debug, Clone, Copy)]
+struct Lent {
+    /// The buffer's capacity (still counted as held).
+    capacity: usize,
+    /// Its length when lent: the new bytes start there.
+    len: usize,
+    /// How many bytes may be written after `len`.
+    room: usize,
 }
 
 impl Default for Assembler {
@@ -84,6 +98,7 @@ impl Assembler {
             data: Vec::new(),
             control: None,
             release: None,
+            lent: None,
         }
     }
 
@@ -114,7 +129,8 @@ impl Assembler {
     /// Bytes currently held in assembly buffers (data and control), without the inflate context:
     /// what a message in progress costs, 0 between messages.
     pub fn assembly_bytes(&self) -> usize {
-        self.data.capacity() + self.control.as_ref().map_or(0, |_| size_of::<ControlBuf>())
+        let lent = self.lent.map_or(0, |l| l.capacity);
+        self.data.capacity() + lent + self.control.as_ref().map_or(0, |_| size_of::<ControlBuf>())
     }
 
     /// Whether nothing is held: no data message in progress, no assembly buffer, no inflater.
@@ -240,12 +256,7 @@ impl Assembler {
             }
             return Ok(None);
         }
-        let kind = match (h.opcode, self.kind) {
-            (OpCode::Text, None) => DataKind::Text,
-            (OpCode::Binary, None) => DataKind::Binary,
-            (_, Some(kind)) => kind,
-            (_, None) => return Err(Error::UnexpectedContinuation),
-        };
+        let kind = self.kind_of(h)?;
         self.kind = Some(kind);
         let end = last && h.fin;
         match self.inflate.as_mut().filter(|_| self.compressed) {
@@ -268,18 +279,113 @@ impl Assembler {
                 self.data.extend_from_slice(chunk);
             }
         }
-        if end {
-            if kind == DataKind::Text {
-                self.utf8.finish()?;
-            }
-            self.kind = None;
-            self.compressed = false;
-            self.declared = 0;
-            let done = Assembled::Data(kind);
-            self.release = Some(done);
-            return Ok(Some(done));
+        self.complete(kind, end)
+    }
+
+    /// The kind of data message frame `h` belongs to (its own for a first frame, the message's
+    /// for a continuation).
+    fn kind_of(&self, h: &FrameHeader) -> Result<DataKind, Error> {
+        match (h.opcode, self.kind) {
+            (OpCode::Text, None) => Ok(DataKind::Text),
+            (OpCode::Binary, None) => Ok(DataKind::Binary),
+            (_, Some(kind)) => Ok(kind),
+            (_, None) => Err(Error::UnexpectedContinuation),
         }
-        Ok(None)
+    }
+
+    /// After a chunk of a `kind` message was stored: if it was the message's last (`end`),
+    /// finishes its UTF-8 check and completes it.
+    fn complete(&mut self, kind: DataKind, end: bool) -> Result<Option<Assembled>, Error> {
+        if !end {
+            return Ok(None);
+        }
+        if kind == DataKind::Text {
+            self.utf8.finish()?;
+        }
+        self.kind = None;
+        self.compressed = false;
+        self.declared = 0;
+        let done = Assembled::Data(kind);
+        self.release = Some(done);
+        Ok(Some(done))
+    }
+
+    /// Whether the buffer is lent out ([`lend`](Self::lend)) and not yet back.
+    pub fn is_lent(&self) -> bool {
+        self.lent.is_some()
+    }
+
+    /// Whether the message in progress may be lent out: it is not compressed and its buffer is
+    /// not lent already.
+    pub fn lendable(&self) -> bool {
+        !self.compressed && self.lent.is_none()
+    }
+
+    /// Lends the assembly buffer out so that up to `more` further payload bytes of the
+    /// uncompressed data frame `h` (already begun) can be written straight into its spare
+    /// capacity, instead of being received elsewhere and copied in by [`push`](Self::push).
+    /// Returns the buffer and how many bytes may be written after its current length: at most
+    /// `more`, and at most what the buffer already holds (it grows as `push` would grow it for
+    /// that many bytes: to less than twice what it holds once the room is filled, so a peer that
+    /// declares a large frame and sends little of it gets no large buffer). `None` for a compressed message, a control
+    /// frame, a buffer already lent or an empty one (nothing has arrived to size it by).
+    ///
+    /// Until [`land`](Self::land) gives it back the assembler must not be fed; its bytes count
+    /// as held ([`assembly_bytes`](Self::assembly_bytes)).
+    pub fn lend(&mut self, h: &FrameHeader, more: u64) -> Option<(Vec<u8>, usize)> {
+        if !self.lendable() || h.opcode.is_control() {
+            return None;
+        }
+        let kind = self.kind_of(h).ok()?;
+        let len = self.data.len();
+        let want = usize::try_from(more).unwrap_or(usize::MAX).min(len);
+        if want == 0 {
+            return None;
+        }
+        self.grow_for(want);
+        let room = (self.data.capacity() - len).min(want);
+        self.kind = Some(kind);
+        self.lent = Some(Lent {
+            capacity: self.data.capacity(),
+            len,
+            room,
+        });
+        Some((std::mem::take(&mut self.data), room))
+    }
+
+    /// Takes back the buffer [`lend`](Self::lend) lent, with the bytes written into it appended
+    /// (anything beyond the room it was lent with is cut off). Returns where the new bytes lie in
+    /// the assembly buffer, still masked: unmask them with [`landed_mut`](Self::landed_mut),
+    /// then [`push_landed`](Self::push_landed). A buffer returned when none was lent is dropped.
+    pub fn land(&mut self, mut data: Vec<u8>) -> Range<usize> {
+        let Some(lent) = self.lent.take() else {
+            return 0..0;
+        };
+        let end = data.len().min(lent.len + lent.room);
+        data.truncate(end);
+        self.data = data;
+        lent.len.min(end)..end
+    }
+
+    /// The assembly buffer's bytes in `range` (as [`land`](Self::land) returned it), to unmask.
+    pub fn landed_mut(&mut self, range: Range<usize>) -> &mut [u8] {
+        &mut self.data[range]
+    }
+
+    /// Accepts the (unmasked) bytes in `range` that [`land`](Self::land) put in the buffer as
+    /// the next chunk of frame `h`'s payload, `last` marking the frame's final bytes: checks
+    /// text as [`push`](Self::push) does and completes the message at its end.
+    pub fn push_landed(
+        &mut self,
+        h: &FrameHeader,
+        range: Range<usize>,
+        last: bool,
+    ) -> Result<Option<Assembled>, Error> {
+        let kind = self.kind_of(h)?;
+        if kind == DataKind::Text {
+            self.utf8.feed(&self.data[range])?;
+        }
+        self.complete(kind, last && h.fin)
     }
 
     /// Makes room for `more` arriving bytes of the data message in progress: the capacity grows

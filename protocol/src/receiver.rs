@@ -26,6 +26,7 @@ use crate::frame::{
     DecodeRules, Decoded, FrameHeader, MAX_HEADER_LEN, OpCode, RSV1, Role, decode_header,
 };
 use crate::mask::unmask;
+use std::ops::Range;
 
 /// Receive limits, passed to [`Receiver::read`] (the same for every connection of a server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +132,9 @@ struct Spanning {
     /// A header split across receive buffers.
     partial: [u8; MAX_HEADER_LEN],
     partial_len: u8,
+    /// Payload bytes of `current` that landed in the assembly buffer ([`Receiver::land`]), not
+    /// yet unmasked and accounted.
+    landed: Range<usize>,
 }
 
 impl Spanning {
@@ -141,6 +145,7 @@ impl Spanning {
             remaining: 0,
             partial: [0; MAX_HEADER_LEN],
             partial_len: 0,
+            landed: 0..0,
         })
     }
 
@@ -248,6 +253,75 @@ impl Receiver {
     /// Whether a frame or a fragmented message is partly received (the connection is not idle).
     pub fn in_progress(&self) -> bool {
         self.span.as_ref().is_some_and(|s| s.in_progress())
+    }
+
+    /// Payload bytes still to come of the frame being received, if they may be received straight
+    /// into the assembly buffer with [`lend`](Self::lend): the frame is an uncompressed data
+    /// frame whose header has been read; 0 otherwise. An engine uses it to decide when a frame
+    /// is large enough that receiving it in place of copying it pays for a receive of its own.
+    pub fn lendable(&self) -> u64 {
+        let Some(span) = self.span.as_deref() else {
+            return 0;
+        };
+        match span.current {
+            Some(h)
+                if !self.done
+                    && !h.opcode.is_control()
+                    && span.landed.is_empty()
+                    && span.asm.lendable() =>
+            {
+                span.remaining
+            }
+            _ => 0,
+        }
+    }
+
+    /// Lends the assembly buffer out for a receive straight into it: returns the buffer and how
+    /// many bytes the caller may write into its spare capacity (after its current length), all of
+    /// them payload of the frame in progress (never bytes of the next frame). The room is at
+    /// most what has already arrived of the message (the buffer grows as it would by copying
+    /// those bytes in: to less than twice what it holds once the room is filled), so an engine
+    /// lends again after each landing while
+    /// [`lendable`](Self::lendable) says the frame is large.
+    ///
+    /// `None` when [`lendable`](Self::lendable) is 0 or nothing of the message has arrived yet.
+    /// Until [`land`](Self::land) gives the buffer back, the receiver must not be fed: a
+    /// [`read`](Self::read) meanwhile consumes nothing. What the buffer holds still counts in
+    /// [`assembly_bytes`](Self::assembly_bytes).
+    ///
+    /// ```
+    /// use ringws_protocol::{Event, Limits, Receiver, Role};
+    /// let limits = Limits::default();
+    /// let mut rx = Receiver::new(Role::Client);
+    /// // A binary frame of 8 bytes; its first 4 arrive through a read.
+    /// let mut first = *b"\x82\x08abcd";
+    /// assert_eq!(rx.read(&mut first, &limits)?, (6, None));
+    /// assert_eq!(rx.lendable(), 4);
+    /// let (mut buf, room) = rx.lend().expect("lendable");
+    /// assert_eq!(room, 4);
+    /// buf.extend_from_slice(b"efgh"); // what a receive into the spare capacity would write
+    /// rx.land(buf);
+    /// assert_eq!(rx.read(&mut [], &limits)?, (0, Some(Event::Binary(b"abcdefgh"))));
+    /// # Ok::<(), ringws_protocol::Error>(())
+    /// ```
+    pub fn lend(&mut self) -> Option<(Vec<u8>, usize)> {
+        let more = self.lendable();
+        let span = self.span.as_deref_mut()?;
+        let h = span.current?;
+        if more == 0 {
+            return None;
+        }
+        span.asm.lend(&h, more)
+    }
+
+    /// Gives back the buffer [`lend`](Self::lend) lent, with the received bytes appended to it
+    /// (still masked; bytes beyond the room it was lent with are cut off). The next
+    /// [`read`](Self::read) (an empty input will do) unmasks and checks them and returns the
+    /// message if they completed it.
+    pub fn land(&mut self, data: Vec<u8>) {
+        if let Some(span) = self.span.as_deref_mut() {
+            span.landed = span.asm.land(data);
+        }
     }
 
     /// Decodes from `buf`, the bytes just received, unmasking payloads in place, under `limits`
@@ -415,6 +489,12 @@ impl Spanning {
         rules: &DecodeRules,
         max_message_size: u64,
     ) -> Result<(usize, Option<Ready>), Error> {
+        if self.asm.is_lent() {
+            return Ok((0, None));
+        }
+        if let Some(done) = self.landed()? {
+            return Ok((0, Some(Ready::Assembled(done))));
+        }
         let mut pos = 0;
         loop {
             let Some(h) = self.current else {
@@ -467,6 +547,30 @@ impl Spanning {
                 return Ok((pos, None));
             }
         }
+    }
+
+    /// Unmasks and accounts the bytes that landed in the assembly buffer since the last read, if
+    /// any; returns the message they completed.
+    fn landed(&mut self) -> Result<Option<Assembled>, Error> {
+        let range = std::mem::replace(&mut self.landed, 0..0);
+        let Some(h) = self.current.filter(|_| !range.is_empty()) else {
+            return Ok(None);
+        };
+        let n = range.len() as u64;
+        let offset = h.payload_len - self.remaining;
+        if let Some(key) = h.mask {
+            unmask(
+                self.asm.landed_mut(range.clone()),
+                key,
+                (offset & 3) as usize,
+            );
+        }
+        self.remaining -= n;
+        let last = self.remaining == 0;
+        if last {
+            self.current = None;
+        }
+        self.asm.push_landed(&h, range, last)
     }
 
     /// Decodes the next header from `input`, completing a header carried from the previous buffer.
@@ -606,6 +710,55 @@ pub(crate) mod tests {
 
     fn server() -> Receiver {
         Receiver::new(Role::Server)
+    }
+
+    /// [`feed`], except that whenever the frame in progress is lendable the next bytes of each
+    /// piece are written into the lent assembly buffer, as a receive into it would (at most its
+    /// room, never reallocating it), and landed.
+    fn feed_lending(
+        rx: &mut Receiver,
+        stream: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<Owned>, Option<Error>) {
+        let limits = Limits::default();
+        let mut stream = stream.to_vec();
+        let mut events = Vec::new();
+        let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c < stream.len()).collect();
+        bounds.push(stream.len());
+        bounds.sort_unstable();
+        let mut from = 0;
+        for to in bounds {
+            let chunk = &mut stream[from..to];
+            let mut pos = 0;
+            while pos < chunk.len() {
+                let step = match rx.lend() {
+                    Some((mut buf, room)) => {
+                        let (at, capacity) = (buf.as_ptr(), buf.capacity());
+                        let n = room.min(chunk.len() - pos);
+                        assert!(n > 0 && buf.len() + room <= capacity, "room {room}");
+                        buf.extend_from_slice(&chunk[pos..pos + n]);
+                        assert_eq!((buf.as_ptr(), buf.capacity()), (at, capacity));
+                        assert!(rx.assembly_bytes() >= capacity, "a lent buffer counts");
+                        rx.land(buf);
+                        pos += n;
+                        rx.read(&mut [], &limits).map(|(used, ev)| {
+                            assert_eq!(used, 0);
+                            ev.map(Owned::from)
+                        })
+                    }
+                    None => rx.read(&mut chunk[pos..], &limits).map(|(used, ev)| {
+                        pos += used;
+                        ev.map(Owned::from)
+                    }),
+                };
+                match step {
+                    Ok(ev) => events.extend(ev),
+                    Err(e) => return (events, Some(e)),
+                }
+            }
+            from = to;
+        }
+        (events, None)
     }
 
     const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
@@ -991,6 +1144,17 @@ pub(crate) mod tests {
         }
 
         #[test]
+        fn receiving_into_the_lent_buffer_gives_the_same_events(
+            (stream, expected) in stream_strategy(),
+            cuts in prop::collection::vec(0usize..8000, 0..12),
+        ) {
+            let cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            let (events, err) = feed_lending(&mut server(), &stream, &cuts);
+            prop_assert_eq!(err, None);
+            prop_assert_eq!(events, expected);
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(
             bytes in prop::collection::vec(any::<u8>(), 0..2000),
             cuts in prop::collection::vec(0usize..2000, 0..8),
@@ -998,6 +1162,89 @@ pub(crate) mod tests {
             let limits = Limits { max_frame_size: 1000, max_message_size: 1500 };
             let _ = feed_with(&mut Receiver::new(Role::Server), &limits, &bytes, &cuts);
         }
+    }
+
+    #[test]
+    fn a_large_text_message_lands_in_its_buffer_in_growing_pieces() {
+        // 300 KiB of text with multi-byte code points, in two fragments with a ping between;
+        // after the first 1000 bytes arrive through a read, the rest lands in the lent buffer.
+        let text: String = "añ€😀".repeat(300 * 1024 / 10);
+        let (a, b) = text.as_bytes().split_at(100_001); // inside a code point
+        let mut stream = frame(false, 0, OpCode::Text, a, KEY);
+        stream.extend(frame(true, 0, OpCode::Ping, b"p", KEY));
+        stream.extend(frame(true, 0, OpCode::Continuation, b, [9, 8, 7, 6]));
+        let (events, err) = feed_lending(&mut server(), &stream, &[1000, 1001, 1002, 150_000]);
+        assert_eq!(err, None);
+        assert_eq!(
+            events,
+            vec![Owned::Ping(b"p".to_vec()), Owned::Text(text.clone())]
+        );
+
+        let mut rx = server();
+        let mut first = stream[..1000].to_vec();
+        assert_eq!(
+            rx.read(&mut first, &Limits::default()).unwrap(),
+            (1000, None)
+        );
+        let arrived = 1000 - 14; // a 64-bit length and a mask key
+        assert_eq!(
+            rx.lendable(),
+            (a.len() - arrived) as u64,
+            "payload still to come"
+        );
+        let (buf, room) = rx.lend().unwrap();
+        assert_eq!(
+            (buf.len(), room),
+            (arrived, arrived),
+            "at most what has arrived"
+        );
+        assert_eq!(rx.lendable(), 0, "lent once");
+        assert!(rx.lend().is_none());
+        let mut more = stream[1000..1100].to_vec();
+        assert_eq!(
+            rx.read(&mut more, &Limits::default()).unwrap(),
+            (0, None),
+            "not fed while lent"
+        );
+        rx.land(buf);
+        assert_eq!(rx.lendable(), (a.len() - arrived) as u64, "nothing landed");
+    }
+
+    #[test]
+    fn bad_utf8_that_lands_fails_the_message() {
+        let mut payload = vec![b'a'; 5000];
+        payload[3000] = 0xff;
+        let stream = frame(true, 0, OpCode::Text, &payload, KEY);
+        let (events, err) = feed_lending(&mut server(), &stream, &[2000]);
+        assert_eq!((events, err), (vec![], Some(Error::InvalidUtf8)));
+    }
+
+    #[test]
+    fn only_uncompressed_data_frames_are_lendable() {
+        let limits = Limits::default();
+        // Nothing of the payload arrived yet: lendable, but nothing to size the buffer by.
+        let mut rx = server();
+        let mut head = frame(true, 0, OpCode::Binary, &[1; 1000], KEY);
+        assert_eq!(rx.read(&mut head[..8], &limits).unwrap(), (8, None));
+        assert_eq!(rx.lendable(), 1000);
+        assert!(rx.lend().is_none());
+        // A control frame split over reads.
+        let mut rx = server();
+        let mut ping = frame(true, 0, OpCode::Ping, &[1; 100], KEY);
+        assert_eq!(rx.read(&mut ping[..50], &limits).unwrap(), (50, None));
+        assert_eq!(rx.lendable(), 0);
+        // A compressed message.
+        let mut rx = Receiver::with_deflate(Role::Server, Decompressor::new(15, false, None));
+        // One stored deflate block of 995 bytes.
+        let mut block = vec![0x00, 0xe3, 0x03, 0x1c, 0xfc];
+        block.extend([7; 995]);
+        let mut compressed = frame(true, RSV1, OpCode::Binary, &block, KEY);
+        assert_eq!(
+            rx.read(&mut compressed[..100], &limits).unwrap(),
+            (100, None)
+        );
+        assert_eq!(rx.lendable(), 0);
+        assert!(rx.lend().is_none());
     }
 
     #[test]
