@@ -24,6 +24,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("batch_wait", "--batch-wait"),
     ("direct_descriptors", "--direct-descriptors"),
     ("send_zc_threshold", "--send-zc-threshold"),
+    ("recv_into_threshold", "--recv-into-threshold"),
     ("ring_entries", "--ring-entries"),
     ("socket_send_buffer", "--send-buffer"),
     ("idle_timeout", "--idle-timeout"),

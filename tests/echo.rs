@@ -260,6 +260,156 @@ fn large_echoes_are_sent_without_a_copy() {
     client.close_normally();
 }
 
+/// `ringws_received_into_message_total` on the server whose admin endpoint is `admin`, once it is
+/// at least `at_least` (None if it never gets there within 10 s).
+fn received_into_message(admin: std::net::SocketAddr, at_least: f64) -> Option<f64> {
+    let mut seen = None;
+    let reached = common::eventually(Duration::from_secs(10), || {
+        if let Some((200, metrics)) = common::brokers::get(admin, "/metrics") {
+            seen = Some(common::brokers::metric(
+                &metrics,
+                "ringws_received_into_message_total",
+            ));
+        }
+        seen.is_some_and(|n| n >= at_least)
+    });
+    if reached { seen } else { None }
+}
+
+/// Writes `wire` to `client` in 64 KiB pieces, each once the server (admin endpoint `admin`) has
+/// counted every byte before it as read from its sockets: the server sees a large frame arrive
+/// piece by piece, as from a client across a network slower than loopback, instead of finding
+/// all of it already in the socket (then its multishot receive takes it all at once).
+fn write_paced(client: &mut RawClient, admin: std::net::SocketAddr, wire: &[u8]) {
+    let read = || match common::brokers::get(admin, "/metrics") {
+        Some((200, metrics)) => Some(common::brokers::metric(
+            &metrics,
+            "ringws_socket_received_bytes_total",
+        )),
+        _ => None,
+    };
+    let before = read().expect("the server's metrics");
+    let mut written = 0;
+    for piece in wire.chunks(64 << 10) {
+        client.write(piece);
+        written += piece.len();
+        let want = before + written as f64;
+        assert!(
+            common::eventually(Duration::from_secs(10), || read()
+                .is_some_and(|n| n >= want)),
+            "the server did not read the {written} bytes written so far within 10 s"
+        );
+    }
+}
+
+/// Frames of at least `--recv-into-threshold` bytes are received straight into their message's
+/// buffer once the multishot receive has stopped (counted in
+/// `ringws_received_into_message_total`): a 1 MiB binary frame, 600 KiB of multi-byte text (its
+/// characters split across receives) and a message of two 400 KiB fragments with a ping between
+/// them all echo byte for byte, the ping answered between the fragments; bad UTF-8 that arrives
+/// that way still gets 1007. A 1 MiB frame written at once (mostly taken by the multishot
+/// receive before it stops) echoes too. With the threshold 0 nothing is counted.
+#[test]
+fn large_frames_are_received_straight_into_their_message() {
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let server = Server::start(&["--admin-addr", &admin.to_string()]);
+    let mut client = RawClient::connect(server.addr);
+    let single = bytes(1 << 20, 3);
+    let wire = client.masked(&Frame::binary(single.clone()));
+    write_paced(&mut client, admin, &wire);
+    let (got_op, payload) = client.expect_message();
+    assert_eq!(got_op, op::BINARY);
+    common::assert_payload(&payload, &single);
+    let after_one = received_into_message(admin, 1.0).expect("the 1 MiB frame was not counted");
+
+    let multibyte = "a\u{e9}\u{20ac}\u{1f600}".repeat(60 << 10);
+    let wire = client.masked(&Frame::text(multibyte.clone()));
+    write_paced(&mut client, admin, &wire);
+    let (got_op, payload) = client.expect_message();
+    assert_eq!(got_op, op::TEXT);
+    common::assert_payload(&payload, multibyte.as_bytes());
+    let after_text = received_into_message(admin, after_one + 1.0).expect("the text not counted");
+
+    let whole = bytes(800 << 10, 4);
+    let (first, second) = whole.split_at(400 << 10);
+    let wire = client.masked_all(&[
+        Frame::new(false, op::BINARY, first),
+        Frame::ping(b"between".to_vec()),
+        Frame::new(true, op::CONT, second),
+    ]);
+    write_paced(&mut client, admin, &wire);
+    client.expect_pong(b"between");
+    let (got_op, payload) = client.expect_message();
+    assert_eq!(got_op, op::BINARY);
+    common::assert_payload(&payload, &whole);
+    received_into_message(admin, after_text + 2.0).expect("both fragments counted");
+
+    client.echo(Frame::binary(single.clone()));
+
+    let mut bad = text(700 << 10, 5).into_bytes();
+    bad[690 << 10] = 0xff;
+    let wire = client.masked(&Frame::text(bad));
+    write_paced(&mut client, admin, &wire);
+    client.expect_close(Some(1007));
+
+    let off = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let server = Server::start(&[
+        "--admin-addr",
+        &off.to_string(),
+        "--recv-into-threshold",
+        "0",
+    ]);
+    let mut client = RawClient::connect(server.addr);
+    let wire = client.masked(&Frame::binary(single.clone()));
+    write_paced(&mut client, off, &wire);
+    client.expect_binary(&single);
+    client.close_normally();
+    let Some((200, metrics)) = common::brokers::get(off, "/metrics") else {
+        panic!("no metrics from the second server");
+    };
+    assert_eq!(
+        common::brokers::metric(&metrics, "ringws_received_into_message_total"),
+        0.0,
+        "--recv-into-threshold 0 turns receiving into the message off"
+    );
+}
+
+/// A client that vanishes in the middle of a large frame being received into its buffer, and a
+/// shutdown while another waits there: a third connection echoes on meanwhile, and the server
+/// still exits 0 (the receive in the air is cancelled, its buffer kept until then).
+#[test]
+fn a_client_gone_mid_large_frame_disturbs_nobody() {
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let mut server = Server::start(&["--admin-addr", &admin.to_string(), "--drain-delay", "0"]);
+    let half_frame = |seed: u8| {
+        let mut client = RawClient::connect(server.addr);
+        let wire = client.masked(&Frame::binary(bytes(2 << 20, seed)));
+        write_paced(&mut client, admin, &wire[..1 << 20]);
+        client
+    };
+    let vanishing = half_frame(6);
+    let mut stalled = half_frame(7);
+    received_into_message(admin, 2.0).expect("both half frames received into their messages");
+    drop(vanishing);
+    let mut other = RawClient::connect(server.addr);
+    for seed in 0..3 {
+        let wire = other.masked(&Frame::binary(bytes(300 << 10, seed)));
+        write_paced(&mut other, admin, &wire);
+        other.expect_binary(&bytes(300 << 10, seed));
+    }
+    other.echo(Frame::text("small"));
+    server.signal(libc::SIGTERM);
+    other.expect_close(Some(1001));
+    stalled.expect_close(Some(1001));
+    drop((other, stalled));
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert!(
+        matches!(status, Some(s) if s.success()),
+        "expected exit status 0 after SIGTERM, got {status:?}; output:\n{}",
+        server.log()
+    );
+}
+
 /// SIGTERM: every open client gets Close 1001, and the process exits with status 0.
 #[test]
 fn sigterm_sends_1001_to_every_client_and_exits_0() {

@@ -231,6 +231,15 @@ settings! {
     /// where every peer is on loopback (docs/benchmarks.md).
     send_zc_threshold: usize = 0, "0 (off)",
         check |v| *v <= 1 << 30, "at most 1 GiB (0: off)", setter;
+    /// Receive the rest of a large frame straight into its message's assembly buffer once at
+    /// least this many of its payload bytes are still to come (plain, uncompressed connections):
+    /// the worker stops the connection's multishot receive and reads into the buffer with
+    /// one-shot receives until the frame's end, instead of receiving into the provided buffers
+    /// and copying from there (a message's bytes are then copied once by the kernel and not
+    /// again). The buffer still grows as bytes arrive, never beyond twice what it holds. Zero:
+    /// off, every byte goes through the provided buffers.
+    recv_into_threshold: usize = 256 << 10, "256 KiB",
+        check |v| *v <= 1 << 30, "at most 1 GiB (0: off)", setter;
     /// Time allowed from accept to a complete upgrade request (for a client, from the start of the
     /// connect to the `101`).
     handshake_timeout: Duration = Duration::from_secs(10), "10 s",

@@ -60,6 +60,8 @@ pub struct ServeArgs {
     direct_descriptors: Option<bool>,
     #[arg(long, value_name = "BYTES", help = help("send_zc_threshold"), long_help = long_help("send_zc_threshold", Some("bytes")))]
     send_zc_threshold: Option<usize>,
+    #[arg(long, value_name = "BYTES", help = help("recv_into_threshold"), long_help = long_help("recv_into_threshold", Some("bytes")))]
+    recv_into_threshold: Option<usize>,
     #[arg(long, help = help("backlog"), long_help = long_help("backlog", None))]
     backlog: Option<u32>,
     #[arg(long, help = help("max_connections"), long_help = long_help("max_connections", None))]
@@ -260,6 +262,11 @@ pub fn run(args: ServeArgs) -> Result<(), EngineError> {
         ServerBuilder::direct_descriptors,
     );
     b = given(b, args.send_zc_threshold, ServerBuilder::send_zc_threshold);
+    b = given(
+        b,
+        args.recv_into_threshold,
+        ServerBuilder::recv_into_threshold,
+    );
     b = given(b, args.backlog, ServerBuilder::backlog);
     b = given(b, args.max_connections, ServerBuilder::max_connections);
     b = given(b, args.max_backpressure, ServerBuilder::max_backpressure);

@@ -14,7 +14,7 @@ use super::wheel::{Entry, Tick, Wheel, tick_at_or_after};
 use super::{Closed, SendResult, mask_key};
 use crate::connect::Connect;
 use crate::deflate::{ConnDeflate, Shared};
-use crate::ring::{Chunk, Lending};
+use crate::ring::{Chunk, Landing, Lending};
 use crate::stats::{CloseStatus, MessageKind, WorkerStats};
 use crate::tls::{self, Session};
 use ringws_protocol::frame::{MAX_CONTROL_PAYLOAD, OpCode};
@@ -38,6 +38,9 @@ pub(crate) mod io {
     /// The output queue was made while handshaking (for the answer): it is freed, not pooled, once
     /// drained, so that a burst of handshakes leaves no pool of its size behind.
     pub const UNPOOLED: u8 = 16;
+    /// The multishot receive was cancelled so that the large frame in progress is received
+    /// straight into its assembly buffer once the multishot receive has ended.
+    pub const SWITCHING: u8 = 32;
 }
 
 /// Marks "no live wheel entry".
@@ -75,6 +78,8 @@ pub(crate) struct Extra {
     pub dial: Option<Dial>,
     /// wss://: the TLS session and the plaintext waiting to be encrypted.
     pub tls: Option<Box<TlsSide>>,
+    /// A large frame's assembly buffer while a receive straight into it is in the air.
+    pub landing: Option<Landing>,
 }
 
 /// A TLS connection's session and its plaintext queue: frames are queued here during a loop turn
@@ -95,6 +100,7 @@ impl Extra {
             && self.counted_ip.is_none()
             && self.dial.is_none()
             && self.tls.is_none()
+            && self.landing.is_none()
     }
 }
 

@@ -221,7 +221,7 @@ pub(crate) fn engine_metrics(w: &mut Writer, stats: &Stats) {
         w.family(name, "counter", help);
         w.per_label(stats, name, &[], false, counts);
     }
-    let counters: [PerWorker; 18] = [
+    let counters: [PerWorker; 19] = [
         (
             "ringws_socket_received_bytes_total",
             "Bytes received from sockets (frames and HTTP, as on the wire).",
@@ -291,6 +291,11 @@ pub(crate) fn engine_metrics(w: &mut Writer, stats: &Stats) {
             "ringws_sent_taken_total",
             "Large assembled messages sent from their assembly buffer, not copied.",
             |s| s.sent_taken,
+        ),
+        (
+            "ringws_received_into_message_total",
+            "Receives of a large frame straight into its message's buffer, not copied.",
+            |s| s.received_into_message,
         ),
         (
             "ringws_sqes_submitted_total",

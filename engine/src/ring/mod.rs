@@ -15,12 +15,14 @@
 //!   very socket installed there (checked on every submission, in release builds too), so no
 //!   operation can reach another connection's socket through a stale entry.
 //! - [`Cqe`]: a completion, with its [`Token`] decoded.
-//! - [`Buffers`]: the receive buffer pool; [`Flight`]/[`Chunk`]: the bytes of a send.
+//! - [`Buffers`]: the receive buffer pool; [`Flight`]/[`Chunk`]: the bytes of a send;
+//!   [`Landing`]: a buffer of the engine's own that one receive writes into (a large frame's).
 //! - [`probe`]: what the running kernel supports; [`sys`]: eventfds, signals, CPU affinity, the
 //!   monotonic clock, the descriptor limit and a socket option.
 
 mod buffers;
 mod flight;
+mod landing;
 pub mod probe;
 mod setup;
 pub(crate) mod sys;
@@ -30,6 +32,7 @@ pub(crate) use buffers::{Buffers, Lending};
 #[cfg(test)]
 pub(crate) use flight::MAX_IOV;
 pub(crate) use flight::{Chunk, Finish, Flight};
+pub(crate) use landing::Landing;
 pub use setup::TaskRun;
 pub(crate) use token::{GENERATION_BITS, Op, Token};
 
@@ -479,6 +482,28 @@ impl<'r> Submit<'r> {
         // SAFETY: the receive picks buffers from the registered ring, which the `Ring` keeps mapped
         // until after it is closed; it references no other memory.
         unsafe { self.push(&e) };
+    }
+
+    /// A one-shot receive on `fd` (slot `token.slot`'s socket, through its direct descriptor if
+    /// it has one) into `landing`'s room; the landing is in the air until [`Landing::land`] with
+    /// `token` gives its buffer back. Returns false if nothing was submitted (no room, already in
+    /// the air, or the queue failed).
+    pub fn recv_into(&mut self, fd: BorrowedFd<'_>, token: Token, landing: &mut Landing) -> bool {
+        let target = self.target(token.slot, fd);
+        let Some((ptr, len)) = landing.arm(token) else {
+            return false;
+        };
+        let e = on_target!(target, |f| opcode::Recv::new(f, ptr, len).build());
+        // SAFETY: the entry points at `len` bytes of the landing's buffer's spare capacity. The
+        // landing is now in the air under `token`: it gives the buffer back only to `land` with
+        // this token (this receive's completion) and leaks it if dropped in the air, so the memory
+        // stays valid and nothing else reads or writes it until the kernel is done with it.
+        if unsafe { self.push(&e.user_data(token.encode())) } {
+            true
+        } else {
+            landing.disarm(token);
+            false
+        }
     }
 
     /// Sends what `flight` carries on `fd` (slot `token.slot`'s socket, through its direct

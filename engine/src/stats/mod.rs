@@ -128,6 +128,7 @@ pub(crate) struct WorkerStats {
     pub receive_bundles: Counter,
     pub sent_lent: Counter,
     pub sent_taken: Counter,
+    pub received_into_message: Counter,
     pub sqes_submitted: Gauge,
     pub enters: Gauge,
     pub timers: PerLabel<TimerKind, { TimerKind::ALL.len() }>,
@@ -177,6 +178,7 @@ impl WorkerStats {
             receive_bundles: self.receive_bundles.get(),
             sent_lent: self.sent_lent.get(),
             sent_taken: self.sent_taken.get(),
+            received_into_message: self.received_into_message.get(),
             sqes_submitted: self.sqes_submitted.get(),
             io_uring_enters: self.enters.get(),
             timers_fired: self.timers.snapshot(),
@@ -271,6 +273,9 @@ pub struct WorkerSnapshot {
     /// Large messages assembled across receives queued from their assembly buffer instead of
     /// copied (an echo or a forward; each queue it went to counts).
     pub sent_taken: u64,
+    /// Receives of a large frame's bytes straight into its message's assembly buffer
+    /// (`recv_into_threshold`) that brought bytes.
+    pub received_into_message: u64,
     /// Submission queue entries submitted to the kernel.
     pub sqes_submitted: u64,
     /// `io_uring_enter` system calls.

@@ -5,7 +5,7 @@ use super::{Engine, Worker};
 use crate::conn::{LARGE, Phase, io};
 use crate::handler::Handler;
 use crate::policy::{Verdict, peer_addr};
-use crate::ring::{Cqe, Op, Token};
+use crate::ring::{Cqe, Landing, Op, Token};
 use crate::stats::{CloseStatus, MessageKind};
 use ringws_protocol::{CloseCode, Event, Receiver, Reply, Role};
 use std::io as stdio;
@@ -47,6 +47,11 @@ impl<H: Handler> Worker<'_, H> {
             }
             return;
         };
+        if let Some(landing) = s.extra.as_mut().and_then(|e| e.landing.take()) {
+            // The receive in the air is the one-shot receive into a large frame's buffer.
+            self.eng.on_landed(token, landing, res);
+            return;
+        }
         if !more {
             s.io &= !io::RECV_ARMED;
         }
@@ -75,7 +80,7 @@ impl<H: Handler> Worker<'_, H> {
                 // drained before this completion arrived) or by the slot's shutdown.
                 libc::ECANCELED => {
                     if !more && eng.core.slab.get(slot).machine.wants_recv() {
-                        eng.rearm_recv(slot);
+                        eng.receive_next(slot);
                     }
                 }
                 e => {
@@ -133,7 +138,13 @@ impl<H: Handler> Worker<'_, H> {
             eng.setting_up.push(slot);
         }
         if !more && eng.core.slab.get(slot).machine.wants_recv() {
-            eng.rearm_recv(slot);
+            eng.receive_next(slot);
+        } else if more && eng.wants_receive_into_message(slot) {
+            // A large frame is under way: stop the multishot receive; its last completion arms
+            // the receive into the frame's buffer (what arrives before it is decoded as usual).
+            let s = eng.core.slab.get_mut(slot);
+            s.io |= io::SWITCHING;
+            eng.ring.cancel(Token::new(Op::Recv, slot, s.generation));
         }
         eng.maybe_release(slot);
     }
@@ -161,7 +172,7 @@ impl<H: Handler> Engine<'_, H> {
             return;
         };
         s.io |= io::RECV_ARMED;
-        s.io &= !io::STARVED;
+        s.io &= !(io::STARVED | io::SWITCHING);
         let token = Token::new(Op::Recv, slot, s.generation);
         self.ring.recv_multi(fd.as_fd(), token);
     }
@@ -170,6 +181,123 @@ impl<H: Handler> Engine<'_, H> {
     pub(super) fn rearm_recv(&mut self, slot: u32) {
         self.core.slab.stats.receive_rearms.inc();
         self.arm_recv(slot);
+    }
+
+    /// After `slot`'s receive ended (and the connection still reads): a receive straight into the
+    /// buffer of the large frame in progress if it takes one, else the multishot receive again.
+    fn receive_next(&mut self, slot: u32) {
+        if !self.receive_into_message(slot) {
+            self.rearm_recv(slot);
+        }
+    }
+
+    /// Whether `slot` is a plain connection in the middle of a frame large enough
+    /// (`recv_into_threshold`) to be received straight into its message's buffer, and is not
+    /// switching to that already.
+    pub(super) fn wants_receive_into_message(&self, slot: u32) -> bool {
+        let from = self.cfg.recv_into_threshold as u64;
+        let s = self.core.slab.get(slot);
+        from > 0
+            && !s.has(io::SWITCHING)
+            && s.machine.phase() == Phase::Open
+            && !s.is_tls()
+            && s.rx.as_ref().is_some_and(|rx| rx.lendable() >= from)
+    }
+
+    /// Arms a one-shot receive of `slot` straight into the assembly buffer of the large frame in
+    /// progress (the decoder lends it out, grown for at most as many bytes as it holds); false if
+    /// the frame does not take one (the caller arms the multishot receive).
+    fn receive_into_message(&mut self, slot: u32) -> bool {
+        let s = self.core.slab.get_mut(slot);
+        s.io &= !io::SWITCHING;
+        if !self.wants_receive_into_message(slot) {
+            return false;
+        }
+        let Some(mut rx) = self.core.slab.get_mut(slot).rx.take() else {
+            return false;
+        };
+        let held = rx.assembly_bytes();
+        let lent = rx.lend();
+        let now_ms = self.core.slab.now_ms();
+        let mut accounted = held;
+        let within_cap = self.account_assembly(slot, now_ms, &mut accounted, rx.assembly_bytes());
+        let armed = match lent {
+            Some((buf, room)) if within_cap => {
+                let s = self.core.slab.get_mut(slot);
+                let token = Token::new(Op::Recv, slot, s.generation);
+                let mut landing = Landing::new(buf, room);
+                match s.fd.as_ref() {
+                    Some(fd) if self.ring.recv_into(fd.as_fd(), token, &mut landing) => {
+                        s.io |= io::RECV_ARMED;
+                        s.io &= !io::STARVED;
+                        s.extra().landing = Some(landing);
+                        true
+                    }
+                    _ => {
+                        if let Ok(buf) = landing.reclaim() {
+                            rx.land(buf);
+                        }
+                        false
+                    }
+                }
+            }
+            Some((buf, _)) => {
+                rx.land(buf);
+                false
+            }
+            None => false,
+        };
+        if !within_cap {
+            rx = self.assembly_full(slot, now_ms, accounted);
+        }
+        self.core.slab.get_mut(slot).rx = Some(rx);
+        armed
+    }
+
+    /// The completion (`result`) of `slot`'s receive into a large frame's buffer, `landing`:
+    /// the bytes go to the decoder (which unmasks them where they landed and completes the
+    /// message at the frame's end), then the next receive is armed, into the buffer again while
+    /// the frame is still large.
+    pub(super) fn on_landed(&mut self, token: Token, landing: Landing, result: i32) {
+        let slot = token.slot;
+        let s = self.core.slab.get_mut(slot);
+        let buf = match landing.land(token, result) {
+            Ok(buf) => buf,
+            Err(landing) => {
+                // Not this receive's completion: the buffer stays where the kernel may write it.
+                s.extra().landing = Some(landing);
+                return;
+            }
+        };
+        s.io &= !io::RECV_ARMED;
+        match s.rx.as_mut() {
+            Some(rx) => rx.land(buf),
+            None => error!(slot, "a landed receive for a connection without a decoder"),
+        }
+        s.trim_extra();
+        match result {
+            n if n > 0 => {
+                let stats = &self.core.slab.stats;
+                stats.socket_received_bytes.add(n as u64);
+                stats.received_into_message.inc();
+                self.bytes_in(slot, &mut []);
+            }
+            0 => self.peer_gone(slot),
+            e if e == -libc::ECANCELED => {}
+            e => {
+                if self.core.slab.get(slot).machine.phase() != Phase::Closed {
+                    let e = stdio::Error::from_raw_os_error(-e);
+                    debug!(slot, error = %e, "receive failed");
+                }
+                self.peer_gone(slot);
+            }
+        }
+        if self.core.slab.get(slot).machine.wants_recv()
+            && !self.core.slab.get(slot).has(io::RECV_ARMED)
+        {
+            self.receive_next(slot);
+        }
+        self.maybe_release(slot);
     }
 
     /// Bytes received while handshaking. `buf` is parsed in place when no earlier part of the head
@@ -224,7 +352,10 @@ impl<H: Handler> Engine<'_, H> {
         let mut delivered = false;
         let mut within_cap = true;
         let mut pos = 0;
-        while pos < buf.len() && self.core.slab.get(slot).machine.is_open() {
+        // Empty input: bytes landed in the decoder's own buffer (a large frame's), read once.
+        let mut landed = buf.is_empty();
+        while (landed || pos < buf.len()) && self.core.slab.get(slot).machine.is_open() {
+            landed = false;
             // Growth is accounted after each frame taken into assembly (the decoder stops there),
             // so a connection over the cap is closed before anything behind that frame is acted on.
             within_cap = self.account_assembly(slot, now_ms, &mut accounted, rx.assembly_bytes());
@@ -301,24 +432,7 @@ impl<H: Handler> Engine<'_, H> {
         let busy = rx.in_progress();
         if !within_cap || !self.account_assembly(slot, now_ms, &mut accounted, rx.assembly_bytes())
         {
-            let slab = &mut self.core.slab;
-            slab.stats
-                .violations
-                .inc(CloseStatus(CloseCode::MESSAGE_TOO_BIG.0));
-            slab.close(
-                slot,
-                CloseCode::MESSAGE_TOO_BIG,
-                "server assembly memory full",
-            );
-            self.policy.assembly(
-                &self.shared.counters,
-                now_ms,
-                self.core.slab.get(slot),
-                accounted,
-                0,
-            );
-            rx = self.fresh_decoder(slot);
-            self.deliver_closes();
+            rx = self.assembly_full(slot, now_ms, accounted);
         } else {
             let now = self.core.slab.time();
             let s = self.core.slab.get_mut(slot);
@@ -327,6 +441,30 @@ impl<H: Handler> Engine<'_, H> {
             }
         }
         self.core.slab.get_mut(slot).rx = Some(rx);
+    }
+
+    /// `slot` took the assembly memory over `max_assembly_memory`: closes it with 1009, uncounts
+    /// the `accounted` bytes its decoder holds and returns a fresh decoder to replace it.
+    fn assembly_full(&mut self, slot: u32, now_ms: u64, accounted: usize) -> Receiver {
+        let slab = &mut self.core.slab;
+        slab.stats
+            .violations
+            .inc(CloseStatus(CloseCode::MESSAGE_TOO_BIG.0));
+        slab.close(
+            slot,
+            CloseCode::MESSAGE_TOO_BIG,
+            "server assembly memory full",
+        );
+        self.policy.assembly(
+            &self.shared.counters,
+            now_ms,
+            self.core.slab.get(slot),
+            accounted,
+            0,
+        );
+        let rx = self.fresh_decoder(slot);
+        self.deliver_closes();
+        rx
     }
 
     /// Accounts `slot`'s assembly memory going from `accounted` to `held` against
