@@ -276,32 +276,6 @@ fn received_into_message(admin: std::net::SocketAddr, at_least: f64) -> Option<f
     if reached { seen } else { None }
 }
 
-/// Writes `wire` to `client` in 64 KiB pieces, each once the server (admin endpoint `admin`) has
-/// counted every byte before it as read from its sockets: the server sees a large frame arrive
-/// piece by piece, as from a client across a network slower than loopback, instead of finding
-/// all of it already in the socket (then its multishot receive takes it all at once).
-fn write_paced(client: &mut RawClient, admin: std::net::SocketAddr, wire: &[u8]) {
-    let read = || match common::brokers::get(admin, "/metrics") {
-        Some((200, metrics)) => Some(common::brokers::metric(
-            &metrics,
-            "ringws_socket_received_bytes_total",
-        )),
-        _ => None,
-    };
-    let before = read().expect("the server's metrics");
-    let mut written = 0;
-    for piece in wire.chunks(64 << 10) {
-        client.write(piece);
-        written += piece.len();
-        let want = before + written as f64;
-        assert!(
-            common::eventually(Duration::from_secs(10), || read()
-                .is_some_and(|n| n >= want)),
-            "the server did not read the {written} bytes written so far within 10 s"
-        );
-    }
-}
-
 /// Frames of at least `--recv-into-threshold` bytes are received straight into their message's
 /// buffer once the multishot receive has stopped (counted in
 /// `ringws_received_into_message_total`): a 1 MiB binary frame, 600 KiB of multi-byte text (its
@@ -316,7 +290,7 @@ fn large_frames_are_received_straight_into_their_message() {
     let mut client = RawClient::connect(server.addr);
     let single = bytes(1 << 20, 3);
     let wire = client.masked(&Frame::binary(single.clone()));
-    write_paced(&mut client, admin, &wire);
+    client.write_paced(admin, &wire);
     let (got_op, payload) = client.expect_message();
     assert_eq!(got_op, op::BINARY);
     common::assert_payload(&payload, &single);
@@ -324,7 +298,7 @@ fn large_frames_are_received_straight_into_their_message() {
 
     let multibyte = "a\u{e9}\u{20ac}\u{1f600}".repeat(60 << 10);
     let wire = client.masked(&Frame::text(multibyte.clone()));
-    write_paced(&mut client, admin, &wire);
+    client.write_paced(admin, &wire);
     let (got_op, payload) = client.expect_message();
     assert_eq!(got_op, op::TEXT);
     common::assert_payload(&payload, multibyte.as_bytes());
@@ -337,7 +311,7 @@ fn large_frames_are_received_straight_into_their_message() {
         Frame::ping(b"between".to_vec()),
         Frame::new(true, op::CONT, second),
     ]);
-    write_paced(&mut client, admin, &wire);
+    client.write_paced(admin, &wire);
     client.expect_pong(b"between");
     let (got_op, payload) = client.expect_message();
     assert_eq!(got_op, op::BINARY);
@@ -349,7 +323,7 @@ fn large_frames_are_received_straight_into_their_message() {
     let mut bad = text(700 << 10, 5).into_bytes();
     bad[690 << 10] = 0xff;
     let wire = client.masked(&Frame::text(bad));
-    write_paced(&mut client, admin, &wire);
+    client.write_paced(admin, &wire);
     client.expect_close(Some(1007));
 
     let off = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
@@ -361,7 +335,7 @@ fn large_frames_are_received_straight_into_their_message() {
     ]);
     let mut client = RawClient::connect(server.addr);
     let wire = client.masked(&Frame::binary(single.clone()));
-    write_paced(&mut client, off, &wire);
+    client.write_paced(off, &wire);
     client.expect_binary(&single);
     client.close_normally();
     let Some((200, metrics)) = common::brokers::get(off, "/metrics") else {
@@ -384,7 +358,7 @@ fn a_client_gone_mid_large_frame_disturbs_nobody() {
     let half_frame = |seed: u8| {
         let mut client = RawClient::connect(server.addr);
         let wire = client.masked(&Frame::binary(bytes(2 << 20, seed)));
-        write_paced(&mut client, admin, &wire[..1 << 20]);
+        client.write_paced(admin, &wire[..1 << 20]);
         client
     };
     let vanishing = half_frame(6);
@@ -394,7 +368,7 @@ fn a_client_gone_mid_large_frame_disturbs_nobody() {
     let mut other = RawClient::connect(server.addr);
     for seed in 0..3 {
         let wire = other.masked(&Frame::binary(bytes(300 << 10, seed)));
-        write_paced(&mut other, admin, &wire);
+        other.write_paced(admin, &wire);
         other.expect_binary(&bytes(300 << 10, seed));
     }
     other.echo(Frame::text("small"));

@@ -455,3 +455,57 @@ fn receive_bundles_serve_with_either_consumption() {
         terminate(&mut child, &format!("incremental {inc}"));
     }
 }
+
+/// Large frames received straight into their message's buffer under each way the worker receives:
+/// incremental and whole buffers, direct descriptors, receive bundles. `--recv-into-threshold 1`
+/// switches every frame that is still incomplete after a completion, so the switch (cancel, the
+/// multishot receive's last completion, the one-shot receive, back to multishot at the frame's
+/// end) happens in the middle of every kind of traffic the exchange and the bursts make; every
+/// echo is compared byte for byte, and a 1 MiB frame written piece by piece must have been received
+/// into its buffer.
+#[test]
+fn large_frames_received_into_their_buffer_serve_in_every_receive_setup() {
+    let setups: [&[&str]; 4] = [
+        &["--incremental-buffers", "true"],
+        &["--incremental-buffers", "false"],
+        &["--direct-descriptors", "true"],
+        &["--recv-bundles", "true"],
+    ];
+    for setup in setups {
+        let what = setup.join(" ");
+        let args = [
+            setup,
+            &[
+                "--recv-into-threshold",
+                "1",
+                "--max-backpressure",
+                "268435456",
+            ],
+        ]
+        .concat();
+        let (mut child, addr, _) = start("deferred", &args);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(120), async {
+                exercise(addr).await;
+                bursts(addr).await;
+            })
+            .await
+        })
+        .unwrap_or_else(|_| panic!("{what}: the exchange timed out"));
+        // A frame that arrives piece by piece is always received into its buffer after the switch.
+        let mut client = common::RawClient::connect(addr);
+        let paced = numbered(1 << 20, 99);
+        let wire = client.masked(&common::Frame::binary(paced.clone()));
+        client.write_paced(addr, &wire);
+        client.expect_binary(&paced);
+        client.close_normally();
+        let landed = metric(addr, "ringws_received_into_message_total");
+        assert!(landed > 0.0, "{what}: nothing was received into a message");
+        println!("{what}: {landed} receives straight into a message");
+        terminate(&mut child, &what);
+    }
+}

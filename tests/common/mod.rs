@@ -809,6 +809,30 @@ impl RawClient {
             .unwrap_or_else(|e| panic!("write: {e}"));
     }
 
+    /// Writes `wire` in 64 KiB pieces, each once the server has counted every byte before it as
+    /// read from its sockets (`ringws_socket_received_bytes_total` on the `/metrics` served at
+    /// `metrics`): the server sees a large frame arrive piece by piece, as from a client across a
+    /// network slower than loopback, instead of finding all of it in the socket at once (where
+    /// its multishot receive takes it all before anything else can happen).
+    pub fn write_paced(&mut self, metrics: SocketAddr, wire: &[u8]) {
+        let read = || match brokers::get(metrics, "/metrics") {
+            Some((200, text)) => Some(brokers::metric(&text, "ringws_socket_received_bytes_total")),
+            _ => None,
+        };
+        let before = read().expect("the server's metrics");
+        let mut written = 0;
+        for piece in wire.chunks(64 << 10) {
+            self.write(piece);
+            written += piece.len();
+            let want = before + written as f64;
+            assert!(
+                eventually(Duration::from_secs(10), || read()
+                    .is_some_and(|n| n >= want)),
+                "the server did not read the {written} bytes written so far within 10 s"
+            );
+        }
+    }
+
     /// Writes `bytes` and reports an error instead of failing (the server may already have closed).
     pub fn try_write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)
