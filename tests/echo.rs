@@ -291,17 +291,13 @@ fn large_frames_are_received_straight_into_their_message() {
     let single = bytes(1 << 20, 3);
     let wire = client.masked(&Frame::binary(single.clone()));
     client.write_paced(admin, &wire);
-    let (got_op, payload) = client.expect_message();
-    assert_eq!(got_op, op::BINARY);
-    common::assert_payload(&payload, &single);
+    client.expect_binary(&single);
     let after_one = received_into_message(admin, 1.0).expect("the 1 MiB frame was not counted");
 
     let multibyte = "a\u{e9}\u{20ac}\u{1f600}".repeat(60 << 10);
     let wire = client.masked(&Frame::text(multibyte.clone()));
     client.write_paced(admin, &wire);
-    let (got_op, payload) = client.expect_message();
-    assert_eq!(got_op, op::TEXT);
-    common::assert_payload(&payload, multibyte.as_bytes());
+    client.expect_text(multibyte.as_bytes());
     let after_text = received_into_message(admin, after_one + 1.0).expect("the text not counted");
 
     let whole = bytes(800 << 10, 4);
@@ -313,9 +309,7 @@ fn large_frames_are_received_straight_into_their_message() {
     ]);
     client.write_paced(admin, &wire);
     client.expect_pong(b"between");
-    let (got_op, payload) = client.expect_message();
-    assert_eq!(got_op, op::BINARY);
-    common::assert_payload(&payload, &whole);
+    client.expect_binary(&whole);
     received_into_message(admin, after_text + 2.0).expect("both fragments counted");
 
     client.echo(Frame::binary(single.clone()));

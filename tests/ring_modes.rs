@@ -403,6 +403,23 @@ async fn bursts(addr: SocketAddr) {
     futures_util::future::join_all(clients).await;
 }
 
+/// The usual exchange, then the bursts of large messages, against the server at `addr` (`what`
+/// names the setup in a timeout's message); everything echoed within 120 s.
+fn exchange_and_bursts(addr: SocketAddr, what: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), async {
+            exercise(addr).await;
+            bursts(addr).await;
+        })
+        .await
+    })
+    .unwrap_or_else(|_| panic!("{what}: the exchange timed out"));
+}
+
 /// The sum of `name`'s samples in the `/metrics` served at `addr`.
 fn metric(addr: SocketAddr, name: &str) -> f64 {
     let Some((200, text)) = common::brokers::get(addr, "/metrics") else {
@@ -434,18 +451,7 @@ fn receive_bundles_serve_with_either_consumption() {
             "incremental {inc}: bundles refused on this kernel:\n{}",
             lines.join("\n")
         );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(120), async {
-                exercise(addr).await;
-                bursts(addr).await;
-            })
-            .await
-        })
-        .unwrap_or_else(|_| panic!("incremental {inc}: the exchange timed out"));
+        exchange_and_bursts(addr, &format!("incremental {inc}"));
         let bundles = metric(addr, "ringws_receive_bundles_total");
         assert!(
             bundles > 0.0,
@@ -484,18 +490,7 @@ fn large_frames_received_into_their_buffer_serve_in_every_receive_setup() {
         ]
         .concat();
         let (mut child, addr, _) = start("deferred", &args);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(120), async {
-                exercise(addr).await;
-                bursts(addr).await;
-            })
-            .await
-        })
-        .unwrap_or_else(|_| panic!("{what}: the exchange timed out"));
+        exchange_and_bursts(addr, &what);
         // A frame that arrives piece by piece is always received into its buffer after the switch.
         let mut client = common::RawClient::connect(addr);
         let paced = numbered(1 << 20, 99);
